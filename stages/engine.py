@@ -1,0 +1,280 @@
+"""The training and inference loop shared by the train and evaluate stages and the benchmark."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stages.batching import batches, to_device
+from stages.methods import CATALOGUE, apply_method, n_virtual_tokens, quantization_config, step_hook
+from stages.modeling import load_model
+from stages.params import ParamsError, get, number_in
+from stages.scoring import score, word_labels
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainSettings:
+    max_epochs: int
+    patience: int
+    batch_size: int
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    device: str
+    precision: str
+    group_by_length: bool
+    attention: str
+    compile: bool
+    threads: int
+
+
+def read_train_settings(params: dict) -> TrainSettings:
+    settings = TrainSettings(
+        max_epochs=number_in(params, "train.max_epochs", 1, 10_000, kind=int),
+        patience=number_in(params, "train.patience", 1, 10_000, kind=int),
+        batch_size=number_in(params, "train.batch_size", 1, 4096, kind=int),
+        weight_decay=number_in(params, "train.weight_decay", 0.0, 1.0),
+        warmup_ratio=number_in(params, "train.warmup_ratio", 0.0, 1.0),
+        max_grad_norm=number_in(params, "train.max_grad_norm", 0.0, 1e6),
+        device=get(params, "train.device", str),
+        precision=get(params, "train.precision", str),
+        group_by_length=get(params, "train.group_by_length", bool),
+        attention=get(params, "train.attention", str),
+        compile=get(params, "train.compile", bool),
+        threads=number_in(params, "train.threads", 0, 1024, kind=int),
+    )
+    if settings.device not in ("auto", "cpu", "cuda"):
+        raise ParamsError(f"params.yaml: key 'train.device' must be auto, cpu or cuda, got {settings.device!r}")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("params.yaml: key 'train.device' is cuda, but no CUDA device is available")
+    if settings.precision not in PRECISIONS:
+        raise ParamsError(f"params.yaml: key 'train.precision' must be one of {PRECISIONS}, got {settings.precision!r}")
+    if settings.attention not in ("sdpa", "eager"):
+        raise ParamsError(f"params.yaml: key 'train.attention' must be sdpa or eager, got {settings.attention!r}")
+    return settings
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. auto: bf16 on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def build_model(model_params: dict, variant: dict, device: torch.device, total_steps: int,
+                attention: str = "sdpa"):
+    """Base model from model.checkpoint with the variant's method applied; returns (model, source_type)."""
+    method = CATALOGUE[variant["method"]]
+    quant = quantization_config(device.type) if method.quantized else None
+    model, source_type = load_model(model_params["checkpoint"], model_params.get("position_init", "zero"),
+                                    quantization_config=quant, attn_implementation=attention)
+    model = apply_method(model, variant, total_steps)
+    if not method.quantized:  # bitsandbytes places quantised weights itself
+        model.to(device)
+    elif device.type == "cuda":
+        model.to(device)
+    return model, source_type
+
+
+def logits_of(model, batch: dict, n_virtual: int) -> torch.Tensor:
+    """Token logits aligned with batch['labels'] (virtual-token positions dropped)."""
+    output = model(input_ids=batch["input_ids"], bbox=batch["bbox"], attention_mask=batch["attention_mask"],
+                   token_type_ids=batch["token_type_ids"])
+    return output.logits[:, n_virtual:, :]
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=-100)
+
+
+@torch.no_grad()
+def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
+            n_virtual: int = 0, dtype: torch.dtype | None = None) -> dict:
+    """Predicted label ids per window, mean token loss, and throughput in real tokens per second."""
+    model.eval()
+    predictions: list[torch.Tensor | None] = [None] * len(windows)
+    total_loss, labelled = 0.0, 0
+    tokens = sum(len(w["input_ids"]) for w in windows)
+    start = time.perf_counter()
+    for indices, batch in batches(windows, batch_size, pad_token_id, group_by_length=True, n_virtual=n_virtual):
+        batch = to_device(batch, device)
+        with autocast(device, dtype):
+            logits = logits_of(model, batch, n_virtual)
+        n = int((batch["labels"] != -100).sum())
+        total_loss += float(token_loss(logits, batch["labels"])) * n
+        labelled += n
+        guesses = logits.argmax(-1).cpu()
+        for row, index in enumerate(indices):
+            predictions[index] = guesses[row, :len(windows[index]["input_ids"])]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"predictions": predictions, "loss": total_loss / max(labelled, 1),
+            "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"), "seconds": seconds}
+
+
+def evaluate_windows(model, windows, batch_size, pad_token_id, device, n_virtual=0, dtype=None) -> dict:
+    result = predict(model, windows, batch_size, pad_token_id, device, n_virtual, dtype)
+    y_true, y_pred = word_labels(windows, result["predictions"])
+    return {**result, "scores": score(y_true, y_pred)}
+
+
+def peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_peak_allocated"}
+    # ru_maxrss is in KiB on Linux: the whole process's high-water mark (model load included).
+    return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "kind": "cpu_peak_rss"}
+
+
+def count_parameters(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = 0
+    for p in model.parameters():
+        # bitsandbytes packs two 4-bit weights per byte: count the weights, not the bytes.
+        total += p.numel() * 2 if getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit" else p.numel()
+    return {"trainable": trainable, "total": total, "trainable_share": trainable / total if total else 0.0}
+
+
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and LayerNorm weights (the BERT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(n_windows: int, batch_size: int) -> int:
+    return math.ceil(n_windows / batch_size)
+
+
+def cpu_threads() -> int:
+    return torch.get_num_threads() or os.cpu_count() or 1
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    optimizer_steps: int
+    stopped_early: bool
+    wall_time_s: float
+    train_tokens: int  # real (non-padding) tokens seen in training steps
+
+
+def fit(model, variant: dict, cfg: TrainSettings, train_windows: list[dict], val_windows: list[dict],
+        pad_token_id: int, device: torch.device, seed: int, *, total_steps: int, pad_to: int | None = None,
+        max_steps: int | None = None, on_epoch=None) -> FitResult:
+    """AdamW + linear warm-up/decay + grad clipping; early stopping on validation loss.
+
+    The best epoch's trainable weights are restored at the end. `pad_to`/`max_steps` exist for
+    the benchmark (naive padding, fixed step budgets); the train stage leaves them unset.
+    """
+    dtype = resolve_precision(cfg.precision, device)
+    n_virtual = n_virtual_tokens(variant)
+    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay)
+    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    hook = step_hook(model, variant)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    forward_model = torch.compile(model) if cfg.compile else model
+
+    history, best, best_state = [], (math.inf, 0), None
+    step, stale, stopped_early, tokens = 0, 0, False, 0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        epoch_start, loss_sum, n_batches = time.perf_counter(), 0.0, 0
+        for _, batch in batches(train_windows, cfg.batch_size, pad_token_id, shuffle=True,
+                                group_by_length=cfg.group_by_length and pad_to is None,
+                                seed=seed * 100_003 + epoch, pad_to=pad_to, n_virtual=n_virtual):
+            tokens += int(batch["attention_mask"].sum())
+            batch = to_device(batch, device, non_blocking=device.type == "cuda")
+            with autocast(device, dtype):
+                loss = token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"])
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            if hook:
+                hook(step)  # AdaLoRA: after backward, before the gradients are zeroed
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.item()
+            n_batches += 1
+            step += 1
+            if max_steps is not None and step >= max_steps:
+                break
+        train_time = time.perf_counter() - epoch_start
+        val = evaluate_windows(model, val_windows, cfg.batch_size, pad_token_id, device, n_virtual, dtype)
+        record = {"epoch": epoch, "train_loss": loss_sum / max(n_batches, 1), "val_loss": val["loss"],
+                  "val_f1": val["scores"]["f1"], "epoch_time_s": train_time, "lr": scheduler.get_last_lr()[0]}
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if val["loss"] < best[0]:
+            best, stale = (val["loss"], epoch), 0
+            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            stale += 1
+        if max_steps is not None and step >= max_steps:
+            break
+        if stale >= cfg.patience:
+            stopped_early = True
+            break
+    wall = time.perf_counter() - start
+    if best_state is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in best_state:
+                    p.copy_(best_state[name])
+    return FitResult(history=history, best_epoch=best[1], best_val_loss=best[0], epochs_run=len(history),
+                     optimizer_steps=step, stopped_early=stopped_early, wall_time_s=wall, train_tokens=tokens)

