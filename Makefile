@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup study test benchmark
+.PHONY: setup study test benchmark ci-study report
+BASE   ?= main
+# Stages run `python -m stages.<name>` through the shell: put the venv first on PATH.
+RUN    := PATH="$(abspath $(BIN)):$$PATH" HF_HUB_DISABLE_TELEMETRY=1
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +18,17 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 study: setup
-	$(BIN)/dvc repro
+	$(RUN) $(BIN)/dvc repro
 
 test: setup
 	$(BIN)/python -m pytest
 
 benchmark: setup
-	$(BIN)/python benchmarks/train_speed.py
+	$(RUN) $(BIN)/dvc repro tokenize
+	$(RUN) $(BIN)/python benchmarks/train_speed.py
+
+ci-study: setup
+	$(RUN) $(BIN)/python -m stages.profile ci
+
+report: setup
+	$(RUN) $(BIN)/python -m stages.report --base $(BASE)

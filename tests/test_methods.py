@@ -1,0 +1,154 @@
+"""The method catalogue on a tiny random LayoutLM: trainable counts in closed form, what changes, bad params."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages import engine
+from stages.batching import load_windows
+from stages.methods import CATALOGUE, TARGET_MODULES, validate_variant
+from stages.params import ParamsError
+
+H, I, LAYERS, LABELS = 64, 128, 2, 7  # tests/fixtures.py TINY_BERT; 7 BIO labels
+CLASSIFIER = H * LABELS + LABELS
+ATTN = ["query", "key", "value", "attention_output"]
+
+# (variant settings, closed-form trainable parameter count)
+CASES = {
+    "full": ({"method": "full", "lr": 1e-3}, None),
+    "head": ({"method": "head", "lr": 1e-3}, CLASSIFIER),
+    "lora": ({"method": "lora", "r": 4, "targets": ATTN, "lr": 1e-3}, LAYERS * 4 * 2 * H * 4 + CLASSIFIER),
+    "lora_ffn": ({"method": "lora", "r": 2, "targets": ["intermediate", "output"], "lr": 1e-3},
+                 LAYERS * (2 * (H + I)) * 2 + CLASSIFIER),
+    "dora": ({"method": "dora", "r": 4, "targets": ["query", "value"], "lr": 1e-3},
+             LAYERS * 2 * (2 * H * 4 + H) + CLASSIFIER),
+    "qlora": ({"method": "qlora", "r": 4, "targets": ATTN, "lr": 1e-3}, LAYERS * 4 * 2 * H * 4 + CLASSIFIER),
+    "loha": ({"method": "loha", "r": 4, "targets": ["query", "value"], "lr": 1e-3},
+             LAYERS * 2 * 2 * 4 * (H + H) + CLASSIFIER),
+    "vera": ({"method": "vera", "r": 8, "targets": ["query", "value", "intermediate"], "lr": 1e-3},
+             LAYERS * ((8 + H) + (8 + H) + (8 + I)) + CLASSIFIER),
+    "ia3": ({"method": "ia3", "targets": ["key", "value", "output"], "feedforward": ["output"], "lr": 1e-3},
+            LAYERS * (H + H + I) + CLASSIFIER),
+    "adalora": ({"method": "adalora", "r": 2, "init_r": 4, "targets": ["query", "value"], "lr": 1e-3},
+                LAYERS * 2 * (4 * H + H * 4 + 4) + CLASSIFIER),
+    "prompt_tuning": ({"method": "prompt_tuning", "virtual_tokens": 4, "lr": 1e-2}, 4 * H + CLASSIFIER),
+    "lokr": ({"method": "lokr", "r": 4, "targets": ["query"], "lr": 1e-3}, None),
+    "bitfit": ({"method": "bitfit", "lr": 1e-3}, None),
+    "p_tuning": ({"method": "p_tuning", "virtual_tokens": 4, "encoder_hidden": 16, "lr": 1e-3}, None),
+}
+
+
+@pytest.fixture(scope="module")
+def windows(tiny_tokenized):
+    folder = tiny_tokenized / "data" / "tokenized"
+    return load_windows("train", folder)[:8], load_windows("validation", folder)[:4]
+
+
+def build(tiny_checkpoint, settings):
+    variant = validate_variant("t", settings, prompt_reserve=8)
+    engine.seed_everything(0)
+    model, _ = engine.build_model({"checkpoint": str(tiny_checkpoint), "position_init": "zero"}, variant,
+                                  torch.device("cpu"), total_steps=20)
+    return model, variant
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_method_trains_exactly_its_parameters(case, tiny_checkpoint, windows):
+    settings, expected = CASES[case]
+    model, variant = build(tiny_checkpoint, settings)
+    counts = engine.count_parameters(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if expected is not None:
+        assert counts["trainable"] == expected
+    if case == "full":
+        assert counts["trainable"] == counts["total"]
+    if case == "bitfit":
+        biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias") and "classifier" not in n)
+        assert counts["trainable"] == biases + CLASSIFIER
+    assert any("classifier" in n for n in trainable), "the new head must be trained"
+
+    before = {n: p.detach().clone().float() for n, p in model.named_parameters()}
+    cfg = engine.read_train_settings({"train": {
+        "max_epochs": 1, "patience": 1, "batch_size": 4, "weight_decay": 0.0, "warmup_ratio": 0.0,
+        "max_grad_norm": 1.0, "device": "cpu", "precision": "fp32", "group_by_length": True,
+        "attention": "sdpa", "compile": False, "threads": 0}})
+    train, val = windows
+    engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=20, max_steps=2)
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach().float())}
+    frozen_changed = changed - trainable
+    if CATALOGUE[variant["method"]].quantized:
+        # bitsandbytes repacks 4-bit weights for the CPU kernel on first use; values are not trained.
+        frozen_changed = {n for n in frozen_changed if after[n].__class__.__name__ != "Params4bit"}
+    assert not frozen_changed, f"frozen parameters changed: {sorted(frozen_changed)[:5]}"
+    assert any("classifier" in n for n in changed)
+    if case not in ("head",):
+        assert changed - {n for n in changed if "classifier" in n}, "the method's own parameters did not train"
+
+
+def test_qlora_base_is_4bit_and_head_is_not(tiny_checkpoint):
+    import bitsandbytes as bnb
+
+    model, _ = build(tiny_checkpoint, CASES["qlora"][0])
+    quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit) and ".encoder." in n]
+    # every encoder linear (q, k, v, attention output, intermediate, output) of every layer
+    assert len(quantized) == LAYERS * 6
+    assert not any("classifier" in n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit))
+    weight = dict(model.named_modules())[quantized[0]].weight
+    assert weight.quant_state.quant_type == "nf4"
+    assert weight.quant_state.nested, "double quantisation"
+    heads = [m for n, m in model.named_modules() if n.endswith("classifier.modules_to_save.default")]
+    assert heads and not isinstance(heads[0], bnb.nn.Linear4bit)
+    assert heads[0].weight.dtype == torch.float32
+
+
+def test_target_names_map_to_distinct_modules(tiny_checkpoint):
+    from stages.methods import target_regex
+    import re
+    from stages.modeling import load_model
+
+    model, _ = load_model(str(tiny_checkpoint))
+    names = [n for n, _ in model.named_modules()]
+    for target in TARGET_MODULES:
+        hits = [n for n in names if re.fullmatch(target_regex([target]), n)]
+        assert len(hits) == LAYERS, (target, hits)
+    ffn_out = [n for n in names if re.fullmatch(target_regex(["output"]), n)]
+    assert all("attention" not in n for n in ffn_out)  # "Wo" never catches the FFN output, nor vice versa
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"method": "lorax", "lr": 1e-3}, "unknown method 'lorax'"),
+    ({"lr": 1e-3}, "missing key 'method'"),
+    ({"method": "lora", "r": 4, "lr": 1e-3, "rank": 8}, "unknown key 'rank'"),
+    ({"method": "lora", "r": 0, "lr": 1e-3}, "key 'r' = 0 must be > 0"),
+    ({"method": "lora", "r": -2, "lr": 1e-3}, "key 'r' = -2 must be > 0"),
+    ({"method": "lora", "r": "8", "lr": 1e-3}, "key 'r' must be int"),
+    ({"method": "lora", "r": 4}, "missing key 'lr'"),
+    ({"method": "lora", "r": 4, "lr": 1e-3, "targets": ["query", "Wq"]}, "unknown module(s) ['Wq']"),
+    ({"method": "lora", "r": 4, "lr": 1e-3, "targets": []}, "must list at least one module"),
+    ({"method": "ia3", "lr": 1e-3, "targets": ["key"], "feedforward": ["output"]}, "must be a subset"),
+    ({"method": "prompt_tuning", "lr": 1e-3, "virtual_tokens": 30}, "exceeds data.prompt_reserve = 8"),
+    ({"method": "adalora", "r": 8, "init_r": 4, "lr": 1e-3}, "must be >= r"),
+    ({"method": "prefix_tuning", "lr": 1e-3}, "past_key_values"),
+])
+def test_bad_variant_is_named(settings, message):
+    with pytest.raises(ParamsError) as err:
+        validate_variant("my_variant", settings, prompt_reserve=8)
+    assert "my_variant" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_qlora_without_working_bitsandbytes_fails_early(monkeypatch):
+    import bitsandbytes.functional as F
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no 4-bit kernel")
+
+    monkeypatch.setattr(F, "quantize_4bit", broken)
+    with pytest.raises(ParamsError, match="qlora_v.*bitsandbytes cannot quantise"):
+        validate_variant("qlora_v", {"method": "qlora", "r": 4, "lr": 1e-3})
+
+
+def test_alpha_defaults_to_twice_the_rank():
+    assert validate_variant("v", {"method": "lora", "r": 8, "lr": 1e-3})["alpha"] == 16.0
+    assert validate_variant("v", {"method": "lora", "r": 8, "alpha": 4, "lr": 1e-3})["alpha"] == 4.0

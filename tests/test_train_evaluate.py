@@ -1,0 +1,124 @@
+"""Scoring by hand, and the train + evaluate stages end to end on the tiny fixtures."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from stages.funsd import LABEL2ID
+from stages.scoring import score, word_labels
+
+
+def window(doc, words, labels, first_only=True):
+    """A window whose tokens are [CLS] w0 w0' w1 ... [SEP]; each word has 2 sub-tokens."""
+    word_ids, label_ids = [-1], [-100]
+    for w, label in zip(words, labels):
+        word_ids += [w, w]
+        label_ids += [LABEL2ID[label], -100]
+    word_ids.append(-1)
+    label_ids.append(-100)
+    return {"doc_id": doc, "word_ids": torch.tensor(word_ids), "labels": torch.tensor(label_ids),
+            "input_ids": torch.zeros(len(word_ids), dtype=torch.long)}
+
+
+def prediction(labels):
+    ids = [0]
+    for label in labels:
+        ids += [LABEL2ID[label], LABEL2ID["O"]]  # the second sub-token's guess must not count
+    return torch.tensor(ids + [0])
+
+
+def test_split_document_scores_each_word_once():
+    # doc a: Q Q | A O across two windows; doc b: H in one window.
+    windows = [window("a", [0, 1], ["B-QUESTION", "I-QUESTION"]), window("a", [2, 3], ["B-ANSWER", "O"]),
+               window("b", [0], ["B-HEADER"])]
+    predictions = [prediction(["B-QUESTION", "I-QUESTION"]), prediction(["B-HEADER", "O"]),
+                   prediction(["B-HEADER"])]
+    y_true, y_pred = word_labels(windows, predictions)
+    assert y_true == [["B-QUESTION", "I-QUESTION", "B-ANSWER", "O"], ["B-HEADER"]]
+    assert y_pred == [["B-QUESTION", "I-QUESTION", "B-HEADER", "O"], ["B-HEADER"]]
+    result = score(y_true, y_pred)
+    # gold: Q, A, H; predicted: Q, H(wrong), H -> 2 correct of 3 predicted, 2 of 3 gold.
+    assert result["precision"] == pytest.approx(2 / 3)
+    assert result["recall"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(2 / 3)
+    assert result["per_type"]["QUESTION"]["f1"] == 1.0
+    assert result["per_type"]["ANSWER"]["recall"] == 0.0
+    assert result["per_type"]["HEADER"]["precision"] == pytest.approx(0.5)
+    assert result["words"] == 5
+
+
+def test_word_labelled_in_two_windows_is_an_error():
+    windows = [window("a", [0], ["O"]), window("a", [0], ["O"])]
+    with pytest.raises(ValueError, match="more than one window"):
+        word_labels(windows, [prediction(["O"]), prediction(["O"])])
+
+
+@pytest.fixture
+def workspace(tiny_tokenized, tmp_path, monkeypatch, tiny_checkpoint):
+    """A folder with the tiny tokenized data and resolved variants, as the stages expect."""
+    shutil.copytree(tiny_tokenized / "data", tmp_path / "data")
+    from stages.variants import write_variants
+    from stages.methods import validate_variant
+
+    write_variants({
+        "lora": validate_variant("lora", {"method": "lora", "r": 4, "targets": ["query", "value"], "lr": 5e-3}),
+        "prompt": validate_variant("prompt", {"method": "prompt_tuning", "virtual_tokens": 4, "lr": 3e-2}, 8),
+        "head": validate_variant("head", {"method": "head", "lr": 1e-2}),
+    }, tmp_path / "data" / "variants")
+    monkeypatch.chdir(tmp_path)
+    params = {"model": {"checkpoint": str(tiny_checkpoint), "position_init": "random"},
+              "train": {"max_epochs": 3, "patience": 2, "batch_size": 4, "weight_decay": 0.01, "warmup_ratio": 0.1,
+                        "max_grad_norm": 1.0, "device": "cpu", "precision": "fp32", "group_by_length": True,
+                        "attention": "sdpa", "compile": False, "threads": 0},
+              "evaluate": {"batch_size": 8}}
+    return tmp_path, params
+
+
+def train_and_evaluate(root, params, variant, seed, tag):
+    from stages import evaluate, train
+
+    run_dir = root / "models" / f"{variant}-{seed}-{tag}"
+    train.run(variant, seed, params, run_dir)
+    return evaluate.run(variant, seed, params, run_dir, root / "metrics" / "runs" / f"{variant}-{seed}-{tag}.json")
+
+
+@pytest.mark.parametrize("variant", ["lora", "prompt"])
+def test_same_seed_same_metrics_other_seed_differs(workspace, variant):
+    root, params = workspace
+    first = train_and_evaluate(root, params, variant, 0, "a")
+    again = train_and_evaluate(root, params, variant, 0, "b")
+    other = train_and_evaluate(root, params, variant, 1, "c")
+    assert first["scores"] == again["scores"]
+    assert first["history"] == [dict(r, epoch_time_s=a["epoch_time_s"]) for r, a in zip(again["history"], first["history"])]
+    assert [r["train_loss"] for r in first["history"]] != [r["train_loss"] for r in other["history"]]
+
+
+def test_run_file_is_self_describing(workspace):
+    root, params = workspace
+    record = train_and_evaluate(root, params, "lora", 0, "x")
+    saved = json.loads((root / "metrics" / "runs" / "lora-0-x.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert saved["scores"]["words"] == sum(
+        1 for w in __import__("stages.batching", fromlist=["x"]).load_windows("test") for l in w["labels"] if l != -100)
+    assert saved["parameters"]["trainable"] < saved["parameters"]["total"]
+    assert saved["saved_bytes"] > 0 and (root / "models" / "lora-0-x" / "adapter" / "adapter_model.safetensors").is_file()
+    assert 1 <= saved["training"]["best_epoch"] <= saved["training"]["epochs_run"] <= 3
+    assert saved["memory"]["kind"] == "cpu_peak_rss" and saved["memory"]["peak_bytes"] > 0
+    assert saved["inference"]["tokens_per_s"] > 0 and saved["inference"]["merged_tokens_per_s"] > 0
+    for key in ("torch", "transformers", "peft", "bitsandbytes", "device", "python"):
+        assert saved["environment"][key]
+    assert [h["epoch"] for h in saved["history"]] == list(range(1, saved["training"]["epochs_run"] + 1))
+    # DVCLive curves in the run's own folder
+    assert (root / "models" / "lora-0-x" / "live" / "plots" / "metrics" / "val" / "loss.tsv").is_file()
+
+
+def test_head_only_restores_best_epoch_and_reloads(workspace):
+    root, params = workspace
+    record = train_and_evaluate(root, params, "head", 0, "h")
+    losses = [h["val_loss"] for h in record["history"]]
+    assert record["training"]["best_epoch"] == losses.index(min(losses)) + 1
+    assert record["training"]["best_val_loss"] == pytest.approx(min(losses))
+    assert record["inference"]["merged_tokens_per_s"] is None  # nothing to merge
