@@ -41,6 +41,8 @@ def normalize_box(box, width: int, height: int) -> list[int]:
 
 def entity_labels(funsd_label: str, n_words: int) -> list[str]:
     kind = FUNSD_LABELS[funsd_label]
+    if n_words == 0:
+        return []
     if kind is None:
         return ["O"] * n_words
     return [f"B-{kind}"] + [f"I-{kind}"] * (n_words - 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -131,7 +132,8 @@ def read_settings(params: dict) -> dict:
     reserve = number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int)
     return {
         "checkpoint": get(params, "model.checkpoint", str),
-        "val_fraction": number_in(params, "data.val_fraction", 0.0, 0.9),
+        # > 0: early stopping needs a validation split, and the test split is never used for it.
+        "val_fraction": number_in(params, "data.val_fraction", 0.01, 0.9),
         "split_seed": get(params, "data.split_seed", int),
         "max_length": max_length,
         "prompt_reserve": reserve,
@@ -170,11 +172,13 @@ def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) ->
         staged = Path(tmp) / "tokenized"
         DatasetDict({name: Dataset.from_list(rows) for name, rows in records.items()}).save_to_disk(str(staged))
         (staged / "meta.json").write_text(json.dumps(meta, indent=2))
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        staged_report = report_path.with_name(f".{report_path.name}.tmp")
+        staged_report.write_text(json.dumps(report, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         shutil.move(str(staged), out_dir)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(staged_report, report_path)
     return report
 
 

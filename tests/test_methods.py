@@ -9,7 +9,10 @@ from stages.batching import load_windows
 from stages.methods import CATALOGUE, TARGET_MODULES, validate_variant
 from stages.params import ParamsError
 
-H, I, LAYERS, LABELS = 64, 128, 2, 7  # tests/fixtures.py TINY_BERT; 7 BIO labels
+from fixtures import TINY_BERT
+
+H, I, LAYERS = TINY_BERT["hidden_size"], TINY_BERT["intermediate_size"], TINY_BERT["num_hidden_layers"]
+LABELS = 7  # O + B/I of HEADER, QUESTION, ANSWER
 CLASSIFIER = H * LABELS + LABELS
 ATTN = ["query", "key", "value", "attention_output"]
 
