@@ -206,7 +206,8 @@ _RANK_SUFFIX = re.compile(r"_r\d+$")
 
 
 def rank_series(variant_params: dict[str, dict | None]) -> dict[str, list[tuple[str, float]]]:
-    """Group variants whose resolved params differ only in `r`; keep groups with >= 2 distinct ranks.
+    """Group variants whose resolved params differ only in `r` (and in `alpha` where it is the
+    default 2r); keep groups with >= 2 distinct ranks.
 
     Returns {series name: [(variant, r), ...] sorted by r}. A series is named after its variants
     with any `_r<N>` suffix removed (lora, lora_r4 -> "lora"), else after its method."""
@@ -218,7 +219,9 @@ def rank_series(variant_params: dict[str, dict | None]) -> dict[str, list[tuple[
         r = settings.get("r")
         if isinstance(r, bool) or not isinstance(r, (int, float)):
             continue
-        key = json.dumps({k: v for k, v in settings.items() if k != "r"}, sort_keys=True, default=str)
+        # alpha left at its default (2r, filled in by methods.validate_variant) follows r: not a difference.
+        key = json.dumps({k: v for k, v in settings.items()
+                          if k != "r" and not (k == "alpha" and v == 2 * r)}, sort_keys=True, default=str)
         groups.setdefault(key, []).append((name, r))
         methods[key] = str(settings.get("method", "?"))
     series: dict[str, list[tuple[str, float]]] = {}
