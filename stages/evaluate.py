@@ -8,7 +8,6 @@ one self-describing result (schema: docs/result-files.md).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -21,7 +20,7 @@ from stages.batching import load_meta, load_windows
 from stages.environment import describe
 from stages.methods import CATALOGUE, n_virtual_tokens
 from stages.params import get, load_params, number_in
-from stages.train import MODELS_DIR, TABLES, model_settings
+from stages.train import MODELS_DIR, TABLES, model_settings, run_args
 from stages.variants import load_variant
 
 RUNS_DIR = Path("metrics/runs")
@@ -109,11 +108,7 @@ def run(variant_name: str, seed: int, params: dict, run_dir: Path, out_path: Pat
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--variant", required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
+    args = run_args(argv, __doc__)
     key = f"{args.variant}-{args.seed}"
     record = run(args.variant, args.seed, load_params(args.params), MODELS_DIR / key, RUNS_DIR / f"{key}.json")
     s = record["scores"]

@@ -122,12 +122,17 @@ def run(variant_name: str, seed: int, params: dict, out_dir: Path) -> dict:
     return log
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def run_args(argv, description: str) -> argparse.Namespace:
+    """The command line of a per-run stage (train@, evaluate@): --variant, --seed, --params."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--variant", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = run_args(argv, __doc__)
     log = run(args.variant, args.seed, load_params(args.params), MODELS_DIR / f"{args.variant}-{args.seed}")
     t = log["training"]
     print(f"train: {args.variant}-{args.seed}: best epoch {t['best_epoch']} of {t['epochs_run']}, "
