@@ -26,6 +26,7 @@ test: setup
 benchmark: setup
 	$(RUN) $(BIN)/dvc repro tokenize
 	$(RUN) $(BIN)/python benchmarks/train_speed.py
+	$(RUN) $(BIN)/python benchmarks/dvc_noop.py
 
 ci-study: setup
 	$(RUN) $(BIN)/python -m stages.profile ci
