@@ -98,11 +98,24 @@ def build_model(model_params: dict, variant: dict, device: torch.device, total_s
     model, source_type = load_model(model_params["checkpoint"], model_params.get("position_init", "zero"),
                                     quantization_config=quant, attn_implementation=attention)
     model = apply_method(model, variant, total_steps)
+    if method.quantized and device.type == "cpu":
+        keep_4bit_training_layout(model)
     if not method.quantized:  # bitsandbytes places quantised weights itself
         model.to(device)
     elif device.type == "cuda":
         model.to(device)
     return model, source_type
+
+
+def keep_4bit_training_layout(model) -> None:
+    """bitsandbytes (0.50) repacks 4-bit weights for its AVX512-BF16 CPU inference kernel on the
+    first eval-mode forward and never packs them back, so the next training step fails ("a view
+    of a leaf Variable that requires grad is being used in an in-place operation"). Training
+    alternates train and validation, so turn the repacking off here; evaluate.py, which only
+    infers, keeps the fast kernel."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def logits_of(model, batch: dict, n_virtual: int) -> torch.Tensor:

@@ -105,6 +105,23 @@ def test_qlora_base_is_4bit_and_head_is_not(tiny_checkpoint):
     assert heads[0].weight.dtype == torch.float32
 
 
+def test_qlora_trains_again_after_a_validation_pass(tiny_checkpoint, windows):
+    # Regression: on AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights for inference on the first
+    # eval forward, and the next training step failed. fit() alternates epochs and validation.
+    from bitsandbytes.functional import has_avx512bf16
+
+    model, variant = build(tiny_checkpoint, CASES["qlora"][0])
+    cfg = engine.read_train_settings({"train": {
+        "max_epochs": 2, "patience": 2, "batch_size": 4, "weight_decay": 0.0, "warmup_ratio": 0.0,
+        "max_grad_norm": 1.0, "device": "cpu", "precision": "fp32", "group_by_length": True,
+        "attention": "sdpa", "compile": False, "threads": 0}})
+    train, val = windows
+    result = engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=4)
+    assert result.epochs_run == 2  # train, validate, train again, validate
+    if not has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: the repacking path never runs here (the fit above still must)")
+
+
 def test_target_names_map_to_distinct_modules(tiny_checkpoint):
     from stages.methods import target_regex
     import re
