@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -164,6 +165,40 @@ def compare_recipes(args, mp, params, device, train, test, pad_id) -> dict:
     return out
 
 
+def weights_mb(model) -> float:
+    """Memory held by parameters and buffers (4-bit weights count as stored)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 1e6
+
+
+def method_costs_isolated(args, device) -> dict:
+    """One child process per method: a process's peak RSS never goes down, so methods measured
+    one after another in one process would inherit each other's high-water mark."""
+    out = {}
+    for name in args.methods:
+        with tempfile.TemporaryDirectory() as tmp:
+            child = [sys.executable, __file__, "--skip-recipes", "--no-isolate", "--methods", name,
+                     "--params", args.params, "--checkpoint", args.checkpoint, "--config", args.config,
+                     "--device", args.device, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                     "--out", str(Path(tmp) / "one.json")]
+            subprocess.run(child, check=True, stdout=subprocess.DEVNULL)
+            out.update(json.loads((Path(tmp) / "one.json").read_text())["methods"])
+        row = out[name]
+        print(f"  {name:14s} {row['s_per_step']['median']:.3f} s/step  {row['peak_mb']:7.0f} MB peak  "
+              f"{row['weights_mb']:7.1f} MB weights  {row['trainable']:>11,} trainable  {row['saved_mb']:8.2f} MB saved",
+              flush=True)
+    add_ratios(out)
+    return out
+
+
+def add_ratios(out: dict) -> None:
+    ref = out.get("full")
+    if ref:
+        for row in out.values():
+            row["step_time_vs_full"] = row["s_per_step"]["median"] / ref["s_per_step"]["median"]
+            row["peak_memory_vs_full"] = row["peak_mb"] / ref["peak_mb"]
+
+
 def method_costs(args, mp, params, device, train, pad_id) -> dict:
     expanded = expand_sweeps(params["variants"], params.get("sweeps") or {})
     cfg = engine.read_train_settings(params)
@@ -198,33 +233,33 @@ def method_costs(args, mp, params, device, train, pad_id) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             saved = save_trained(model, variant, source, "zero", Path(tmp))
         out[name] = {"method": variant["method"], "s_per_step": spread(step_times), "peak_mb": memory.peak / 1e6,
-                     "trainable": counts["trainable"], "total": counts["total"], "saved_mb": saved / 1e6}
+                     "weights_mb": weights_mb(model), "trainable": counts["trainable"], "total": counts["total"],
+                     "saved_mb": saved / 1e6}
         print(f"  {name:14s} {out[name]['s_per_step']['median']:.3f} s/step  {out[name]['peak_mb']:7.0f} MB  "
               f"{counts['trainable']:>11,} trainable  {saved / 1e6:8.2f} MB saved", flush=True)
         del model, optimizer
-    ref = out.get("full")
-    if ref:
-        for row in out.values():
-            row["step_time_vs_full"] = row["s_per_step"]["median"] / ref["s_per_step"]["median"]
-            row["peak_memory_vs_full"] = row["peak_mb"] / ref["peak_mb"]
+    add_ratios(out)
     return out
 
 
 def markdown(result: dict) -> str:
     lines = [f"Benchmark {result['date']} on {result['environment']['device']} "
              f"({result['environment']['device_name']}, {result['environment']['cpu_threads']} threads), "
-             f"model {result['model']}, {result['epochs']} epoch(s) x {result['repeats']} repeats, batch {result['batch_size']}",
-             "", "| recipe | real tokens/s (median, min-max) | s/epoch | peak MB | test F1 | speed-up |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"model {result['model']}, {result['epochs']} epoch(s) x {result['repeats']} repeats, batch {result['batch_size']}"]
+    if result["recipes"]:
+        lines += ["", "| recipe | real tokens/s (median, min-max) | s/epoch | peak MB | test F1 | speed-up |",
+                  "|---|---:|---:|---:|---:|---:|"]
     for name, r in result["recipes"].items():
         t = r["tokens_per_s"]
         lines.append(f"| {name} | {t['median']:.0f} ({t['min']:.0f}-{t['max']:.0f}) | {r['epoch_s']['median']:.1f} | "
                      f"{r['peak_mb']['median']:.0f} | {r['test_f1']['median']:.4f} | {r['speedup_vs_naive']:.2f}x |")
     if result.get("methods"):
-        lines += ["", "| method | s/step | vs full | peak MB | vs full | trainable | saved MB |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| method | s/step | vs full | peak MB | vs full | weights MB | trainable | saved MB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, r in result["methods"].items():
             lines.append(f"| {name} | {r['s_per_step']['median']:.3f} | {r.get('step_time_vs_full', float('nan')):.2f}x | "
-                         f"{r['peak_mb']:.0f} | {r.get('peak_memory_vs_full', float('nan')):.2f}x | {r['trainable']:,} | {r['saved_mb']:.2f} |")
+                         f"{r['peak_mb']:.0f} | {r.get('peak_memory_vs_full', float('nan')):.2f}x | {r['weights_mb']:.1f} | "
+                         f"{r['trainable']:,} | {r['saved_mb']:.2f} |")
     return "\n".join(lines)
 
 
@@ -240,6 +275,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per method (after 1 warm-up)")
     parser.add_argument("--methods", nargs="*", default=METHOD_VARIANTS)
     parser.add_argument("--skip-recipes", action="store_true")
+    parser.add_argument("--no-isolate", dest="isolate", action="store_false",
+                        help="measure every method in this process (peak memory then carries over between methods)")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/<date>-<device>.json)")
     args = parser.parse_args(argv)
 
@@ -255,9 +292,14 @@ def main(argv=None) -> None:
         print("recipes (full fine-tuning):", flush=True)
         result["recipes"] = compare_recipes(args, mp, params, device, train, test, meta["pad_token_id"])
     print("methods:", flush=True)
-    result["methods"] = method_costs(args, mp, params, device, train, meta["pad_token_id"]) if args.methods else {}
+    if not args.methods:
+        result["methods"] = {}
+    elif args.isolate:
+        result["methods"] = method_costs_isolated(args, device)
+    else:
+        result["methods"] = method_costs(args, mp, params, device, train, meta["pad_token_id"])
     result.setdefault("recipes", {})
-    text = markdown(result) if result["recipes"] else json.dumps(result["methods"], indent=1)
+    text = markdown(result)
     print("\n" + text)
     out = Path(args.out or f"benchmarks/results/{result['date']}-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
