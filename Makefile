@@ -21,6 +21,7 @@ study: setup
 	$(RUN) $(BIN)/dvc repro
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 benchmark: setup

@@ -271,7 +271,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=3, help="short schedule per recipe (F1 is measured after it)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=8, help="8: twice the optimizer steps of 16 at the same compute, so the short schedule learns something")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="8: twice the optimizer steps of 16 at the same compute, so the short schedule learns something")
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per method (after 1 warm-up)")
     parser.add_argument("--methods", nargs="*", default=METHOD_VARIANTS)
     parser.add_argument("--skip-recipes", action="store_true")

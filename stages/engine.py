@@ -174,7 +174,8 @@ def count_parameters(model) -> dict:
     total = 0
     for p in model.parameters():
         # bitsandbytes packs two 4-bit weights per byte: count the weights, not the bytes.
-        total += p.numel() * 2 if getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit" else p.numel()
+        packed_4bit = getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit"
+        total += p.numel() * 2 if packed_4bit else p.numel()
     return {"trainable": trainable, "total": total, "trainable_share": trainable / total if total else 0.0}
 
 

@@ -334,7 +334,8 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
     out += ["## F1 per variant", "",
             "Test-set entity F1 (seqeval, strict IOB2): mean over seeds [95 % t-interval] (seeds). "
             "Cost columns: base → head (relative change).", "",
-            "| Variant | Definition | Base F1 | Head F1 | ΔF1 [95 % CI] | Flag | Trainable params | Train time (s) | Peak memory (MB) |",
+            "| Variant | Definition | Base F1 | Head F1 | ΔF1 [95 % CI] | Flag | Trainable params "
+            "| Train time (s) | Peak memory (MB) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append("| " + " | ".join(md(x) for x in (
