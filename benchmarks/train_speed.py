@@ -128,6 +128,9 @@ def recipes(params: dict, device) -> dict:
     table = {
         "naive": {"pad_to": 512, "group": False, "dtype": None, "attention": "eager"},
         "layoutpeft": {"pad_to": None, "group": True, "dtype": project_dtype, "attention": "sdpa"},
+        # Ablation: dynamic padding and SDPA but the naive recipe's batches (same seed, same order),
+        # so its F1 isolates what length grouping changes in the training trajectory.
+        "layoutpeft-ungrouped": {"pad_to": None, "group": False, "dtype": project_dtype, "attention": "sdpa"},
     }
     if device.type == "cpu" and project_dtype is None:
         # Is bf16 autocast worth it on this CPU? Measured, not assumed.
@@ -143,6 +146,8 @@ def compare_recipes(args, mp, params, device, train, test, pad_id) -> dict:
     variant = validate_variant("full", resolve("full", expand_sweeps(params["variants"], params.get("sweeps") or {})))
     out = {}
     for name, recipe in recipes(params, device).items():
+        if args.recipes and name not in args.recipes:
+            continue
         rows = []
         for repeat in range(args.repeats):
             # Repeat i uses seed i for every recipe: the F1 spread is then seed noise, the yardstick
@@ -162,7 +167,7 @@ def compare_recipes(args, mp, params, device, train, test, pad_id) -> dict:
                   f"{rows[-1]['epoch_s']:6.1f} s/epoch  {rows[-1]['peak_mb']:7.0f} MB  F1 {f1:.4f}", flush=True)
             del model
         out[name] = {key: spread([r[key] for r in rows]) for key in rows[0]}
-    base = out["naive"]["tokens_per_s"]["median"]
+    base = out["naive"]["tokens_per_s"]["median"] if "naive" in out else float("nan")
     for name in out:
         out[name]["speedup_vs_naive"] = out[name]["tokens_per_s"]["median"] / base
     return out
@@ -282,6 +287,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per method (after 1 warm-up)")
     parser.add_argument("--methods", nargs="*", default=METHOD_VARIANTS)
     parser.add_argument("--skip-recipes", action="store_true")
+    parser.add_argument("--recipes", nargs="*", default=None,
+                        help="only these recipes (naive, layoutpeft, layoutpeft-ungrouped, layoutpeft+bf16)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="measure every method in this process (peak memory then carries over between methods)")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/<date>-<device>.json)")
