@@ -250,6 +250,10 @@ def method_costs(args, mp, params, device, train, pad_id) -> dict:
     return out
 
 
+def speedup(ratio: float) -> str:
+    return "-" if ratio != ratio else f"{ratio:.2f}x"  # NaN when naive was not in this run
+
+
 def markdown(result: dict) -> str:
     lines = [f"Benchmark {result['date']} on {result['environment']['device']} "
              f"({result['environment']['device_name']}, {result['environment']['cpu_threads']} threads), "
@@ -263,7 +267,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {t['median']:.0f} ({t['min']:.0f}-{t['max']:.0f}) | {r['epoch_s']['median']:.1f} | "
                      f"{r['peak_mb']['median']:.0f} | {r['test_f1']['median']:.4f} "
                      f"({r['test_f1']['min']:.4f}-{r['test_f1']['max']:.4f}) | "
-                     f"{r['speedup_vs_naive']:.2f}x |")
+                     f"{speedup(r['speedup_vs_naive'])} |")
     if result.get("methods"):
         lines += ["", "| method | s/step | vs full | peak MB | vs full | weights MB | trainable | saved MB |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
