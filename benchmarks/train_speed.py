@@ -18,7 +18,9 @@ at its default variant: seconds per step, peak memory, trainable parameters, sav
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
+import gc
 import json
 import statistics
 import subprocess
@@ -45,6 +47,16 @@ METHOD_VARIANTS = ["full", "head", "bitfit", "lora", "dora", "qlora", "loha", "l
                    "prompt_tuning", "p_tuning"]
 
 
+def release_freed_heap() -> None:
+    """Hand freed heap pages back to the OS before measuring RSS. Loading (and quantising) a model
+    frees hundreds of MB that glibc otherwise keeps mapped, which would count as this block's RSS."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 class PeakMemory:
     """Peak memory over a block: CUDA peak allocated, or the process's RSS sampled every 20 ms."""
 
@@ -56,6 +68,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            release_freed_heap()
             process = psutil.Process()
             self.peak = process.memory_info().rss
 
