@@ -84,4 +84,8 @@ def batches(windows: list[dict], batch_size: int, pad_token_id: int, *, shuffle:
 
 
 def to_device(batch: dict, device: torch.device, non_blocking: bool = False) -> dict:
+    """Copy a batch to `device`; on CUDA with non_blocking, from pinned memory so the copy is
+    truly asynchronous (from pageable memory a non-blocking copy still waits)."""
+    if non_blocking and device.type == "cuda":
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
