@@ -311,8 +311,11 @@ def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
             for lib in LIBRARIES:
                 add(lib, env.get(lib))
                 add(lib, train_env.get(lib))
-            for commit in {env.get("git_commit"), train_env.get("git_commit")} - {None, ""}:
-                add("git_commit", str(commit)[:8])
+            for record in (env, train_env):
+                if record.get("git_commit"):
+                    # Uncommitted code edits make the commit alone misleading: say so.
+                    edited = " + uncommitted code" if record.get("code_modified") else ""
+                    add("git_commit", str(record["git_commit"])[:8] + edited)
             scheme, mode = dig(run, "scores.scheme"), dig(run, "scores.mode")
             add("scoring", ", ".join(f"{k} {v}" for k, v in (("scheme", scheme), ("mode", mode)) if v) or None)
             add("memory", dig(run, "memory.kind"))

@@ -436,6 +436,15 @@ def test_summary_md_table(no_png, study):
     assert "150 k (0.66 %)" in rows[0] and "22.7 M (100 %)" in rows[1] and "3/3" in rows[0]
     assert "Seeds: 0, 1, 2" in md and "torch 2.13.0" in md and "scheme IOB2, mode strict" in md
     assert "Device: cpu (Test CPU, 2 threads)." in md
+    assert "Code: abc123de." in md
+
+
+def test_uncommitted_code_is_named_in_the_summary(no_png, study):
+    run = json.loads((study.runs / "lora-1.json").read_text())
+    run["environment"]["code_modified"] = True
+    (study.runs / "lora-1.json").write_text(json.dumps(run))
+    study.run()
+    assert "Code: abc123de, abc123de + uncommitted code." in study.read("summary.md")
 
 
 def test_stdout_table(no_png, study, capsys):
