@@ -324,13 +324,13 @@ def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
 
 # --------------------------------------------------------------------------- formatting
 
-def human_count(n: float | None) -> str:
-    """152000 -> "152 k", 1234567 -> "1.23 M" (three significant digits)."""
+def human_count(n: float | None, sep: str = " ") -> str:
+    """152000 -> "152 k", 1234567 -> "1.23 M" (three significant digits; `sep` before the unit)."""
     if n is None:
         return "–"
     for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
+            return f"{n / size:.3g}{sep}{unit}"
     return f"{int(n)}"
 
 

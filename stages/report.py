@@ -43,6 +43,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from stages.aggregate import human_count
+
 SUMMARY = "metrics/summary.json"
 PARAMS = "params.yaml"
 DEFAULT_OUT = "reports/study.md"
@@ -257,12 +259,7 @@ def fmt_delta(row: dict) -> str:
 
 
 def fmt_count(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:g}"
+    return human_count(n, sep="")  # the summary's rule, compact for the report's wider table
 
 
 def fmt_seconds(s: float | None) -> str:

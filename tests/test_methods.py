@@ -47,6 +47,13 @@ def windows(tiny_tokenized):
     return load_windows("train", folder)[:8], load_windows("validation", folder)[:4]
 
 
+def cpu_settings(epochs: int):
+    return engine.read_train_settings({"train": {
+        "max_epochs": epochs, "patience": epochs, "batch_size": 4, "weight_decay": 0.0, "warmup_ratio": 0.0,
+        "max_grad_norm": 1.0, "device": "cpu", "precision": "fp32", "group_by_length": True,
+        "attention": "sdpa", "compile": False, "threads": 0}})
+
+
 def build(tiny_checkpoint, settings):
     variant = validate_variant("t", settings, prompt_reserve=8)
     engine.seed_everything(0)
@@ -71,10 +78,7 @@ def test_method_trains_exactly_its_parameters(case, tiny_checkpoint, windows):
     assert any("classifier" in n for n in trainable), "the new head must be trained"
 
     before = {n: p.detach().clone().float() for n, p in model.named_parameters()}
-    cfg = engine.read_train_settings({"train": {
-        "max_epochs": 1, "patience": 1, "batch_size": 4, "weight_decay": 0.0, "warmup_ratio": 0.0,
-        "max_grad_norm": 1.0, "device": "cpu", "precision": "fp32", "group_by_length": True,
-        "attention": "sdpa", "compile": False, "threads": 0}})
+    cfg = cpu_settings(epochs=1)
     train, val = windows
     engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=20, max_steps=2)
     after = dict(model.named_parameters())
@@ -111,10 +115,7 @@ def test_qlora_trains_again_after_a_validation_pass(tiny_checkpoint, windows):
     from bitsandbytes.functional import has_avx512bf16
 
     model, variant = build(tiny_checkpoint, CASES["qlora"][0])
-    cfg = engine.read_train_settings({"train": {
-        "max_epochs": 2, "patience": 2, "batch_size": 4, "weight_decay": 0.0, "warmup_ratio": 0.0,
-        "max_grad_norm": 1.0, "device": "cpu", "precision": "fp32", "group_by_length": True,
-        "attention": "sdpa", "compile": False, "threads": 0}})
+    cfg = cpu_settings(epochs=2)
     train, val = windows
     result = engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=4)
     assert result.epochs_run == 2  # train, validate, train again, validate

@@ -239,14 +239,18 @@ def sh(*cmd, cwd):
     return proc.stdout
 
 
-@pytest.mark.slow
-def test_end_to_end_report_in_a_temporary_repository(tmp_path):
-    repo = tmp_path / "study"
+def init_repo(repo):
     repo.mkdir()
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     sh("git", "config", "user.email", "test@example.com", cwd=repo)
     sh("git", "config", "user.name", "test", cwd=repo)
     sh(sys.executable, "-m", "dvc", "init", "-q", cwd=repo)
+
+
+@pytest.mark.slow
+def test_end_to_end_report_in_a_temporary_repository(tmp_path):
+    repo = tmp_path / "study"
+    init_repo(repo)
     (repo / "dvc.yaml").write_text(DVC_YAML)
     (repo / "params.yaml").write_text(PARAMS)
     (repo / "metrics").mkdir()
@@ -317,11 +321,7 @@ def test_base_summary_from_dvc_cache_when_not_in_git(tmp_path):
     from stages.report import read_base_summary
 
     repo = tmp_path / "cached"
-    repo.mkdir()
-    sh("git", "init", "-q", "-b", "main", cwd=repo)
-    sh("git", "config", "user.email", "test@example.com", cwd=repo)
-    sh("git", "config", "user.name", "test", cwd=repo)
-    sh(sys.executable, "-m", "dvc", "init", "-q", cwd=repo)
+    init_repo(repo)
     (repo / "metrics").mkdir()
     (repo / "metrics" / "summary.json").write_text((DATA / "base_summary.json").read_text())
     sh(sys.executable, "-m", "dvc", "add", "-q", "metrics/summary.json", cwd=repo)
