@@ -32,15 +32,19 @@ def fetch(source: str, dest: Path) -> None:
         import requests
         from tqdm import tqdm
 
-        with requests.get(source, stream=True, timeout=60) as response:
-            if response.status_code != 200:
-                raise DownloadError(f"{source}: HTTP {response.status_code}")
-            total = int(response.headers.get("content-length", 0)) or None
-            with open(dest, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                                desc=f"download {Path(parsed.path).name}") as bar:
-                for chunk in response.iter_content(chunk_size=1 << 16):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+        try:
+            with requests.get(source, stream=True, timeout=60) as response:
+                if response.status_code != 200:
+                    raise DownloadError(f"{source}: HTTP {response.status_code}")
+                total = int(response.headers.get("content-length", 0)) or None
+                with open(dest, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
+                                                    desc=f"download {Path(parsed.path).name}") as bar:
+                    for chunk in response.iter_content(chunk_size=1 << 16):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except requests.RequestException as err:
+            raise DownloadError(f"data.url: cannot download {source} ({type(err).__name__}); without network, "
+                                f"set data.url to a local copy of the zip (README, 'Fully offline')") from err
         return
     path = Path(parsed.path) if parsed.scheme == "file" else Path(source)
     if parsed.scheme not in ("", "file"):

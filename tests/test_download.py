@@ -102,6 +102,17 @@ def test_missing_source(tmp_path, out_dir):
     expect_failure(tmp_path / "nope.zip", "0" * 32, out_dir, "data.url", "nope.zip")
 
 
+def test_unreachable_url_names_the_key_and_the_offline_route(out_dir, monkeypatch):
+    import requests
+
+    def no_network(*args, **kwargs):
+        raise requests.ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(requests, "get", no_network)
+    expect_failure("https://example.invalid/dataset.zip", "0" * 32, out_dir,
+                   "data.url", "https://example.invalid/dataset.zip", "ConnectionError", "local copy")
+
+
 def test_unsupported_scheme(tmp_path, out_dir):
     expect_failure("ftp://example.invalid/f.zip", "0" * 32, out_dir, "unsupported scheme", "ftp")
 
