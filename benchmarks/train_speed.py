@@ -35,13 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import engine  # noqa: E402
-from stages.batching import batches, load_meta, load_windows, to_device  # noqa: E402
-from stages.environment import describe  # noqa: E402
-from stages.methods import n_virtual_tokens, validate_variant  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from layoutpeft import engine  # noqa: E402
+from layoutpeft.batching import batches, load_meta, load_windows, to_device  # noqa: E402
+from layoutpeft.provenance import describe  # noqa: E402
+from layoutpeft.methods import n_virtual_tokens, validate_variant  # noqa: E402
+from layoutpeft.config import load_params  # noqa: E402
 from stages.train import save_trained  # noqa: E402
-from stages.variants import expand_sweeps, resolve  # noqa: E402
+from layoutpeft.variants import expand_sweeps, resolve  # noqa: E402
 
 METHOD_VARIANTS = ["full", "head", "bitfit", "lora", "dora", "qlora", "loha", "lokr", "adalora", "vera", "ia3",
                    "prompt_tuning", "p_tuning"]

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 from scipy import stats as sps
 
-from stages.params import ParamsError, get, load_params
+from layoutpeft.config import ParamsError, get, load_params
 
 PER_TYPES = ("HEADER", "QUESTION", "ANSWER")
 MB = 1e6
@@ -793,3 +793,7 @@ if __name__ == "__main__":
         main()
     except (ParamsError, AggregateError) as err:
         sys.exit(f"aggregate: error: {err}")
+
+
+def read_params(params: dict):
+    return study_settings(params)

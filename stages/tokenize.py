@@ -1,192 +1,27 @@
-"""Stage `tokenize`: FUNSD words -> windows of token ids, boxes and labels (Arrow, under data/tokenized).
+"""Stage `tokenize`: data/raw (FUNSD) -> data/tokenized (Arrow windows) + metrics/data.json.
 
-- Labels: BIO over HEADER/QUESTION/ANSWER on the first sub-token of each word; other tokens -100.
-- Long documents are split into several windows at word boundaries, so no word is lost;
-  the stage checks that every non-empty word is labelled exactly once and fails otherwise.
-- A validation split is carved from the training documents (document level, fixed seed):
-  early stopping uses it, and the test split is never used for any choice.
+Windows at word boundaries, every word labelled exactly once (checked), a validation split
+carved from the training documents (data.val_fraction, data.split_seed); see layoutpeft.windows.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import random
-import shutil
-import tempfile
-from pathlib import Path
+import sys
 
-from stages.funsd import LABEL2ID, LABELS, Document, load_split
-from stages.params import ParamsError, get, load_params, number_in
-
-RAW_DIR = Path("data/raw")
-OUT_DIR = Path("data/tokenized")
-DATA_REPORT = Path("metrics/data.json")
-SEP_BOX = [1000, 1000, 1000, 1000]
-PAD_BOX = [0, 0, 0, 0]
+from layoutpeft.config import DataConfig, ModelConfig, load_params
+from layoutpeft.errors import run_main
+from layoutpeft.paths import DATA_REPORT, RAW_DIR, TOKENIZED_DIR as OUT_DIR
+from layoutpeft.windows import tokenize
 
 
-class WindowingError(RuntimeError):
-    pass
+def read_params(params: dict, check_source: bool = False) -> dict:
+    """What tokenize reads: data.* (but url/md5) and model.checkpoint."""
+    data = DataConfig.from_params(params)
+    return {"checkpoint": ModelConfig.checkpoint_from_params(params, check_source), "val_fraction": data.val_fraction, "split_seed": data.split_seed,
+            "max_length": data.max_length, "prompt_reserve": data.prompt_reserve}
 
 
-def split_validation(documents: list[Document], fraction: float, seed: int):
-    """Document-level split; the same seed always picks the same documents."""
-    order = sorted(range(len(documents)), key=lambda i: documents[i].doc_id)
-    random.Random(seed).shuffle(order)
-    n_val = round(len(documents) * fraction)
-    if fraction > 0 and n_val == 0 and len(documents) > 1:
-        n_val = 1
-    if n_val >= len(documents):
-        raise ParamsError(f"params.yaml: key 'data.val_fraction' = {fraction} leaves no training documents")
-    val_ids = set(order[:n_val])
-    train = [d for i, d in enumerate(documents) if i not in val_ids]
-    val = [d for i, d in enumerate(documents) if i in val_ids]
-    return train, val
-
-
-def word_pieces(tokenizer, words: list[str]) -> list[list[int]]:
-    """Token ids per word; a word the tokenizer reduces to nothing becomes [UNK] so it is not lost."""
-    encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
-    pieces: list[list[int]] = [[] for _ in words]
-    for token_id, word_id in zip(encoded["input_ids"], encoded.word_ids()):
-        pieces[word_id].append(token_id)
-    return [ids if ids else [tokenizer.unk_token_id] for ids in pieces]
-
-
-def windows_for(doc: Document, tokenizer, max_tokens: int) -> list[dict]:
-    """Split one document into windows of at most `max_tokens` content tokens (+ [CLS], [SEP])."""
-    pieces = word_pieces(tokenizer, doc.words)
-    windows, current = [], []
-    used = 0
-    for word_index, ids in enumerate(pieces):
-        if len(ids) > max_tokens:
-            raise WindowingError(f"{doc.doc_id}: word {word_index} ({doc.words[word_index]!r}) has "
-                                 f"{len(ids)} tokens, more than a window holds ({max_tokens})")
-        if used + len(ids) > max_tokens:
-            windows.append(current)
-            current, used = [], 0
-        current.append(word_index)
-        used += len(ids)
-    if current:
-        windows.append(current)
-
-    records = []
-    for window_index, word_indices in enumerate(windows):
-        input_ids, bbox, labels, word_ids = [tokenizer.cls_token_id], [PAD_BOX], [-100], [-1]
-        for w in word_indices:
-            for position, token_id in enumerate(pieces[w]):
-                input_ids.append(token_id)
-                bbox.append(doc.boxes[w])
-                labels.append(LABEL2ID[doc.labels[w]] if position == 0 else -100)
-                word_ids.append(w)
-        input_ids.append(tokenizer.sep_token_id)
-        bbox.append(SEP_BOX)
-        labels.append(-100)
-        word_ids.append(-1)
-        records.append({"doc_id": doc.doc_id, "window": window_index, "input_ids": input_ids,
-                        "bbox": bbox, "labels": labels, "word_ids": word_ids})
-    return records
-
-
-def check_lossless(doc: Document, records: list[dict]) -> None:
-    """Every word of the document carries its label exactly once across its windows."""
-    seen: dict[int, int] = {}
-    for record in records:
-        for word, label in zip(record["word_ids"], record["labels"]):
-            if label != -100:
-                seen[word] = seen.get(word, 0) + 1
-    lost = [w for w in range(len(doc.words)) if seen.get(w, 0) == 0]
-    twice = [w for w, n in seen.items() if n > 1]
-    if lost or twice:
-        raise WindowingError(f"{doc.doc_id}: words lost {lost[:10]} / labelled more than once {twice[:10]}")
-
-
-def tokenize_split(documents: list[Document], tokenizer, max_tokens: int) -> list[dict]:
-    records = []
-    for doc in documents:
-        doc_records = windows_for(doc, tokenizer, max_tokens)
-        check_lossless(doc, doc_records)
-        records.extend(doc_records)
-    return records
-
-
-def split_report(documents: list[Document], records: list[dict], unk_id: int, max_length: int) -> dict:
-    tokens = sum(len(r["input_ids"]) for r in records)
-    unk = sum(r["input_ids"].count(unk_id) for r in records)
-    return {
-        "documents": len(documents),
-        "words": sum(len(d.words) for d in documents),
-        "words_raw": sum(d.n_words_raw for d in documents),
-        "entities": sum(d.n_entities for d in documents),
-        "windows": len(records),
-        "tokens": tokens,
-        "unk_share": unk / tokens if tokens else 0.0,
-        # Share of computed tokens that are padding if every window were padded to max_length.
-        "pad_share_at_max_length": 1 - tokens / (len(records) * max_length) if records else 0.0,
-    }
-
-
-def read_settings(params: dict) -> dict:
-    max_length = number_in(params, "data.max_length", 8, 512, kind=int)
-    reserve = number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int)
-    return {
-        "checkpoint": get(params, "model.checkpoint", str),
-        # > 0: early stopping needs a validation split, and the test split is never used for it.
-        "val_fraction": number_in(params, "data.val_fraction", 0.01, 0.9),
-        "split_seed": get(params, "data.split_seed", int),
-        "max_length": max_length,
-        "prompt_reserve": reserve,
-    }
-
-
-def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) -> dict:
-    from datasets import Dataset, DatasetDict
-
-    from stages.modeling import load_tokenizer
-
-    train_docs = load_split(raw_dir / "training_data")
-    test_docs = load_split(raw_dir / "testing_data")
-    tokenizer = load_tokenizer(settings["checkpoint"])
-    # [CLS] + [SEP], and room for prompt-tuning's virtual tokens, inside LayoutLM's 512 positions.
-    max_tokens = settings["max_length"] - 2 - settings["prompt_reserve"]
-    train_docs, val_docs = split_validation(train_docs, settings["val_fraction"], settings["split_seed"])
-    splits = {"train": train_docs, "validation": val_docs, "test": test_docs}
-    records = {name: tokenize_split(docs, tokenizer, max_tokens) for name, docs in splits.items()}
-    window_length = max_tokens + 2
-    report = {name: split_report(splits[name], records[name], tokenizer.unk_token_id, window_length)
-              for name in splits}
-    report["window_length"] = window_length
-    report["tokenizer_vocab"] = len(tokenizer)
-    all_tokens = sum(report[s]["tokens"] for s in splits)
-    report["unk_share"] = sum(report[s]["unk_share"] * report[s]["tokens"] for s in splits) / all_tokens
-    if report["unk_share"] > 0.05:
-        # The tokenizer trap in NOTES.md: a 5-token vocabulary makes everything [UNK].
-        raise WindowingError(f"{report['unk_share']:.1%} of tokens are [UNK]: the tokenizer of "
-                             f"{settings['checkpoint']} looks broken (vocabulary of {len(tokenizer)})")
-
-    meta = {"labels": list(LABELS), "checkpoint": settings["checkpoint"], "window_length": window_length,
-            "pad_token_id": tokenizer.pad_token_id, "val_documents": sorted(d.doc_id for d in val_docs)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".tokenize-") as tmp:
-        staged = Path(tmp) / "tokenized"
-        DatasetDict({name: Dataset.from_list(rows) for name, rows in records.items()}).save_to_disk(str(staged))
-        (staged / "meta.json").write_text(json.dumps(meta, indent=2))
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        staged_report = report_path.with_name(f".{report_path.name}.tmp")
-        staged_report.write_text(json.dumps(report, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        shutil.move(str(staged), out_dir)
-        os.replace(staged_report, report_path)
-    return report
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    settings = read_settings(load_params(args.params))
+def main(argv: list[str]) -> None:
+    settings = read_params(load_params(), check_source=True)
     report = tokenize(RAW_DIR, OUT_DIR, DATA_REPORT, settings)
     for split in ("train", "validation", "test"):
         r = report[split]
@@ -195,4 +30,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("tokenize", main))

@@ -50,8 +50,8 @@ def tiny_funsd_zip(tmp_path_factory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def tiny_tokenized(tmp_path_factory, tiny_funsd_zip, tiny_checkpoint) -> Path:
     """Folder with data/raw, data/tokenized, metrics/data.json of the tiny fixture (do not modify)."""
-    from stages.download import download
-    from stages.tokenize import tokenize
+    from layoutpeft.download import download
+    from layoutpeft.windows import tokenize
 
     root = tmp_path_factory.mktemp("tiny_tokenized")
     zip_path, md5 = tiny_funsd_zip

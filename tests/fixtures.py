@@ -223,7 +223,7 @@ def make_funsd_zip(path: Path, forms: dict | None = None, *, root: str = "datase
 # --------------------------------------------------------------------------------------------
 
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "profiles.yaml", ".dvcignore", ".gitignore")
-PROJECT_DIRS = ("stages", "docs")
+PROJECT_DIRS = ("layoutpeft", "stages", "docs")
 
 
 def subprocess_env(extra: dict | None = None) -> dict:
@@ -324,3 +324,29 @@ def make_project(folder: Path, zip_path: Path, md5: str, checkpoint: Path,
         git(folder, "add", "-A")
         git(folder, "commit", "-q", "-m", "tiny project")
     return folder
+
+
+def cpu_train_config(**overrides):
+    """A TrainConfig for fast CPU tests (fp32, SDPA, length groups); keyword overrides replace fields."""
+    from layoutpeft.config import TrainConfig
+
+    fields = dict(max_epochs=2, patience=2, batch_size=4, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=1.0,
+                  device="cpu", precision="fp32", group_by_length=True, attention="sdpa", compile=False, threads=0)
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def step_budget(windows, batch_size: int, pad_token_id: int, steps: int, n_virtual: int = 0):
+    """An `epoch_batches` for engine.fit that stops after `steps` batches in all (a fixed step budget)."""
+    from layoutpeft.batching import batches
+
+    seen = {"steps": 0}
+
+    def epoch_batches(epoch: int):
+        for _, batch in batches(windows, batch_size, pad_token_id, shuffle=True, seed=epoch, n_virtual=n_virtual):
+            if seen["steps"] >= steps:
+                return
+            seen["steps"] += 1
+            yield batch
+
+    return epoch_batches

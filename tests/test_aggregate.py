@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from stages import aggregate as agg
-from stages.params import ParamsError
+from layoutpeft.config import ParamsError
 
 T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)          # 4.302652729911275
 LORA = {"method": "lora", "r": 16, "dropout": 0.1, "targets": ["query", "key", "value", "attention_output"],

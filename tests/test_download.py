@@ -8,9 +8,10 @@ import pytest
 import yaml
 from fixtures import make_funsd_zip
 
-from stages import download as dl
-from stages.download import DownloadError, download
-from stages.params import ParamsError
+from layoutpeft import download as dl
+from layoutpeft.download import DownloadError, download
+from stages import download as download_stage
+from layoutpeft.config import ParamsError
 
 
 def snapshot(folder: Path) -> dict:
@@ -179,7 +180,7 @@ def test_main_params_errors(tmp_path, monkeypatch, data, fragment):
     monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path, data)
     with pytest.raises(ParamsError) as caught:
-        dl.main(["--params", str(params)])
+        download_stage.main([])
     assert fragment in str(caught.value)
     assert not (tmp_path / "data").exists()
 
@@ -188,15 +189,16 @@ def test_main_params_not_yaml_or_missing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("data: [unclosed\n")
     with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):
-        dl.main([])
-    with pytest.raises(ParamsError, match="nothing.yaml: file not found"):
-        dl.main(["--params", "nothing.yaml"])
+        download_stage.main([])
+    (tmp_path / "params.yaml").unlink()
+    with pytest.raises(ParamsError, match="params.yaml: params file not found"):
+        download_stage.main([])
 
 
 def test_main_downloads(tmp_path, monkeypatch, tiny_funsd_zip, capsys):
     zip_path, md5 = tiny_funsd_zip
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, {"data": {"url": str(zip_path), "md5": md5}})
-    dl.main([])
+    download_stage.main([])
     assert (tmp_path / "data" / "raw" / "training_data" / "annotations" / "train_07.json").is_file()
     assert "download: extracted FUNSD" in capsys.readouterr().out

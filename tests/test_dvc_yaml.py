@@ -1,67 +1,82 @@
-"""dvc.yaml's code dependencies are complete: editing any module a stage imports reruns that stage.
+"""dvc.yaml says exactly what each stage depends on: the code it imports and the params it reads.
 
-DVC only knows what `deps:` lists, so a forgotten module would let a changed training loop
-reuse stale models. Each stage's command names its module; we follow its `stages.*` imports
-(transitively, function-level imports included) and require every one of them in `deps:`,
-except modules that cannot change a stage's numbers (they read params or record versions).
+DVC only knows what `deps:` and `params:` list. A forgotten module or key lets a changed
+training loop reuse stale models; an extra one reruns 155 trainings for nothing. Code: each
+stage's command names its module; we follow its `stages.*`/`layoutpeft.*` imports
+(transitively, function-level imports included) and require exactly those in `deps:`, except
+modules that cannot change a stage's numbers (and what they import to check input). Params: each stage's `read_params(params)` (what
+its main() reads) runs on params.yaml with every key access recorded; the keys it touched must
+be exactly the keys its `params:` list covers.
 """
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# Readers and recorders: params.yaml parsing (its values are tracked as `params:`), version
-# recording, and reading an already-resolved variant JSON (tracked as a data dependency).
-NEUTRAL = {"stages/params.py", "stages/environment.py", "stages/variants.py"}
+PACKAGES = ("stages", "layoutpeft")
+# Cannot change a stage's numbers: params parsing (values tracked as `params:`), version and
+# commit recording, error texts, atomic writing, path names (dvc.yaml spells them out), and
+# reading an already-resolved variant JSON (tracked as a data dependency).
+NEUTRAL = {"layoutpeft/__init__.py", "layoutpeft/config.py", "layoutpeft/provenance.py", "layoutpeft/errors.py",
+           "layoutpeft/atomic.py", "layoutpeft/paths.py"}
+# Neutral for the stages that only read its resolved JSON (train@, evaluate@), not for `variants`.
+READS_RESOLVED_VARIANTS = {"layoutpeft/variants.py"}
 
 
-def stage_imports(module_file: Path) -> set[str]:
-    tree = ast.parse(module_file.read_text())
+def module_file(name: str) -> str:
+    path = name.replace(".", "/")
+    return f"{path}/__init__.py" if (ROOT / path).is_dir() else f"{path}.py"
+
+
+def imports_of(path: Path) -> set[str]:
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "stages":
-                found |= {f"stages/{alias.name}.py" for alias in node.names}
-            elif node.module.startswith("stages."):
-                found.add(node.module.replace(".", "/") + ".py")
+            if node.module in PACKAGES:
+                found |= {module_file(f"{node.module}.{alias.name}") for alias in node.names}
+            elif node.module.split(".")[0] in PACKAGES:
+                found.add(module_file(node.module))
         elif isinstance(node, ast.Import):
-            found |= {a.name.replace(".", "/") + ".py" for a in node.names if a.name.startswith("stages.")}
+            found |= {module_file(a.name) for a in node.names if a.name.split(".")[0] in PACKAGES}
     return found
 
 
-def closure(module: str) -> set[str]:
+def closure(module: str, neutral: set[str] = NEUTRAL) -> set[str]:
     seen, todo = set(), [module]
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
-        todo += sorted(stage_imports(ROOT / path) - seen)
+        if path not in neutral:  # what a neutral module imports to check input is neutral too
+            todo += sorted(imports_of(ROOT / path) - seen)
     return seen
 
 
 def stages():
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    return sorted(spec.items())
+    return sorted(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items())
 
 
-@pytest.mark.parametrize("name,stage", stages(), ids=[name for name, _ in stages()])
-def test_every_imported_stage_module_is_a_dependency(name, stage):
+IDS = [name for name, _ in stages()]
+
+
+@pytest.mark.parametrize("name,stage", stages(), ids=IDS)
+def test_code_deps_are_exactly_the_imported_modules(name, stage):
     module = stage["cmd"].split("-m ", 1)[1].split()[0]
     assert module == f"stages.{name}", f"stage {name!r} should run stages/{name}.py, runs {module}"
-    needed = closure(module.replace(".", "/") + ".py") - NEUTRAL
-    listed = {d for d in stage.get("deps", []) if isinstance(d, str)}
-    missing = sorted(needed - listed)
-    assert not missing, f"dvc.yaml stage {name!r}: add {missing} to deps (imported by stages/{name}.py)"
+    neutral = NEUTRAL if name == "variants" else NEUTRAL | READS_RESOLVED_VARIANTS
+    needed = closure(module_file(module), neutral) - neutral
+    listed = {d for d in stage.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
+    assert not sorted(needed - listed), f"dvc.yaml stage {name!r}: add {sorted(needed - listed)} to deps"
+    assert not sorted(listed - needed), f"dvc.yaml stage {name!r}: {sorted(listed - needed)} are not imported by it"
 
 
 def test_closure_follows_function_level_imports(tmp_path, monkeypatch):
-    # engine imports scoring at module level; a module importing engine inside a function must
-    # still pull scoring in, or the completeness check above could miss a dependency.
     package = tmp_path / "stages"
     package.mkdir()
     (package / "a.py").write_text("def f():\n    from stages import b\n")
@@ -69,3 +84,86 @@ def test_closure_follows_function_level_imports(tmp_path, monkeypatch):
     (package / "c.py").write_text("x = 1\n")
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     assert closure("stages/a.py") == {"stages/a.py", "stages/b.py", "stages/c.py"}
+
+
+WHOLE = "/*"  # marks a mapping that was iterated: all of it was read
+
+
+class Recording(dict):
+    """A params mapping that records the dotted path of every key looked up in it."""
+
+    def __init__(self, data: dict, log: set, prefix: str = ""):
+        super().__init__({k: Recording(v, log, f"{prefix}{k}.") if isinstance(v, dict) else v for k, v in data.items()})
+        self._log, self._prefix = log, prefix
+
+    def _touch(self, key):
+        self._log.add(f"{self._prefix}{key}")
+
+    def __getitem__(self, key):
+        self._touch(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self._touch(key)
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        self._touch(key)
+        return super().get(key, default)
+
+    # Iterating a mapping reads all of it.
+    def _whole(self):
+        if self._prefix:
+            self._log.add(self._prefix[:-1] + WHOLE)
+
+    def __iter__(self):
+        self._whole()
+        return super().__iter__()
+
+    def keys(self):
+        self._whole()
+        return super().keys()
+
+    def items(self):
+        self._whole()
+        return super().items()
+
+    def values(self):
+        self._whole()
+        return super().values()
+
+
+def leaves(params: dict, paths: set[str]) -> set[str]:
+    """Every leaf key of params.yaml under any of `paths` (a path to a mapping covers its whole subtree)."""
+    out = set()
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else k)
+        else:
+            out.add(prefix)
+
+    for path in paths:
+        node = params
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            walk(node, path)
+    return out
+
+
+@pytest.mark.parametrize("name,stage", stages(), ids=IDS)
+def test_params_are_exactly_what_the_stage_reads(name, stage, monkeypatch):
+    import layoutpeft.modeling
+
+    monkeypatch.setattr(layoutpeft.modeling, "check_checkpoint", lambda spec: None)  # no hub/disk lookups
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    log: set[str] = set()
+    importlib.import_module(f"stages.{name}").read_params(Recording(params, log))
+    keys = {p for p in log if not p.endswith(WHOLE)}
+    deepest = {p for p in keys if not any(q.startswith(p + ".") for q in keys)}
+    read = leaves(params, deepest | {p[:-len(WHOLE)] for p in log if p.endswith(WHOLE)})
+    declared = leaves(params, {p for p in stage.get("params", []) if isinstance(p, str)})
+    assert not sorted(read - declared), f"dvc.yaml stage {name!r} reads {sorted(read - declared)} without listing them"
+    assert not sorted(declared - read), f"dvc.yaml stage {name!r} lists {sorted(declared - read)} but never reads them"

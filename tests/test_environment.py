@@ -5,7 +5,7 @@ import subprocess
 
 import torch
 
-from stages.environment import code_modified, describe, git_commit
+from layoutpeft.provenance import code_modified, describe, git_commit
 
 
 def git(*args, cwd):

@@ -6,7 +6,7 @@ import json
 import pytest
 from fixtures import STANDARD, entity, png_bytes
 
-from stages.funsd import FUNSD_LABELS, LABEL2ID, LABELS, AnnotationError, entity_labels, load_split, \
+from layoutpeft.funsd import FUNSD_LABELS, LABEL2ID, LABELS, AnnotationError, entity_labels, load_split, \
     normalize_box, parse_annotation
 
 

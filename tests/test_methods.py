@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages import engine
-from stages.batching import load_windows
-from stages.methods import CATALOGUE, TARGET_MODULES, validate_variant
-from stages.params import ParamsError
+from layoutpeft import engine
+from layoutpeft.batching import load_windows
+from layoutpeft.methods import CATALOGUE, TARGET_MODULES, validate_variant
+from layoutpeft.config import ModelConfig, ParamsError
+from layoutpeft.methods import Schedule, n_virtual_tokens
 
-from fixtures import TINY_BERT
+from fixtures import TINY_BERT, cpu_train_config, step_budget
 
 H, I, LAYERS = TINY_BERT["hidden_size"], TINY_BERT["intermediate_size"], TINY_BERT["num_hidden_layers"]
 LABELS = 7  # O + B/I of HEADER, QUESTION, ANSWER
@@ -48,17 +49,14 @@ def windows(tiny_tokenized):
 
 
 def cpu_settings(epochs: int):
-    return engine.read_train_settings({"train": {
-        "max_epochs": epochs, "patience": epochs, "batch_size": 4, "weight_decay": 0.0, "warmup_ratio": 0.0,
-        "max_grad_norm": 1.0, "device": "cpu", "precision": "fp32", "group_by_length": True,
-        "attention": "sdpa", "compile": False, "threads": 0}})
+    return cpu_train_config(max_epochs=epochs, patience=epochs)
 
 
 def build(tiny_checkpoint, settings):
     variant = validate_variant("t", settings, prompt_reserve=8)
     engine.seed_everything(0)
-    model, _ = engine.build_model({"checkpoint": str(tiny_checkpoint), "position_init": "zero"}, variant,
-                                  torch.device("cpu"), total_steps=20)
+    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero"), variant, torch.device("cpu"),
+                                  Schedule(total_steps=20, steps_per_epoch=2))
     return model, variant
 
 
@@ -80,7 +78,8 @@ def test_method_trains_exactly_its_parameters(case, tiny_checkpoint, windows):
     before = {n: p.detach().clone().float() for n, p in model.named_parameters()}
     cfg = cpu_settings(epochs=1)
     train, val = windows
-    engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=20, max_steps=2)
+    engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=20,
+               epoch_batches=step_budget(train, 4, 0, steps=2, n_virtual=n_virtual_tokens(variant)))
     after = dict(model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n].detach().float())}
     frozen_changed = changed - trainable
@@ -124,9 +123,9 @@ def test_qlora_trains_again_after_a_validation_pass(tiny_checkpoint, windows):
 
 
 def test_target_names_map_to_distinct_modules(tiny_checkpoint):
-    from stages.methods import target_regex
+    from layoutpeft.methods import target_regex
     import re
-    from stages.modeling import load_model
+    from layoutpeft.modeling import load_model
 
     model, _ = load_model(str(tiny_checkpoint))
     names = [n for n, _ in model.named_modules()]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fixtures import TINY_BERT, VOCAB
 
-from stages.modeling import ModelSourceError, layoutlm_config, load_model, load_tokenizer, resolve_checkpoint
+from layoutpeft.modeling import ModelSourceError, layoutlm_config, load_model, load_tokenizer, resolve_checkpoint
 
 TABLES = ("x_position_embeddings", "y_position_embeddings", "h_position_embeddings", "w_position_embeddings")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import profile
-from stages.profile import ProfileError, build_command, main, render_value
+from layoutpeft import profile
+from layoutpeft.profiles import ProfileError, build_command, main, render_value
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc", "exp", "run"]

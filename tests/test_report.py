@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.report import (compare_summaries, fmt_change, group_params_diff, render_report,
+from layoutpeft.report import (compare_summaries, fmt_change, group_params_diff, render_report,
                            shared_setting_changes, welch_interval)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,7 +318,7 @@ def test_no_base_summary_makes_every_variant_added():
 @pytest.mark.slow
 def test_base_summary_from_dvc_cache_when_not_in_git(tmp_path):
     """A summary tracked by DVC (cache: true) is read through dvc.api at the base revision."""
-    from stages.report import read_base_summary
+    from layoutpeft.report import read_base_summary
 
     repo = tmp_path / "cached"
     init_repo(repo)

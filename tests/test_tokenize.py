@@ -1,4 +1,4 @@
-"""stages/tokenize.py on the tiny fixture: hand-counted windows, labels, boxes and report.
+"""layoutpeft.windows and the tokenize stage on the tiny fixture: hand-counted windows, labels, boxes and report.
 
 Window arithmetic at data.max_length 64, data.prompt_reserve 8: 64 - 2 - 8 = 54 content tokens
 per window, windows of at most 56 with [CLS] and [SEP]. Token counts per form (fixtures.py):
@@ -14,10 +14,11 @@ import pytest
 import yaml
 from fixtures import TINY_DATA_SETTINGS, TOKEN_ID, make_checkpoint, make_funsd_zip
 
-from stages import tokenize as tk
-from stages.download import download
-from stages.funsd import AnnotationError, Document, load_split
-from stages.params import ParamsError
+from layoutpeft import windows as tk
+from layoutpeft.download import download
+from stages import tokenize as tokenize_stage
+from layoutpeft.funsd import AnnotationError, Document, load_split
+from layoutpeft.config import ParamsError
 
 SETTINGS = TINY_DATA_SETTINGS
 CLS, SEP, UNK = TOKEN_ID["[CLS]"], TOKEN_ID["[SEP]"], TOKEN_ID["[UNK]"]
@@ -142,7 +143,7 @@ def test_long_test_document_is_split(tokenized):
 
 
 def test_every_word_labelled_exactly_once(tokenized, raw_dir):
-    from stages.funsd import LABEL2ID
+    from layoutpeft.funsd import LABEL2ID
 
     _, dataset, _, _ = tokenized
     docs = load_split(raw_dir / "training_data") + load_split(raw_dir / "testing_data")
@@ -188,7 +189,7 @@ def test_split_validation_edges():
 
 
 def test_word_that_tokenizes_to_nothing_becomes_unk(tiny_checkpoint):
-    from stages.modeling import load_tokenizer
+    from layoutpeft.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_checkpoint))
     assert tk.word_pieces(tokenizer, ["date", "\x00", "2024"]) == [
@@ -196,7 +197,7 @@ def test_word_that_tokenizes_to_nothing_becomes_unk(tiny_checkpoint):
 
 
 def test_word_longer_than_a_window(tiny_checkpoint):
-    from stages.modeling import load_tokenizer
+    from layoutpeft.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_checkpoint))
     doc = Document(doc_id="long_word", words=["date", "abcdefghij"], boxes=[[0, 0, 1, 1]] * 2, labels=["O", "O"])
@@ -236,10 +237,10 @@ DELETE = object()
 
 
 def test_read_settings():
-    assert tk.read_settings(GOOD) == {"checkpoint": "x", "val_fraction": 0.15, "split_seed": 0,
+    assert tokenize_stage.read_params(GOOD) == {"checkpoint": "x", "val_fraction": 0.15, "split_seed": 0,
                                       "max_length": 64, "prompt_reserve": 8}
     with pytest.raises(ParamsError, match="data.val_fraction' must be in"):
-        tk.read_settings(with_value("data.val_fraction", 0))  # early stopping needs a validation split
+        tokenize_stage.read_params(with_value("data.val_fraction", 0))  # early stopping needs a validation split
 
 
 @pytest.mark.parametrize("dotted, value, fragment", [
@@ -258,7 +259,7 @@ def test_read_settings():
 ])
 def test_read_settings_errors_name_the_key(dotted, value, fragment):
     with pytest.raises(ParamsError) as caught:
-        tk.read_settings(with_value(dotted, value))
+        tokenize_stage.read_params(with_value(dotted, value))
     assert fragment in str(caught.value)
 
 
@@ -266,7 +267,7 @@ def test_main_params_error_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("data.val_fraction", "abc")))
     with pytest.raises(ParamsError, match="data.val_fraction"):
-        tk.main([])
+        tokenize_stage.main([])
     assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
 
 

@@ -43,7 +43,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stages.aggregate import human_count
+from stages.aggregate import human_count  # TODO move to layoutpeft.formatting
 
 SUMMARY = "metrics/summary.json"
 PARAMS = "params.yaml"

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import torch
 
-from stages.funsd import LABELS
+from layoutpeft.errors import LayoutpeftError
+from layoutpeft.funsd import LABELS
 
 POSITION_INITS = ("zero", "random")
-_2D_TABLES = ("x_position_embeddings", "y_position_embeddings", "h_position_embeddings", "w_position_embeddings")
+TABLES_2D = ("x_position_embeddings", "y_position_embeddings", "h_position_embeddings", "w_position_embeddings")
 
 
-class ModelSourceError(ValueError):
-    pass
+class ModelSourceError(LayoutpeftError):
+    """model.checkpoint names nothing loadable."""
 
 
 def resolve_checkpoint(spec: str) -> str:
@@ -39,6 +40,20 @@ def resolve_checkpoint(spec: str) -> str:
     if not folder.is_dir():
         raise ModelSourceError(f"model.checkpoint: {folder} does not exist ({spec})")
     return str(folder)
+
+
+def check_checkpoint(spec: str) -> None:
+    """Fail fast, naming the key, when model.checkpoint is a local folder that holds no model.
+
+    A spec that is not a local path is taken as a hub id and checked when it is loaded."""
+    path = Path(resolve_checkpoint(spec)).expanduser()
+    looks_local = spec.startswith(("package:", ".", "/", "~")) or path.exists()
+    if not looks_local:
+        return
+    if not path.is_dir():
+        raise ModelSourceError(f"model.checkpoint: {spec} is not a folder")
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"model.checkpoint: {spec} is not a model folder (no config.json in {path})")
 
 
 def load_tokenizer(checkpoint: str):
@@ -92,6 +107,6 @@ def load_model(checkpoint: str, position_init: str = "zero", quantization_config
         hf_logging.set_verbosity(verbosity)
     if source_type == "bert" and position_init == "zero":
         with torch.no_grad():
-            for name in _2D_TABLES:
+            for name in TABLES_2D:
                 getattr(model.layoutlm.embeddings, name).weight.zero_()
     return model, source_type

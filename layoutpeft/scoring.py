@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import torch
 
-from stages.funsd import ENTITY_TYPES, LABELS
+from layoutpeft.funsd import ENTITY_TYPES, LABELS
 
 SCHEME = {"scheme": "IOB2", "mode": "conlleval (seqeval default)"}
 

@@ -8,64 +8,25 @@ import random
 import resource
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from stages.batching import batches, to_device
-from stages.methods import CATALOGUE, apply_method, n_virtual_tokens, quantization_config, step_hook
-from stages.modeling import load_model
-from stages.params import ParamsError, get, number_in
-from stages.scoring import score, word_labels
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-@dataclass
-class TrainSettings:
-    max_epochs: int
-    patience: int
-    batch_size: int
-    weight_decay: float
-    warmup_ratio: float
-    max_grad_norm: float
-    device: str
-    precision: str
-    group_by_length: bool
-    attention: str
-    compile: bool
-    threads: int
-
-
-def read_train_settings(params: dict) -> TrainSettings:
-    settings = TrainSettings(
-        max_epochs=number_in(params, "train.max_epochs", 1, 10_000, kind=int),
-        patience=number_in(params, "train.patience", 1, 10_000, kind=int),
-        batch_size=number_in(params, "train.batch_size", 1, 4096, kind=int),
-        weight_decay=number_in(params, "train.weight_decay", 0.0, 1.0),
-        warmup_ratio=number_in(params, "train.warmup_ratio", 0.0, 1.0),
-        max_grad_norm=number_in(params, "train.max_grad_norm", 0.0, 1e6),
-        device=get(params, "train.device", str),
-        precision=get(params, "train.precision", str),
-        group_by_length=get(params, "train.group_by_length", bool),
-        attention=get(params, "train.attention", str),
-        compile=get(params, "train.compile", bool),
-        threads=number_in(params, "train.threads", 0, 1024, kind=int),
-    )
-    if settings.device not in ("auto", "cpu", "cuda"):
-        raise ParamsError(f"params.yaml: key 'train.device' must be auto, cpu or cuda, got {settings.device!r}")
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("params.yaml: key 'train.device' is cuda, but no CUDA device is available")
-    if settings.precision not in PRECISIONS:
-        raise ParamsError(f"params.yaml: key 'train.precision' must be one of {PRECISIONS}, got {settings.precision!r}")
-    if settings.attention not in ("sdpa", "eager"):
-        raise ParamsError(f"params.yaml: key 'train.attention' must be sdpa or eager, got {settings.attention!r}")
-    return settings
-
+from layoutpeft.batching import batches, to_device
+from layoutpeft.config import ModelConfig, TrainConfig
+from layoutpeft.errors import LayoutpeftError
+from layoutpeft.methods import Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens, quantization_config
+from layoutpeft.modeling import load_model
+from layoutpeft.scoring import score, word_labels
 
 def resolve_device(spec: str) -> torch.device:
+    """auto: CUDA when one is visible, else CPU. A named cuda that is not visible fails here, before any work."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cuda" and not torch.cuda.is_available():
+        raise LayoutpeftError("train.device is cuda, but no CUDA device is visible "
+                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
     return torch.device(spec)
 
 
@@ -90,14 +51,14 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def build_model(model_params: dict, variant: dict, device: torch.device, total_steps: int,
+def build_model(model_cfg: ModelConfig, variant: dict, device: torch.device, schedule: Schedule,
                 attention: str = "sdpa"):
     """Base model from model.checkpoint with the variant's method applied; returns (model, source_type)."""
-    method = CATALOGUE[variant["method"]]
+    method = method_of(variant)
     quant = quantization_config(device.type) if method.quantized else None
-    model, source_type = load_model(model_params["checkpoint"], model_params.get("position_init", "zero"),
+    model, source_type = load_model(model_cfg.checkpoint, model_cfg.position_init,
                                     quantization_config=quant, attn_implementation=attention)
-    model = apply_method(model, variant, total_steps)
+    model = apply_method(model, variant, schedule)
     if method.quantized and device.type == "cpu":
         keep_4bit_training_layout(model)
     if not method.quantized:  # bitsandbytes places quantised weights itself
@@ -154,6 +115,34 @@ def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, devi
     seconds = time.perf_counter() - start
     return {"predictions": predictions, "loss": total_loss / max(labelled, 1),
             "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"), "seconds": seconds}
+
+
+@torch.no_grad()
+def inference_speed(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
+                    n_virtual: int = 0, dtype: torch.dtype | None = None, repeats: int = 3) -> dict:
+    """Inference throughput: one warm-up pass over `windows`, then the median of `repeats` timed passes.
+
+    tokens_per_s counts real tokens (what a user's forms contain); computed_tokens_per_s adds the
+    padding and any virtual tokens the model also computes."""
+    model.eval()
+    real = sum(len(w["input_ids"]) for w in windows)
+    computed = 0
+    for _, batch in batches(windows, batch_size, pad_token_id, group_by_length=True, n_virtual=n_virtual):
+        computed += batch["input_ids"].numel() + n_virtual * batch["input_ids"].shape[0]
+    times = []
+    for attempt in range(repeats + 1):
+        start = time.perf_counter()
+        for _, batch in batches(windows, batch_size, pad_token_id, group_by_length=True, n_virtual=n_virtual):
+            batch = to_device(batch, device)
+            with autocast(device, dtype):
+                logits_of(model, batch, n_virtual)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if attempt:  # the first pass is the warm-up
+            times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    return {"tokens_per_s": real / seconds, "computed_tokens_per_s": computed / seconds, "seconds_per_pass": seconds,
+            "timed_passes": repeats, "threads": torch.get_num_threads()}
 
 
 def evaluate_windows(model, windows, batch_size, pad_token_id, device, n_virtual=0, dtype=None) -> dict:
@@ -218,20 +207,29 @@ class FitResult:
     train_tokens: int  # real (non-padding) tokens seen in training steps
 
 
-def fit(model, variant: dict, cfg: TrainSettings, train_windows: list[dict], val_windows: list[dict],
-        pad_token_id: int, device: torch.device, seed: int, *, total_steps: int, pad_to: int | None = None,
-        max_steps: int | None = None, on_epoch=None) -> FitResult:
+def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_windows: list[dict],
+        pad_token_id: int, device: torch.device, seed: int, *, total_steps: int,
+        epoch_batches: Callable[[int], Iterable[dict]] | None = None, on_epoch=None) -> FitResult:
     """AdamW + linear warm-up/decay + grad clipping; early stopping on validation loss.
 
-    The best epoch's trainable weights are restored at the end. `pad_to`/`max_steps` exist for
-    the benchmark (naive padding, fixed step budgets); the train stage leaves them unset.
+    The best epoch's trainable weights are restored at the end. `epoch_batches(epoch)` replaces
+    the default batches (dynamic padding, length groups): the benchmark passes its naive recipe
+    or a step budget this way, so nothing benchmark-only lives in the training loop.
     """
     dtype = resolve_precision(cfg.precision, device)
     n_virtual = n_virtual_tokens(variant)
     optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    hook = step_hook(model, variant)
+    hook = after_step_hook(model, variant)
+    n_virtual_ = n_virtual
+
+    def default_batches(epoch: int):
+        for _, batch in batches(train_windows, cfg.batch_size, pad_token_id, shuffle=True,
+                                group_by_length=cfg.group_by_length, seed=seed * 100_003 + epoch, n_virtual=n_virtual_):
+            yield batch
+
+    epoch_batches = epoch_batches or default_batches
     trainable = [p for p in model.parameters() if p.requires_grad]
     forward_model = torch.compile(model) if cfg.compile else model
 
@@ -241,9 +239,7 @@ def fit(model, variant: dict, cfg: TrainSettings, train_windows: list[dict], val
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
         epoch_start, loss_sum, n_batches = time.perf_counter(), 0.0, 0
-        for _, batch in batches(train_windows, cfg.batch_size, pad_token_id, shuffle=True,
-                                group_by_length=cfg.group_by_length and pad_to is None,
-                                seed=seed * 100_003 + epoch, pad_to=pad_to, n_virtual=n_virtual):
+        for batch in epoch_batches(epoch):
             tokens += int(batch["attention_mask"].sum())
             batch = to_device(batch, device, non_blocking=device.type == "cuda")
             with autocast(device, dtype):
@@ -253,20 +249,18 @@ def fit(model, variant: dict, cfg: TrainSettings, train_windows: list[dict], val
                 scaler.unscale_(optimizer)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            if hook:
-                hook(step)  # AdaLoRA: after backward, before the gradients are zeroed
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
+            if hook:
+                hook(step)  # AdaLoRA: after the optimizer step, before the gradients are zeroed (PEFT's order)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item()
             n_batches += 1
             step += 1
-            if max_steps is not None and step >= max_steps:
-                break
         train_time = time.perf_counter() - epoch_start
         val = evaluate_windows(model, val_windows, cfg.batch_size, pad_token_id, device, n_virtual, dtype)
         record = {"epoch": epoch, "train_loss": loss_sum / max(n_batches, 1), "val_loss": val["loss"],
@@ -279,8 +273,6 @@ def fit(model, variant: dict, cfg: TrainSettings, train_windows: list[dict], val
             best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         else:
             stale += 1
-        if max_steps is not None and step >= max_steps:
-            break
         if stale >= cfg.patience:
             stopped_early = True
             break

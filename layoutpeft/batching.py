@@ -11,9 +11,10 @@ import json
 import random
 from pathlib import Path
 
+from layoutpeft.paths import TOKENIZED_DIR
+
 import torch
 
-TOKENIZED_DIR = Path("data/tokenized")
 FIELDS = ("input_ids", "bbox", "labels", "word_ids")
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from stages.params import ParamsError, load_params
+from layoutpeft.config import ParamsError, load_params
 
 PROFILES_FILE = Path("profiles.yaml")
 PARAMS_FILE = Path("params.yaml")
@@ -117,7 +117,7 @@ def check_variant_names(params: dict, names: Any, where: str) -> None:
     if not isinstance(names, list):
         return
     try:
-        from stages.variants import expand_sweeps
+        from layoutpeft.variants import expand_sweeps
         known = expand_sweeps(params.get("variants") or {}, params.get("sweeps") or {})
     except (ImportError, ParamsError):  # let the variants stage report a broken params.yaml
         return

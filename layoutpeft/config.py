@@ -1,0 +1,229 @@
+"""params.yaml, read once and checked once, as typed settings.
+
+`load_params` reads YAML 1.2 with ruamel, the parser DVC itself uses, so a value that
+`dvc exp run -S` writes (e.g. 5e-05) reads back as the number it is. Each section has a
+frozen dataclass built by `from_params`, which names the key at fault on any bad value.
+Stages read exactly the keys their `params:` list in dvc.yaml declares (tests check this).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from layoutpeft.errors import ParamsError
+
+PARAMS_FILE = Path("params.yaml")
+_MISSING = object()
+
+__all__ = ["ParamsError", "load_params", "get", "number_in", "choice", "SourceConfig", "DataConfig", "ModelConfig",
+           "TrainConfig", "EvaluateConfig", "StudyConfig"]
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's commented maps/sequences -> dict/list; its scalar subclasses -> plain Python values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def load_yaml(path: str | Path, what: str = "file") -> Any:
+    from ruamel.yaml import YAML, YAMLError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: {what} not found (run from the repository root)")
+    try:
+        return _plain(YAML(typ="safe", pure=False).load(path.read_text()))
+    except YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    params = load_yaml(path, "params file")
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def get(params: dict, dotted: str, kind: type | tuple[type, ...], default: Any = _MISSING,
+        where: str = "params.yaml") -> Any:
+    """params[dotted] checked against `kind`; ParamsError names the key otherwise."""
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is not _MISSING:
+                return default
+            raise ParamsError(f"{where}: missing key '{dotted}'")
+        node = node[part]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(node, bool) and bool not in kinds:  # a `true` where a number is expected
+        ok = False
+    elif float in kinds and isinstance(node, int):
+        ok, node = True, float(node) if int not in kinds else node
+    else:
+        ok = isinstance(node, kinds)
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ParamsError(f"{where}: key '{dotted}' must be {names}, got {node!r}")
+    return node
+
+
+def number_in(params: dict, dotted: str, low: float, high: float, kind=float, where: str = "params.yaml", **kw) -> Any:
+    value = get(params, dotted, kind, where=where, **kw)
+    if not (low <= value <= high):
+        raise ParamsError(f"{where}: key '{dotted}' must be in [{low}, {high}], got {value!r}")
+    return value
+
+
+def choice(params: dict, dotted: str, options: tuple, where: str = "params.yaml", **kw) -> Any:
+    value = get(params, dotted, type(options[0]), where=where, **kw)
+    if value not in options:
+        raise ParamsError(f"{where}: key '{dotted}' must be one of {', '.join(map(str, options))}, got {value!r}")
+    return value
+
+
+class _Section:
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceConfig(_Section):
+    """`data.url`, `data.md5` — read by the download stage."""
+    url: str
+    md5: str
+
+    @classmethod
+    def from_params(cls, params: dict) -> "SourceConfig":
+        return cls(get(params, "data.url", str), get(params, "data.md5", str))
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """The rest of `data:` — read by the tokenize stage."""
+    val_fraction: float
+    split_seed: int
+    max_length: int
+    prompt_reserve: int
+
+    @classmethod
+    def from_params(cls, params: dict) -> "DataConfig":
+        max_length = number_in(params, "data.max_length", 8, 512, kind=int)
+        return cls(
+            # > 0: model selection needs a validation split; the test split is never used for it.
+            val_fraction=number_in(params, "data.val_fraction", 0.01, 0.9),
+            split_seed=get(params, "data.split_seed", int),
+            max_length=max_length,
+            prompt_reserve=number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int))
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """`model:` — the checkpoint and how new 2-D position tables of a BERT checkpoint start."""
+    checkpoint: str
+    position_init: str = "zero"
+
+    @staticmethod
+    def checkpoint_from_params(params: dict, check_source: bool = True) -> str:
+        from layoutpeft.modeling import check_checkpoint
+
+        checkpoint = get(params, "model.checkpoint", str)
+        if not checkpoint.strip():
+            raise ParamsError("params.yaml: key 'model.checkpoint' is empty")
+        if check_source:
+            check_checkpoint(checkpoint)
+        return checkpoint
+
+    @classmethod
+    def from_params(cls, params: dict, check_source: bool = True) -> "ModelConfig":
+        from layoutpeft.modeling import POSITION_INITS
+
+        return cls(cls.checkpoint_from_params(params, check_source), choice(params, "model.position_init", POSITION_INITS))
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """`train:` — shared by every train@ stage (and recorded with each run)."""
+    max_epochs: int
+    patience: int
+    batch_size: int
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    device: str
+    precision: str
+    group_by_length: bool
+    attention: str
+    compile: bool
+    threads: int
+
+    @classmethod
+    def from_params(cls, params: dict) -> "TrainConfig":
+        return cls(
+            max_epochs=number_in(params, "train.max_epochs", 1, 10_000, kind=int),
+            patience=number_in(params, "train.patience", 1, 10_000, kind=int),
+            batch_size=number_in(params, "train.batch_size", 1, 4096, kind=int),
+            weight_decay=number_in(params, "train.weight_decay", 0.0, 1.0),
+            warmup_ratio=number_in(params, "train.warmup_ratio", 0.0, 1.0),
+            max_grad_norm=number_in(params, "train.max_grad_norm", 0.0, 1e6),
+            device=choice(params, "train.device", ("auto", "cpu", "cuda")),
+            precision=choice(params, "train.precision", PRECISIONS),
+            group_by_length=get(params, "train.group_by_length", bool),
+            attention=choice(params, "train.attention", ("sdpa", "eager")),
+            compile=get(params, "train.compile", bool),
+            threads=number_in(params, "train.threads", 0, 1024, kind=int),
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(_Section):
+    """`evaluate:` — inference settings of the evaluate@ stages (device/precision come from the train record)."""
+    batch_size: int
+    timing_repeats: int = 3
+
+    @classmethod
+    def from_params(cls, params: dict) -> "EvaluateConfig":
+        return cls(batch_size=number_in(params, "evaluate.batch_size", 1, 4096, kind=int),
+                   timing_repeats=number_in(params, "evaluate.timing_repeats", 1, 100, kind=int, default=3))
+
+
+@dataclass(frozen=True)
+class StudyConfig(_Section):
+    """`study:` — which variants x seeds run, and the reference they are compared with."""
+    variants: tuple[str, ...]
+    seeds: tuple[int, ...]
+    reference: str | None
+
+    @classmethod
+    def from_params(cls, params: dict) -> "StudyConfig":
+        names = get(params, "study.variants", list)
+        seeds = get(params, "study.seeds", list)
+        reference = get(params, "study.reference", str, default=None)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ParamsError(f"params.yaml: study.variants must be a non-empty list of variant names, got {names!r}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ParamsError(f"params.yaml: study.variants lists {', '.join(twice)} more than once")
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ParamsError(f"params.yaml: study.seeds must be a non-empty list of integers, got {seeds!r}")
+        twice_seeds = sorted({s for s in seeds if seeds.count(s) > 1})
+        if twice_seeds:
+            raise ParamsError(f"params.yaml: study.seeds lists seed {', '.join(map(str, twice_seeds))} more than once "
+                              "(DVC would merge the duplicate runs)")
+        if reference is not None and reference not in names:
+            raise ParamsError(f"params.yaml: study.reference {reference!r} is not in study.variants {names}")
+        return cls(tuple(names), tuple(seeds), reference)

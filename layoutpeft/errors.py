@@ -1,0 +1,45 @@
+"""One-line errors for bad input.
+
+Anything a user can fix (a params key, a file, a value) raises a `LayoutpeftError` whose
+message names the key, file or value at fault. Entry points run under `run_main`, which
+prints such an error as one line, `layoutpeft <command>: error: <message>`, and exits 2.
+Unexpected exceptions keep their traceback. `--debug` or LAYOUTPEFT_DEBUG=1 shows the
+traceback of user errors too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+
+class LayoutpeftError(Exception):
+    """Bad input a user can fix; the message names the file, key or value."""
+
+
+class ParamsError(LayoutpeftError, ValueError):
+    """A params.yaml key is missing, of the wrong type, or out of range."""
+
+
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get("LAYOUTPEFT_DEBUG", "") not in ("", "0")
+
+
+def run_main(command: str, main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> int:
+    """Run `main(argv)`; a LayoutpeftError becomes one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        result = main(argv)
+    except LayoutpeftError as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+        print(f"layoutpeft {command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"layoutpeft {command}: interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0

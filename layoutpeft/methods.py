@@ -1,0 +1,328 @@
+"""The method catalogue: every fine-tuning method is one entry here, and only here.
+
+An entry declares the keys a variant may set (types, defaults, checks), how it derives
+defaults and checks keys against each other, and how it makes the model trainable: either a
+PEFT config builder (`peft_config`) or a predicate over parameter names (`trains`) for
+methods PEFT does not have. Flags say what it can do at inference (merge, 4-bit base,
+virtual tokens). Adding a method is one `register(Method(...))` plus its test; nothing else
+in the code names methods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from layoutpeft.errors import ParamsError
+
+# Readable target names -> the exact LayoutLM module paths. Anchored at `layer.N.` so that
+# attention_output (attention.output.dense) and output (the FFN's output.dense) never overlap.
+TARGET_MODULES = {
+    "query": r"attention\.self\.query",
+    "key": r"attention\.self\.key",
+    "value": r"attention\.self\.value",
+    "attention_output": r"attention\.output\.dense",
+    "intermediate": r"intermediate\.dense",
+    "output": r"output\.dense",
+}
+
+
+def target_regex(names: list[str]) -> str:
+    """A PEFT `target_modules` regex (matched with re.fullmatch) for readable target names."""
+    return r".*\.layer\.\d+\.(" + "|".join(TARGET_MODULES[n] for n in names) + r")"
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: type | tuple
+    default: Any = None
+    required: bool = False
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+
+
+def positive(value):
+    return None if value > 0 else "must be > 0"
+
+
+def probability(value):
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def known_targets(value):
+    if not value:
+        return "must list at least one module"
+    unknown = [v for v in value if v not in TARGET_MODULES]
+    return f"unknown module(s) {unknown}; choose from {sorted(TARGET_MODULES)}" if unknown else None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a method may need to know about the training run it is built for."""
+    total_steps: int
+    steps_per_epoch: int = 1
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    keys: dict = field(default_factory=dict)
+    # PEFT methods: (settings, schedule) -> a peft config. Others: param name -> trained?
+    peft_config: Callable[[dict, Schedule], Any] | None = None
+    trains: Callable[[str], bool] | None = None
+    # (filled settings, where) -> None: derive defaults in place, raise ParamsError on bad combinations.
+    finish: Callable[[dict, str], None] | None = None
+    # model -> (step -> None), called after every optimizer step, before gradients are zeroed.
+    after_step: Callable[[Any], Callable[[int], None]] | None = None
+    mergeable: bool = False          # adapter folds into the base weights for inference
+    quantized: bool = False          # base loaded in 4-bit NF4
+    virtual_tokens: bool = False     # prepends `virtual_tokens` trained tokens (prompt methods)
+    unsupported: str | None = None   # why the method cannot run on LayoutLM
+
+    @property
+    def peft(self) -> bool:
+        return self.peft_config is not None
+
+
+CATALOGUE: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the catalogue (a later entry of the same name replaces the earlier)."""
+    if (method.peft_config is None) == (method.trains is None) and method.unsupported is None:
+        raise ValueError(f"method {method.name!r}: give exactly one of peft_config or trains")
+    CATALOGUE[method.name] = method
+    return method
+
+
+# ----------------------------------------------------------------- shared key sets and helpers
+LR = {"lr": Key(float, required=True, check=positive)}
+TARGETS = {"targets": Key(list, default=["query", "value"], check=known_targets)}
+RANKED = {"r": Key(int, required=True, check=positive), "alpha": Key(float, check=positive),
+          "dropout": Key(float, default=0.0, check=probability)}
+
+
+def alpha_2r(s: dict, where: str) -> None:
+    if s.get("alpha") is None:
+        s["alpha"] = float(2 * s["r"])  # the common alpha = 2r, so rank sweeps keep the scale
+
+
+def head(name: str) -> bool:
+    return name.startswith("classifier.")
+
+
+def lora_config(s: dict, schedule: Schedule, use_dora: bool = False):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], lora_alpha=s["alpha"], lora_dropout=s["dropout"],
+                      target_modules=target_regex(s["targets"]), use_dora=use_dora)
+
+
+def _loha(s, schedule):
+    from peft import LoHaConfig, TaskType
+
+    return LoHaConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], alpha=s["alpha"], module_dropout=s["dropout"],
+                      target_modules=target_regex(s["targets"]))
+
+
+def _lokr(s, schedule):
+    from peft import LoKrConfig, TaskType
+
+    return LoKrConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], alpha=s["alpha"], module_dropout=s["dropout"],
+                      target_modules=target_regex(s["targets"]))
+
+
+def _adalora(s, schedule):
+    from peft import AdaLoraConfig, TaskType
+
+    # AdaLoRA prunes ranks on a schedule over total_step; it needs update_and_allocate() every step.
+    total = schedule.total_steps
+    return AdaLoraConfig(task_type=TaskType.TOKEN_CLS, init_r=s["init_r"], target_r=s["r"], lora_alpha=s["alpha"],
+                         lora_dropout=s["dropout"], target_modules=target_regex(s["targets"]), total_step=total,
+                         tinit=int(total * 0.1), tfinal=int(total * 0.2), deltaT=max(1, total // 100))
+
+
+def _adalora_finish(s: dict, where: str) -> None:
+    alpha_2r(s, where)
+    s["init_r"] = s["init_r"] or s["r"] + s["r"] // 2
+    if s["init_r"] < s["r"]:
+        raise ParamsError(f"{where}: key 'init_r' ({s['init_r']}) must be >= r ({s['r']})")
+
+
+def _vera(s, schedule):
+    from peft import TaskType, VeraConfig
+
+    return VeraConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], vera_dropout=s["dropout"], d_initial=s["d_initial"],
+                      target_modules=target_regex(s["targets"]))
+
+
+def _ia3(s, schedule):
+    from peft import IA3Config, TaskType
+
+    return IA3Config(task_type=TaskType.TOKEN_CLS, target_modules=target_regex(s["targets"]),
+                     feedforward_modules=target_regex(s["feedforward"]))
+
+
+def _ia3_finish(s: dict, where: str) -> None:
+    if not set(s["feedforward"]) <= set(s["targets"]):
+        raise ParamsError(f"{where}: key 'feedforward' {s['feedforward']} must be a subset of 'targets' {s['targets']}")
+
+
+def _prompt(s, schedule):
+    from peft import PromptTuningConfig, TaskType
+
+    return PromptTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=s["virtual_tokens"])
+
+
+def _p_tuning(s, schedule):
+    from peft import PromptEncoderConfig, TaskType
+
+    return PromptEncoderConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=s["virtual_tokens"],
+                               encoder_hidden_size=s["encoder_hidden"])
+
+
+VIRTUAL = {"virtual_tokens": Key(int, default=20, check=positive)}
+
+for _method in [
+    Method("full", "all weights", LR, trains=lambda name: True),
+    Method("head", "classifier only (linear probe)", LR, trains=head),
+    Method("bitfit", "all biases + classifier (by hand: PEFT has no BitFit)", LR,
+           trains=lambda name: head(name) or name.endswith(".bias")),
+    Method("lora", "low-rank adapters", {**LR, **RANKED, **TARGETS}, peft_config=lora_config, finish=alpha_2r,
+           mergeable=True),
+    Method("dora", "LoRA with weight decomposition", {**LR, **RANKED, **TARGETS},
+           peft_config=lambda s, sch: lora_config(s, sch, use_dora=True), finish=alpha_2r, mergeable=True),
+    Method("qlora", "LoRA on a 4-bit NF4 base (double quantisation)", {**LR, **RANKED, **TARGETS},
+           peft_config=lora_config, finish=alpha_2r, quantized=True),
+    Method("loha", "low-rank Hadamard product", {**LR, **RANKED, **TARGETS}, peft_config=_loha, finish=alpha_2r,
+           mergeable=True),
+    Method("lokr", "low-rank Kronecker product", {**LR, **RANKED, **TARGETS}, peft_config=_lokr, finish=alpha_2r,
+           mergeable=True),
+    Method("adalora", "LoRA with adaptive rank budget (r is the target rank)",
+           {**LR, **RANKED, **TARGETS, "init_r": Key(int, default=None, check=positive)},
+           peft_config=_adalora, finish=_adalora_finish, mergeable=True,
+           after_step=lambda model: model.base_model.update_and_allocate),
+    Method("vera", "shared frozen random projections, trained scaling vectors",
+           {**LR, **TARGETS, "r": Key(int, required=True, check=positive),
+            "dropout": Key(float, default=0.0, check=probability),
+            "d_initial": Key(float, default=0.1, check=positive)}, peft_config=_vera, mergeable=True),
+    Method("ia3", "learned rescaling of keys, values and FFN activations",
+           {**LR, "targets": Key(list, default=["key", "value", "output"], check=known_targets),
+            "feedforward": Key(list, default=["output"], check=known_targets)},
+           peft_config=_ia3, finish=_ia3_finish, mergeable=True),
+    Method("prompt_tuning", "trained virtual-token embeddings", {**LR, **VIRTUAL}, peft_config=_prompt,
+           virtual_tokens=True),
+    Method("p_tuning", "virtual tokens from a small prompt encoder",
+           {**LR, **VIRTUAL, "encoder_hidden": Key(int, default=128, check=positive)}, peft_config=_p_tuning,
+           virtual_tokens=True),
+    Method("prefix_tuning", "trained key/value prefixes", LR,
+           unsupported="LayoutLM's forward takes no past_key_values, so PEFT cannot inject the prefixes "
+                       "(prefix tuning needs a model whose attention accepts a KV cache)"),
+]:
+    register(_method)
+
+
+# ----------------------------------------------------------------- checking a variant
+def method_of(settings: dict) -> Method:
+    return CATALOGUE[settings["method"]]
+
+
+def validate_variant(name: str, settings: dict, prompt_reserve: int | None = None, check_runtime: bool = True) -> dict:
+    """Check a resolved variant against its method; return it with defaults filled in.
+
+    check_runtime: also check what the method needs at run time (bitsandbytes for QLoRA)."""
+    where = f"params.yaml: variant {name!r}"
+    method_name = settings.get("method")
+    if method_name is None:
+        raise ParamsError(f"{where}: missing key 'method' (one of {sorted(CATALOGUE)})")
+    method = CATALOGUE.get(method_name)
+    if method is None:
+        raise ParamsError(f"{where}: unknown method {method_name!r}; choose from {sorted(CATALOGUE)}")
+    if method.unsupported:
+        raise ParamsError(f"{where}: method {method_name!r} is not supported: {method.unsupported}")
+    for key in settings:
+        if key != "method" and key not in method.keys:
+            raise ParamsError(f"{where}: unknown key {key!r} for method {method_name!r}; it takes {sorted(method.keys)}")
+    filled = {"method": method_name}
+    for key, spec in method.keys.items():
+        if key not in settings:
+            if spec.required:
+                raise ParamsError(f"{where}: missing key {key!r} for method {method_name!r}")
+            filled[key] = spec.default
+            continue
+        value = settings[key]
+        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+        ok = isinstance(value, kinds) and not isinstance(value, bool)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok:
+            raise ParamsError(f"{where}: key {key!r} must be {'/'.join(k.__name__ for k in kinds)}, got {value!r}")
+        problem = spec.check(value) if spec.check else None
+        if problem:
+            raise ParamsError(f"{where}: key {key!r} = {value!r} {problem}")
+        filled[key] = value
+    if method.finish:
+        method.finish(filled, where)
+    if method.virtual_tokens and prompt_reserve is not None and filled["virtual_tokens"] > prompt_reserve:
+        raise ParamsError(f"{where}: key 'virtual_tokens' = {filled['virtual_tokens']} exceeds "
+                          f"data.prompt_reserve = {prompt_reserve} (positions left free in each window)")
+    if method.quantized and check_runtime:
+        check_bitsandbytes(where)
+    return filled
+
+
+def check_bitsandbytes(where: str) -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+        from bitsandbytes.functional import quantize_4bit
+    except Exception as err:  # noqa: BLE001 - any import failure means no QLoRA
+        raise ParamsError(f"{where}: QLoRA needs a working bitsandbytes (>= 0.47 for CPU): {err}") from err
+    try:
+        quantize_4bit(torch.ones(64, 64), quant_type="nf4")
+    except Exception as err:  # noqa: BLE001
+        raise ParamsError(f"{where}: bitsandbytes cannot quantise to 4-bit here: {err}") from err
+
+
+# ----------------------------------------------------------------- applying a method
+def quantization_config(device: str):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+        # The new classifier must stay a plain Linear, or PEFT cannot make it trainable.
+        llm_int8_skip_modules=["classifier"])
+
+
+def apply_method(model, settings: dict, schedule: Schedule):
+    """Freeze/wrap `model` for the variant's method; returns the model to train."""
+    method = method_of(settings)
+    if not method.peft:
+        for name, p in model.named_parameters():
+            p.requires_grad = method.trains(name)
+        return model
+    from peft import get_peft_model
+
+    if method.quantized:
+        from peft import prepare_model_for_kbit_training
+
+        # No gradient checkpointing: it trades time for memory we do not need at this size.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    try:
+        return get_peft_model(model, method.peft_config(settings, schedule))
+    except ValueError as err:
+        if "not found in the base model" in str(err) or "Target modules" in str(err):
+            raise ParamsError(f"variant with targets {settings.get('targets')}: no module of the model "
+                              f"matches ({err})") from err
+        raise
+
+
+def after_step_hook(model, settings: dict) -> Callable[[int], None] | None:
+    """The method's per-step callback (AdaLoRA's rank allocation), or None."""
+    method = method_of(settings)
+    return method.after_step(model) if method.after_step else None
+
+
+def n_virtual_tokens(settings: dict) -> int:
+    return settings["virtual_tokens"] if method_of(settings).virtual_tokens else 0
