@@ -1,0 +1,5 @@
+import sys
+
+from layoutpeft.cli import main
+
+sys.exit(main())
