@@ -8,6 +8,7 @@ for the benchmark.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -38,14 +39,17 @@ def load_meta(folder: Path = TOKENIZED_DIR) -> dict:
     return json.loads((folder / "meta.json").read_text())
 
 
-def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_length: bool, seed: int) -> list[list[int]]:
-    """Indices per batch. Grouping sorts within shuffled mega-batches, then shuffles the batches."""
+def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_length: bool, seed: int,
+                group_size: int = 4) -> list[list[int]]:
+    """Indices per batch. Grouping sorts within shuffled mega-batches of `group_size` batches, then
+    shuffles the batches. Small mega-batches keep batch members changing across epochs and seeds
+    (one mega-batch over the whole training set would give the same batches every epoch)."""
     order = list(range(len(lengths)))
     rng = random.Random(seed)
     if shuffle:
         rng.shuffle(order)
     if group_by_length:
-        mega = batch_size * 50
+        mega = batch_size * group_size
         order = [i for start in range(0, len(order), mega)
                  for i in sorted(order[start:start + mega], key=lambda i: -lengths[i])]
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -77,10 +81,13 @@ def collate(windows: list[dict], pad_token_id: int, pad_to: int | None = None, n
 
 
 def batches(windows: list[dict], batch_size: int, pad_token_id: int, *, shuffle: bool = False,
-            group_by_length: bool = True, seed: int = 0, pad_to: int | None = None, n_virtual: int = 0):
-    """Yield (indices, batch) pairs over `windows`."""
+            group_by_length: bool = True, group_size: int = 4, seed: int = 0, pad_to: int | None = None,
+            n_virtual: int = 0):
+    """Yield (indices, batch) pairs over `windows`. Without shuffling (inference), windows are
+    sorted by length over the whole split: order does not matter there, padding does."""
     lengths = [len(w["input_ids"]) for w in windows]
-    for indices in batch_order(lengths, batch_size, shuffle, group_by_length, seed):
+    size = group_size if shuffle else max(1, math.ceil(len(windows) / batch_size))
+    for indices in batch_order(lengths, batch_size, shuffle, group_by_length, seed, size):
         yield indices, collate([windows[i] for i in indices], pad_token_id, pad_to, n_virtual)
 
 

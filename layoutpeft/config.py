@@ -133,6 +133,7 @@ class ModelConfig(_Section):
     """`model:` — the checkpoint and how new 2-D position tables of a BERT checkpoint start."""
     checkpoint: str
     position_init: str = "zero"
+    new_tables: str = "train"
 
     @staticmethod
     def checkpoint_from_params(params: dict, check_source: bool = True) -> str:
@@ -149,7 +150,8 @@ class ModelConfig(_Section):
     def from_params(cls, params: dict, check_source: bool = True) -> "ModelConfig":
         from layoutpeft.modeling import POSITION_INITS
 
-        return cls(cls.checkpoint_from_params(params, check_source), choice(params, "model.position_init", POSITION_INITS))
+        return cls(cls.checkpoint_from_params(params, check_source), choice(params, "model.position_init", POSITION_INITS),
+                   choice(params, "model.new_tables", ("train", "frozen")))
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -160,6 +162,7 @@ class TrainConfig(_Section):
     """`train:` — shared by every train@ stage (and recorded with each run)."""
     max_epochs: int
     patience: int
+    select_on: str
     batch_size: int
     weight_decay: float
     warmup_ratio: float
@@ -167,6 +170,8 @@ class TrainConfig(_Section):
     device: str
     precision: str
     group_by_length: bool
+    group_size: int
+    loss: str
     attention: str
     compile: bool
     threads: int
@@ -175,7 +180,8 @@ class TrainConfig(_Section):
     def from_params(cls, params: dict) -> "TrainConfig":
         return cls(
             max_epochs=number_in(params, "train.max_epochs", 1, 10_000, kind=int),
-            patience=number_in(params, "train.patience", 1, 10_000, kind=int),
+            patience=number_in(params, "train.patience", 0, 10_000, kind=int),
+            select_on=choice(params, "train.select_on", ("f1", "loss")),
             batch_size=number_in(params, "train.batch_size", 1, 4096, kind=int),
             weight_decay=number_in(params, "train.weight_decay", 0.0, 1.0),
             warmup_ratio=number_in(params, "train.warmup_ratio", 0.0, 1.0),
@@ -183,6 +189,8 @@ class TrainConfig(_Section):
             device=choice(params, "train.device", ("auto", "cpu", "cuda")),
             precision=choice(params, "train.precision", PRECISIONS),
             group_by_length=get(params, "train.group_by_length", bool),
+            group_size=number_in(params, "train.group_size", 1, 10_000, kind=int),
+            loss=choice(params, "train.loss", ("batch_mean", "token_mean")),
             attention=choice(params, "train.attention", ("sdpa", "eager")),
             compile=get(params, "train.compile", bool),
             threads=number_in(params, "train.threads", 0, 1024, kind=int),

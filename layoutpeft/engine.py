@@ -17,7 +17,7 @@ from layoutpeft.batching import batches, to_device
 from layoutpeft.config import ModelConfig, TrainConfig
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.methods import Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens, quantization_config
-from layoutpeft.modeling import load_model
+from layoutpeft.modeling import TABLES_2D, load_model
 from layoutpeft.scoring import score, word_labels
 
 def resolve_device(spec: str) -> torch.device:
@@ -58,7 +58,8 @@ def build_model(model_cfg: ModelConfig, variant: dict, device: torch.device, sch
     quant = quantization_config(device.type) if method.quantized else None
     model, source_type = load_model(model_cfg.checkpoint, model_cfg.position_init,
                                     quantization_config=quant, attn_implementation=attention)
-    model = apply_method(model, variant, schedule)
+    new_modules = TABLES_2D if source_type == "bert" and model_cfg.new_tables == "train" else ()
+    model = apply_method(model, variant, schedule, new_modules)
     if method.quantized and device.type == "cpu":
         keep_4bit_training_layout(model)
     if not method.quantized:  # bitsandbytes places quantised weights itself
@@ -79,16 +80,20 @@ def keep_4bit_training_layout(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def model_output(model, batch: dict, with_labels: bool = False):
+    kwargs = {"labels": batch["labels"]} if with_labels else {}
+    return model(input_ids=batch["input_ids"], bbox=batch["bbox"], attention_mask=batch["attention_mask"],
+                 token_type_ids=batch["token_type_ids"], **kwargs)
+
+
 def logits_of(model, batch: dict, n_virtual: int) -> torch.Tensor:
     """Token logits aligned with batch['labels'] (virtual-token positions dropped)."""
-    output = model(input_ids=batch["input_ids"], bbox=batch["bbox"], attention_mask=batch["attention_mask"],
-                   token_type_ids=batch["token_type_ids"])
-    return output.logits[:, n_virtual:, :]
+    return model_output(model, batch).logits[:, n_virtual:, :]
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100)
+                                             ignore_index=-100, reduction=reduction)
 
 
 @torch.no_grad()
@@ -151,11 +156,50 @@ def evaluate_windows(model, windows, batch_size, pad_token_id, device, n_virtual
     return {**result, "scores": score(y_true, y_pred)}
 
 
-def peak_memory(device: torch.device) -> dict:
+def _vm_kib(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def start_memory_window(device: torch.device) -> dict:
+    """Begin measuring the training phase's peak memory; returns the baseline.
+
+    CUDA: reset max_memory_allocated. CPU (Linux): reset the process's RSS high-water mark
+    (writing 5 to /proc/self/clear_refs), so the peak excludes imports and model loading
+    that happened before, which would otherwise hide the differences between methods."""
     if device.type == "cuda":
-        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_peak_allocated"}
+        torch.cuda.reset_peak_memory_stats(device)
+        return {"baseline_bytes": int(torch.cuda.memory_allocated(device))}
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        rss = _vm_kib("VmRSS")
+        return {"baseline_bytes": rss * 1024 if rss is not None else None, "reset": True}
+    except OSError:
+        return {"baseline_bytes": None, "reset": False}
+
+
+def peak_memory(device: torch.device, window: dict | None = None) -> dict:
+    """Peak memory of the training phase (since start_memory_window), with its kind.
+
+    Kinds never mix in a summary: cuda_peak_allocated (tensor memory on the GPU),
+    cpu_peak_rss_training (process RSS peak during training; baseline = RSS at its start),
+    cpu_peak_rss_process (whole-process high-water mark, where the peak could not be reset)."""
+    window = window or {}
+    if device.type == "cuda":
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_peak_allocated",
+                "baseline_bytes": window.get("baseline_bytes")}
+    hwm = _vm_kib("VmHWM")
+    if window.get("reset") and hwm is not None:
+        return {"peak_bytes": hwm * 1024, "kind": "cpu_peak_rss_training", "baseline_bytes": window["baseline_bytes"]}
     # ru_maxrss is in KiB on Linux: the whole process's high-water mark (model load included).
-    return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "kind": "cpu_peak_rss"}
+    return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "kind": "cpu_peak_rss_process",
+            "baseline_bytes": None}
 
 
 def count_parameters(model) -> dict:
@@ -200,6 +244,8 @@ class FitResult:
     history: list[dict]
     best_epoch: int
     best_val_loss: float
+    best_val_f1: float
+    selected_on: str
     epochs_run: int
     optimizer_steps: int
     stopped_early: bool
@@ -210,30 +256,38 @@ class FitResult:
 def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_windows: list[dict],
         pad_token_id: int, device: torch.device, seed: int, *, total_steps: int,
         epoch_batches: Callable[[int], Iterable[dict]] | None = None, on_epoch=None) -> FitResult:
-    """AdamW + linear warm-up/decay + grad clipping; early stopping on validation loss.
+    """AdamW, linear warm-up then decay to zero at `total_steps`, grad-norm clipping; one validation pass
+    per epoch; the epoch with the best validation metric (`cfg.select_on`: entity F1 or loss) is
+    restored at the end. `cfg.patience` > 0 stops after that many epochs without improvement
+    (0: run the whole annealed schedule, so every method ends at the same learning rate).
 
-    The best epoch's trainable weights are restored at the end. `epoch_batches(epoch)` replaces
-    the default batches (dynamic padding, length groups): the benchmark passes its naive recipe
-    or a step budget this way, so nothing benchmark-only lives in the training loop.
+    `epoch_batches(epoch)` replaces the default batches (dynamic padding, length groups, a new
+    order and new batch members each epoch and seed): the benchmark passes its naive recipe or a
+    step budget this way, so nothing benchmark-only lives in the training loop.
     """
     dtype = resolve_precision(cfg.precision, device)
     n_virtual = n_virtual_tokens(variant)
+    method = method_of(variant)
     optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     hook = after_step_hook(model, variant)
-    n_virtual_ = n_virtual
+    # token_mean: every labelled token weighs the same across batches of different lengths.
+    labelled = [int((w["labels"] != -100).sum()) for w in train_windows]
+    tokens_per_batch = max(1.0, sum(labelled) / max(1, math.ceil(len(train_windows) / cfg.batch_size)))
 
     def default_batches(epoch: int):
         for _, batch in batches(train_windows, cfg.batch_size, pad_token_id, shuffle=True,
-                                group_by_length=cfg.group_by_length, seed=seed * 100_003 + epoch, n_virtual=n_virtual_):
+                                group_by_length=cfg.group_by_length, group_size=cfg.group_size,
+                                seed=seed * 100_003 + epoch, n_virtual=n_virtual):
             yield batch
 
     epoch_batches = epoch_batches or default_batches
     trainable = [p for p in model.parameters() if p.requires_grad]
     forward_model = torch.compile(model) if cfg.compile else model
+    better = (lambda new, old: new > old) if cfg.select_on == "f1" else (lambda new, old: new < old)
 
-    history, best, best_state = [], (math.inf, 0), None
+    history, best, best_state = [], None, None
     step, stale, stopped_early, tokens = 0, 0, False, 0
     start = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
@@ -243,7 +297,12 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
             tokens += int(batch["attention_mask"].sum())
             batch = to_device(batch, device, non_blocking=device.type == "cuda")
             with autocast(device, dtype):
-                loss = token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"])
+                if method.loss_in_model:  # the model adds its own terms (AdaLoRA's orthogonal regulariser)
+                    loss = model_output(forward_model, batch, with_labels=True).loss
+                elif cfg.loss == "token_mean":
+                    loss = token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"], "sum") / tokens_per_batch
+                else:
+                    loss = token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"])
             (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
                 scaler.unscale_(optimizer)
@@ -268,12 +327,13 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
         history.append(record)
         if on_epoch:
             on_epoch(record)
-        if val["loss"] < best[0]:
-            best, stale = (val["loss"], epoch), 0
+        metric = record["val_f1"] if cfg.select_on == "f1" else record["val_loss"]
+        if best is None or better(metric, best[0]):
+            best, stale = (metric, epoch), 0
             best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         else:
             stale += 1
-        if stale >= cfg.patience:
+        if cfg.patience and stale >= cfg.patience:
             stopped_early = True
             break
     wall = time.perf_counter() - start
@@ -282,5 +342,7 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
             for name, p in model.named_parameters():
                 if name in best_state:
                     p.copy_(best_state[name])
-    return FitResult(history=history, best_epoch=best[1], best_val_loss=best[0], epochs_run=len(history),
-                     optimizer_steps=step, stopped_early=stopped_early, wall_time_s=wall, train_tokens=tokens)
+    chosen = history[best[1] - 1]
+    return FitResult(history=history, best_epoch=best[1], best_val_loss=chosen["val_loss"], best_val_f1=chosen["val_f1"],
+                     selected_on=cfg.select_on, epochs_run=len(history), optimizer_steps=step,
+                     stopped_early=stopped_early, wall_time_s=wall, train_tokens=tokens)

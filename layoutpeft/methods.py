@@ -75,6 +75,9 @@ class Method:
     finish: Callable[[dict, str], None] | None = None
     # model -> (step -> None), called after every optimizer step, before gradients are zeroed.
     after_step: Callable[[Any], Callable[[int], None]] | None = None
+    loss_in_model: bool = False      # labels go to the model, whose loss adds the method's own terms
+    # trained model -> parameters it effectively trains at the end (AdaLoRA prunes ranks), or None.
+    effective_trainable: Callable[[Any], int] | None = None
     mergeable: bool = False          # adapter folds into the base weights for inference
     quantized: bool = False          # base loaded in 4-bit NF4
     virtual_tokens: bool = False     # prepends `virtual_tokens` trained tokens (prompt methods)
@@ -97,7 +100,14 @@ def register(method: Method) -> Method:
 
 
 # ----------------------------------------------------------------- shared key sets and helpers
-LR = {"lr": Key(float, required=True, check=positive)}
+def positive_list(value):
+    if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
+        return "must be a non-empty list of positive numbers"
+    return None
+
+
+# Every method takes its own lr, and may name its own lr grid for tuning (else study.lr_grid x lr).
+LR = {"lr": Key(float, required=True, check=positive), "lr_grid": Key(list, default=None, check=positive_list)}
 TARGETS = {"targets": Key(list, default=["query", "value"], check=known_targets)}
 RANKED = {"r": Key(int, required=True, check=positive), "alpha": Key(float, check=positive),
           "dropout": Key(float, default=0.0, check=probability)}
@@ -141,6 +151,29 @@ def _adalora(s, schedule):
     return AdaLoraConfig(task_type=TaskType.TOKEN_CLS, init_r=s["init_r"], target_r=s["r"], lora_alpha=s["alpha"],
                          lora_dropout=s["dropout"], target_modules=target_regex(s["targets"]), total_step=total,
                          tinit=int(total * 0.1), tfinal=int(total * 0.2), deltaT=max(1, total // 100))
+
+
+def adalora_ranks(model) -> dict[str, int]:
+    """Rank each AdaLoRA layer keeps: from the final rank pattern PEFT records once the budget schedule
+    has ended, else the initial rank (lora_E starts at zero, so non-zero counts mean nothing before)."""
+    pattern = next(iter(model.peft_config.values())).rank_pattern or {}
+    ranks = {}
+    for name, p in model.named_parameters():
+        if "lora_E" in name:
+            key = next((k for k in pattern if name == k or name.endswith(f".{k}")), None)
+            ranks[name] = int(sum(bool(x) for x in pattern[key])) if key is not None else p.shape[0]
+    return ranks
+
+
+def adalora_kept(model) -> int:
+    """Trainable parameters the pruned AdaLoRA adapters still use (per kept rank: a row of A, a column of B, one E)."""
+    modules = dict(model.named_modules())
+    kept = 0
+    for name, rank in adalora_ranks(model).items():
+        module = modules[name.rsplit(".lora_E", 1)[0]]
+        kept += rank * (module.in_features + module.out_features + 1)
+    others = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n)
+    return kept + others
 
 
 def _adalora_finish(s: dict, where: str) -> None:
@@ -201,8 +234,8 @@ for _method in [
            mergeable=True),
     Method("adalora", "LoRA with adaptive rank budget (r is the target rank)",
            {**LR, **RANKED, **TARGETS, "init_r": Key(int, default=None, check=positive)},
-           peft_config=_adalora, finish=_adalora_finish, mergeable=True,
-           after_step=lambda model: model.base_model.update_and_allocate),
+           peft_config=_adalora, finish=_adalora_finish, mergeable=True, loss_in_model=True,
+           after_step=lambda model: model.base_model.update_and_allocate, effective_trainable=lambda m: adalora_kept(m)),
     Method("vera", "shared frozen random projections, trained scaling vectors",
            {**LR, **TARGETS, "r": Key(int, required=True, check=positive),
             "dropout": Key(float, default=0.0, check=probability),
@@ -295,12 +328,15 @@ def quantization_config(device: str):
         llm_int8_skip_modules=["classifier"])
 
 
-def apply_method(model, settings: dict, schedule: Schedule):
-    """Freeze/wrap `model` for the variant's method; returns the model to train."""
+def apply_method(model, settings: dict, schedule: Schedule, new_modules: tuple[str, ...] = ()):
+    """Freeze/wrap `model` for the variant's method; returns the model to train.
+
+    new_modules: names of freshly initialised modules besides the head (the 2-D position tables
+    of a BERT checkpoint) that every method must train, like the head, and save with its weights."""
     method = method_of(settings)
     if not method.peft:
         for name, p in model.named_parameters():
-            p.requires_grad = method.trains(name)
+            p.requires_grad = method.trains(name) or any(f".{m}." in f".{name}" for m in new_modules)
         return model
     from peft import get_peft_model
 
@@ -309,8 +345,11 @@ def apply_method(model, settings: dict, schedule: Schedule):
 
         # No gradient checkpointing: it trades time for memory we do not need at this size.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = method.peft_config(settings, schedule)
+    if new_modules:  # PEFT adds the head itself (TOKEN_CLS); these train and save alongside it
+        config.modules_to_save = sorted(set(config.modules_to_save or []) | set(new_modules))
     try:
-        return get_peft_model(model, method.peft_config(settings, schedule))
+        return get_peft_model(model, config)
     except ValueError as err:
         if "not found in the base model" in str(err) or "Target modules" in str(err):
             raise ParamsError(f"variant with targets {settings.get('targets')}: no module of the model "

@@ -15,3 +15,4 @@ PLOTS_DIR = Path("plots")
 
 def run_key(variant: str, seed: int) -> str:
     return f"{variant}-{seed}"
+LR_DIR = Path("data/lr")

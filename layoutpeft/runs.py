@@ -28,8 +28,9 @@ TABLES_FILE = "base_2d_tables.safetensors"
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def save_trained(model, variant: dict, source_type: str, position_init: str, out: Path) -> int:
-    """Save what the method trains; returns its size in bytes (the 2-D tables file not counted)."""
+def save_trained(model, variant: dict, source_type: str, model_cfg: ModelConfig, out: Path) -> int:
+    """Save what the method trains (the head and trained new 2-D tables included); returns its size in
+    bytes. Frozen random 2-D tables are saved beside it (not counted): they are not in the checkpoint."""
     method = method_of(variant)
     if method.peft:
         model.save_pretrained(out / "adapter")
@@ -41,7 +42,8 @@ def save_trained(model, variant: dict, source_type: str, position_init: str, out
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, out / "trainable.safetensors")
         saved = out / "trainable.safetensors"
-    if source_type == "bert" and position_init == "random" and not saved.name == "model":
+    frozen_random = model_cfg.position_init == "random" and model_cfg.new_tables == "frozen"
+    if source_type == "bert" and frozen_random and not saved.name == "model":
         base = model.get_base_model() if method.peft else model
         embeddings = base.layoutlm.embeddings
         save_file({name: getattr(embeddings, name).weight.detach().cpu().contiguous() for name in TABLES_2D},
@@ -107,17 +109,19 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
 
     engine.seed_everything(seed)  # classifier, adapters and 2-D tables are initialised from this seed
     model, source_type = engine.build_model(model_cfg, variant, device, schedule, cfg.attention)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     counts = engine.count_parameters(model)
     print(f"train: {name}-{seed}: {variant['method']}, {counts['trainable']:,} of {counts['total']:,} parameters "
           f"trainable ({counts['trainable_share']:.3%}), {device}, {PRECISION_NAMES[dtype]}", flush=True)
 
     with staged_dir(out_dir) as staged:
+        window = engine.start_memory_window(device)
         result = engine.fit(model, variant, cfg, train_windows, val_windows, meta["pad_token_id"], device, seed,
                             total_steps=schedule.total_steps, on_epoch=on_epoch(staged / live_dir) if on_epoch else None)
-        memory = engine.peak_memory(device)
-        saved_bytes = save_trained(model, variant, source_type, model_cfg.position_init, staged)
+        memory = engine.peak_memory(device, window)
+        method = method_of(variant)
+        if method.effective_trainable:
+            counts["effective_trainable"] = method.effective_trainable(model)
+        saved_bytes = save_trained(model, variant, source_type, model_cfg, staged)
         epoch_times = [r["epoch_time_s"] for r in result.history]
         log = {
             "variant": name, "seed": seed, "method": variant["method"], "variant_params": variant,
@@ -126,8 +130,9 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
             "parameters": counts, "saved_bytes": saved_bytes,
             "training": {"wall_time_s": result.wall_time_s, "epoch_time_s": sum(epoch_times) / len(epoch_times),
                          "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                         "stopped_early": result.stopped_early, "optimizer_steps": result.optimizer_steps,
-                         "best_val_loss": result.best_val_loss, "train_tokens": result.train_tokens},
+                         "selected_on": result.selected_on, "stopped_early": result.stopped_early,
+                         "optimizer_steps": result.optimizer_steps, "best_val_loss": result.best_val_loss,
+                         "best_val_f1": result.best_val_f1, "train_tokens": result.train_tokens},
             "memory": memory, "history": result.history, "environment": describe(device),
         }
         write_json(staged / TRAIN_LOG, log)

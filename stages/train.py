@@ -1,6 +1,6 @@
 """Stage `train@<variant>-<seed>`: fine-tune one method variant with one seed.
 
-Reads data/variants/<variant>.json, the `model` and `train` sections of params.yaml and the
+Reads data/variants/<variant>.json, the lr chosen in data/lr/<variant>.json, the `model` and `train` sections of params.yaml and the
 tokenized train/validation splits (never the test split). Writes models/<variant>-<seed>/:
 what the method trains, `train_log.json` (what was used and measured) and `live/` (DVCLive
 curves). See layoutpeft.runs.
@@ -8,12 +8,13 @@ curves). See layoutpeft.runs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from layoutpeft import runs
 from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.errors import run_main
-from layoutpeft.paths import MODELS_DIR, TOKENIZED_DIR, run_key
+from layoutpeft.paths import LR_DIR, MODELS_DIR, TOKENIZED_DIR, run_key
 from layoutpeft.variants import load_variant
 
 
@@ -49,6 +50,8 @@ def main(argv: list[str]) -> None:
     args = run_args(argv, __doc__)
     model_cfg, train_cfg = read_params(load_params())
     variant = load_variant(args.variant)
+    tuned = json.loads((LR_DIR / f"{args.variant}.json").read_text())
+    variant = {**variant, "lr": tuned["chosen_lr"]}  # the lr the tune@ stage chose on validation
     key = run_key(args.variant, args.seed)
     log = runs.train(args.variant, args.seed, variant, model_cfg, train_cfg, MODELS_DIR / key, TOKENIZED_DIR,
                      on_epoch=live_logger)

@@ -330,8 +330,9 @@ def cpu_train_config(**overrides):
     """A TrainConfig for fast CPU tests (fp32, SDPA, length groups); keyword overrides replace fields."""
     from layoutpeft.config import TrainConfig
 
-    fields = dict(max_epochs=2, patience=2, batch_size=4, weight_decay=0.0, warmup_ratio=0.0, max_grad_norm=1.0,
-                  device="cpu", precision="fp32", group_by_length=True, attention="sdpa", compile=False, threads=0)
+    fields = dict(max_epochs=2, patience=0, select_on="f1", batch_size=4, weight_decay=0.0, warmup_ratio=0.0,
+                  max_grad_norm=1.0, device="cpu", precision="fp32", group_by_length=True, group_size=4,
+                  loss="batch_mean", attention="sdpa", compile=False, threads=0)
     fields.update(overrides)
     return TrainConfig(**fields)
 

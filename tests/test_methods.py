@@ -15,27 +15,30 @@ from fixtures import TINY_BERT, cpu_train_config, step_budget
 H, I, LAYERS = TINY_BERT["hidden_size"], TINY_BERT["intermediate_size"], TINY_BERT["num_hidden_layers"]
 LABELS = 7  # O + B/I of HEADER, QUESTION, ANSWER
 CLASSIFIER = H * LABELS + LABELS
+# A BERT checkpoint gets new x/y/h/w position tables (1024 rows each); every method trains them, like the head.
+TABLES = 4 * 1024 * H
+NEW = CLASSIFIER + TABLES
 ATTN = ["query", "key", "value", "attention_output"]
 
 # (variant settings, closed-form trainable parameter count)
 CASES = {
     "full": ({"method": "full", "lr": 1e-3}, None),
-    "head": ({"method": "head", "lr": 1e-3}, CLASSIFIER),
-    "lora": ({"method": "lora", "r": 4, "targets": ATTN, "lr": 1e-3}, LAYERS * 4 * 2 * H * 4 + CLASSIFIER),
+    "head": ({"method": "head", "lr": 1e-3}, NEW),
+    "lora": ({"method": "lora", "r": 4, "targets": ATTN, "lr": 1e-3}, LAYERS * 4 * 2 * H * 4 + NEW),
     "lora_ffn": ({"method": "lora", "r": 2, "targets": ["intermediate", "output"], "lr": 1e-3},
-                 LAYERS * (2 * (H + I)) * 2 + CLASSIFIER),
+                 LAYERS * (2 * (H + I)) * 2 + NEW),
     "dora": ({"method": "dora", "r": 4, "targets": ["query", "value"], "lr": 1e-3},
-             LAYERS * 2 * (2 * H * 4 + H) + CLASSIFIER),
-    "qlora": ({"method": "qlora", "r": 4, "targets": ATTN, "lr": 1e-3}, LAYERS * 4 * 2 * H * 4 + CLASSIFIER),
+             LAYERS * 2 * (2 * H * 4 + H) + NEW),
+    "qlora": ({"method": "qlora", "r": 4, "targets": ATTN, "lr": 1e-3}, LAYERS * 4 * 2 * H * 4 + NEW),
     "loha": ({"method": "loha", "r": 4, "targets": ["query", "value"], "lr": 1e-3},
-             LAYERS * 2 * 2 * 4 * (H + H) + CLASSIFIER),
+             LAYERS * 2 * 2 * 4 * (H + H) + NEW),
     "vera": ({"method": "vera", "r": 8, "targets": ["query", "value", "intermediate"], "lr": 1e-3},
-             LAYERS * ((8 + H) + (8 + H) + (8 + I)) + CLASSIFIER),
+             LAYERS * ((8 + H) + (8 + H) + (8 + I)) + NEW),
     "ia3": ({"method": "ia3", "targets": ["key", "value", "output"], "feedforward": ["output"], "lr": 1e-3},
-            LAYERS * (H + H + I) + CLASSIFIER),
+            LAYERS * (H + H + I) + NEW),
     "adalora": ({"method": "adalora", "r": 2, "init_r": 4, "targets": ["query", "value"], "lr": 1e-3},
-                LAYERS * 2 * (4 * H + H * 4 + 4) + CLASSIFIER),
-    "prompt_tuning": ({"method": "prompt_tuning", "virtual_tokens": 4, "lr": 1e-2}, 4 * H + CLASSIFIER),
+                LAYERS * 2 * (4 * H + H * 4 + 4) + NEW),
+    "prompt_tuning": ({"method": "prompt_tuning", "virtual_tokens": 4, "lr": 1e-2}, 4 * H + NEW),
     "lokr": ({"method": "lokr", "r": 4, "targets": ["query"], "lr": 1e-3}, None),
     "bitfit": ({"method": "bitfit", "lr": 1e-3}, None),
     "p_tuning": ({"method": "p_tuning", "virtual_tokens": 4, "encoder_hidden": 16, "lr": 1e-3}, None),
@@ -72,7 +75,7 @@ def test_method_trains_exactly_its_parameters(case, tiny_checkpoint, windows):
         assert counts["trainable"] == counts["total"]
     if case == "bitfit":
         biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias") and "classifier" not in n)
-        assert counts["trainable"] == biases + CLASSIFIER
+        assert counts["trainable"] == biases + NEW
     assert any("classifier" in n for n in trainable), "the new head must be trained"
 
     before = {n: p.detach().clone().float() for n, p in model.named_parameters()}
@@ -172,3 +175,39 @@ def test_qlora_without_working_bitsandbytes_fails_early(monkeypatch):
 def test_alpha_defaults_to_twice_the_rank():
     assert validate_variant("v", {"method": "lora", "r": 8, "lr": 1e-3})["alpha"] == 16.0
     assert validate_variant("v", {"method": "lora", "r": 8, "alpha": 4, "lr": 1e-3})["alpha"] == 4.0
+
+
+@pytest.mark.parametrize("case", ["head", "bitfit", "lora", "ia3", "prompt_tuning", "adalora"])
+def test_new_2d_tables_train_and_are_saved_with_every_method(case, tiny_checkpoint, tmp_path):
+    from layoutpeft.runs import save_trained
+
+    model, variant = build(tiny_checkpoint, CASES[case][0])
+    tables = {n for n, p in model.named_parameters() if "_position_embeddings" in n and "layoutlm.embeddings." in n
+              and p.requires_grad and n.split(".")[-2 if "modules_to_save" not in n else -4].startswith(("x_", "y_", "h_", "w_"))}
+    assert len(tables) == 4, sorted(tables)
+    save_trained(model, variant, "bert", ModelConfig(str(tiny_checkpoint), "zero", "train"), tmp_path)
+    from safetensors.torch import load_file
+    saved = load_file(next(tmp_path.rglob("*.safetensors")))
+    assert sum(1 for k in saved if any(f"{t}_position_embeddings" in k for t in "xyhw")) == 4
+
+
+def test_frozen_tables_option_keeps_them_frozen(tiny_checkpoint):
+    variant = validate_variant("t", CASES["lora"][0], prompt_reserve=8)
+    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero", "frozen"), variant, torch.device("cpu"),
+                                  Schedule(total_steps=20, steps_per_epoch=2))
+    assert not [n for n, p in model.named_parameters() if "x_position_embeddings" in n and p.requires_grad]
+
+
+def test_layoutlm_checkpoint_keeps_its_pretrained_tables_frozen_for_peft(tmp_path, tiny_checkpoint):
+    from transformers import AutoTokenizer, LayoutLMConfig, LayoutLMModel
+
+    config = LayoutLMConfig(vocab_size=len(AutoTokenizer.from_pretrained(tiny_checkpoint)), **TINY_BERT)
+    LayoutLMModel(config).save_pretrained(tmp_path / "layoutlm")  # like layoutlm-base: no head
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
+    variant = validate_variant("t", CASES["lora"][0], prompt_reserve=8)
+    model, source = engine.build_model(ModelConfig(str(tmp_path / "layoutlm"), "zero", "train"), variant,
+                                       torch.device("cpu"), Schedule(total_steps=20, steps_per_epoch=2))
+    assert source == "layoutlm"
+    assert engine.count_parameters(model)["trainable"] == CASES["lora"][1] - TABLES
+    tables = [p for n, p in model.named_parameters() if "x_position_embeddings" in n]
+    assert tables and not any(p.requires_grad for p in tables) and tables[0].abs().sum() > 0  # pre-trained, not zeroed

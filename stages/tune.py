@@ -1,0 +1,39 @@
+"""Stage `tune@<variant>`: choose the variant's learning rate on validation (layoutpeft.tuning).
+
+Trains the variant once per lr of its grid on `study.tuning_seed` and keeps the lr with the best
+validation entity F1. Writes data/lr/<variant>.json (the choice and every trial); the
+train@<variant>-<seed> stages read the chosen lr from it. With study.tune_lr false it writes
+the variant's own lr without training.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from layoutpeft.atomic import write_json
+from layoutpeft.config import ModelConfig, TrainConfig, load_params
+from layoutpeft.errors import run_main
+from layoutpeft.paths import LR_DIR, TOKENIZED_DIR
+from layoutpeft.tuning import TuningConfig, tune
+from layoutpeft.variants import load_variant
+
+
+def read_params(params: dict) -> tuple[ModelConfig, TrainConfig, TuningConfig]:
+    return ModelConfig.from_params(params), TrainConfig.from_params(params), TuningConfig.from_params(params)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", required=True)
+    args = parser.parse_args(argv)
+    model_cfg, train_cfg, tuning = read_params(load_params())
+    result = tune(args.variant, load_variant(args.variant), model_cfg, train_cfg, tuning, TOKENIZED_DIR,
+                  scratch=LR_DIR.parent)
+    write_json(LR_DIR / f"{args.variant}.json", result)
+    trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}" for t in result["trials"]) or "not tuned"
+    print(f"tune: {args.variant}: lr {result['chosen_lr']:g} (validation F1 per lr: {trials})"
+          + (f"; WARNING: best at the {result['at_grid_edge']} lr of the grid, widen it" if result.get("at_grid_edge") else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("tune", main))

@@ -1,0 +1,90 @@
+"""The fair-study protocol: batches vary across seeds, AdaLoRA as specified, lr chosen on validation, memory kinds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fixtures import cpu_train_config
+from layoutpeft import engine
+from layoutpeft.batching import batch_order, load_windows
+from layoutpeft.config import ModelConfig
+from layoutpeft.methods import Schedule, adalora_ranks, validate_variant
+from layoutpeft.tuning import TuningConfig, choose, lr_grid
+
+
+def memberships(order):
+    return {frozenset(b) for b in order}
+
+
+def test_batches_differ_across_seeds_and_epochs():
+    lengths = [(i * 37) % 200 + 20 for i in range(128)]  # 128 training windows, as FUNSD at batch 16
+    a = batch_order(lengths, 16, shuffle=True, group_by_length=True, seed=1)
+    b = batch_order(lengths, 16, shuffle=True, group_by_length=True, seed=2)
+    assert memberships(a) != memberships(b)
+    # the old single mega-batch (50 batches) gave the same members every epoch and seed
+    old_a = batch_order(lengths, 16, shuffle=True, group_by_length=True, seed=1, group_size=50)
+    old_b = batch_order(lengths, 16, shuffle=True, group_by_length=True, seed=2, group_size=50)
+    assert memberships(old_a) == memberships(old_b)
+    assert sorted(i for batch in a for i in batch) == list(range(128))
+
+
+@pytest.fixture(scope="module")
+def windows(tiny_tokenized):
+    folder = tiny_tokenized / "data" / "tokenized"
+    return load_windows("train", folder), load_windows("validation", folder)
+
+
+def adalora(tiny_checkpoint, total_steps):
+    variant = validate_variant("ada", {"method": "adalora", "r": 2, "init_r": 6, "targets": ["query", "value"],
+                                       "lr": 1e-2}, prompt_reserve=8)
+    engine.seed_everything(0)
+    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
+                                  Schedule(total_steps=total_steps, steps_per_epoch=2))
+    return model, variant
+
+
+def test_adalora_loss_includes_its_orthogonal_regulariser(tiny_checkpoint, windows):
+    from layoutpeft.batching import collate
+
+    model, _ = adalora(tiny_checkpoint, 10)
+    batch = collate(windows[0][:2], 0)
+    output = engine.model_output(model, batch, with_labels=True)
+    plain = engine.token_loss(output.logits, batch["labels"])
+    assert float(output.loss - plain) > 1e-6  # orth_reg_weight x ||AA^T - I|| + ||B^T B - I||
+
+
+def test_adalora_reaches_its_target_rank_within_the_schedule(tiny_checkpoint, windows):
+    train, val = windows
+    epochs = 4
+    cfg = cpu_train_config(max_epochs=epochs, batch_size=2)
+    steps = epochs * engine.steps_per_epoch(len(train), cfg.batch_size)
+    model, variant = adalora(tiny_checkpoint, steps)
+    assert sum(adalora_ranks(model).values()) == 6 * 2 * 2  # init_r x 2 targets x 2 layers
+    engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=steps)
+    assert sum(adalora_ranks(model).values()) <= 2 * 2 * 2  # the target budget: r x adapted matrices
+
+
+def test_choose_takes_the_best_validation_f1_then_lower_loss():
+    trials = [{"lr": 1e-4, "best_val_f1": 0.50, "best_val_loss": 0.9}, {"lr": 3e-4, "best_val_f1": 0.62, "best_val_loss": 1.1},
+              {"lr": 1e-3, "best_val_f1": 0.62, "best_val_loss": 1.0}, {"lr": 3e-3, "best_val_f1": float("nan"), "best_val_loss": 9}]
+    assert choose(trials)["lr"] == 1e-3
+
+
+def test_lr_grid_from_multipliers_or_the_variants_own_list():
+    tuning = TuningConfig(enabled=True, seed=0, multipliers=(0.3, 1.0, 3.0))
+    assert lr_grid({"lr": 1e-3}, tuning) == [3e-4, 1e-3, 3e-3]
+    assert lr_grid({"lr": 1e-3, "lr_grid": [5e-3, 1e-4]}, tuning) == [1e-4, 5e-3]
+
+
+def test_cpu_training_memory_excludes_what_came_before(tmp_path):
+    device = torch.device("cpu")
+    window = engine.start_memory_window(device)
+    memory = engine.peak_memory(device, window)
+    if not window.get("reset"):
+        pytest.skip("no /proc/self/clear_refs here: the whole-process peak is reported, with its own kind")
+    assert memory["kind"] == "cpu_peak_rss_training"
+    ballast = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    ballast += 1
+    grown = engine.peak_memory(device, window)
+    assert grown["peak_bytes"] - memory["peak_bytes"] >= 60 * 2**20
+    assert grown["baseline_bytes"] == memory["baseline_bytes"]
