@@ -68,7 +68,7 @@ def studied_variants(params: dict, check_runtime: bool = True) -> dict[str, dict
             raise ParamsError(f"params.yaml: study.variants names {name!r}, which is not defined in variants: or sweeps:")
     for name in expanded:
         if name not in study.variants:
-            validate_variant(name, resolve(name, expanded), prompt_reserve, check_runtime=False)
+            validate_variant(name, resolve(name, expanded), None, check_runtime=False)  # keys and values only
     return {name: validate_variant(name, resolve(name, expanded), prompt_reserve, check_runtime=check_runtime)
             for name in study.variants}
 

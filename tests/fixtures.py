@@ -297,6 +297,8 @@ def tiny_overrides(zip_path: Path, md5: str, checkpoint: Path) -> dict:
         "train.batch_size": 4,
         "study.seeds": [0],
         "study.variants": ["full", "lora"],
+        "study.reference": "full",
+        "study.tune_lr": False,  # one training per run; tests of tuning turn it on
     }
 
 

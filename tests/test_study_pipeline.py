@@ -34,6 +34,8 @@ STUDY = {
     "study.reference": "full",
     "sweeps": {"lora": {"r": [4]}},
     "train.max_epochs": 1,
+    "study.tune_lr": True,
+    "study.lr_grid": [0.5, 2.0],
 }
 PLOT_CSVS = ("f1_vs_rank.csv", "pareto.csv", "cost.csv", "learning_curves.csv")
 # One torch thread per stage: on a small shared CPU, torch's default of one thread per core
@@ -56,7 +58,9 @@ def ran(process) -> list[str]:
 
 
 def stages_of(variants: list[str], seeds: list[int] = SEEDS) -> list[str]:
-    return [f"{kind}@{v}-{s}" for kind in ("train", "evaluate") for v in variants for s in seeds]
+    """A variant's stages: its lr tuning, then train and evaluate per seed."""
+    return [f"tune@{v}" for v in variants] + [f"{kind}@{v}-{s}" for kind in ("train", "evaluate") for v in variants
+                                              for s in seeds]
 
 
 def summary(repo: Path) -> dict:
@@ -106,12 +110,20 @@ def test_repro_runs_the_whole_study_and_commits(study):
     names = ran(repro)
     print("dvc repro ran:", names)
     assert sorted(names) == sorted(["download", "tokenize", "variants", *stages_of(VARIANTS), "aggregate"])
-    assert len(names) == len(set(names)) == 3 + 2 * len(VARIANTS) * len(SEEDS) + 1
+    assert len(names) == len(set(names)) == 3 + len(VARIANTS) + 2 * len(VARIANTS) * len(SEEDS) + 1
     assert set(names[:3]) == {"download", "tokenize", "variants"} and names[-1] == "aggregate"
     assert names.index("download") < names.index("tokenize")
     for variant in VARIANTS:
         for seed in SEEDS:
-            assert names.index(f"train@{variant}-{seed}") < names.index(f"evaluate@{variant}-{seed}")
+            assert names.index(f"tune@{variant}") < names.index(f"train@{variant}-{seed}") \
+                < names.index(f"evaluate@{variant}-{seed}")
+    for variant in VARIANTS:  # each variant's lr was chosen from its own grid on validation, and used
+        tuned = json.loads((repo / "data" / "lr" / f"{variant}.json").read_text())
+        assert tuned["tuned"] and len(tuned["trials"]) == 2 and tuned["chosen_lr"] in tuned["grid"]
+        best = max(tuned["trials"], key=lambda t: t["best_val_f1"])["best_val_f1"]
+        assert [t for t in tuned["trials"] if t["lr"] == tuned["chosen_lr"]][0]["best_val_f1"] == best
+        record = json.loads((repo / "metrics" / "runs" / f"{variant}-0.json").read_text())
+        assert record["variant_params"]["lr"] == tuned["chosen_lr"]
 
     result = summary(repo)
     assert result["reference"] == "full" and result["seeds"] == SEEDS
