@@ -45,10 +45,10 @@ def seconds(s: float | None) -> str:
 
 
 def megabytes(mb: float | None) -> str:
-    """900 -> "900 MB", 2100 -> "2.1 GB" (MB = 10^6 bytes)."""
+    """900 -> "900 MB", 1450 -> "1.45 GB", 12345 -> "12.3 GB" (MB = 10^6 bytes)."""
     if mb is None:
         return DASH
-    return f"{mb / 1000:.1f} GB" if abs(mb) >= 1000 else f"{mb:.0f} MB"
+    return f"{mb / 1000:.3g} GB" if abs(mb) >= 1000 else f"{mb:.0f} MB"
 
 
 def percent(stat: Mapping | None, with_ci: bool = True) -> str:

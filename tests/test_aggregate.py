@@ -593,7 +593,8 @@ def test_dvc_exp_show_lists_f1_first(no_png, study):
 def test_formats():
     assert [fmt.seconds(s) for s in (None, 45, 300, 312, 9000)] == ["–", "45 s", "5.0 min", "5.2 min", "2.5 h"]
     assert [fmt.count(n) for n in (None, 950, 152_000, 1_234_567)] == ["–", "950", "152 k", "1.23 M"]
-    assert [fmt.megabytes(m) for m in (None, 900, 2100)] == ["–", "900 MB", "2.1 GB"]
+    assert [fmt.megabytes(m) for m in (None, 900, 1450, 2100, 12345)] == ["–", "900 MB", "1.45 GB", "2.1 GB",
+                                                                           "12.3 GB"]
     assert fmt.percent({"mean": 0.72, "ci95_low": 0.72 - 0.0497, "ci95_high": 0.72 + 0.0497}) == "72.0 ± 5.0"
     assert fmt.percent({"mean": 0.72, "std": None, "ci95_low": None, "ci95_high": None}) == "72.0"
     assert [fmt.p_value(p) for p in (None, 0.0004, 0.0742, 0.5)] == ["p n/a", "p<0.001", "p=0.074", "p=0.50"]
