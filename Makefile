@@ -33,4 +33,4 @@ ci-study: setup
 	$(RUN) $(BIN)/python -m stages.profile ci
 
 report: setup
-	$(RUN) $(BIN)/python -m stages.report --base $(BASE)
+	$(RUN) $(BIN)/python -m layoutpeft report --base $(BASE)

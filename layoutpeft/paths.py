@@ -10,6 +10,7 @@ RUNS_DIR = Path("metrics/runs")
 SUMMARY_JSON = Path("metrics/summary.json")
 SUMMARY_MD = Path("metrics/summary.md")
 SUMMARY_CSV = Path("metrics/summary.csv")
+STUDY_METRICS = Path("metrics/study.json")  # the DVC metrics file: F1 and ΔF1 per variant
 PLOTS_DIR = Path("plots")
 
 

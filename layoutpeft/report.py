@@ -1,39 +1,39 @@
 """Compare this workspace's study with a git revision's: one Markdown report for a pull request.
 
-    python -m stages.report --base main [--out reports/study.md]
+    layoutpeft report --base main [--out reports/study.md]     (layoutpeft/commands/report.py)
 
-Head is the workspace: metrics/summary.json and params.yaml as they are now (labelled with
-HEAD's short sha when both equal HEAD's committed versions, else "workspace"). Base is any
-git revision. What is read, and how:
+`write_report(base, out, cwd)` does the work; bad input (a base that is not a git revision, no
+metrics/summary.json in the workspace) raises LayoutpeftError naming it. Head is the workspace:
+metrics/summary.json and params.yaml as they are now (labelled with HEAD's short sha when
+dvc.lock, params.yaml and the summary equal HEAD's committed versions, else "workspace"). Base
+is any git revision. What is read, and how:
 
-- the base's metrics/summary.json: `git show <base>:metrics/summary.json` (the aggregate
-  stage declares it `cache: false`, so it is committed in git); if it is not in git there,
-  `dvc.api.read(..., rev=<base>)` (works when it is a DVC-cached output in the local cache
-  or a configured remote);
+- the base's metrics/summary.json: `git show <base>:metrics/summary.json` when it is committed
+  in git there (older layouts), else `dvc.api.read(..., rev=<base>)` (a DVC-cached output: works
+  with the local cache or a configured remote); without one every head variant counts as added;
 - `dvc params diff <base> --json`: every changed param of every stage, grouped by section;
 - `dvc metrics diff <base> --json`: changes in the other metrics files (metrics/data.json);
 - `dvc plots diff <base> --json -o <tmp>`: base and head versions of the image plots
   (plots/images/*.png), copied next to the report; when it fails or finds nothing for a
-  revision (plots/ is a DVC-cached output, so a fresh CI checkout has no base images unless
-  a remote holds them), the workspace PNGs are linked alone.
-All dvc commands run as `sys.executable -m dvc`, the DVC of this Python environment, and
-need no network: a plain local checkout is enough.
+  revision, the workspace PNGs are linked alone.
+All dvc commands run as `sys.executable -m dvc`, the DVC of this Python environment, and need
+no network: a plain local checkout is enough.
 
-Per variant the report shows base and head F1 (mean over seeds, 95 % t-interval), ΔF1 =
-head - base with a 95 % Welch interval computed from each side's mean, std and seed count
-(summary.json keeps no per-seed values, so a paired test is not possible here), and flags
-the difference when that interval excludes zero. The rule, and what it does not cover
+Per variant the report shows base and head F1 (mean over seeds ± 95 % half-width) and ΔF1 =
+head - base with its 95 % interval and p-value (layoutpeft.stats): a paired t-test over the
+seeds both sides ran when both summaries keep per-seed F1 for at least two common seeds, else
+Welch's test from each side's mean, std and seed count. The row says which test it used, and
+flags the difference when the interval excludes zero. The rule, and what it does not cover
 (study settings that differ, several variants tested at once), is printed in the report.
+Every number is shown with layoutpeft.formatting, as in metrics/summary.md.
 
-The table-building functions take plain dicts (two summaries and a `dvc params diff`
-dict) and are unit-tested; main() only gathers inputs and writes files.
+The table-building functions take plain dicts (two summaries and a `dvc params diff` dict) and
+are unit-tested; write_report() only gathers inputs and writes the file.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
-import math
 import os
 import re
 import shutil
@@ -43,41 +43,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stages.aggregate import human_count  # TODO move to layoutpeft.formatting
+from layoutpeft import formatting as fmt
+from layoutpeft.atomic import write_text
+from layoutpeft.errors import LayoutpeftError
+from layoutpeft.stats import PAIRED, paired_comparison, welch_comparison
 
 SUMMARY = "metrics/summary.json"
+STUDY_METRICS = "metrics/study.json"
 PARAMS = "params.yaml"
 DEFAULT_OUT = "reports/study.md"
 # Sections whose change moves every variant's results: a base/head difference then mixes the
 # variant's own change with the shared setting's.
 SHARED_SECTIONS = ("data", "model", "train", "evaluate")
 SHARED_KEYS = ("study.seeds",)
-LONG_LIST = 8
 
 
 # ====================================================================== statistics
-def welch_interval(mean_a: float, std_a: float | None, n_a: int,
-                   mean_b: float, std_b: float | None, n_b: int,
-                   level: float = 0.95) -> tuple[float, float | None, float | None]:
-    """(b - a, low, high): Welch's t-interval for the difference of two means.
-
-    low/high are None when either side has fewer than two seeds (no std). With both stds
-    zero the interval collapses onto the difference.
-    """
-    diff = mean_b - mean_a
-    if std_a is None or std_b is None or n_a < 2 or n_b < 2:
-        return diff, None, None
-    va, vb = std_a ** 2 / n_a, std_b ** 2 / n_b
-    se = math.sqrt(va + vb)
-    if se == 0.0:
-        return diff, diff, diff
-    df = (va + vb) ** 2 / ((va ** 2 / (n_a - 1) if va else 0.0) + (vb ** 2 / (n_b - 1) if vb else 0.0))
-    from scipy.stats import t
-
-    half = float(t.ppf(0.5 + level / 2, df)) * se
-    return diff, diff - half, diff + half
-
-
 def _stats(entry: dict | None, metric: str) -> dict | None:
     value = (entry or {}).get(metric)
     return value if isinstance(value, dict) and value.get("mean") is not None else None
@@ -96,6 +77,38 @@ def _n(entry: dict | None) -> int:
     return len(entry.get("seeds") or [])
 
 
+def per_seed(stats: dict | None) -> dict[int | str, float] | None:
+    """{seed: value} from a stats dict's `per_seed` (summaries before it existed: None)."""
+    values = (stats or {}).get("per_seed")
+    if not isinstance(values, dict):
+        return None
+    out: dict[int | str, float] = {}
+    for seed, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[int(seed) if str(seed).lstrip("-").isdigit() else seed] = float(value)
+    return out
+
+
+def compare_f1(base: dict, head: dict) -> dict | None:
+    """head - base of test F1: paired over common seeds (2 or more, per-seed values on both
+    sides), else Welch from the means, stds and seed counts. None without F1 on a side."""
+    b_f1, h_f1 = _stats(base, "f1"), _stats(head, "f1")
+    if b_f1 is None or h_f1 is None:
+        return None
+    b_seeds, h_seeds = per_seed(b_f1), per_seed(h_f1)
+    if b_seeds is not None and h_seeds is not None and len(set(b_seeds) & set(h_seeds)) >= 2:
+        return paired_comparison(h_seeds, b_seeds)
+    return welch_comparison(b_f1, _n(base), h_f1, _n(head))
+
+
+def comparison_label(comparison: dict | None) -> str:
+    if comparison is None:
+        return fmt.DASH
+    if comparison["test"] == PAIRED:
+        return f"paired (n={comparison['n_pairs']})"
+    return "Welch"
+
+
 def definition_changes(base_params: dict | None, head_params: dict | None) -> list[str] | None:
     """Differences between two resolved variant settings, None when either is unknown."""
     if not isinstance(base_params, dict) or not isinstance(head_params, dict):
@@ -105,32 +118,32 @@ def definition_changes(base_params: dict | None, head_params: dict | None) -> li
         if key not in head_params:
             changes.append(f"-{key}")
         elif key not in base_params:
-            changes.append(f"+{key}: {fmt_value(head_params[key])}")
+            changes.append(f"+{key}: {fmt.value(head_params[key])}")
         elif base_params[key] != head_params[key]:
-            changes.append(f"{key}: {fmt_value(base_params[key])} → {fmt_value(head_params[key])}")
+            changes.append(f"{key}: {fmt.value(base_params[key])} → {fmt.value(head_params[key])}")
     return changes
 
 
 def compare_variant(name: str, base: dict, head: dict) -> dict:
     """One row of the F1 table for a variant present on both sides."""
     b_f1, h_f1 = _stats(base, "f1"), _stats(head, "f1")
-    n_b, n_h = _n(base), _n(head)
+    comparison = compare_f1(base, head)
     row = {
         "variant": name,
         "definition": definition_changes(base.get("params"), head.get("params")),
-        "base_f1": b_f1, "head_f1": h_f1, "base_n": n_b, "head_n": n_h,
-        "delta": None, "delta_low": None, "delta_high": None,
+        "base_f1": b_f1, "head_f1": h_f1, "base_n": _n(base), "head_n": _n(head),
+        "comparison": comparison, "test": comparison_label(comparison),
+        "delta": None, "delta_low": None, "delta_high": None, "p_value": None,
         "cis_overlap": None, "flag": "",
         "trainable_params": (base.get("trainable_params"), head.get("trainable_params")),
         "train_time_s": (_mean(base, "train_time_s"), _mean(head, "train_time_s")),
         "peak_memory_mb": (_mean(base, "peak_memory_mb"), _mean(head, "peak_memory_mb")),
     }
-    if b_f1 is None or h_f1 is None:
+    if comparison is None:
         row["flag"] = "no F1"
         return row
-    diff, low, high = welch_interval(b_f1["mean"], b_f1.get("std"), n_b,
-                                     h_f1["mean"], h_f1.get("std"), n_h)
-    row.update(delta=diff, delta_low=low, delta_high=high)
+    low, high = comparison["ci95_low"], comparison["ci95_high"]
+    row.update(delta=comparison["mean_diff"], delta_low=low, delta_high=high, p_value=comparison["p_value"])
     if None not in (b_f1.get("ci95_low"), b_f1.get("ci95_high"), h_f1.get("ci95_low"), h_f1.get("ci95_high")):
         row["cis_overlap"] = not (h_f1["ci95_low"] > b_f1["ci95_high"] or h_f1["ci95_high"] < b_f1["ci95_low"])
     if low is None:
@@ -203,104 +216,35 @@ def shared_setting_changes(params_diff: dict, summaries: dict | None = None) -> 
     return sorted(keys)
 
 
-# ====================================================================== formatting
-def fmt_value(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(fmt_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {fmt_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
 
-
-def fmt_change(old: Any, new: Any) -> str:
-    """old → new, summarising long lists by what was added and removed."""
-    if old is None:
-        return f"(none) → {fmt_value(new)}"
-    if new is None:
-        return f"{fmt_value(old)} → (none)"
-    if isinstance(old, list) and isinstance(new, list) and max(len(old), len(new)) > LONG_LIST:
-        added = [v for v in new if v not in old]
-        removed = [v for v in old if v not in new]
-        parts = [f"{len(old)} → {len(new)} items"]
-        if removed:
-            parts.append("removed " + ", ".join(fmt_value(v) for v in removed))
-        if added:
-            parts.append("added " + ", ".join(fmt_value(v) for v in added))
-        if not added and not removed:
-            parts.append("reordered")
-        return "; ".join(parts)
-    return f"{fmt_value(old)} → {fmt_value(new)}"
-
-
+# ====================================================================== rendering
 def md(text: str) -> str:
     """Escape a table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def fmt_f1(stats: dict | None, n: int) -> str:
-    if stats is None:
-        return "–"
-    if stats.get("ci95_low") is None or stats.get("ci95_high") is None:
-        return f"{stats['mean']:.3f} (n={n})"
-    return f"{stats['mean']:.3f} [{stats['ci95_low']:.3f}, {stats['ci95_high']:.3f}] (n={n})"
+def f1_cell(stats: dict | None, n: int) -> str:
+    """"70.0 ± 2.5 (n=3)": F1 in percent ± 95 % half-width, as in metrics/summary.md."""
+    return fmt.DASH if stats is None else f"{fmt.percent(stats)} (n={n})"
 
 
-def fmt_delta(row: dict) -> str:
-    if row["delta"] is None:
-        return "–"
-    text = f"{row['delta']:+.3f}"
-    if row["delta_low"] is not None:
-        text += f" [{row['delta_low']:+.3f}, {row['delta_high']:+.3f}]"
-    return text
-
-
-def fmt_count(n: float | None) -> str:
-    return human_count(n, sep="")  # the summary's rule, compact for the report's wider table
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    return f"{s:.0f}" if abs(s) >= 100 else f"{s:.1f}"
-
-
-def fmt_mb(mb: float | None) -> str:
-    return "–" if mb is None else f"{mb:,.0f}"
-
-
-def fmt_cost(pair: tuple, fmt) -> str:
-    """`base → head (+x %)`, or one value when both sides agree to the shown precision."""
-    old, new = pair
-    if old is None and new is None:
-        return "–"
-    if old is None or new is None:
-        return f"{fmt(old)} → {fmt(new)}"
-    if fmt(old) == fmt(new):
-        return fmt(new)
-    pct = f" ({(new - old) / old * 100:+.0f} %)" if old else ""
-    return f"{fmt(old)} → {fmt(new)}{pct}"
-
-
-def fmt_definition(changes: list[str] | None) -> str:
+def definition_cell(changes: list[str] | None) -> str:
     if changes is None:
         return "?"
     return "same" if not changes else "changed: " + "; ".join(changes)
 
 
 FLAG_RULE = (
-    "**Flag rule.** ▲/▼: the 95 % Welch interval for ΔF1 = head − base excludes 0. It is "
-    "computed from each side's mean, std and number of seeds in summary.json (per-seed values "
-    "are not kept there, so no paired test), treating the two sets of runs as independent: "
-    "when both sides used the same seeds and a seed moves both results the same way, this "
-    "overstates the noise and the flag is conservative. `n<2`: a side with one seed has no "
-    "interval, so no flag. Non-overlap of the two per-side 95 % intervals, a cruder check, is "
-    "nearly always stricter than this rule; overlapping intervals do not mean \"no difference\". "
-    "With k variants compared, about 0.05·k flags are expected by chance alone even when "
-    "nothing changed."
+    "**Test and flag rule.** ΔF1 = head − base in percentage points, 95 % interval and p-value. "
+    "`paired (n=k)`: both summaries keep per-seed F1 and share k ≥ 2 seeds, so the test is a paired "
+    "t-test over those seeds (the seed's shared effect on both runs cancels out). `Welch`: otherwise "
+    "(a side without per-seed values, e.g. a summary from before they were kept, or fewer than two "
+    "common seeds), Welch's t-test from each side's mean, std and number of seeds, treating the two "
+    "sets of runs as independent, which is conservative when they share seeds. ▲/▼: the 95 % "
+    "interval excludes 0. `n<2`: too few seeds (or pairs) for an interval, so no flag. Non-overlap "
+    "of the two per-side intervals, a cruder check, is nearly always stricter than this rule; "
+    "overlapping intervals do not mean \"no difference\". With k variants compared, about 0.05·k "
+    "flags are expected by chance alone even when nothing changed."
 )
 
 
@@ -314,7 +258,7 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
     out.append(f"- **Base:** {base_label}")
     out.append(f"- **Head:** {head_label}")
     if c.get("base_seeds") is not None or c.get("head_seeds") is not None:
-        out.append(f"- **Seeds:** base {fmt_value(c.get('base_seeds'))}, head {fmt_value(c.get('head_seeds'))}")
+        out.append(f"- **Seeds:** base {fmt.value(c.get('base_seeds'))}, head {fmt.value(c.get('head_seeds'))}")
     out.append(f"- **Variants:** {len(rows)} on both sides, {len(c['changed_definition'])} with a changed "
                f"definition, {len(c['added'])} added, {len(c['removed'])} removed; "
                f"F1 flagged ▲ {len(c['flagged_up'])}, ▼ {len(c['flagged_down'])}")
@@ -329,20 +273,20 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
                   "run with the same settings before reading a flag as an effect of the change.", ""]
 
     out += ["## F1 per variant", "",
-            "Test-set entity F1 (seqeval, strict IOB2): mean over seeds [95 % t-interval] (seeds). "
-            "Cost columns: base → head (relative change).", "",
-            "| Variant | Definition | Base F1 | Head F1 | ΔF1 [95 % CI] | Flag | Trainable params "
-            "| Train time (s) | Peak memory (MB) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "Test-set entity F1 (seqeval, strict IOB2) in %: mean over seeds ± half-width of the 95 % "
+            "t-interval (seeds). Cost columns: base → head (relative change).", "",
+            "| Variant | Definition | Base F1 (%) | Head F1 (%) | ΔF1 (pts) [95 % CI], p | Test | Flag "
+            "| Trainable params | Train time | Peak memory |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append("| " + " | ".join(md(x) for x in (
-            r["variant"], fmt_definition(r["definition"]),
-            fmt_f1(r["base_f1"], r["base_n"]), fmt_f1(r["head_f1"], r["head_n"]),
-            fmt_delta(r), r["flag"],
-            fmt_cost(r["trainable_params"], fmt_count), fmt_cost(r["train_time_s"], fmt_seconds),
-            fmt_cost(r["peak_memory_mb"], fmt_mb))) + " |")
+            r["variant"], definition_cell(r["definition"]),
+            f1_cell(r["base_f1"], r["base_n"]), f1_cell(r["head_f1"], r["head_n"]),
+            fmt.delta(r["comparison"]), r["test"], r["flag"],
+            fmt.cost_change(r["trainable_params"], fmt.count), fmt.cost_change(r["train_time_s"], fmt.seconds),
+            fmt.cost_change(r["peak_memory_mb"], fmt.megabytes))) + " |")
     if not rows:
-        out.append("| (no variant on both sides) | | | | | | | | |")
+        out.append("| (no variant on both sides) | | | | | | | | | |")
     out += ["", FLAG_RULE, ""]
 
     out += ["## Variants added / removed", ""]
@@ -355,12 +299,12 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
             out += ["- **Removed:** " + ", ".join(f"`{v}`" for v in c["removed"])]
         out.append("")
     if c.get("added_rows"):
-        out += ["| Added variant | Head F1 | Trainable params | Train time (s) | Peak memory (MB) |",
+        out += ["| Added variant | Head F1 (%) | Trainable params | Train time | Peak memory |",
                 "|---|---|---|---|---|"]
         for r in c["added_rows"]:
             out.append("| " + " | ".join(md(x) for x in (
-                r["variant"], fmt_f1(r["f1"], r["n"]), fmt_count(r["trainable_params"]),
-                fmt_seconds(r["train_time_s"]), fmt_mb(r["peak_memory_mb"]))) + " |")
+                r["variant"], f1_cell(r["f1"], r["n"]), fmt.count(r["trainable_params"]),
+                fmt.seconds(r["train_time_s"]), fmt.megabytes(r["peak_memory_mb"]))) + " |")
         out.append("")
 
     out += ["## Params changed", ""]
@@ -370,14 +314,15 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
         for section, changes in sections.items():
             out += [f"### `{section}` ({file})", "", "| Param | Base → head |", "|---|---|"]
             for key, old, new in changes:
-                out.append(f"| `{md(key)}` | {md(fmt_change(old, new))} |")
+                out.append(f"| `{md(key)}` | {md(fmt.change(old, new))} |")
             out.append("")
 
-    other = {f: ch for f, ch in (metrics_diff or {}).items() if f != SUMMARY and ch}
     if metrics_diff is not None:
-        n_summary = len((metrics_diff or {}).get(SUMMARY) or {})
+        shown = (STUDY_METRICS, SUMMARY)  # the table above (summary.json: the metrics file of older layouts)
+        other = {f: ch for f, ch in metrics_diff.items() if f not in shown and ch}
+        n_study = sum(len(metrics_diff.get(f) or {}) for f in shown)
         out += ["## Other metrics", "",
-                f"`dvc metrics diff`: {n_summary} numeric value(s) changed in `{SUMMARY}` (the table above)"
+                f"`dvc metrics diff`: {n_study} numeric value(s) changed in `{STUDY_METRICS}` (the table above)"
                 + (f"; changes in {', '.join(f'`{f}`' for f in other)} below." if other else
                    "; no other metrics file changed."), ""]
         for file, changes in other.items():
@@ -385,8 +330,8 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
                     "| Metric | Base | Head | Δ |", "|---|---|---|---|"]
             for key, ch in sorted(changes.items()):
                 diff = ch.get("diff")
-                out.append(f"| `{md(key)}` | {fmt_value(ch.get('old'))} | {fmt_value(ch.get('new'))} | "
-                           f"{'' if diff is None else fmt_value(diff)} |")
+                out.append(f"| `{md(key)}` | {fmt.value(ch.get('old'))} | {fmt.value(ch.get('new'))} | "
+                           f"{'' if diff is None else fmt.value(diff)} |")
             out += ["", "</details>", ""]
 
     out += ["## Plots", ""]
@@ -432,24 +377,29 @@ def git(*args: str, cwd: Path | None = None) -> str | None:
 
 
 def read_base_summary(base: str, cwd: Path | None = None) -> tuple[dict | None, str]:
-    """The base revision's summary.json and where it came from."""
+    """The base revision's summary.json (None when it has none) and where it came from."""
     text = git("show", f"{base}:{SUMMARY}", cwd=cwd)
-    if text is not None:
-        return json.loads(text), f"git show {base}:{SUMMARY}"
-    try:
-        import dvc.api
+    source = f"git show {base}:{SUMMARY}"
+    if text is None:
+        try:
+            import dvc.api
 
-        text = dvc.api.read(SUMMARY, repo=str(cwd) if cwd else None, rev=base)
-        return json.loads(text), f"dvc.api.read({SUMMARY!r}, rev={base!r})"
-    except Exception as err:  # noqa: BLE001 - any failure: the base has no readable summary
-        return None, f"no {SUMMARY} at {base} ({type(err).__name__})"
+            text = dvc.api.read(SUMMARY, repo=str(cwd) if cwd else None, rev=base)
+            source = f"dvc.api.read({SUMMARY!r}, rev={base!r})"
+        except Exception as err:  # noqa: BLE001 - any failure: the base has no readable summary
+            return None, f"no {SUMMARY} at {base} ({type(err).__name__})"
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        return None, f"{source}: not JSON, ignored"
+    return (summary, source) if isinstance(summary, dict) else (None, f"{source}: not a summary, ignored")
 
 
 def head_label(cwd: Path | None = None) -> str:
     sha = git("rev-parse", "--short", "HEAD", cwd=cwd)
     if sha is None:
         return "workspace"
-    status = git("status", "--porcelain", "--", SUMMARY, PARAMS, cwd=cwd)
+    status = git("status", "--porcelain", "--", SUMMARY, PARAMS, "dvc.lock", cwd=cwd)
     if status:
         return f"workspace (uncommitted study on top of `{sha}`)"
     return f"`{sha}` (HEAD)"
@@ -503,49 +453,48 @@ def _slug(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--base", required=True, help="git revision to compare with (branch, tag, sha)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"Markdown report path (default {DEFAULT_OUT})")
-    args = parser.parse_args(argv)
+def write_report(base: str, out: Path, cwd: Path | None = None) -> dict:
+    """Compare the workspace at `cwd` (default: the current folder) with revision `base` and write
+    the Markdown report to `out` (relative to `cwd`), atomically.
 
-    sha = git("rev-parse", "--verify", "--quiet", f"{args.base}^{{commit}}")
+    Returns the comparison (compare_summaries) with `out` and `notes` added. Raises
+    LayoutpeftError when `base` is not a git revision or the workspace has no readable summary."""
+    root = Path(cwd) if cwd is not None else Path(".")
+    out = Path(out) if Path(out).is_absolute() else root / out
+    sha = git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}", cwd=cwd)
     if sha is None:
-        print(f"error: --base {args.base!r} is not a git revision here (fetch it first: "
-              f"git fetch origin <branch>, or check out with fetch-depth: 0)", file=sys.stderr)
-        return 2
-    if not Path(SUMMARY).is_file():
-        print(f"error: {SUMMARY} not found: run the study first (dvc repro, or python -m stages.profile ...)",
-              file=sys.stderr)
-        return 2
-    head = json.loads(Path(SUMMARY).read_text())
-    base, base_source = read_base_summary(args.base)
+        raise LayoutpeftError(f"--base {base!r} is not a git revision here (fetch it first: "
+                              f"git fetch origin <branch>, or check out with fetch-depth: 0)")
+    head_file = root / SUMMARY
+    if not head_file.is_file():
+        raise LayoutpeftError(f"{SUMMARY} not found: run the study first (dvc repro, or layoutpeft profile ...), "
+                              f"or `dvc checkout {SUMMARY}`")
+    try:
+        head = json.loads(head_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LayoutpeftError(f"{SUMMARY}: not readable JSON ({type(err).__name__}: {err})") from err
+    if not isinstance(head, dict) or not isinstance(head.get("variants"), dict):
+        raise LayoutpeftError(f"{SUMMARY}: no `variants` mapping (not a summary written by the aggregate stage)")
+    base_summary, base_source = read_base_summary(base, cwd=cwd)
     notes = [f"Base summary: {base_source}"]
 
-    params_diff, why = dvc_json("params", "diff", args.base)
+    params_diff, why = dvc_json("params", "diff", base, cwd=cwd)
     if params_diff is None:
         notes.append(f"Params diff unavailable: {why}")
-    metrics_diff, why = dvc_json("metrics", "diff", args.base)
+    metrics_diff, why = dvc_json("metrics", "diff", base, cwd=cwd)
     if metrics_diff is None:
         notes.append(f"Metrics diff unavailable: {why}")
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plots, plot_note = collect_plots(args.base, out.parent)
+    plots, plot_note = collect_plots(base, out.parent, cwd=cwd)
     if plot_note:
         notes.append(f"Plots: {plot_note}")
 
-    comparison = compare_summaries(base, head)
+    comparison = compare_summaries(base_summary, head)
     text = render_report(
-        base_label=f"`{args.base}` (`{sha[:7]}`)", head_label=head_label(),
+        base_label=f"`{base}` (`{sha[:7]}`)", head_label=head_label(cwd),
         comparison=comparison, params_grouped=group_params_diff(params_diff or {}),
         shared_changes=shared_setting_changes(params_diff or {}, comparison),
         metrics_diff=metrics_diff, plots=plots, notes=notes)
-    out.write_text(text)
-    print(f"report: {out} ({len(comparison['rows'])} variants compared, "
-          f"{len(comparison['added'])} added, {len(comparison['removed'])} removed)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    write_text(out, text)
+    return {**comparison, "out": out, "notes": notes}

@@ -1,4 +1,5 @@
-"""Tests for stages/aggregate.py on hand-made run files (no training, no network).
+"""Tests for the aggregate stage (stages/aggregate.py) and the library under it (layoutpeft.stats,
+.summary, .plots, .formatting) on hand-made run files (no training, no network).
 
 Expected numbers are computed by hand, not with scipy: for 2 degrees of freedom Student's t
 has a closed form, CDF(t) = 1/2 + t / (2 sqrt(2 + t^2)), so
@@ -10,12 +11,22 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from stages import aggregate as agg
+from layoutpeft import formatting as fmt
+from layoutpeft import plots, stats
+from layoutpeft import summary as summ
+from layoutpeft.atomic import _umask
 from layoutpeft.config import ParamsError
+from layoutpeft.errors import run_main
+from stages import aggregate as agg
+
+ROOT = Path(__file__).resolve().parents[1]
 
 T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)          # 4.302652729911275
 LORA = {"method": "lora", "r": 16, "dropout": 0.1, "targets": ["query", "key", "value", "attention_output"],
@@ -62,7 +73,8 @@ def strict_json(text: str):
 
 
 class Study:
-    """A tmp repository layout: params.yaml, metrics/runs/, and helpers to run the stage."""
+    """A tmp repository layout: params.yaml, metrics/runs/, and helpers to run the stage there
+    (the stage reads params.yaml and writes metrics/, plots/ in the current folder: see `in_tmp`)."""
 
     def __init__(self, root, variants, seeds, reference="full"):
         self.root = root
@@ -77,18 +89,25 @@ class Study:
     def add(self, run: dict) -> None:
         (self.runs / f"{run['variant']}-{run['seed']}.json").write_text(json.dumps(run))
 
-    def run(self):
-        return agg.main(["--params", str(self.params), "--runs", str(self.runs),
-                         "--out-metrics", str(self.root / "metrics"), "--out-plots", str(self.root / "plots")])
+    def run(self) -> dict:
+        """Run the stage; the summary.json it wrote."""
+        agg.main([])
+        return strict_json(self.read("summary.json"))
 
     def read(self, name):
         return (self.root / "metrics" / name).read_text()
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own tmp_path, the stage's repository root."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def no_png(monkeypatch):
     """Skip matplotlib (about 0.5 s a run) in tests that check numbers, not images."""
-    monkeypatch.setattr(agg, "_figures", lambda folder, summary, curves: None)
+    monkeypatch.setattr(plots, "figures", lambda folder, summary, curves: None)
 
 
 @pytest.fixture
@@ -105,7 +124,7 @@ def study(tmp_path):
 # --------------------------------------------------------------------------- pure functions
 
 def test_seed_stats_by_hand():
-    s = agg.seed_stats([0.70, 0.72, 0.74])
+    s = stats.seed_stats([0.70, 0.72, 0.74])
     assert s["mean"] == pytest.approx(0.72, abs=1e-12)
     assert s["std"] == pytest.approx(0.02, abs=1e-12)
     half = T975_DF2 * 0.02 / math.sqrt(3)
@@ -115,14 +134,14 @@ def test_seed_stats_by_hand():
 
 
 def test_seed_stats_one_value_and_none():
-    assert agg.seed_stats([0.5]) == {"mean": 0.5, "std": None, "ci95_low": None, "ci95_high": None}
-    assert agg.seed_stats([None, 0.5, None])["mean"] == 0.5
-    assert agg.seed_stats([]) is None
-    assert agg.seed_stats([None, None]) is None
+    assert stats.seed_stats([0.5]) == {"mean": 0.5, "std": None, "ci95_low": None, "ci95_high": None}
+    assert stats.seed_stats([None, 0.5, None])["mean"] == 0.5
+    assert stats.seed_stats([]) is None
+    assert stats.seed_stats([None, None]) is None
 
 
 def test_paired_comparison_by_hand():
-    vs = agg.paired_comparison({0: 0.70, 1: 0.72, 2: 0.74}, {0: 0.69, 1: 0.70, 2: 0.71})
+    vs = stats.paired_comparison({0: 0.70, 1: 0.72, 2: 0.74}, {0: 0.69, 1: 0.70, 2: 0.71})
     # differences 0.01, 0.02, 0.03: mean 0.02, std 0.01, t = 0.02 / (0.01 / sqrt 3) = 2 sqrt 3
     half = T975_DF2 * 0.01 / math.sqrt(3)
     t = 2 * math.sqrt(3)
@@ -136,16 +155,16 @@ def test_paired_comparison_by_hand():
 
 
 def test_paired_comparison_only_shared_seeds_one_pair_and_none():
-    one = agg.paired_comparison({0: 0.8, 1: 0.9}, {1: 0.7, 2: 0.6})
+    one = stats.paired_comparison({0: 0.8, 1: 0.9}, {1: 0.7, 2: 0.6})
     assert one["n_pairs"] == 1
     assert one["mean_diff"] == pytest.approx(0.2)
     assert one["ci95_low"] is None and one["ci95_high"] is None and one["p_value"] is None
-    assert agg.paired_comparison({0: 0.8}, {1: 0.7}) is None
+    assert stats.paired_comparison({0: 0.8}, {1: 0.7}) is None
 
 
 def test_paired_comparison_identical_differences_gives_null_p():
     # every difference is exactly 0.25: the t statistic is undefined (scipy gives nan, or inf with p = 0)
-    vs = agg.paired_comparison({0: 0.75, 1: 0.5, 2: 1.0}, {0: 0.5, 1: 0.25, 2: 0.75})
+    vs = stats.paired_comparison({0: 0.75, 1: 0.5, 2: 1.0}, {0: 0.5, 1: 0.25, 2: 0.75})
     assert vs["mean_diff"] == 0.25
     assert vs["p_value"] is None
     assert vs["ci95_low"] == vs["ci95_high"] == 0.25
@@ -159,7 +178,7 @@ def test_pareto_flags_by_hand():
               (9000, 0.80),   # e: best -> front
               (9000, 0.80),   # f: identical to e: neither strictly better -> both front
               (50, 0.10)]     # g: cheapest of all -> front
-    assert agg.pareto_flags(points) == [True, True, False, False, True, True, True]
+    assert stats.pareto_flags(points) == [True, True, False, False, True, True, True]
 
 
 def test_rank_series_grouping():
@@ -172,19 +191,20 @@ def test_rank_series_grouping():
         "full": {"method": "full", "lr": 5e-5},                       # no rank
         "missing": None,
     }
-    series = agg.rank_series(params)
+    series = plots.rank_series(params)
     assert series == {"lora": [("lora_r1", 1), ("lora_r4", 4), ("lora", 16)],
                       "qlora": [("qlora_r4", 4), ("qlora_r8", 8)]}
 
 
 def test_rank_series_name_falls_back_to_method():
     vera = {"method": "vera", "r": 256, "lr": 5e-3}
-    series = agg.rank_series({"small": {**vera, "r": 16}, "big": vera})
+    series = plots.rank_series({"small": {**vera, "r": 16}, "big": vera})
     assert series == {"vera": [("small", 16), ("big", 256)]}
 
 
-def test_study_settings_errors(tmp_path):
-    assert agg.study_settings({"study": {"variants": ["a"], "seeds": [0]}}) == (["a"], [0], None)
+def test_read_params_is_the_study_section():
+    config = agg.read_params({"study": {"variants": ["a"], "seeds": [0]}})
+    assert (config.variants, config.seeds, config.reference) == (("a",), (0,), None)
     for bad in ({"study": {"variants": [], "seeds": [0]}},
                 {"study": {"variants": ["a", "a"], "seeds": [0]}},
                 {"study": {"variants": ["a"], "seeds": [True]}},
@@ -192,7 +212,7 @@ def test_study_settings_errors(tmp_path):
                 {"study": {"seeds": [0]}},
                 {"study": {"variants": ["a"], "seeds": [0], "reference": 3}}):
         with pytest.raises(ParamsError):
-            agg.study_settings(bad)
+            agg.read_params(bad)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -217,13 +237,15 @@ def test_main_summary_numbers(no_png, study):
     assert lora["trainable_params"] == 150_000 and lora["total_params"] == 22_700_000
     assert lora["trainable_share"] == pytest.approx(150_000 / 22_700_000)
     assert lora["saved_bytes"] == 600_000
-    assert lora["train_time_s"] == {"mean": 300.0, "std": 0.0, "ci95_low": 300.0, "ci95_high": 300.0}
+    assert lora["train_time_s"] == {"mean": 300.0, "std": 0.0, "ci95_low": 300.0, "ci95_high": 300.0,
+                                    "per_seed": {"0": 300.0, "1": 300.0, "2": 300.0}}
     assert lora["epoch_time_s"]["mean"] == 30.0 and lora["epochs_run"]["mean"] == 10
     assert lora["peak_memory_mb"]["mean"] == pytest.approx(2000.0)
     assert lora["inference_tokens_per_s"]["mean"] == 5100.0
     assert lora["merged_inference_tokens_per_s"]["mean"] == 5600.0
     vs = lora["vs_reference"]
     t = 2 * math.sqrt(3)
+    assert vs["test"] == "paired t"
     assert vs["n_pairs"] == 3 and vs["mean_diff"] == pytest.approx(0.02, abs=1e-12)
     assert vs["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
     full = summary["variants"]["full"]
@@ -240,19 +262,19 @@ def test_main_summary_numbers(no_png, study):
 
 def test_main_writes_every_file(study):
     study.run()
-    for name in ("summary.json", "summary.md", "summary.csv"):
+    for name in ("study.json", "summary.json", "summary.md", "summary.csv"):
         assert (study.root / "metrics" / name).stat().st_size > 0
-    plots = study.root / "plots"
+    folder = study.root / "plots"
     for name in ("f1_vs_rank.csv", "pareto.csv", "cost.csv", "learning_curves.csv",
                  "images/f1_vs_rank.png", "images/pareto.png", "images/train_time.png",
                  "images/peak_memory.png", "images/learning_curves.png"):
-        path = plots / name
+        path = folder / name
         assert path.is_file() and path.stat().st_size > 0, name
-    for png in (plots / "images").glob("*.png"):
+    for png in (folder / "images").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    mode = 0o666 & ~agg._umask()
+    mode = 0o666 & ~_umask()
     assert (study.root / "metrics" / "summary.json").stat().st_mode & 0o777 == mode
-    assert plots.stat().st_mode & 0o777 == mode | (0o111 & ~agg._umask())
+    assert folder.stat().st_mode & 0o777 == mode | (0o111 & ~_umask())
     # nothing temporary left behind
     leftovers = [p.name for p in list(study.root.iterdir()) + list((study.root / "metrics").iterdir())
                  if p.name.startswith(".")]
@@ -267,20 +289,20 @@ def read_csv(path):
 def test_plot_csvs_columns_and_values(no_png, study):
     study.add(make_run("stale", 0, 0.99))       # not in the study: ignored
     study.run()
-    plots = study.root / "plots"
-    pareto = read_csv(plots / "pareto.csv")
+    folder = study.root / "plots"
+    pareto = read_csv(folder / "pareto.csv")
     assert list(pareto[0]) == ["variant", "method", "trainable_params", "f1_mean", "f1_ci95_low",
                                "f1_ci95_high", "pareto"]
     # lora is both cheaper and better than full: full is dominated
     assert {r["variant"]: r["pareto"] for r in pareto} == {"full": "False", "lora": "True"}
-    cost = read_csv(plots / "cost.csv")
+    cost = read_csv(folder / "cost.csv")
     assert list(cost[0]) == ["variant", "method", "train_time_s", "peak_memory_mb", "trainable_params",
                              "saved_mb", "tokens_per_s"]
     assert {r["variant"]: float(r["saved_mb"]) for r in cost} == {"full": 90.8, "lora": 0.6}
-    curves = read_csv(plots / "learning_curves.csv")
+    curves = read_csv(folder / "learning_curves.csv")
     assert list(curves[0]) == ["variant", "seed", "epoch", "train_loss", "val_loss", "val_f1"]
     assert len(curves) == 2 * 3 * 3
-    rank = (plots / "f1_vs_rank.csv").read_text()
+    rank = (folder / "f1_vs_rank.csv").read_text()
     assert rank.splitlines() == ["series,variant,r,f1_mean,f1_ci95_low,f1_ci95_high"]   # no sweep here
     summary_rows = read_csv(study.root / "metrics" / "summary.csv")
     assert [r["variant"] for r in summary_rows] == ["full", "lora"]
@@ -342,7 +364,7 @@ def test_one_seed_gives_null_std_and_ci(tmp_path):
     s.run()
     summary = strict_json(s.read("summary.json"))
     f1 = summary["variants"]["lora"]["f1"]
-    assert f1 == {"mean": 0.75, "std": None, "ci95_low": None, "ci95_high": None}
+    assert f1 == {"mean": 0.75, "std": None, "ci95_low": None, "ci95_high": None, "per_seed": {"0": 0.75}}
     vs = summary["variants"]["lora"]["vs_reference"]
     assert vs["n_pairs"] == 1 and vs["mean_diff"] == pytest.approx(0.05) and vs["p_value"] is None
     assert (tmp_path / "plots" / "images" / "pareto.png").stat().st_size > 0
@@ -386,34 +408,40 @@ def test_variant_with_no_run_at_all(study, capsys):
     assert "ghost-0.json" in capsys.readouterr().err
 
 
-def test_all_runs_missing_fails_naming_the_folder(tmp_path):
+def test_all_runs_missing_fails_naming_the_folder(tmp_path, capsys):
     s = Study(tmp_path, ["full", "lora"], [0, 1])
     s.add(make_run("other", 0, 0.5))
-    with pytest.raises(agg.AggregateError, match=str(s.runs)):
+    with pytest.raises(summ.AggregateError, match="metrics/runs: no run file could be read"):
         s.run()
     assert not (tmp_path / "metrics" / "summary.json").exists()
+    # as a stage: one line on stderr, exit status 2, nothing written
+    assert run_main("aggregate", agg.main, []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("layoutpeft aggregate: error: metrics/runs: no run file")
+    assert not (tmp_path / "metrics" / "study.json").exists() and not (tmp_path / "plots").exists()
 
 
 def test_earlier_results_survive_a_failed_run(study, monkeypatch):
     study.run()
-    before = study.read("summary.json")
+    before = {name: study.read(name) for name in ("study.json", "summary.json", "summary.md", "summary.csv")}
     (study.root / "plots" / "marker").write_text("old")
 
     def boom(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(agg, "_figures", boom)
     study.add(make_run("lora", 0, 0.10, params=LORA))
-    with pytest.raises(RuntimeError, match="plotting failed"):
-        study.run()
-    assert study.read("summary.json") == before
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "figures", boom)
+        with pytest.raises(RuntimeError, match="plotting failed"):
+            study.run()
+    assert {name: study.read(name) for name in before} == before
     assert (study.root / "plots" / "marker").read_text() == "old"
     assert not [p for p in study.root.iterdir() if p.name.startswith(".")]
     # and a good run replaces the whole folder
-    monkeypatch.undo()
     study.run()
     assert not (study.root / "plots" / "marker").exists()
-    assert study.read("summary.json") != before
+    assert study.read("summary.json") != before["summary.json"]
+    assert study.read("study.json") != before["study.json"]
 
 
 def test_run_file_for_another_variant_is_unreadable(no_png, study, capsys):
@@ -476,3 +504,101 @@ def test_reference_without_runs(study, capsys, no_png):
     assert summary["variants"]["lora"]["vs_reference"] is None
     assert "no readable run" in capsys.readouterr().err
     assert "Reference full has no readable run" in study.read("summary.md")
+
+
+# --------------------------------------------------------------------------- per-seed values, study.json
+
+def test_summary_keeps_per_seed_values_and_the_pairs(no_png, study):
+    (study.runs / "lora-1.json").unlink()
+    summary = study.run()
+    lora, full = summary["variants"]["lora"], summary["variants"]["full"]
+    assert lora["f1"]["per_seed"] == pytest.approx({"0": 0.70, "2": 0.74})          # seed 1 missing
+    assert lora["precision"]["per_seed"] == pytest.approx({"0": 0.69, "2": 0.73})
+    assert lora["recall"]["per_seed"] == pytest.approx({"0": 0.71, "2": 0.75})
+    assert full["f1"]["per_seed"] == pytest.approx({"0": 0.69, "1": 0.70, "2": 0.71})
+    assert lora["peak_memory_mb"]["per_seed"] == {"0": 2000.0, "2": 2000.0}
+    vs = lora["vs_reference"]
+    assert vs["test"] == "paired t" and vs["n_pairs"] == 2
+    assert vs["pairs"] == {"0": {"variant": pytest.approx(0.70), "reference": pytest.approx(0.69)},
+                           "2": {"variant": pytest.approx(0.74), "reference": pytest.approx(0.71)}}
+    # the pairs are what the comparison used: recomputing from them gives the same numbers
+    again = stats.paired_comparison({int(s): p["variant"] for s, p in vs["pairs"].items()},
+                                    {int(s): p["reference"] for s, p in vs["pairs"].items()})
+    assert again["mean_diff"] == pytest.approx(vs["mean_diff"]) and again["p_value"] == pytest.approx(vs["p_value"])
+
+
+def test_study_json_is_the_compact_metrics_file(no_png, tmp_path):
+    s = Study(tmp_path, ["lora", "full", "ghost"], [0, 1, 2])            # study order, not F1 order
+    for seed, f1 in enumerate([0.69, 0.70, 0.71]):
+        s.add(make_run("full", seed, f1))
+    for seed, f1 in enumerate([0.70, 0.72, 0.74]):
+        s.add(make_run("lora", seed, f1, params=LORA))
+    summary = s.run()
+    metrics = strict_json(s.read("study.json"))
+    assert list(metrics) == ["lora", "full", "ghost"]
+    assert all(list(v) == ["f1", "f1_ci95", "delta_f1", "p"] for v in metrics.values())
+    lora = summary["variants"]["lora"]
+    assert metrics["lora"] == {"f1": lora["f1"]["mean"], "f1_ci95": pytest.approx(T975_DF2 * 0.02 / math.sqrt(3)),
+                               "delta_f1": lora["vs_reference"]["mean_diff"], "p": lora["vs_reference"]["p_value"]}
+    assert metrics["full"]["delta_f1"] is None and metrics["full"]["p"] is None      # the reference
+    assert metrics["ghost"] == {"f1": None, "f1_ci95": None, "delta_f1": None, "p": None}
+    assert len(s.read("study.json")) < len(s.read("summary.json")) / 10
+
+
+def test_dvc_yaml_declares_the_compact_metrics_first_and_caches_every_output():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert dvc["metrics"][0] == "metrics/study.json"
+    assert dvc["metrics"].index("metrics/data.json") > 0
+    assert "metrics/summary.json" not in dvc["metrics"]
+    stage = dvc["stages"]["aggregate"]
+    assert "metrics" not in stage and "plots" not in stage        # plain outs: every one cached
+    outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
+    assert sorted(outs) == sorted(["metrics/study.json", "metrics/summary.json", "metrics/summary.md",
+                                   "metrics/summary.csv", "plots"])
+    assert not [o for o in stage["outs"] if isinstance(o, dict) and next(iter(o.values())).get("cache") is False]
+    # a stage's own metrics would be listed before the top-level ones
+    assert not [name for name, s in dvc["stages"].items() if s.get("metrics")]
+
+
+@pytest.mark.slow
+def test_dvc_exp_show_lists_f1_first(no_png, study):
+    """`dvc exp show` on this dvc.yaml: the study's F1 columns come before every other metric."""
+    study.run()
+    (study.root / "metrics" / "data.json").write_text(json.dumps({"train": {"words": 10}, "unk_share": 0.01}))
+    for name in ("dvc.yaml", "params.yaml"):
+        (study.root / name).write_text((ROOT / name).read_text())
+    env = {**__import__("os").environ, "DVC_NO_ANALYTICS": "1", "GIT_CONFIG_NOSYSTEM": "1"}
+
+    def sh(*cmd):
+        proc = subprocess.run(cmd, cwd=study.root, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    sh("git", "init", "-q")
+    sh(sys.executable, "-m", "dvc", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false",
+       "commit", "-q", "-m", "study")
+    header = sh(sys.executable, "-m", "dvc", "exp", "show", "--md", "--no-pager").splitlines()[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:6] == ["Experiment", "Created", "full.f1", "full.f1_ci95", "lora.f1", "lora.f1_ci95"], columns
+    assert columns.index("lora.delta_f1") < columns.index("train.words")
+    shown = json.loads(sh(sys.executable, "-m", "dvc", "metrics", "show", "--json"))
+    files = list(next(iter(shown.values()))["data"])
+    assert files == ["metrics/study.json", "metrics/data.json"], files
+
+
+# --------------------------------------------------------------------------- formats
+
+def test_formats():
+    assert [fmt.seconds(s) for s in (None, 45, 300, 312, 9000)] == ["–", "45 s", "5.0 min", "5.2 min", "2.5 h"]
+    assert [fmt.count(n) for n in (None, 950, 152_000, 1_234_567)] == ["–", "950", "152 k", "1.23 M"]
+    assert [fmt.megabytes(m) for m in (None, 900, 1450, 2100, 12345)] == ["–", "900 MB", "1.45 GB", "2.1 GB",
+                                                                           "12.3 GB"]
+    assert fmt.percent({"mean": 0.72, "ci95_low": 0.72 - 0.0497, "ci95_high": 0.72 + 0.0497}) == "72.0 ± 5.0"
+    assert fmt.percent({"mean": 0.72, "std": None, "ci95_low": None, "ci95_high": None}) == "72.0"
+    assert [fmt.p_value(p) for p in (None, 0.0004, 0.0742, 0.5)] == ["p n/a", "p<0.001", "p=0.074", "p=0.50"]
+    vs = {"mean_diff": 0.02, "ci95_low": 0.001, "ci95_high": 0.039, "p_value": 0.041}
+    assert fmt.delta(vs) == "+2.0 [+0.1, +3.9], p=0.041"
+    assert fmt.delta(vs, with_ci=False) == "+2.0, p=0.041"
+    assert fmt.delta(None) == "–"

@@ -1,5 +1,6 @@
-"""stages.report: base-vs-head study comparison (pure table functions, the CI workflow, and an
-end-to-end run in a temporary git + DVC repository, without training)."""
+"""layoutpeft.report / `layoutpeft report`: base-vs-head study comparison (pure table functions, the
+choice of test, shared formats with the summary, the CI workflow, and end-to-end runs in a temporary
+git + DVC repository, without training)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layoutpeft.report import (compare_summaries, fmt_change, group_params_diff, render_report,
-                           shared_setting_changes, welch_interval)
+from layoutpeft import formatting as fmt
+from layoutpeft import summary as summ
+from layoutpeft.errors import LayoutpeftError
+from layoutpeft.formatting import change as fmt_change
+from layoutpeft.report import (compare_summaries, compare_variant, group_params_diff, render_report,
+                               shared_setting_changes, write_report)
+from layoutpeft.stats import welch_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "report"
@@ -129,22 +135,22 @@ def test_rendered_report(comparison):
     text = render_report(
         base_label="`main` (`abc1234`)", head_label="workspace", comparison=comparison,
         params_grouped=group_params_diff(diff), shared_changes=shared_setting_changes(diff, comparison),
-        metrics_diff={"metrics/summary.json": {"variants.lora_r4.f1.mean": {"old": 0.6, "new": 0.65}},
+        metrics_diff={"metrics/study.json": {"lora_r4.f1": {"old": 0.6, "new": 0.65}},
                       "metrics/data.json": {"train.words": {"old": 18579, "new": 18600, "diff": 21}}},
         plots=[{"title": "f1_vs_rank.png", "base": "plots/base_f1.png", "head": "plots/head_f1.png"}])
     lines = text.splitlines()
     assert lines[0] == "# Study report: workspace vs `main` (`abc1234`)"
     for expected in [
-        "| full | same | 0.700 [0.675, 0.725] (n=3) | 0.702 [0.672, 0.732] (n=3) | +0.002 [-0.023, +0.027] |  "
-        "| 22.7M | 300 → 330 (+10 %) | 2,100 |",
-        "| head | same | 0.400 [0.350, 0.450] (n=3) | 0.300 [0.275, 0.325] (n=3) | -0.100 [-0.142, -0.058] | ▼ "
-        "| 1.16k | 100 | 900 |",
-        "| bitfit | same | 0.550 [0.513, 0.587] (n=3) | 0.560 (n=1) | +0.010 | n<2 | 40k | 150 | 1,200 |",
-        "| lora_r4 | changed: lr: 0.0005 → 0.001 | 0.600 [0.575, 0.625] (n=3) | 0.650 [0.625, 0.675] (n=3) "
-        "| +0.050 [+0.027, +0.073] | ▲ | 152k | 200 → 180 (-10 %) | 1,500 → 1,450 (-3 %) |",
+        "| full | same | 70.0 ± 2.5 (n=3) | 70.2 ± 3.0 (n=3) | +0.2 [-2.3, +2.7], p=0.84 | Welch |  "
+        "| 22.7 M | 5.0 min → 5.5 min (+10 %) | 2.1 GB |",
+        "| head | same | 40.0 ± 5.0 (n=3) | 30.0 ± 2.5 (n=3) | -10.0 [-14.2, -5.8], p=0.005 | Welch | ▼ "
+        "| 1.16 k | 100 s | 900 MB |",
+        "| bitfit | same | 55.0 ± 3.7 (n=3) | 56.0 (n=1) | +1.0, p n/a | Welch | n<2 | 40 k | 2.5 min | 1.2 GB |",
+        "| lora_r4 | changed: lr: 0.0005 → 0.001 | 60.0 ± 2.5 (n=3) | 65.0 ± 2.5 (n=3) "
+        "| +5.0 [+2.7, +7.3], p=0.004 | Welch | ▲ | 152 k | 3.3 min → 3.0 min (-10 %) | 1.5 GB → 1.45 GB (-3 %) |",
         "- **Added:** `lora_r8`",
         "- **Removed:** `ia3`",
-        "| lora_r8 | 0.660 [0.635, 0.685] (n=3) | 304k | 190 | 1,500 |",
+        "| lora_r8 | 66.0 ± 2.5 (n=3) | 304 k | 3.2 min | 1.5 GB |",
         "| `study.variants` | [full, head, bitfit, lora_r4, ia3] → [full, head, bitfit, lora_r4, lora_r8] |",
         "| `sweeps.lora.r` | [4] → [4, 8] |",
         "| `variants.lora.lr` | 0.0005 → 0.001 |",
@@ -152,7 +158,8 @@ def test_rendered_report(comparison):
         "| ![base](plots/base_f1.png) | ![head](plots/head_f1.png) |",
     ]:
         assert expected in lines, expected
-    assert "**Flag rule.**" in text and "Welch" in text
+    assert "**Test and flag rule.**" in text and "Welch" in text and "paired" in text
+    assert "1 numeric value(s) changed in `metrics/study.json`" in text
     assert "[!WARNING]" not in text           # no shared setting changed
 
 
@@ -174,7 +181,7 @@ def test_workflow_file():
     uses = [step.get("uses", "") for step in steps]
     assert "make setup" in runs
     assert ".venv/bin/python -m stages.profile ci" in runs
-    assert ".venv/bin/python -m stages.report --base" in runs
+    assert ".venv/bin/python -m layoutpeft report --base" in runs
     assert "cml comment update --target=pr --publish" in runs
     assert any(u.startswith("iterative/setup-cml@v2") for u in uses)
     checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout"))
@@ -269,9 +276,10 @@ def test_end_to_end_report_in_a_temporary_repository(tmp_path):
     (repo / "metrics" / "summary.json").write_text(json.dumps(fake_summary(params, f1), indent=2))
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), DVC_NO_ANALYTICS="1")
-    proc = subprocess.run([sys.executable, "-m", "stages.report", "--base", "main"], cwd=repo,
+    proc = subprocess.run([sys.executable, "-m", "layoutpeft", "report", "--base", "main"], cwd=repo,
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
+    assert "report: reports/study.md (3 variants compared, 0 added, 0 removed)" in proc.stdout
     text = (repo / "reports" / "study.md").read_text()
 
     assert text.splitlines()[0] == f"# Study report: workspace (uncommitted study on top of `{main_sha}`) " \
@@ -279,10 +287,11 @@ def test_end_to_end_report_in_a_temporary_repository(tmp_path):
     table = [line for line in text.splitlines() if re.match(r"\| (full|head|lora) \|", line)]
     assert [line.split(" | ")[:2] for line in table] == [
         ["| full", "same"], ["| head", "same"], ["| lora", "changed: r: 16 → 8"]]
-    assert table[0].split(" | ")[4:6] == ["+0.000 [-0.023, +0.023]", ""]
-    assert table[1].split(" | ")[4:6] == ["+0.000 [-0.023, +0.023]", ""]
-    # 0.68 -> 0.64 with std 0.01 on 3 seeds each: Δ -0.040, half-width 0.022670 -> flagged.
-    assert table[2].split(" | ")[4:7] == ["-0.040 [-0.063, -0.017]", "▼", "16k → 8k (-50 %)"]
+    # fake_summary keeps no per-seed values (as summaries before they were kept): Welch.
+    assert table[0].split(" | ")[4:7] == ["+0.0 [-2.3, +2.3], p=1.00", "Welch", ""]
+    assert table[1].split(" | ")[4:7] == ["+0.0 [-2.3, +2.3], p=1.00", "Welch", ""]
+    # 0.68 -> 0.64 with std 0.01 on 3 seeds each: Δ -4.0 pts, half-width 2.2670 -> flagged.
+    assert table[2].split(" | ")[4:8] == ["-4.0 [-6.3, -1.7], p=0.008", "Welch", "▼", "16 k → 8 k (-50 %)"]
     params_section = text.split("\n## Params changed")[1].split("\n## ")[0]
     assert [line for line in params_section.splitlines() if line.startswith("| `")] == [
         "| `variants.lora.r` | 16 → 8 |"]
@@ -295,15 +304,18 @@ def test_end_to_end_report_in_a_temporary_repository(tmp_path):
     sh("git", "add", "-A", cwd=repo)
     sh("git", "-c", "commit.gpgsign=false", "commit", "-q", "-m", "lora r8", cwd=repo)
     head_sha = sh("git", "rev-parse", "--short", "HEAD", cwd=repo).strip()
-    proc = subprocess.run([sys.executable, "-m", "stages.report", "--base", "main", "--out", "out/r.md"],
+    proc = subprocess.run([sys.executable, "-m", "layoutpeft", "report", "--base", "main", "--out", "out/r.md"],
                           cwd=repo, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert (repo / "out" / "r.md").read_text().startswith(f"# Study report: `{head_sha}` (HEAD) vs `main`")
 
-    # An unknown base is a clear error.
-    proc = subprocess.run([sys.executable, "-m", "stages.report", "--base", "nope"], cwd=repo,
+    # An unknown base is a clear one-line error.
+    proc = subprocess.run([sys.executable, "-m", "layoutpeft", "report", "--base", "nope"], cwd=repo,
                           capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and "--base 'nope' is not a git revision" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "layoutpeft report: error: --base 'nope' is not a git revision here (fetch it first: git fetch origin "
+        "<branch>, or check out with fetch-depth: 0)"]
 
 
 def test_no_base_summary_makes_every_variant_added():
@@ -333,3 +345,136 @@ def test_base_summary_from_dvc_cache_when_not_in_git(tmp_path):
     assert read_base_summary("main~0", cwd=tmp_path / "cached")[0] is not None
     summary, source = read_base_summary("HEAD", cwd=tmp_path)   # not a repository at all
     assert summary is None and source.startswith("no metrics/summary.json at HEAD")
+
+
+# ---------------------------------------------------------------- paired or Welch
+def entry(per_seed: dict | None, **extra) -> dict:
+    """A summary entry whose F1 comes from per-seed values (kept under `per_seed` unless None)."""
+    from layoutpeft.stats import seed_stats
+
+    values = per_seed or {0: 0.6, 1: 0.62, 2: 0.64}
+    f1 = seed_stats(values.values())
+    if per_seed is not None:
+        f1["per_seed"] = {str(s): v for s, v in per_seed.items()}
+    return {"method": "lora", "params": {"method": "lora"}, "n_seeds": len(values), "seeds": sorted(values),
+            "f1": f1, "trainable_params": 1000, "train_time_s": {"mean": 300.0}, "peak_memory_mb": {"mean": 900.0},
+            **extra}
+
+
+BASE_SEEDS = {0: 0.60, 1: 0.62, 2: 0.64}
+HEAD_SEEDS = {0: 0.62, 1: 0.63, 2: 0.67}      # differences 0.02, 0.01, 0.03: mean 0.02, std 0.01
+
+
+def test_shared_seeds_use_the_paired_test():
+    r = compare_variant("lora", entry(BASE_SEEDS), entry(HEAD_SEEDS))
+    half = 4.302653 * 0.01 / 3 ** 0.5                     # t(0.975, 2) * std of differences / sqrt 3
+    t = 2 * 3 ** 0.5
+    assert r["comparison"]["test"] == "paired t" and r["test"] == "paired (n=3)"
+    assert r["delta"] == pytest.approx(0.02)
+    assert (r["delta_low"], r["delta_high"]) == pytest.approx((0.02 - half, 0.02 + half), abs=1e-6)
+    assert r["p_value"] == pytest.approx(1 - t / (2 + t * t) ** 0.5, abs=1e-9)   # 0.0742, closed form for df 2
+    assert r["flag"] == ""                                # the interval [-0.005, 0.045] holds 0
+    # Welch on the same two sets of values would be wider: pairing removes the seed's shared effect.
+    b, h = entry(BASE_SEEDS)["f1"], entry(HEAD_SEEDS)["f1"]       # std 0.02 and 0.0265
+    _, low, high = welch_interval(b["mean"], b["std"], 3, h["mean"], h["std"], 3)
+    assert high - low > 2 * (r["delta_high"] - r["delta_low"])
+
+
+def test_paired_over_the_common_seeds_only():
+    head = {**HEAD_SEEDS, 3: 0.99}                        # a seed the base did not run: not paired
+    r = compare_variant("lora", entry(BASE_SEEDS), entry(head))
+    assert r["test"] == "paired (n=3)" and r["delta"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("base,head,why", [
+    (None, HEAD_SEEDS, "base summary without per-seed values (older layout)"),
+    (BASE_SEEDS, None, "head summary without per-seed values"),
+    ({3: 0.6, 4: 0.62, 5: 0.64}, HEAD_SEEDS, "no seed in common"),
+    ({0: 0.6, 4: 0.62, 5: 0.64}, HEAD_SEEDS, "one seed in common: no paired interval"),
+])
+def test_welch_otherwise(base, head, why):
+    b = entry(base) if base is not None else entry(None)
+    h = entry(head) if head is not None else entry(None)
+    r = compare_variant("lora", b, h)
+    assert r["comparison"]["test"] == "Welch t" and r["test"] == "Welch", why
+    diff, low, high = welch_interval(b["f1"]["mean"], b["f1"]["std"], 3, h["f1"]["mean"], h["f1"]["std"], 3)
+    assert (r["delta"], r["delta_low"], r["delta_high"]) == pytest.approx((diff, low, high))
+
+
+def test_report_says_which_test_each_row_used():
+    base = {"seeds": [0, 1, 2], "variants": {"lora": entry(BASE_SEEDS), "old": entry(None)}}
+    head = {"seeds": [0, 1, 2], "variants": {"lora": entry(HEAD_SEEDS), "old": entry(HEAD_SEEDS)}}
+    text = render_report(base_label="b", head_label="h", comparison=compare_summaries(base, head),
+                         params_grouped={}, shared_changes=[])
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines()
+            if line.startswith(("| lora |", "| old |"))}
+    header = next(line for line in text.splitlines() if line.startswith("| Variant |")).split(" | ")
+    assert header[5] == "Test"
+    assert rows["lora"][5] == "paired (n=3)" and rows["old"][5] == "Welch"
+    assert rows["lora"][4] == "+2.0 [-0.5, +4.5], p=0.074"
+    assert "`paired (n=k)`" in text and "`Welch`" in text        # the rule explains both
+
+
+def test_summary_and_report_format_the_same_numbers_the_same_way():
+    """summary.md and the report show 300 s, 2100 MB, 152000 params, an F1 the same way."""
+    head = load("head_summary.json")
+    study = summ.Study(Path("metrics/runs"), tuple(head["variants"]), tuple(head["seeds"]), head["reference"])
+    table = summ.markdown_table(head, study)
+    full_md = next(line for line in table.splitlines() if line.startswith("| **full** |"))
+    report = render_report(base_label="b", head_label="h", comparison=compare_summaries(None, head),
+                           params_grouped={}, shared_changes=[])
+    full_report = next(line for line in report.splitlines() if line.startswith("| full |"))
+    e = head["variants"]["full"]
+    for text in (fmt.seconds(e["train_time_s"]["mean"]), fmt.megabytes(e["peak_memory_mb"]["mean"]),
+                 fmt.count(e["trainable_params"]), fmt.percent(e["f1"])):
+        assert text in full_md and text in full_report, text
+    assert "5.5 min" in full_md and "5.5 min" in full_report     # 330 s
+    assert "70.2 ± 3.0" in full_md and "70.2 ± 3.0" in full_report
+
+
+# ---------------------------------------------------------------- write_report: bad input
+@pytest.fixture
+def git_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    sh("git", "init", "-q", "-b", "main", cwd=repo)
+    (repo / "params.yaml").write_text(PARAMS)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false",
+       "commit", "-q", "-m", "base", cwd=repo)
+    return repo
+
+
+def test_write_report_unknown_base_names_it(git_repo):
+    with pytest.raises(LayoutpeftError, match=r"^--base 'nope' is not a git revision here"):
+        write_report("nope", Path("r.md"), cwd=git_repo)
+    assert not (git_repo / "r.md").exists()
+
+
+def test_write_report_without_a_summary_names_the_file(git_repo):
+    with pytest.raises(LayoutpeftError, match=r"^metrics/summary.json not found"):
+        write_report("main", Path("r.md"), cwd=git_repo)
+    (git_repo / "metrics").mkdir()
+    (git_repo / "metrics" / "summary.json").write_text('{"variants": ')
+    with pytest.raises(LayoutpeftError, match=r"^metrics/summary.json: not readable JSON"):
+        write_report("main", Path("r.md"), cwd=git_repo)
+    assert not (git_repo / "r.md").exists()
+
+
+@pytest.mark.slow
+def test_write_report_pairs_shared_seeds(git_repo):
+    """End to end through write_report: summaries with per-seed F1 on both sides -> paired rows."""
+    base = {"reference": "lora", "seeds": [0, 1, 2], "variants": {"lora": entry(BASE_SEEDS)}}
+    (git_repo / "metrics").mkdir()
+    (git_repo / "metrics" / "summary.json").write_text(json.dumps(base))
+    sh("git", "add", "-A", cwd=git_repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false",
+       "commit", "-q", "-m", "study", cwd=git_repo)
+    head = {"reference": "lora", "seeds": [0, 1, 2], "variants": {"lora": entry(HEAD_SEEDS)}}
+    (git_repo / "metrics" / "summary.json").write_text(json.dumps(head))
+    result = write_report("main", Path("reports/study.md"), cwd=git_repo)
+    assert result["out"] == git_repo / "reports" / "study.md"
+    assert [r["test"] for r in result["rows"]] == ["paired (n=3)"]
+    text = (git_repo / "reports" / "study.md").read_text()
+    assert "| lora | same | 62.0 ± 5.0 (n=3) | 64.0 ± 6.6 (n=3) | +2.0 [-0.5, +4.5], p=0.074 | paired (n=3) |" in text
+    assert "- Base summary: git show main:metrics/summary.json" in text

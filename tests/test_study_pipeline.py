@@ -9,7 +9,7 @@ dependencies, so a stage restored from the shared run cache never stands in for 
 - the study itself: every stage ran, summary.json / summary.md / plots;
 - `dvc exp run -S variants.lora.r=8` reruns exactly lora's train/evaluate stages + aggregate,
   then nothing; a changed target list reruns lora and lora_r4 (which inherits it), not full;
-- the pull-request report (`python -m stages.report --base main`) on a branch holding that
+- the pull-request report (`python -m layoutpeft report --base main`) on a branch holding that
   experiment shows exactly lora as changed.
 """
 from __future__ import annotations
@@ -136,7 +136,9 @@ def test_repro_runs_the_whole_study_and_commits(study):
     for name in ("lora", "lora_r4"):
         vs = result["variants"][name]["vs_reference"]
         assert isinstance(vs, dict) and vs["n_pairs"] == 2, (name, vs)
-        assert set(vs) == {"n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value"}
+        assert set(vs) == {"test", "n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value", "pairs"}
+        assert vs["test"] == "paired t" and sorted(vs["pairs"]) == ["0", "1"]
+    assert list(json.loads((repo / "metrics" / "study.json").read_text())) == VARIANTS
     params = {name: result["variants"][name]["params"] for name in VARIANTS}
     assert params["full"]["method"] == "full"
     assert params["lora"]["r"] == 16 and params["lora_r4"]["r"] == 4
@@ -154,12 +156,11 @@ def test_repro_runs_the_whole_study_and_commits(study):
     assert images, "no PNG in plots/images/"
     assert all((repo / "plots" / "images" / p).stat().st_size > 0 for p in images)
 
-    # Committed as a user would: git holds the lock file and the small (cache: false) outputs,
-    # DVC's .gitignore files keep the cached outputs out, and nothing is left over.
+    # Committed as a user would: git holds the lock file; every output is cached by DVC (its
+    # .gitignore files keep them out of git), and nothing is left over.
     committed = set(git(repo, "ls-files").stdout.split())
-    assert {"dvc.lock", "params.yaml", "metrics/summary.json", "metrics/summary.md",
-            "metrics/summary.csv", "metrics/data.json"} <= committed
-    assert not any(p.startswith(("models/", "data/", "plots/", "metrics/runs/")) and not p.endswith("/.gitignore")
+    assert {"dvc.lock", "params.yaml"} <= committed
+    assert not any(p.startswith(("models/", "data/", "plots/", "metrics/")) and not p.endswith("/.gitignore")
                    for p in committed), sorted(committed)
     assert git(repo, "status", "--porcelain").stdout == ""
     assert json.loads(run_dvc(repo, "status", "--json").stdout) == {}
@@ -214,7 +215,7 @@ def test_pr_report_shows_exactly_lora_changed(study, lora_r8):
     head_sha = git(repo, "rev-parse", "--short", "HEAD").stdout.strip()
     assert git(main_repo, "rev-parse", "main").stdout.strip() == main_sha
 
-    proc = run([sys.executable, "-m", "stages.report", "--base", "main", "--out", "reports/study.md"], cwd=repo,
+    proc = run([sys.executable, "-m", "layoutpeft", "report", "--base", "main", "--out", "reports/study.md"], cwd=repo,
                env=ENV)
     assert "report: reports/study.md (3 variants compared, 0 added, 0 removed)" in proc.stdout
     text = (repo / "reports" / "study.md").read_text()
@@ -225,7 +226,8 @@ def test_pr_report_shows_exactly_lora_changed(study, lora_r8):
     # (lora's own flag depends on its scores: only the counts of variants are pinned down here)
     assert any(line.startswith("- **Variants:** 3 on both sides, 1 with a changed definition, 0 added, 0 removed;")
                for line in lines)
-    assert "- Base summary: git show main:metrics/summary.json" in lines
+    # summary.json is a DVC-cached output: read at the base through dvc.api (the shared local cache)
+    assert "- Base summary: dvc.api.read('metrics/summary.json', rev='main')" in lines
     assert "[!WARNING]" not in text  # no shared setting (data/model/train/evaluate, seeds) differs
 
     rows = {cells[0]: cells for cells in
@@ -237,8 +239,10 @@ def test_pr_report_shows_exactly_lora_changed(study, lora_r8):
     assert rows["full"][1] == "same" and rows["lora_r4"][1] == "same"
     for name in ("full", "lora_r4"):  # unchanged runs: identical F1 on both sides, ΔF1 0, no flag
         assert rows[name][2] == rows[name][3] and rows[name][2].endswith("(n=2)"), rows[name]
-        assert rows[name][4].startswith("+0.000") and rows[name][5] == "", rows[name]
-    assert "→" in rows["lora"][6]  # fewer trainable params at rank 8
+        assert rows[name][4].startswith("+0.0 [+0.0, +0.0]") and rows[name][6] == "", rows[name]
+    for name in VARIANTS:  # both summaries keep per-seed F1 for seeds 0 and 1: paired
+        assert rows[name][5] == "paired (n=2)", rows[name]
+    assert "→" in rows["lora"][7]  # fewer trainable params at rank 8
 
     params_section = text.split("\n## Params changed")[1].split("\n## ")[0]
     assert "### `variants` (params.yaml)" in params_section

@@ -1,0 +1,235 @@
+"""Plot data and images of the study: CSVs for `dvc plots` and PNGs under images/.
+
+`write_plots(folder, summary, runs)` fills one folder (the aggregate stage builds it beside
+plots/ and swaps it in once complete). The CSV columns are what dvc.yaml's `plots:` name.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from layoutpeft.stats import pareto_flags
+from layoutpeft.summary import MB, csv_text, number
+
+_RANK_SUFFIX = re.compile(r"_r\d+$")
+
+
+def rank_series(variant_params: dict[str, dict | None]) -> dict[str, list[tuple[str, float]]]:
+    """Group variants whose resolved params differ only in `r` (and in `alpha` where it is the
+    default 2r); keep groups with >= 2 distinct ranks.
+
+    Returns {series name: [(variant, r), ...] sorted by r}. A series is named after its variants
+    with any `_r<N>` suffix removed (lora, lora_r4 -> "lora"), else after its method."""
+    groups: dict[str, list[tuple[str, float]]] = {}
+    methods: dict[str, str] = {}
+    for name, settings in variant_params.items():
+        if not isinstance(settings, dict):
+            continue
+        r = settings.get("r")
+        if isinstance(r, bool) or not isinstance(r, (int, float)):
+            continue
+        # alpha left at its default (2r, filled in by methods.validate_variant) follows r: not a difference.
+        key = json.dumps({k: v for k, v in settings.items()
+                          if k != "r" and not (k == "alpha" and v == 2 * r)}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append((name, r))
+        methods[key] = str(settings.get("method", "?"))
+    series: dict[str, list[tuple[str, float]]] = {}
+    for key, members in groups.items():
+        if len({r for _, r in members}) < 2:
+            continue
+        stems = {_RANK_SUFFIX.sub("", name) for name, _ in members}
+        label = stems.pop() if len(stems) == 1 else methods[key]
+        unique, k = label, 2
+        while unique in series:
+            unique, k = f"{label}_{k}", k + 1
+        series[unique] = sorted(members, key=lambda m: (m[1], m[0]))
+    return dict(sorted(series.items()))
+
+
+def _mean(stat: dict | None) -> float | None:
+    return stat["mean"] if stat else None
+
+
+def rank_rows(summary: dict) -> list[list]:
+    """plots/f1_vs_rank.csv rows: series, variant, r, f1_mean, f1_ci95_low, f1_ci95_high."""
+    with_f1 = {n: e["params"] for n, e in summary["variants"].items() if e["f1"]}
+    rows = []
+    for series, members in rank_series(with_f1).items():
+        for name, r in members:
+            f1 = summary["variants"][name]["f1"]
+            rows.append([series, name, r, f1["mean"], f1["ci95_low"], f1["ci95_high"]])
+    return rows
+
+
+def pareto_rows(summary: dict) -> list[list]:
+    """plots/pareto.csv rows: variant, method, trainable_params, f1_mean, f1_ci95_low, f1_ci95_high, pareto."""
+    names = [n for n, e in summary["variants"].items() if e["f1"] and e["trainable_params"] is not None]
+    points = [(summary["variants"][n]["trainable_params"], summary["variants"][n]["f1"]["mean"]) for n in names]
+    rows = []
+    for name, flag in zip(names, pareto_flags(points)):
+        e = summary["variants"][name]
+        rows.append([name, e["method"], e["trainable_params"], e["f1"]["mean"], e["f1"]["ci95_low"],
+                     e["f1"]["ci95_high"], flag])
+    return rows
+
+
+def cost_rows(summary: dict) -> list[list]:
+    """plots/cost.csv rows: variant, method, train_time_s, peak_memory_mb, trainable_params, saved_mb, tokens_per_s."""
+    rows = []
+    for name, e in summary["variants"].items():
+        if not e["n_seeds"]:
+            continue
+        saved = e["saved_bytes"] / MB if e["saved_bytes"] is not None else None
+        rows.append([name, e["method"], _mean(e["train_time_s"]), _mean(e["peak_memory_mb"]),
+                     e["trainable_params"], saved, _mean(e["inference_tokens_per_s"])])
+    return rows
+
+
+def curve_rows(runs: dict[str, dict[int, dict]]) -> list[list]:
+    """plots/learning_curves.csv rows: variant, seed, epoch, train_loss, val_loss, val_f1."""
+    rows = []
+    for name, by_seed in runs.items():
+        for seed in sorted(by_seed):
+            history = by_seed[seed].get("history")
+            for point in history if isinstance(history, list) else []:
+                epoch = number(point, "epoch")
+                if epoch is None:
+                    continue
+                rows.append([name, seed, int(epoch), number(point, "train_loss"),
+                             number(point, "val_loss"), number(point, "val_f1")])
+    return rows
+
+
+PLOT_CSVS = {
+    "f1_vs_rank.csv": (["series", "variant", "r", "f1_mean", "f1_ci95_low", "f1_ci95_high"], rank_rows),
+    "pareto.csv": (["variant", "method", "trainable_params", "f1_mean", "f1_ci95_low", "f1_ci95_high",
+                    "pareto"], pareto_rows),
+    "cost.csv": (["variant", "method", "train_time_s", "peak_memory_mb", "trainable_params", "saved_mb",
+                  "tokens_per_s"], cost_rows),
+}
+
+
+def _ci_err(stats: Sequence[dict | None]) -> list[list[float]]:
+    """Asymmetric error bars [[below...], [above...]] (0 where there is no CI)."""
+    low = [s["mean"] - s["ci95_low"] if s and s["ci95_low"] is not None else 0.0 for s in stats]
+    high = [s["ci95_high"] - s["mean"] if s and s["ci95_high"] is not None else 0.0 for s in stats]
+    return [low, high]
+
+
+def figures(folder: Path, summary: dict, curves: list[list]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    variants = summary["variants"]
+    reference = summary["reference"]
+    ref_f1 = variants[reference]["f1"] if reference in variants else None
+
+    def empty(ax, text):
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(images / name, dpi=120)
+        plt.close(fig)
+
+    # F1 vs rank
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[list]] = {}
+    for row in rank_rows(summary):
+        series.setdefault(row[0], []).append(row)
+    for label, rows in series.items():
+        rs = [r[2] for r in rows]
+        line, = ax.plot(rs, [100 * r[3] for r in rows], marker="o", label=label)
+        if all(r[4] is not None for r in rows):
+            ax.fill_between(rs, [100 * r[4] for r in rows], [100 * r[5] for r in rows],
+                            color=line.get_color(), alpha=0.2)
+    if series:
+        ax.set_xscale("log", base=2)
+    else:
+        empty(ax, "no rank sweep with 2+ ranks in this study")
+    if ref_f1:
+        ax.axhline(100 * ref_f1["mean"], color="black", linestyle="--", label=f"{reference} (reference)")
+        if ref_f1["ci95_low"] is not None:
+            ax.axhspan(100 * ref_f1["ci95_low"], 100 * ref_f1["ci95_high"], color="grey", alpha=0.15)
+    ax.set_xlabel("rank r (log2)")
+    ax.set_ylabel("test F1 (%)")
+    ax.set_title("F1 vs rank (mean over seeds, 95 % CI)")
+    if series or ref_f1:
+        ax.legend(fontsize=8)
+    save(fig, "f1_vs_rank.png")
+
+    # Pareto: F1 vs trainable params
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    rows = [r for r in pareto_rows(summary) if r[2] > 0]
+    for row in rows:
+        stat = variants[row[0]]["f1"]
+        is_ref = row[0] == reference
+        ax.errorbar([row[2]], [100 * row[3]], yerr=[[100 * e[0]] for e in _ci_err([stat])],
+                    fmt="*" if is_ref else "o", markersize=12 if is_ref else 5,
+                    color="crimson" if is_ref else ("tab:blue" if row[6] else "tab:grey"), capsize=2)
+        ax.annotate(row[0], (row[2], 100 * row[3]), textcoords="offset points", xytext=(4, 3),
+                    fontsize=7 if row[6] or is_ref else 6, color="black" if row[6] or is_ref else "dimgrey")
+    front = sorted((r[2], 100 * r[3]) for r in rows if r[6])
+    if front:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue",
+                alpha=0.6, label="Pareto front")
+        ax.plot([], [], "o", color="tab:grey", label="dominated")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    else:
+        empty(ax, "no variant with F1 and parameter counts")
+    ax.set_xlabel("trainable parameters (log)")
+    ax.set_ylabel("test F1 (%)")
+    ax.set_title("F1 vs trainable parameters" + (f" (★ = {reference})" if ref_f1 else ""))
+    save(fig, "pareto.png")
+
+    # Cost bars
+    for key, name, xlabel in (("train_time_s", "train_time.png", "train time (s)"),
+                              ("peak_memory_mb", "peak_memory.png", "peak memory (MB)")):
+        names = sorted((n for n, e in variants.items() if e[key]), key=lambda n: variants[n][key]["mean"])
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
+        if names:
+            stats_ = [variants[n][key] for n in names]
+            ax.barh(names, [s["mean"] for s in stats_], xerr=_ci_err(stats_), capsize=2,
+                    color=["crimson" if n == reference else "tab:blue" for n in names])
+        else:
+            empty(ax, "no data")
+        ax.set_xlabel(xlabel + ", mean over seeds, 95 % CI")
+        ax.tick_params(axis="y", labelsize=7)
+        save(fig, name)
+
+    # Learning curves: validation loss, mean over seeds per epoch
+    fig, ax = plt.subplots(figsize=(8, 5))
+    by_variant: dict[str, dict[int, list[float]]] = {}
+    for variant, _seed, epoch, _train, val_loss, _f1 in curves:
+        if val_loss is not None:
+            by_variant.setdefault(variant, {}).setdefault(epoch, []).append(val_loss)
+    if by_variant:
+        cmap = plt.get_cmap("tab20")
+        for i, (variant, epochs) in enumerate(by_variant.items()):
+            xs = sorted(epochs)
+            ax.plot(xs, [sum(epochs[x]) / len(epochs[x]) for x in xs], label=variant,
+                    color=cmap(i % 20), linestyle="-" if i < 20 else "--", linewidth=1.2)
+        ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        empty(ax, "no history in the run files")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss (mean over seeds)")
+    ax.set_title("Validation loss")
+    save(fig, "learning_curves.png")
+
+
+def write_plots(folder: Path, summary: dict, runs: dict[str, dict[int, dict]]) -> None:
+    """Every plot CSV and PNG into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (header, make_rows) in PLOT_CSVS.items():
+        (folder / name).write_text(csv_text(header, make_rows(summary)))
+    curves = curve_rows(runs)
+    (folder / "learning_curves.csv").write_text(
+        csv_text(["variant", "seed", "epoch", "train_loss", "val_loss", "val_f1"], curves))
+    figures(folder, summary, curves)
