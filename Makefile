@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: setup study test benchmark ci-study report
 BASE   ?= main
 # Stages run `python -m stages.<name>` through the shell: put the venv first on PATH.
+# `layoutpeft` is the venv's console script (pyproject [project.scripts]).
 RUN    := PATH="$(abspath $(BIN)):$$PATH" HF_HUB_DISABLE_TELEMETRY=1
 
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -30,7 +31,7 @@ benchmark: setup
 	$(RUN) $(BIN)/python benchmarks/dvc_noop.py
 
 ci-study: setup
-	$(RUN) $(BIN)/python -m stages.profile ci
+	$(RUN) $(BIN)/layoutpeft profile ci
 
 report: setup
-	$(RUN) $(BIN)/python -m layoutpeft report --base $(BASE)
+	$(RUN) $(BIN)/layoutpeft report --base $(BASE)

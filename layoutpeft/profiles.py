@@ -1,65 +1,50 @@
-"""Run a named study profile: `dvc exp run -S key=value ...` with the overrides in profiles.yaml.
-
-    python -m stages.profile NAME[+NAME...] [--print] [extra `dvc exp run` arguments ...]
-    python -m stages.profile --list
+"""Study profiles: profiles.yaml -> the `dvc exp run -S key=value ...` command, checked first.
 
 profiles.yaml maps a profile name to dotted params.yaml keys and their values, e.g.
 `ci: {study.variants: [head, lora_r4], train.max_epochs: 3}`; `laptop+offline` applies both
-profiles, the later one winning where they share a key. Before dvc is called, every key is
-checked against params.yaml and every name in a `study.variants` override against
-`variants:`/`sweeps:`, so a typo fails at once and names the key. Values are rendered in the
-Hydra override syntax that `dvc exp run -S` parses (lists as `[head,lora_r4]`, strings quoted
-where needed), and the overrides are applied with DVC's own code to a scratch copy of
-params.yaml and read back with stages.params.load_params: a value the stages would not read
-as written is refused up front.
+profiles, the later one winning where they share a key. It is read as YAML 1.2 (ruamel), like
+params.yaml. Before dvc is called, every key is checked against params.yaml, every name in
+`study.variants` against `variants:`/`sweeps:`, and the study section as the profile leaves it
+(seeds, reference) with StudyConfig, so a typo fails at once and names the key.
 
-Everything after NAME except `--print` goes to `dvc exp run` unchanged (`--queue`, `--temp`,
-`-n NAME`, `-f`, ...). An extra `-S key=value` replaces the profile's value for that key, so
-one-off changes need no edit of profiles.yaml: this is also how CI or a reviewer points the
-download at a mirror, `python -m stages.profile ci -S data.url=https://... -S data.md5=...`.
-Profile values are literal: there is no environment-variable expansion (`${...}` would be
-read by Hydra/OmegaConf as an interpolation, not by a shell).
+Values are rendered in the Hydra override syntax that `dvc exp run -S` parses (lists as
+`[head,lora_r4]`, strings quoted where Hydra would read them otherwise) and parsed back with
+Hydra's parser. That is the whole round trip: DVC writes the parsed value into params.yaml with
+ruamel and the stages read it back with ruamel (layoutpeft.config.load_params), so what Hydra
+parses is what the stages get (tests/test_profile.py checks this through DVC's own code).
 
-The stages run with this Python: its folder goes first on PATH for dvc's `python -m stages.*`.
-`dvc exp run` without `--temp`/`--queue` runs in the workspace and leaves the profile's
-values in params.yaml and the study's results in metrics/ and plots/ (`git checkout
-params.yaml` or `dvc exp apply` to go back or forth); with `--temp` or `--queue` the
-workspace stays as it is and the experiment is kept as a DVC experiment ref.
+An extra `-S key=value` (passed on to dvc) replaces the profile's value for that key. Profile
+values are literal: `${...}` would be an OmegaConf interpolation in `-S`, so it is refused.
+The command line itself is parsed in layoutpeft/commands/profile.py.
 """
 from __future__ import annotations
 
+import copy
 import os
-import shlex
-import shutil
-import subprocess
+import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from layoutpeft.config import ParamsError, load_params
+from layoutpeft.config import StudyConfig, load_params, load_yaml
+from layoutpeft.errors import LayoutpeftError, ParamsError
 
 PROFILES_FILE = Path("profiles.yaml")
 PARAMS_FILE = Path("params.yaml")
 SET_FLAGS = ("-S", "--set-param")
-OWN_FLAGS = ("--print",)
 
 
-class ProfileError(ValueError):
-    """An unknown profile, a key not in params.yaml, or a value dvc could not read back."""
+class ProfileError(LayoutpeftError):
+    """An unknown profile, a key not in params.yaml, or a value dvc could not read as written."""
 
 
 # ---------------------------------------------------------------- profiles and keys
 def load_profiles(path: str | Path = PROFILES_FILE) -> dict[str, dict]:
     path = Path(path)
-    if not path.is_file():
-        raise ProfileError(f"{path}: file not found (run from the repository root)")
     try:
-        profiles = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ProfileError(f"{path}: not valid YAML: {err}") from err
+        profiles = load_yaml(path, "profiles file")
+    except ParamsError as err:
+        raise ProfileError(str(err)) from err
     if not isinstance(profiles, dict) or not profiles:
         raise ProfileError(f"{path}: expected a mapping of profile names to overrides")
     for name, overrides in profiles.items():
@@ -68,7 +53,7 @@ def load_profiles(path: str | Path = PROFILES_FILE) -> dict[str, dict]:
     return profiles
 
 
-def get_profile(profiles: dict, name: str, where: str = "profiles.yaml") -> dict:
+def get_profile(profiles: dict, name: str, where: str = str(PROFILES_FILE)) -> dict:
     """One profile's overrides; `a+b` merges profiles left to right (b's values win)."""
     merged: dict = {}
     for part in name.split("+"):
@@ -78,26 +63,22 @@ def get_profile(profiles: dict, name: str, where: str = "profiles.yaml") -> dict
     return merged
 
 
-def has_key(params: dict, dotted: str) -> bool:
+def lookup(params: dict, dotted: str, default: Any = None) -> Any:
     node: Any = params
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def lookup(params: dict, dotted: str) -> Any:
-    node: Any = params
-    for part in dotted.split("."):
+            return default
         node = node[part]
     return node
 
 
-def check_key(params: dict, key: str, where: str) -> None:
+_ABSENT = object()
+
+
+def check_key(params: dict, key: Any, where: str) -> None:
     if not isinstance(key, str) or not key:
         raise ProfileError(f"{where}: keys must be dotted params.yaml names, got {key!r}")
-    if not has_key(params, key):
+    if lookup(params, key, _ABSENT) is _ABSENT:
         raise ProfileError(f"{where}: key {key!r} is not in params.yaml")
 
 
@@ -112,43 +93,54 @@ def check_value(params: dict, key: str, value: Any, where: str) -> None:
             raise ProfileError(f"{where}: key {key!r} is a {have} in params.yaml, got {value!r}")
 
 
-def check_variant_names(params: dict, names: Any, where: str) -> None:
-    """study.variants entries must be variants or sweep products (<base>_<key><value>)."""
-    if not isinstance(names, list):
-        return
+def check_study(params: dict, values: dict[str, Any], where: dict[str, str]) -> None:
+    """The study section as the overrides leave it: variant names defined, seeds and reference valid."""
+    effective = copy.deepcopy(params)
+    for key, value in values.items():
+        node = effective
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    names = lookup(effective, "study.variants")
+    if isinstance(names, list):
+        origin = where.get("study.variants", "params.yaml")
+        try:
+            from layoutpeft.variants import expand_sweeps
+            known = expand_sweeps(effective.get("variants") or {}, effective.get("sweeps") or {})
+        except ParamsError:  # a broken variants:/sweeps: is the variants stage's to report
+            known = None
+        unknown = [n for n in names if known is not None and n not in known]
+        if unknown:
+            raise ProfileError(f"{origin}: study.variants names unknown variant(s) {unknown} "
+                               "(not in params.yaml variants: or sweeps:)")
     try:
-        from layoutpeft.variants import expand_sweeps
-        known = expand_sweeps(params.get("variants") or {}, params.get("sweeps") or {})
-    except (ImportError, ParamsError):  # let the variants stage report a broken params.yaml
-        return
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ProfileError(f"{where}: study.variants names unknown variant(s) {unknown} "
-                           "(not in params.yaml variants: or sweeps:)")
+        StudyConfig.from_params(effective)
+    except ParamsError as err:
+        detail = str(err).removeprefix("params.yaml: ")
+        study_keys = [k for k in values if k.startswith("study.")]
+        named = [k for k in study_keys if k in detail] or study_keys  # the override(s) the message is about
+        origins = sorted({where[k] for k in named})
+        raise ProfileError(f"{' and '.join(origins) or 'params.yaml'}: with these overrides, {detail}") from err
 
 
 # ---------------------------------------------------------------- rendering -S values
-def _hydra_value(text: str) -> tuple[bool, Any]:
-    """Parse `k=<text>` with Hydra's override parser (what dvc exp run -S uses)."""
+def parse_override_value(text: str) -> tuple[bool, Any]:
+    """(True, value) as `dvc exp run -S k=<text>` reads it (Hydra's override parser), else (False, None)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        override = OverridesParser.create().parse_overrides([f"k={text}"])[0]
-        return True, override.value()
-    except Exception:  # noqa: BLE001 - any parse failure means "not this rendering"
+        return True, OverridesParser.create().parse_overrides([f"k={text}"])[0].value()
+    except Exception:  # noqa: BLE001 - any parse failure means "dvc cannot read this"
         return False, None
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b
+def _quote(text: str) -> str:
+    # Hydra's quoted strings: escape the quote, and double the backslashes before a quote
+    # (the closing one included); other backslashes are literal.
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return f"'{text}'"
 
 
 def _render(value: Any) -> str:
@@ -161,66 +153,33 @@ def _render(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(_render(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_render(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{_render(str(k))}:{_render(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         if "${" in value:
             raise ProfileError(f"{value!r}: `${{...}}` would be an OmegaConf interpolation in "
                                "dvc exp run -S; profile values are literal")
-        ok, parsed = _hydra_value(value)
-        if ok and _same(parsed, value) and value == value.strip():
-            return value
-        quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        return quoted
+        ok, parsed = parse_override_value(value)
+        return value if ok and parsed == value else _quote(value)
     raise ProfileError(f"unsupported value {value!r} ({type(value).__name__})")
 
 
 def render_value(value: Any, key: str = "value") -> str:
     """Hydra override text for `value`, checked by parsing it back."""
     text = _render(value)
-    ok, parsed = _hydra_value(text)
-    if not ok or not _same(parsed, value):
-        raise ProfileError(f"{key}: cannot render {value!r} so that dvc exp run -S reads it back "
-                           f"(got {text!r} -> {parsed!r})")
+    ok, parsed = parse_override_value(text)
+    if not ok or parsed != value or type(parsed) is not type(value):
+        raise ProfileError(f"{key}: cannot write {value!r} so that dvc exp run -S reads it back "
+                           f"(rendered {text!r})")
     return text
 
 
-def check_roundtrip(params_path: str | Path, overrides: dict[str, tuple[str, Any]],
-                    where: str | dict[str, str]) -> None:
-    """Apply the -S texts with DVC's own code to a copy of params.yaml, read it back the way
-    the stages do (stages.params.load_params), and compare with the profile's values.
-
-    Catches what no parser alone shows: DVC re-writes a changed float with ruamel (YAML 1.2),
-    e.g. 5e-05, which PyYAML (YAML 1.1) reads back as the string '5e-05'.
-    """
-    try:
-        from dvc.utils.hydra import apply_overrides
-    except ImportError:  # DVC moved it: the Hydra round trip in render_value still holds
-        return
-    with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
-        copy = Path(tmp) / "params.yaml"
-        shutil.copyfile(params_path, copy)
-        apply_overrides(str(copy), [f"{key}={text}" for key, (text, _value) in overrides.items()])
-        written = load_params(copy)
-    for key, (_text, value) in overrides.items():
-        got = lookup(written, key)
-        if not _same(got, value):
-            origin = where.get(key, "") if isinstance(where, dict) else where
-            raise ProfileError(
-                f"{origin}: {key}: dvc exp run -S would leave {got!r} in params.yaml as the stages "
-                f"read it (stages.params.load_params), not {value!r}"
-                + (" (DVC writes such floats without a decimal point, which PyYAML reads as a "
-                   "string; read params.yaml with YAML 1.2 float rules to allow it)"
-                   if isinstance(value, float) and isinstance(got, str) else ""))
-
-
 # ---------------------------------------------------------------- extra arguments
-def _set_param_keys(extra: list[str]) -> list[tuple[str, str]]:
-    """(raw override, key) for each -S/--set-param in the extra dvc arguments."""
+def set_param_overrides(extra: list[str]) -> list[tuple[str, str]]:
+    """(key, value text) for each -S/--set-param in the extra dvc arguments."""
     found = []
     i = 0
     while i < len(extra):
-        arg = extra[i]
-        text = None
+        arg, text = extra[i], None
         if arg in SET_FLAGS and i + 1 < len(extra):
             text, i = extra[i + 1], i + 1
         elif arg.startswith("--set-param="):
@@ -228,106 +187,70 @@ def _set_param_keys(extra: list[str]) -> list[tuple[str, str]]:
         elif arg.startswith("-S") and len(arg) > 2:
             text = arg[2:]
         if text is not None and "=" in text:
-            key = text.split("=", 1)[0]
-            found.append((text, key))
+            key, value = text.split("=", 1)
+            found.append((key, value))
         i += 1
     return found
 
 
-def _params_key(raw_key: str) -> str | None:
-    """The params.yaml key an -S override targets, None for another file or an add/delete."""
+def params_key(raw_key: str) -> str | None:
+    """The params.yaml key an -S override targets; None for another file or a +add/~delete."""
     file, sep, key = raw_key.rpartition(":")
     if sep and file not in ("params.yaml", str(PARAMS_FILE)):
         return None
     key = key if sep else raw_key
-    if key.startswith(("+", "~")):
-        return None
-    return key
+    return None if key.startswith(("+", "~")) else key
 
 
 # ---------------------------------------------------------------- the command
 def build_command(name: str, extra: list[str] | None = None,
                   profiles_path: str | Path = PROFILES_FILE,
                   params_path: str | Path = PARAMS_FILE) -> list[str]:
-    """The full `python -m dvc exp run ...` argv for a profile; raises ProfileError."""
+    """The full `python -m dvc exp run ...` argv for profile `name`; raises ProfileError."""
     extra = list(extra or [])
-    profiles = load_profiles(profiles_path)
-    overrides = get_profile(profiles, name, where=str(profiles_path))
+    overrides = get_profile(load_profiles(profiles_path), name, where=str(profiles_path))
     try:
         params = load_params(params_path)
     except ParamsError as err:
         raise ProfileError(str(err)) from err
     where = f"{profiles_path}: profile {name!r}"
 
-    replaced: dict[str, tuple[str, Any]] = {}
-    for text, raw_key in _set_param_keys(extra):
-        key = _params_key(raw_key)
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for raw_key, text in set_param_overrides(extra):
+        key = params_key(raw_key)
         if key is None:
             continue
         check_key(params, key, where=f"extra -S {raw_key}")
-        value_text = text.split("=", 1)[1]
-        ok, value = _hydra_value(value_text)
+        ok, value = parse_override_value(text)
         if not ok:
-            raise ProfileError(f"extra -S {text!r}: dvc cannot parse this value; quote it, "
+            raise ProfileError(f"extra -S {raw_key}={text}: dvc cannot parse this value; quote it, "
                                f"e.g. -S \"{key}='...'\"")
-        replaced[key] = (value_text, value)
+        values[key], origin[key] = value, f"extra -S {key}"
 
-    rendered: dict[str, tuple[str, Any]] = {}
+    args: list[str] = []
     for key, value in overrides.items():
         check_key(params, key, where)
         check_value(params, key, value, where)
-        if key not in replaced:
-            rendered[key] = (render_value(value, key=f"{where}: {key}"), value)
-    if "study.variants" in rendered:
-        check_variant_names(params, rendered["study.variants"][1], where)
-    check_roundtrip(params_path, {**rendered, **replaced},
-                    {**{k: where for k in rendered}, **{k: "extra -S" for k in replaced}})
-    args = [a for key, (text, _value) in rendered.items() for a in ("-S", f"{key}={text}")]
+        if key not in values:
+            args += ["-S", f"{key}={render_value(value, key=f'{where}: {key}')}"]
+            values[key], origin[key] = value, where
+    check_study(params, values, origin)
     return [sys.executable, "-m", "dvc", "exp", "run", *args, *extra]
 
 
 def describe(profiles: dict) -> str:
+    """`name:` then `  key = value` (as -S writes it) for each profile."""
     lines = []
     for name, overrides in profiles.items():
         lines.append(f"{name}:")
         for key, value in overrides.items():
-            lines.append(f"  {key} = {yaml.safe_dump(value, default_flow_style=True).strip()}"
-                         .replace("\n...", ""))
+            try:
+                text = _render(value)
+            except ProfileError:
+                text = repr(value)
+            lines.append(f"  {key} = {text}")
     return "\n".join(lines)
-
-
-USAGE = """usage: python -m stages.profile NAME[+NAME...] [--print] [dvc exp run args ...]
-       python -m stages.profile --list"""
-
-
-def main(argv: list[str] | None = None, profiles_path: str | Path = PROFILES_FILE,
-         params_path: str | Path = PARAMS_FILE) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "--list"):
-        try:
-            listing = describe(load_profiles(profiles_path))
-        except ProfileError as err:
-            listing = f"({err})"
-        if argv[:1] != ["--list"]:
-            print(USAGE + "\n\nprofiles (" + str(profiles_path) + "):")
-        print(listing)
-        return 0 if argv else 2
-    print_only = "--print" in argv
-    rest = [a for a in argv if a not in OWN_FLAGS]
-    if not rest or rest[0].startswith("-"):
-        print(f"error: expected a profile name first\n{USAGE}", file=sys.stderr)
-        return 2
-    name, extra = rest[0], rest[1:]
-    try:
-        cmd = build_command(name, extra, profiles_path=profiles_path, params_path=params_path)
-    except ProfileError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if print_only:
-        print(shlex.join(cmd))
-        return 0
-    print(f"profile {name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    return subprocess.call(cmd, env=run_env())
 
 
 def run_env() -> dict[str, str]:
@@ -337,7 +260,3 @@ def run_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
-
-
-if __name__ == "__main__":
-    sys.exit(main())

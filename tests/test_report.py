@@ -180,8 +180,8 @@ def test_workflow_file():
     runs = "\n".join(step.get("run", "") for step in steps)
     uses = [step.get("uses", "") for step in steps]
     assert "make setup" in runs
-    assert ".venv/bin/python -m stages.profile ci" in runs
-    assert ".venv/bin/python -m layoutpeft report --base" in runs
+    assert ".venv/bin/layoutpeft profile ci" in runs
+    assert ".venv/bin/layoutpeft report --base" in runs
     assert "cml comment update --target=pr --publish" in runs
     assert any(u.startswith("iterative/setup-cml@v2") for u in uses)
     checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout"))
