@@ -9,15 +9,17 @@ import sys
 
 from layoutpeft.config import DataConfig, ModelConfig, load_params
 from layoutpeft.errors import run_main
-from layoutpeft.paths import DATA_REPORT, RAW_DIR, TOKENIZED_DIR as OUT_DIR
+from layoutpeft.paths import DATA_REPORT, RAW_DIR
+from layoutpeft.paths import TOKENIZED_DIR as OUT_DIR
 from layoutpeft.windows import tokenize
 
 
 def read_params(params: dict, check_source: bool = False) -> dict:
     """What tokenize reads: data.* (but url/md5) and model.checkpoint."""
     data = DataConfig.from_params(params)
-    return {"checkpoint": ModelConfig.checkpoint_from_params(params, check_source), "val_fraction": data.val_fraction, "split_seed": data.split_seed,
-            "max_length": data.max_length, "prompt_reserve": data.prompt_reserve}
+    return {"checkpoint": ModelConfig.checkpoint_from_params(params, check_source),
+            "val_fraction": data.val_fraction, "split_seed": data.split_seed, "max_length": data.max_length,
+            "prompt_reserve": data.prompt_reserve}
 
 
 def main(argv: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Stage `train@<variant>-<seed>`: fine-tune one method variant with one seed.
 
-Reads data/variants/<variant>.json, the lr chosen in data/lr/<variant>.json, the `model` and `train` sections of params.yaml and the
-tokenized train/validation splits (never the test split). Writes models/<variant>-<seed>/:
+Reads data/variants/<variant>.json, the lr chosen in data/lr/<variant>.json, the `model` and
+`train` sections of params.yaml and the tokenized train/validation splits (never the test split). Writes models/<variant>-<seed>/:
 what the method trains, `train_log.json` (what was used and measured) and `live/` (DVCLive
 curves). See layoutpeft.runs.
 """

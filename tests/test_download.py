@@ -178,7 +178,7 @@ def write_params(folder: Path, data: dict) -> Path:
 ])
 def test_main_params_errors(tmp_path, monkeypatch, data, fragment):
     monkeypatch.chdir(tmp_path)
-    params = write_params(tmp_path, data)
+    write_params(tmp_path, data)
     with pytest.raises(ParamsError) as caught:
         download_stage.main([])
     assert fragment in str(caught.value)

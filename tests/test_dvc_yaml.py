@@ -4,7 +4,8 @@ DVC only knows what `deps:` and `params:` list. A forgotten module or key lets a
 training loop reuse stale models; an extra one reruns 155 trainings for nothing. Code: each
 stage's command names its module; we follow its `stages.*`/`layoutpeft.*` imports
 (transitively, function-level imports included) and require exactly those in `deps:`, except
-modules that cannot change a stage's numbers (and what they import to check input). Params: each stage's `read_params(params)` (what
+modules that cannot change a stage's numbers
+(and what they import to check input). Params: each stage's `read_params(params)` (what
 its main() reads) runs on params.yaml with every key access recorded; the keys it touched must
 be exactly the keys its `params:` list covers.
 """

@@ -65,8 +65,10 @@ def test_adalora_reaches_its_target_rank_within_the_schedule(tiny_checkpoint, wi
 
 
 def test_choose_takes_the_best_validation_f1_then_lower_loss():
-    trials = [{"lr": 1e-4, "best_val_f1": 0.50, "best_val_loss": 0.9}, {"lr": 3e-4, "best_val_f1": 0.62, "best_val_loss": 1.1},
-              {"lr": 1e-3, "best_val_f1": 0.62, "best_val_loss": 1.0}, {"lr": 3e-3, "best_val_f1": float("nan"), "best_val_loss": 9}]
+    trials = [{"lr": 1e-4, "best_val_f1": 0.50, "best_val_loss": 0.9},
+              {"lr": 3e-4, "best_val_f1": 0.62, "best_val_loss": 1.1},
+              {"lr": 1e-3, "best_val_f1": 0.62, "best_val_loss": 1.0},
+              {"lr": 3e-3, "best_val_f1": float("nan"), "best_val_loss": 9}]
     assert choose(trials)["lr"] == 1e-3
 
 
