@@ -223,12 +223,46 @@ def figures(folder: Path, summary: dict, curves: list[list]) -> None:
     ax.set_title("Validation loss")
     save(fig, "learning_curves.png")
 
+    # lr tuning: validation F1 against lr, one line per variant
+    fig, ax = plt.subplots(figsize=(8, 5))
+    rows = lr_rows(summary)
+    by_variant: dict[str, list[list]] = {}
+    for row in rows:
+        by_variant.setdefault(row[0], []).append(row)
+    for variant, points in by_variant.items():
+        points.sort(key=lambda r: r[1])
+        line, = ax.plot([r[1] for r in points], [100 * r[2] for r in points], marker="o", label=variant)
+        chosen = [r for r in points if r[3]]
+        ax.plot([r[1] for r in chosen], [100 * r[2] for r in chosen], marker="*", markersize=12,
+                color=line.get_color(), linestyle="none")
+    if by_variant:
+        ax.set_xscale("log")
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        empty(ax, "no lr tuning in this study (study.tune_lr: false)")
+    ax.set_xlabel("learning rate (log)")
+    ax.set_ylabel("best validation entity F1 (%)")
+    ax.set_title("lr tuning on validation (★ = chosen)")
+    save(fig, "lr_tuning.png")
+
+
+def lr_rows(summary: dict) -> list[list]:
+    """[variant, lr, best_val_f1, chosen] for every tuning trial."""
+    rows = []
+    for name, entry in summary["variants"].items():
+        tuned = entry.get("lr_tuning") or {}
+        for trial in tuned.get("trials") or []:
+            if trial.get("best_val_f1") is not None:
+                rows.append([name, trial["lr"], trial["best_val_f1"], trial["lr"] == tuned.get("chosen_lr")])
+    return rows
+
 
 def write_plots(folder: Path, summary: dict, runs: dict[str, dict[int, dict]]) -> None:
     """Every plot CSV and PNG into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, (header, make_rows) in PLOT_CSVS.items():
         (folder / name).write_text(csv_text(header, make_rows(summary)))
+    (folder / "lr_tuning.csv").write_text(csv_text(["variant", "lr", "best_val_f1", "chosen"], lr_rows(summary)))
     curves = curve_rows(runs)
     (folder / "learning_curves.csv").write_text(
         csv_text(["variant", "seed", "epoch", "train_loss", "val_loss", "val_f1"], curves))

@@ -32,12 +32,14 @@ SEED_METRICS: dict[str, str] = {
     "train_time_s": "training.wall_time_s",
     "epoch_time_s": "training.epoch_time_s",
     "epochs_run": "training.epochs_run",
+    "best_epoch": "training.best_epoch",
     "peak_memory_mb": "memory.peak_bytes",          # divided by MB on reading
     "inference_tokens_per_s": "inference.tokens_per_s",
     "merged_inference_tokens_per_s": "inference.merged_tokens_per_s",
 }
 # summary key -> dotted path; the same for every seed of a variant (the first run's value is kept).
 CONSTANTS: dict[str, str] = {
+    "lr": "variant_params.lr",                      # the lr the runs used (chosen by tune@ when tuning)
     "trainable_params": "parameters.trainable",
     "total_params": "parameters.total",
     "trainable_share": "parameters.trainable_share",
@@ -47,8 +49,8 @@ REQUIRED = ("scores.f1", "scores.precision", "scores.recall")
 # A variant's keys in summary.json, in the order of docs/result-files.md.
 ENTRY_KEYS = ("method", "params", "n_seeds", "seeds", "missing_seeds",
               "f1", "precision", "recall", *(f"f1_{t}" for t in PER_TYPES),
-              "trainable_params", "total_params", "trainable_share", "saved_bytes",
-              "train_time_s", "epoch_time_s", "epochs_run", "peak_memory_mb",
+              "lr", "lr_tuning", "trainable_params", "total_params", "trainable_share", "saved_bytes",
+              "train_time_s", "epoch_time_s", "epochs_run", "best_epoch", "peak_memory_mb", "memory_kind",
               "inference_tokens_per_s", "merged_inference_tokens_per_s", "vs_reference")
 STAT_KEYS = ("mean", "std", "ci95_low", "ci95_high")
 LIBRARIES = ("python", "torch", "transformers", "peft", "bitsandbytes", "seqeval")
@@ -165,15 +167,21 @@ def summarise_variant(runs: dict[int, dict], seeds: Sequence[int]) -> dict:
         "n_seeds": len(present), "seeds": present,
         "missing_seeds": [s for s in seeds if s not in runs],
     }
+    measured = [s for s in present if number(runs[s], "memory.peak_bytes") is not None]
+    kinds = sorted({str(dig(runs[s], "memory.kind")) for s in measured})
+    entry["memory_kind"] = kinds[0] if len(kinds) == 1 else None  # never average different kinds
     for key, path in SEED_METRICS.items():
         scale = 1 / MB if key == "peak_memory_mb" else 1.0
         values = {s: number(runs[s], path) for s in present}
+        if key == "peak_memory_mb" and entry["memory_kind"] is None:
+            values = {}
         entry[key] = per_seed_stats({s: None if v is None else v * scale for s, v in values.items()})
     for key, path in CONSTANTS.items():
         value = number(first, path)
-        if value is not None and key != "trainable_share":
+        if value is not None and key not in ("trainable_share", "lr"):
             value = int(round(value))
         entry[key] = value
+    entry["lr_tuning"] = None
     entry["vs_reference"] = None
     return {key: entry[key] for key in ENTRY_KEYS}
 
@@ -187,9 +195,32 @@ def compare_with_reference(mine: dict[int, float], reference: dict[int, float]) 
     return comparison
 
 
-def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], reference: str | None) -> dict:
+def tuning_entry(tuned: dict | None) -> dict | None:
+    """What summary.json keeps of a variant's data/lr/<variant>.json."""
+    if not tuned:
+        return None
+    return {"tuned": tuned.get("tuned"), "chosen_lr": tuned.get("chosen_lr"), "seed": tuned.get("seed"),
+            "at_grid_edge": tuned.get("at_grid_edge"), "wall_time_s": tuned.get("wall_time_s"),
+            "trials": [{k: t.get(k) for k in ("lr", "best_val_f1", "best_epoch", "epochs_run")}
+                       for t in tuned.get("trials", [])]}
+
+
+def read_tuning(lr_dir: Path, variants: Sequence[str]) -> dict[str, dict]:
+    """{variant: its data/lr/<variant>.json} for the variants that have one."""
+    found = {}
+    for name in variants:
+        path = Path(lr_dir) / f"{name}.json"
+        if path.is_file():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], reference: str | None,
+                  tuning: dict[str, dict] | None = None) -> dict:
     """The summary.json dict (NaN-free) from {variant: {seed: run}}, variants in study order."""
     variants = {name: summarise_variant(by_seed, seeds) for name, by_seed in runs.items()}
+    for name, entry in variants.items():
+        entry["lr_tuning"] = tuning_entry((tuning or {}).get(name))
     ref_f1 = {s: number(r, "scores.f1") for s, r in runs.get(reference, {}).items()}
     for name, entry in variants.items():
         if name != reference and ref_f1:
@@ -281,25 +312,37 @@ def _delta(summary: dict, name: str, with_ci: bool = True, reference: str = "ref
     return fmt.delta(summary["variants"][name]["vs_reference"], with_ci=with_ci)
 
 
+def _has_memory(runs: dict[int, dict]) -> bool:
+    return any(number(r, "memory.peak_bytes") is not None for r in runs.values())
+
+
 def markdown_table(summary: dict, study: Study) -> str:
     """metrics/summary.md: the study's table, notes and the runs left out."""
     seeds, reference = summary["seeds"], summary["reference"]
     env = environment_line(study.runs)
-    header = ["Variant", "Method", "Trainable params", "P (%)", "R (%)", "F1 (%)",
-              f"Δ F1 vs {reference or 'reference'} (pts, 95 % CI, p)", "Train time", "Peak memory", "Seeds"]
+    header = ["Variant", "Method", "lr", "Trainable params", "P (%)", "R (%)", "F1 (%)",
+              f"Δ F1 vs {reference or 'reference'} (pts, 95 % CI, p)", "Best epoch / run", "Train time",
+              "Peak memory", "Seeds"]
     lines = ["# Seed study: LayoutLM PEFT methods on FUNSD", "",
              "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * 7 + ["---"]) + "|"]
+             "|" + "|".join(["---"] * 2 + ["---:"] * 9 + ["---"]) + "|"]
     for name in sorted_variants(summary):
         e = summary["variants"][name]
         params = fmt.count(e["trainable_params"])
         if e["trainable_share"] is not None:
             params += f" ({fmt.share(e['trainable_share'])})"
+        tuned = e.get("lr_tuning") or {}
+        lr = fmt.DASH if e.get("lr") is None else f"{e['lr']:.3g}" + (" (tuned)" if tuned.get("tuned") else "")
+        if tuned.get("at_grid_edge"):
+            lr += f" ⚠ {tuned['at_grid_edge']} of grid"
+        epochs = (f"{_mean(e['best_epoch']):.0f} / {_mean(e['epochs_run']):.0f}"
+                  if e.get("best_epoch") and e.get("epochs_run") else fmt.DASH)
+        mixed = e.get("memory_kind") is None and e.get("n_seeds") and e.get("peak_memory_mb") is None
+        memory = "mixed kinds" if mixed and _has_memory(study.runs.get(name, {})) else fmt.megabytes(_mean(e["peak_memory_mb"]))
         lines.append("| " + " | ".join([
-            f"**{name}**" if name == reference else name, str(e["method"] or fmt.DASH), params,
+            f"**{name}**" if name == reference else name, str(e["method"] or fmt.DASH), lr, params,
             fmt.percent(e["precision"]), fmt.percent(e["recall"]), fmt.percent(e["f1"]), _delta(summary, name),
-            fmt.seconds(_mean(e["train_time_s"])), fmt.megabytes(_mean(e["peak_memory_mb"])),
-            fmt.seeds(e, len(seeds))]) + " |")
+            epochs, fmt.seconds(_mean(e["train_time_s"])), memory, fmt.seeds(e, len(seeds))]) + " |")
     lines.append("")
     notes = [f"Seeds: {', '.join(map(str, seeds))}. Mean over seeds ± half-width of the 95 % t-interval "
              f"(n − 1 degrees of freedom)."]
@@ -318,7 +361,15 @@ def markdown_table(summary: dict, study: Study) -> str:
                f"training {'; '.join(train_dev)}, evaluation {'; '.join(eval_dev)}")
     notes.append(f"Device: {devices}. Versions: {libs or 'unknown'}."
                  + (f" Code: {', '.join(env['git_commit'])}." if env.get("git_commit") else ""))
-    notes.append(f"Peak memory: {', '.join(env.get('memory', ['unknown']))} (MB = 10^6 bytes).")
+    notes.append(f"Peak memory: {', '.join(env.get('memory', ['unknown']))} (MB = 10^6 bytes); "
+                 "cpu_peak_rss_training is the process's RSS peak during training (imports and loading excluded), "
+                 "cuda_peak_allocated the GPU tensor peak; kinds are never averaged together.")
+    tuned = [n for n, e in summary["variants"].items() if (e.get("lr_tuning") or {}).get("tuned")]
+    if tuned:
+        costs = [summary["variants"][n]["lr_tuning"]["wall_time_s"] or 0 for n in tuned]
+        notes.append(f"lr: chosen per variant on validation entity F1 (tuning seed "
+                     f"{summary['variants'][tuned[0]]['lr_tuning']['seed']}) from its grid; tuning cost "
+                     f"{fmt.seconds(sum(costs))} of training in all. Best epoch: chosen on validation, never on test.")
     lines += [f"- {n}" for n in notes]
     bad = [(v, s, why) for v, by_seed in study.problems.items() for s, why in sorted(by_seed.items())]
     if bad:

@@ -1,7 +1,7 @@
 """Stage `aggregate`: summarise the seed study across seeds and compare variants with the reference.
 
 Reads metrics/runs/<variant>-<seed>.json for exactly the variants x seeds of params.yaml's
-`study:` and writes (docs/result-files.md):
+`study:` (and each variant's lr tuning, data/lr/<variant>.json) and writes (docs/result-files.md):
 
 * metrics/study.json    the DVC metrics file: per variant mean test F1, its 95 % half-width,
                         ΔF1 with the reference and its p (what `dvc exp show` lists first);
@@ -21,10 +21,10 @@ import sys
 from layoutpeft.atomic import staged_dir, write_text
 from layoutpeft.config import StudyConfig, load_params
 from layoutpeft.errors import run_main
-from layoutpeft.paths import PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
+from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
 from layoutpeft.plots import write_plots
-from layoutpeft.summary import build_summary, json_text, markdown_table, read_study, stdout_table, study_metrics, \
-    summary_csv
+from layoutpeft.summary import build_summary, json_text, markdown_table, read_study, read_tuning, stdout_table, \
+    study_metrics, summary_csv
 
 
 def read_params(params: dict) -> StudyConfig:
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
         print(f"aggregate: ignoring {len(study.stale)} run file(s) outside the study: "
               f"{', '.join(study.stale[:5])}{' ...' if len(study.stale) > 5 else ''}")
 
-    summary = build_summary(study.runs, config.seeds, config.reference)
+    summary = build_summary(study.runs, config.seeds, config.reference, read_tuning(LR_DIR, config.variants))
     files = {STUDY_METRICS: json_text(study_metrics(summary)), SUMMARY_JSON: json_text(summary),
              SUMMARY_MD: markdown_table(summary, study), SUMMARY_CSV: summary_csv(summary)}
     with staged_dir(PLOTS_DIR) as plots:  # swapped in after the body; removed if anything fails

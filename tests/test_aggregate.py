@@ -254,9 +254,9 @@ def test_main_summary_numbers(no_png, study):
     assert full["f1"]["mean"] == pytest.approx(0.70)
     # documented key order
     assert list(lora) == ["method", "params", "n_seeds", "seeds", "missing_seeds", "f1", "precision", "recall",
-                          "f1_HEADER", "f1_QUESTION", "f1_ANSWER", "trainable_params", "total_params",
-                          "trainable_share", "saved_bytes", "train_time_s", "epoch_time_s", "epochs_run",
-                          "peak_memory_mb", "inference_tokens_per_s", "merged_inference_tokens_per_s",
+                          "f1_HEADER", "f1_QUESTION", "f1_ANSWER", "lr", "lr_tuning", "trainable_params", "total_params",
+                          "trainable_share", "saved_bytes", "train_time_s", "epoch_time_s", "epochs_run", "best_epoch",
+                          "peak_memory_mb", "memory_kind", "inference_tokens_per_s", "merged_inference_tokens_per_s",
                           "vs_reference"]
 
 
@@ -602,3 +602,30 @@ def test_formats():
     assert fmt.delta(vs) == "+2.0 [+0.1, +3.9], p=0.041"
     assert fmt.delta(vs, with_ci=False) == "+2.0, p=0.041"
     assert fmt.delta(None) == "–"
+
+
+def test_memory_kinds_are_never_averaged_together():
+    from layoutpeft.summary import summarise_variant
+
+    def run(seed, kind, mb):
+        return {"variant": "v", "seed": seed, "method": "lora", "scores": {"f1": 0.5, "precision": 0.5, "recall": 0.5},
+                "memory": {"kind": kind, "peak_bytes": mb * 1e6}}
+
+    same = summarise_variant({0: run(0, "cpu_peak_rss_training", 100), 1: run(1, "cpu_peak_rss_training", 300)}, [0, 1])
+    assert same["memory_kind"] == "cpu_peak_rss_training" and same["peak_memory_mb"]["mean"] == 200
+    mixed = summarise_variant({0: run(0, "cpu_peak_rss_training", 100), 1: run(1, "cuda_peak_allocated", 300)}, [0, 1])
+    assert mixed["memory_kind"] is None and mixed["peak_memory_mb"] is None
+
+
+def test_tuning_shows_in_the_summary_and_lr_plot(tmp_path):
+    from layoutpeft.plots import lr_rows
+    from layoutpeft.summary import build_summary
+
+    runs = {"lora": {0: {"variant": "lora", "seed": 0, "method": "lora", "variant_params": {"method": "lora", "lr": 3e-3},
+                         "scores": {"f1": 0.6, "precision": 0.6, "recall": 0.6}}}}
+    tuned = {"lora": {"tuned": True, "chosen_lr": 3e-3, "seed": 0, "at_grid_edge": "highest", "wall_time_s": 60.0,
+                      "trials": [{"lr": 1e-3, "best_val_f1": 0.5}, {"lr": 3e-3, "best_val_f1": 0.55}]}}
+    summary = build_summary(runs, [0], "lora", tuned)
+    entry = summary["variants"]["lora"]
+    assert entry["lr"] == 3e-3 and entry["lr_tuning"]["at_grid_edge"] == "highest"
+    assert lr_rows(summary) == [["lora", 1e-3, 0.5, False], ["lora", 3e-3, 0.55, True]]
