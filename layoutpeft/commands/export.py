@@ -32,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line result
     from layoutpeft.export import export_run
     from layoutpeft.predict import run_folder
 

@@ -47,6 +47,9 @@ def png_names(documents: list[dict]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line result
     from layoutpeft.atomic import write_json
     from layoutpeft.predict import PredictInputError, predict_forms, run_folder, score_lines
 
