@@ -73,20 +73,22 @@ def usage(info: dict, log: dict) -> str:
     window = "a window"
     if kind == "merged":
         code = ("from transformers import AutoModelForTokenClassification, AutoTokenizer\n\n"
+                "FOLDER = \"path/to/this/folder\"\n"
                 "model = AutoModelForTokenClassification.from_pretrained(FOLDER)\n"
                 "tokenizer = AutoTokenizer.from_pretrained(FOLDER)")
         intro = "A plain Transformers folder: no PEFT and no layoutpeft code is needed."
     else:
-        lines = ["from peft import PeftModel"]
+        lines = (["import torch"] if info["quantized"] else []) + ["from peft import PeftModel"]
         if info["base_tensors"]:
             lines.append("from safetensors.torch import load_file")
         if info["quantized"]:
-            lines.append("import torch")
             lines.append("from transformers import AutoTokenizer, BitsAndBytesConfig, LayoutLMConfig, "
                          "LayoutLMForTokenClassification")
         else:
             lines.append("from transformers import AutoTokenizer, LayoutLMConfig, LayoutLMForTokenClassification")
-        lines += ["", "config = LayoutLMConfig.from_json_file(f\"{FOLDER}/base_config.json\")  # FUNSD's 7 labels"]
+        base = "path/to/the/base/checkpoint" if checkpoint.startswith("package:") else checkpoint
+        lines += ["", "FOLDER = \"path/to/this/folder\"", f"BASE = {json.dumps(base)}",
+                  "config = LayoutLMConfig.from_json_file(f\"{FOLDER}/base_config.json\")  # FUNSD's 7 labels"]
         if info["quantized"]:
             lines += ["quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
                       "bnb_4bit_use_double_quant=True,",
@@ -113,7 +115,7 @@ def usage(info: dict, log: dict) -> str:
             intro += ("\n\nQLoRA: load the base in 4-bit NF4 as below (the adapter was trained on that base). "
                       "`layoutpeft export --merge` refuses this run: merging into a 4-bit base would dequantise, "
                       "add the update and re-quantise, losing most of it.")
-    text = [intro, "", "```python", "FOLDER = \"path/to/this/folder\"", code, "```", ""]
+    text = [intro, "", "```python", code, "```", ""]
     text.append(f"Inputs as in training: words split into WordPiece tokens, {window} of at most "
                 f"{info.get('window_length') or 'the tokenized data`s window_length'} tokens "
                 "([CLS] + tokens + [SEP]; longer forms are split at word boundaries), each token carrying its "

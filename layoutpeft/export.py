@@ -54,14 +54,18 @@ class ExportResult:
 
 # ----------------------------------------------------------------------------- checks
 def check_out_dir(out_dir: Path, force: bool, run_dir: Path) -> None:
-    """out_dir must be absent or an empty folder; --force replaces a folder, never one that holds the run or cwd."""
+    """out_dir must be absent or an empty folder outside the run; --force replaces a folder, never one
+    that holds the run or the working folder."""
+    target = out_dir.resolve()
+    if target == run_dir.resolve() or run_dir.resolve() in target.parents:
+        raise ExportError(f"{out_dir}: inside the run folder {run_dir} (a DVC output of train); choose a folder "
+                          "outside it")
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise ExportError(f"{out_dir}: exists and is not a folder")
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return
     if not force:
         raise ExportError(f"{out_dir}: exists and is not empty (use --force to replace it)")
-    target = out_dir.resolve()
     for protected in (Path.cwd().resolve(), run_dir.resolve()):
         if protected == target or target in protected.parents:
             raise ExportError(f"{out_dir}: --force would replace a folder that holds {protected}; "

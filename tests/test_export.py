@@ -198,3 +198,8 @@ def test_failed_check_leaves_nothing(workspace, tmp_path, capsys, monkeypatch):
     one_line_error(*export("--run", "lora-0", str(out), "--merge", capsys=capsys), "does not reproduce",
                    "nothing written", only_line=False)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_out_dir_inside_the_run_folder_is_refused(workspace, capsys):
+    one_line_error(*export("--run", "lora-0", "models/lora-0/export", capsys=capsys), "inside the run folder")
+    assert not (workspace / "models" / "lora-0" / "export").exists()
