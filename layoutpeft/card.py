@@ -7,7 +7,6 @@ metrics/data.json. What is missing or stale is said, never guessed.
 """
 from __future__ import annotations
 
-import io
 import json
 from importlib import metadata
 from pathlib import Path
@@ -46,14 +45,9 @@ def _seconds(s: float | None) -> str:
 
 
 def front_matter(data: dict) -> str:
-    from ruamel.yaml import YAML
+    import yaml
 
-    yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False
-    yaml.width = 4096
-    buffer = io.StringIO()
-    yaml.dump(data, buffer)
-    return "---\n" + buffer.getvalue() + "---\n"
+    return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=4096) + "---\n"
 
 
 def checkpoint_path_note(checkpoint: str) -> str:
