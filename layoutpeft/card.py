@@ -1,0 +1,289 @@
+"""The model card (README.md, Hugging Face conventions) of an exported run.
+
+YAML front matter (library_name, base_model, tags, datasets, metrics, model-index with the
+run's test scores) and a body built only from recorded files: the run's train_log.json, its
+metrics/runs/<run>.json, the study's metrics/summary.json, the tokenized data's meta.json and
+metrics/data.json. What is missing or stale is said, never guessed.
+"""
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+from layoutpeft.funsd import LABELS
+
+FUNSD_CITATION = """@inproceedings{jaume2019funsd,
+  title     = {FUNSD: A Dataset for Form Understanding in Noisy Scanned Documents},
+  author    = {Jaume, Guillaume and Ekenel, Hazim Kemal and Thiran, Jean-Philippe},
+  booktitle = {2019 International Conference on Document Analysis and Recognition Workshops (ICDARW)},
+  volume    = {2},
+  pages     = {1--6},
+  year      = {2019}
+}"""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _count(n: float | None) -> str:
+    return "n/a" if n is None else f"{int(n):,}"
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def front_matter(data: dict) -> str:
+    import yaml
+
+    return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=4096) + "---\n"
+
+
+def checkpoint_path_note(checkpoint: str) -> str:
+    if checkpoint.startswith("package:"):
+        package, _, sub = checkpoint[len("package:"):].partition("/")
+        return (f"`{checkpoint}` is layoutpeft's name for the folder `{sub}` inside the installed Python package "
+                f"`{package}` (the offline route). Resolve it to a path with\n"
+                f"`python -c \"import importlib.util, os; "
+                f"print(os.path.join(importlib.util.find_spec('{package}').submodule_search_locations[0], '{sub}'))\"`\n"
+                f"(or `layoutpeft.modeling.resolve_checkpoint('{checkpoint}')`) and use that path as `BASE` below.")
+    return f"`BASE` is the run's `model.checkpoint`, `{checkpoint}` (a hub id or a local folder)."
+
+
+def usage(info: dict, log: dict) -> str:
+    kind, checkpoint = info["kind"], info["checkpoint"]
+    n_virtual = info["n_virtual"]
+    window = "a window"
+    if kind == "merged":
+        code = ("from transformers import AutoModelForTokenClassification, AutoTokenizer\n\n"
+                "FOLDER = \"path/to/this/folder\"\n"
+                "model = AutoModelForTokenClassification.from_pretrained(FOLDER)\n"
+                "tokenizer = AutoTokenizer.from_pretrained(FOLDER)")
+        intro = "A plain Transformers folder: no PEFT and no layoutpeft code is needed."
+    else:
+        lines = (["import torch"] if info["quantized"] else []) + ["from peft import PeftModel"]
+        if info["base_tensors"]:
+            lines.append("from safetensors.torch import load_file")
+        if info["quantized"]:
+            lines.append("from transformers import AutoTokenizer, BitsAndBytesConfig, LayoutLMConfig, "
+                         "LayoutLMForTokenClassification")
+        else:
+            lines.append("from transformers import AutoTokenizer, LayoutLMConfig, LayoutLMForTokenClassification")
+        base = "path/to/the/base/checkpoint" if checkpoint.startswith("package:") else checkpoint
+        lines += ["", "FOLDER = \"path/to/this/folder\"", f"BASE = {json.dumps(base)}",
+                  "config = LayoutLMConfig.from_json_file(f\"{FOLDER}/base_config.json\")  # FUNSD's 7 labels"]
+        if info["quantized"]:
+            lines += ["quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
+                      "bnb_4bit_use_double_quant=True,",
+                      "                           bnb_4bit_compute_dtype=torch.bfloat16,  # torch.float32 on CPU",
+                      "                           llm_int8_skip_modules=[\"classifier\"])",
+                      "base = LayoutLMForTokenClassification.from_pretrained(BASE, config=config, "
+                      "quantization_config=quant)"]
+        else:
+            lines.append("base = LayoutLMForTokenClassification.from_pretrained(BASE, config=config)")
+        if info["base_tensors"]:
+            lines.append("base.load_state_dict(load_file(f\"{FOLDER}/base_tensors.safetensors\"), strict=False)")
+        lines += ["model = PeftModel.from_pretrained(base, FOLDER)",
+                  "tokenizer = AutoTokenizer.from_pretrained(FOLDER)"]
+        code = "\n".join(lines)
+        intro = (f"A PEFT adapter for the base checkpoint. {checkpoint_path_note(checkpoint)}")
+        if info["base_tensors"]:
+            names = sorted({n.rsplit(".", 1)[0].rsplit(".", 1)[-1] for n in info["base_tensors"]})
+            intro += (f"\n\n`base_tensors.safetensors` holds the base tensors this run uses that `from_pretrained` "
+                      f"does not give ({', '.join(names)}): "
+                      + ("the 2-D position tables a BERT checkpoint lacks, as the run built or trained them. "
+                         if log["model"].get("source_type") == "bert" else "trained weights outside the adapter. ")
+                      + "Load them before the adapter, as below.")
+        if info["quantized"]:
+            intro += ("\n\nQLoRA: load the base in 4-bit NF4 as below (the adapter was trained on that base). "
+                      "`layoutpeft export --merge` refuses this run: merging into a 4-bit base would dequantise, "
+                      "add the update and re-quantise, losing most of it.")
+    text = [intro, "", "```python", code, "```", ""]
+    text.append(f"Inputs as in training: words split into WordPiece tokens, {window} of at most "
+                f"{info.get('window_length') or 'the tokenized data`s window_length'} tokens "
+                "([CLS] + tokens + [SEP]; longer forms are split at word boundaries), each token carrying its "
+                "word's box on LayoutLM's 0-1000 grid (`1000 * x / page_width`, clamped), [CLS] box "
+                "`[0, 0, 0, 0]`, [SEP] box `[1000, 1000, 1000, 1000]`. A word's label is the prediction on its "
+                "first sub-token. `layoutpeft predict --run <run>` does all of this for FUNSD-format JSON.")
+    if n_virtual:
+        text += ["", f"Prompt method: the model prepends {n_virtual} virtual tokens. Pass `bbox` with "
+                     f"{n_virtual} extra leading `[0, 0, 0, 0]` boxes (shape batch x ({n_virtual} + length) x 4), "
+                     f"and drop the first {n_virtual} positions of the logits."]
+    return "\n".join(text)
+
+
+def results(log: dict, info: dict, runs_dir: Path, summary: Path) -> tuple[list[str], dict | None]:
+    """Body lines for the scores, and the run's test scores (for model-index) if they are current."""
+    lines = []
+    record = _read_json(runs_dir / f"{info['run']}.json")
+    scores = None
+    if record is None:
+        lines.append(f"Test scores: not evaluated ({runs_dir / (info['run'] + '.json')} is missing; "
+                     f"run the `evaluate@{info['run']}` stage).")
+    elif record.get("variant_params") != log["variant_params"] or record.get("train_params") != log["train_params"]:
+        lines.append(f"Test scores: {runs_dir / (info['run'] + '.json')} was made with other settings than this "
+                     "trained run (stale); not shown. Re-run `evaluate`.")
+    else:
+        scores = record["scores"]
+        lines += [f"This run on FUNSD's test split ({scores.get('words', 'n/a')} words), entity level, seqeval "
+                  f"{scores.get('mode', '')} mode:", "",
+                  "| | precision | recall | F1 | support |", "|---|---|---|---|---|",
+                  f"| **all** | {_pct(scores['precision'])} | {_pct(scores['recall'])} | {_pct(scores['f1'])} | |"]
+        for kind, s in (scores.get("per_type") or {}).items():
+            lines.append(f"| {kind} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} "
+                         f"| {s['support']} |")
+        if scores.get("f1_strict") is not None:
+            lines += ["", f"Strict IOB2 F1: {_pct(scores['f1_strict'])}."]
+    study = _read_json(summary)
+    entry = (study or {}).get("variants", {}).get(log["variant"]) if study else None
+    lines.append("")
+    if entry and entry.get("f1"):
+        f1 = entry["f1"]
+        ci = (f" ± {_pct((f1['ci95_high'] - f1['ci95_low']) / 2)} (95 % t-interval)"
+              if f1.get("ci95_low") is not None else " (one seed: no interval)")
+        lines.append(f"The study ({summary}): variant `{log['variant']}` over seeds {entry.get('seeds')}: test F1 "
+                     f"{_pct(f1['mean'])}{ci}. This export is one of those seeds"
+                     + ("." if log["seed"] in (entry.get("seeds") or []) else f"? No: seed {log['seed']} is not "
+                        "among them."))
+        if entry.get("params") is not None and entry["params"] != log["variant_params"]:
+            lines.append("Note: the study's settings for this variant differ from this run's; the study's F1 "
+                         "describes other settings.")
+    else:
+        lines.append(f"Study F1 across seeds: not available ({summary} is missing or does not list "
+                     f"`{log['variant']}`).")
+    return lines, scores
+
+
+def data_lines(tokenized: Path, data_report: Path) -> tuple[list[str], int | None]:
+    meta = _read_json(tokenized / "meta.json")
+    report = _read_json(data_report)
+    lines = ["FUNSD (Jaume et al., 2019): 199 scanned forms, 149 for training and 50 for testing, words with "
+             "boxes and entity labels header / question / answer / other. A validation split is held out of the "
+             "training forms (document level, fixed seed) for early stopping and model selection; the test "
+             "split is used only for the reported scores."]
+    window_length = None
+    if meta:
+        window_length = meta.get("window_length")
+        lines.append(f"Here: {len(meta.get('val_documents', []))} validation forms, windows of "
+                     f"{window_length} tokens.")
+    if report:
+        rows = ["", "| split | forms | words | entities | windows |", "|---|---|---|---|---|"]
+        for split in ("train", "validation", "test"):
+            if isinstance(report.get(split), dict):
+                r = report[split]
+                rows.append(f"| {split} | {_count(r.get('documents'))} | {_count(r.get('words'))} | "
+                            f"{_count(r.get('entities'))} | {_count(r.get('windows'))} |")
+        lines += rows
+    if not meta and not report:
+        lines.append(f"(The tokenized data's {tokenized / 'meta.json'} and {data_report} were not found: "
+                     "split sizes not shown.)")
+    return lines, window_length
+
+
+def model_card(log: dict, info: dict, *, runs_dir: Path, summary: Path, tokenized: Path, data_report: Path) -> str:
+    variant = log["variant_params"]
+    model = log["model"]
+    training = log.get("training", {})
+    params = log.get("parameters", {})
+    env = log.get("environment", {})
+    score_lines, scores = results(log, info, runs_dir, summary)
+    d_lines, window_length = data_lines(tokenized, data_report)
+    info = {**info, "window_length": window_length}
+    adapter = info["kind"] == "adapter"
+
+    meta = {"library_name": "peft" if adapter else "transformers", "base_model": info["checkpoint"],
+            "pipeline_tag": "token-classification",
+            "tags": ["layoutlm", "token-classification", "funsd", "layoutpeft", variant["method"]]
+                    + (["peft", "adapter"] if adapter else []),
+            "datasets": ["funsd"], "metrics": ["precision", "recall", "f1"]}
+    if scores:
+        meta["model-index"] = [{"name": info["run"], "results": [{
+            "task": {"type": "token-classification", "name": "Token classification"},
+            "dataset": {"type": "funsd", "name": "FUNSD", "split": "test"},
+            "metrics": [{"type": key, "value": round(float(scores[key]), 4), "name": f"entity {key} (seqeval)"}
+                        for key in ("precision", "recall", "f1")]}]}]
+
+    settings = {k: v for k, v in variant.items() if k != "method"}
+    versions = {p: env.get(p) for p in ("python", "torch", "transformers", "peft", "bitsandbytes") if env.get(p)}
+    export_versions = {}
+    for package in ("torch", "transformers", "peft"):
+        try:
+            export_versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    commit = env.get("git_commit")
+    body = [
+        f"# {info['run']}: LayoutLM + {variant['method']} on FUNSD",
+        "",
+        f"Token classification of form words (BIO over HEADER / QUESTION / ANSWER, {len(LABELS)} labels) with "
+        f"LayoutLM, fine-tuned with **{variant['method']}** ({info['method_summary']}). Run `{info['run']}` "
+        f"(variant `{log['variant']}`, seed {log['seed']}) of a layoutpeft study comparing PEFT methods; "
+        f"exported as {'a PEFT adapter' if adapter else 'a plain (merged) Transformers model'}.",
+        "",
+        "Labels: " + ", ".join(f"{i} `{label}`" for i, label in enumerate(LABELS)) + ".",
+        "",
+        "## How to use",
+        "",
+        usage(info, log),
+        "",
+        "## Method and settings",
+        "",
+        f"- method: `{variant['method']}` — {info['method_summary']}",
+        f"- settings: `{json.dumps(settings, sort_keys=True)}`",
+        f"- base: `{model['checkpoint']}` (a `{model.get('source_type')}` checkpoint"
+        + (f"; its new 2-D position tables initialised `{model.get('position_init')}`)"
+           if model.get("source_type") == "bert" else ")"),
+        f"- training: `{json.dumps(log.get('train_params', {}), sort_keys=True)}`",
+        f"- device {log.get('device')}, precision {log.get('precision')}",
+        "",
+        "## Data and split",
+        "",
+        *d_lines,
+        "",
+        "## Results",
+        "",
+        *score_lines,
+        "",
+        "## Training cost",
+        "",
+        f"- trainable parameters: {_count(params.get('trainable'))} of {_count(params.get('total'))} "
+        f"({_pct(params.get('trainable_share'))} %)",
+        f"- wall time: {_seconds(training.get('wall_time_s'))} for {training.get('epochs_run', 'n/a')} epochs "
+        f"(best epoch {training.get('best_epoch', 'n/a')}, "
+        f"{'stopped early' if training.get('stopped_early') else 'ran all epochs'}, "
+        f"{_count(training.get('optimizer_steps'))} optimizer steps)",
+        f"- saved by training: {_count(log.get('saved_bytes'))} bytes; peak memory "
+        f"{_count((log.get('memory') or {}).get('peak_bytes'))} bytes ({(log.get('memory') or {}).get('kind', 'n/a')})",
+        f"- on {env.get('device_name') or log.get('device')}",
+        "",
+        "## Versions",
+        "",
+        f"- trained with: {', '.join(f'{k} {v}' for k, v in versions.items()) or 'n/a'}"
+        + (f"; layoutpeft commit `{commit}`" + (" + uncommitted code" if env.get("code_modified") else "")
+           if commit else ""),
+        f"- exported with: {', '.join(f'{k} {v}' for k, v in export_versions.items())}",
+        f"- export check: loaded back as shown above, this folder reproduces the run's logits on "
+        f"{info['checked_windows']} {info['probe_source']} (largest difference {info['max_logit_diff']:.1e}).",
+        "",
+        "## Licence and citation",
+        "",
+        "FUNSD is for non-commercial research and educational use only; this model was trained on it, so use it "
+        "accordingly. The base checkpoint's own licence applies too. Cite the dataset as:",
+        "",
+        "```bibtex",
+        FUNSD_CITATION,
+        "```",
+        "",
+    ]
+    return front_matter(meta) + "\n" + "\n".join(body)

@@ -1,0 +1,67 @@
+"""Draw predicted entities on the page image: one box per entity in its type's colour, and a legend."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from layoutpeft.funsd import ENTITY_TYPES
+
+COLOURS = {"HEADER": (214, 39, 40), "QUESTION": (31, 119, 180), "ANSWER": (44, 160, 44)}
+
+
+def draw_entities(image_path: str | Path, entities: list[dict]):
+    """The page as RGB with every entity's pixel box outlined, and a legend in a margin on the right
+    (the page keeps its pixel coordinates: it sits at the top left of the returned image)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    with Image.open(image_path) as page:
+        image = page.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    line = max(1, round(min(image.size) / 400))
+    for item in entities:
+        colour = COLOURS.get(item["type"], (128, 128, 128))
+        x0, y0, x1, y1 = item["box"]
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
+
+    font = ImageFont.load_default(size=max(10, round(image.size[1] / 60)))
+    kinds = list(ENTITY_TYPES) + sorted({e["type"] for e in entities} - set(ENTITY_TYPES))
+    sizes = [draw.textbbox((0, 0), kind, font=font) for kind in kinds]
+    text_h = max(b[3] - b[1] for b in sizes)
+    text_w = max(b[2] - b[0] for b in sizes)
+    pad, swatch = max(2, text_h // 3), text_h
+    width, height = pad * 3 + swatch + text_w, pad + len(kinds) * (text_h + pad)
+    # The legend goes in a white margin right of the page, so it hides no entity.
+    canvas = Image.new("RGB", (image.size[0] + width + 2 * pad, max(image.size[1], height + 2 * pad)), "white")
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    left, top = image.size[0] + pad, pad
+    draw.rectangle([left, top, left + width, top + height], fill=(255, 255, 255), outline=(0, 0, 0))
+    for row, kind in enumerate(kinds):
+        y = top + pad + row * (text_h + pad)
+        draw.rectangle([left + pad, y, left + pad + swatch, y + text_h], fill=COLOURS.get(kind, (128, 128, 128)))
+        draw.text((left + pad * 2 + swatch, y - sizes[row][1]), kind, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def save_png(image, path: str | Path) -> Path:
+    """Write `image` as PNG atomically (temporary file beside `path`, then rename)."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
