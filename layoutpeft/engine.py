@@ -98,10 +98,12 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mea
 
 @torch.no_grad()
 def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
-            n_virtual: int = 0, dtype: torch.dtype | None = None) -> dict:
-    """Predicted label ids per window, mean token loss, and throughput in real tokens per second."""
+            n_virtual: int = 0, dtype: torch.dtype | None = None, with_probs: bool = False) -> dict:
+    """Predicted label ids per window, mean token loss, and throughput in real tokens per second;
+    with_probs: also the softmax probability of each predicted label ("probabilities")."""
     model.eval()
     predictions: list[torch.Tensor | None] = [None] * len(windows)
+    probabilities: list[torch.Tensor | None] = [None] * len(windows)
     total_loss, labelled = 0.0, 0
     tokens = sum(len(w["input_ids"]) for w in windows)
     start = time.perf_counter()
@@ -113,13 +115,18 @@ def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, devi
         total_loss += float(token_loss(logits, batch["labels"])) * n
         labelled += n
         guesses = logits.argmax(-1).cpu()
+        probs = torch.softmax(logits.float(), dim=-1).max(-1).values.cpu() if with_probs else None
         for row, index in enumerate(indices):
-            predictions[index] = guesses[row, :len(windows[index]["input_ids"])]
+            size = len(windows[index]["input_ids"])
+            predictions[index] = guesses[row, :size]
+            if with_probs:
+                probabilities[index] = probs[row, :size]
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"predictions": predictions, "loss": total_loss / max(labelled, 1),
-            "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"), "seconds": seconds}
+    return {"predictions": predictions, "probabilities": probabilities if with_probs else None,
+            "loss": total_loss / max(labelled, 1), "seconds": seconds,
+            "tokens_per_s": tokens / seconds if seconds > 0 else float("nan")}
 
 
 @torch.no_grad()

@@ -7,13 +7,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from layoutpeft.errors import LayoutpeftError
+
 ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")
 LABELS = ("O",) + tuple(f"{prefix}-{kind}" for kind in ENTITY_TYPES for prefix in ("B", "I"))
 LABEL2ID = {label: index for index, label in enumerate(LABELS)}
 FUNSD_LABELS = {"other": None, "header": "HEADER", "question": "QUESTION", "answer": "ANSWER"}
 
 
-class AnnotationError(ValueError):
+class AnnotationError(LayoutpeftError, ValueError):
     """An annotation file that cannot be read as FUNSD."""
 
 

@@ -182,26 +182,13 @@ def entities_of(labels: list[str], boxes: list[list[float]], scores: list[float]
     return found
 
 
-@torch.no_grad()
 def label_windows(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
                   n_virtual: int, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(label ids, softmax probabilities of those labels) per window: engine.predict's batches and argmax."""
-    from layoutpeft.batching import batches, to_device
-    from layoutpeft.engine import autocast, logits_of
+    """(label ids, softmax probabilities of those labels) per window, by the pipeline's own engine.predict."""
+    from layoutpeft.engine import predict
 
-    model.eval()
-    out: list = [None] * len(windows)
-    for indices, batch in batches(windows, batch_size, pad_token_id, group_by_length=True, n_virtual=n_virtual):
-        batch = to_device(batch, device)
-        with autocast(device, dtype):
-            logits = logits_of(model, batch, n_virtual)
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
-        guesses = logits.argmax(-1).cpu()
-        for row, index in enumerate(indices):
-            size = len(windows[index]["input_ids"])
-            ids = guesses[row, :size]
-            out[index] = (ids, probs[row, :size].gather(-1, ids.unsqueeze(-1)).squeeze(-1))
-    return out
+    result = predict(model, windows, batch_size, pad_token_id, device, n_virtual, dtype, with_probs=True)
+    return list(zip(result["predictions"], result["probabilities"]))
 
 
 def as_tensors(record: dict) -> dict:

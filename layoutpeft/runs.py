@@ -127,6 +127,7 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
             "variant": name, "seed": seed, "method": variant["method"], "variant_params": variant,
             "model": {**model_cfg.as_dict(), "source_type": source_type},
             "train_params": cfg.as_dict(), "device": device.type, "precision": PRECISION_NAMES[dtype],
+            "data": {"window_length": meta["window_length"], "pad_token_id": meta["pad_token_id"]},
             "parameters": counts, "saved_bytes": saved_bytes,
             "training": {"wall_time_s": result.wall_time_s, "epoch_time_s": sum(epoch_times) / len(epoch_times),
                          "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
