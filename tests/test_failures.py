@@ -24,7 +24,8 @@ HEAD_STUDY = {"study.variants": ["head"], "study.reference": "head", "study.seed
               "variants.prompt_tuning.virtual_tokens": 8, "variants.p_tuning.virtual_tokens": 8}
 # Every output of the pipeline for that study (dvc.yaml), relative to the project.
 OUTPUTS = ["data/raw", "data/tokenized", "data/variants", "metrics/data.json", "models/head-0",
-           "metrics/runs/head-0.json", "metrics/summary.json", "metrics/summary.md", "metrics/summary.csv", "plots"]
+           "metrics/runs/head-0.json", "data/lr/head.json", "metrics/study.json", "metrics/summary.json",
+           "metrics/summary.md", "metrics/summary.csv", "plots"]
 
 
 def snapshot(project: Path) -> dict[str, str]:
@@ -51,15 +52,15 @@ def test_failed_stage_is_one_line_and_checkout_restores_every_output(make_tiny_p
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "study")
 
-    # A later stage fails: train rejects the value with one line naming the key.
+    # A later stage fails: tune@ (the first stage reading train.*) rejects the value in one line naming the key.
     proc = run_dvc(project, "exp", "run", "-S", "train.batch_size=0", check=False)
     assert proc.returncode != 0
     assert "Stage 'tokenize' didn't change, skipping" in proc.stdout
     assert "Running stage 'evaluate@" not in proc.stdout
     assert error_lines(proc.stderr) == [
-        "layoutpeft train: error: params.yaml: key 'train.batch_size' must be in [1, 4096], got 0"], proc.stderr
+        "layoutpeft tune: error: params.yaml: key 'train.batch_size' must be in [1, 4096], got 0"], proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (project / "models" / "head-0").exists()  # DVC removed the stage's output before running it
+    assert not (project / "data" / "lr" / "head.json").exists()  # DVC removed the stage's output before running it
     assert (project / "dvc.lock").read_text() == lock
 
     # Back to the committed params; dvc checkout restores what the failed run removed.
