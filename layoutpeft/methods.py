@@ -109,8 +109,13 @@ def positive_list(value):
 # Every method takes its own lr, and may name its own lr grid for tuning (else study.lr_grid x lr).
 LR = {"lr": Key(float, required=True, check=positive), "lr_grid": Key(list, default=None, check=positive_list)}
 TARGETS = {"targets": Key(list, default=["query", "value"], check=known_targets)}
+# `dropout` is always dropout on the adapter's input (LoRA's lora_dropout, VeRA's vera_dropout).
+# LoHa and LoKr have no input dropout: theirs drops the whole adapter of a layer for a step,
+# so it has its own name, `module_dropout`.
 RANKED = {"r": Key(int, required=True, check=positive), "alpha": Key(float, check=positive),
           "dropout": Key(float, default=0.0, check=probability)}
+HADAMARD = {"r": Key(int, required=True, check=positive), "alpha": Key(float, check=positive),
+            "module_dropout": Key(float, default=0.0, check=probability)}
 
 
 def alpha_2r(s: dict, where: str) -> None:
@@ -132,14 +137,14 @@ def lora_config(s: dict, schedule: Schedule, use_dora: bool = False):
 def _loha(s, schedule):
     from peft import LoHaConfig, TaskType
 
-    return LoHaConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], alpha=s["alpha"], module_dropout=s["dropout"],
+    return LoHaConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], alpha=s["alpha"], module_dropout=s["module_dropout"],
                       target_modules=target_regex(s["targets"]))
 
 
 def _lokr(s, schedule):
     from peft import LoKrConfig, TaskType
 
-    return LoKrConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], alpha=s["alpha"], module_dropout=s["dropout"],
+    return LoKrConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], alpha=s["alpha"], module_dropout=s["module_dropout"],
                       target_modules=target_regex(s["targets"]))
 
 
@@ -228,9 +233,9 @@ for _method in [
            peft_config=lambda s, sch: lora_config(s, sch, use_dora=True), finish=alpha_2r, mergeable=True),
     Method("qlora", "LoRA on a 4-bit NF4 base (double quantisation)", {**LR, **RANKED, **TARGETS},
            peft_config=lora_config, finish=alpha_2r, quantized=True),
-    Method("loha", "low-rank Hadamard product", {**LR, **RANKED, **TARGETS}, peft_config=_loha, finish=alpha_2r,
+    Method("loha", "low-rank Hadamard product", {**LR, **HADAMARD, **TARGETS}, peft_config=_loha, finish=alpha_2r,
            mergeable=True),
-    Method("lokr", "low-rank Kronecker product", {**LR, **RANKED, **TARGETS}, peft_config=_lokr, finish=alpha_2r,
+    Method("lokr", "low-rank Kronecker product", {**LR, **HADAMARD, **TARGETS}, peft_config=_lokr, finish=alpha_2r,
            mergeable=True),
     Method("adalora", "LoRA with adaptive rank budget (r is the target rank)",
            {**LR, **RANKED, **TARGETS, "init_r": Key(int, default=None, check=positive)},

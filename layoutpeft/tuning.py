@@ -45,8 +45,10 @@ def lr_grid(variant: dict, tuning: TuningConfig) -> list[float]:
 
 
 def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfig, tuning: TuningConfig,
-         tokenized: Path, scratch: Path | None = None) -> dict:
-    """Train the variant once per grid lr on the tuning seed; return the choice and every trial."""
+         tokenized: Path, scratch: Path | None = None, on_epoch=None) -> dict:
+    """Train the variant once per grid lr on the tuning seed; return the choice and every trial.
+
+    on_epoch(lr) -> (record -> None): a per-epoch callback for each trial (progress output)."""
     from layoutpeft import runs
 
     if not tuning.enabled:
@@ -57,7 +59,7 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
         for lr in lr_grid(variant, tuning):
             start = time.perf_counter()
             log = runs.train(name, tuning.seed, {**variant, "lr": lr}, model_cfg, train_cfg, Path(tmp) / f"lr{lr:g}",
-                             tokenized)
+                             tokenized, on_epoch=(lambda _folder, lr=lr: on_epoch(lr)) if on_epoch else None)
             t = log["training"]
             trials.append({"lr": lr, "best_val_f1": t["best_val_f1"], "best_val_loss": t["best_val_loss"],
                            "best_epoch": t["best_epoch"], "epochs_run": t["epochs_run"],

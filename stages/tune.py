@@ -22,13 +22,20 @@ def read_params(params: dict) -> tuple[ModelConfig, TrainConfig, TuningConfig]:
     return ModelConfig.from_params(params), TrainConfig.from_params(params), TuningConfig.from_params(params)
 
 
+def progress(lr: float):
+    def show(record: dict) -> None:
+        print(f"  lr {lr:<8g} epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f}  "
+              f"val loss {record['val_loss']:.4f}  val F1 {record['val_f1']:.4f}  ({record['epoch_time_s']:.1f}s)", flush=True)
+    return show
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variant", required=True)
     args = parser.parse_args(argv)
     model_cfg, train_cfg, tuning = read_params(load_params())
     result = tune(args.variant, load_variant(args.variant), model_cfg, train_cfg, tuning, TOKENIZED_DIR,
-                  scratch=LR_DIR.parent)
+                  scratch=LR_DIR.parent, on_epoch=progress)
     write_json(LR_DIR / f"{args.variant}.json", result)
     trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}" for t in result["trials"]) or "not tuned"
     print(f"tune: {args.variant}: lr {result['chosen_lr']:g} (validation F1 per lr: {trials})"
