@@ -118,6 +118,13 @@ def test_run_file_is_self_describing(workspace):
     for key in ("torch", "transformers", "peft", "bitsandbytes", "device", "python"):
         assert saved["environment"][key]
     assert [h["epoch"] for h in saved["history"]] == list(range(1, saved["training"]["epochs_run"] + 1))
+    # Saved files are readable by the group and others (the umask's modes, not a temp file's 0600).
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root / "models" / "lora-0-x", *(root / "models" / "lora-0-x").rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, path
     # DVCLive curves in the run's own folder
     assert (root / "models" / "lora-0-x" / "live" / "plots" / "metrics" / "val" / "loss.tsv").is_file()
 
