@@ -21,6 +21,7 @@ COMMANDS = {
     "profile": "run a named smaller study from profiles.yaml (dvc exp run -S ...)",
     "predict": "label FUNSD-format forms with a trained run",
     "export": "export a trained run as a Hugging Face folder (merged or PEFT adapter) with a model card",
+    "publish": "copy the study's results into results/<name>/ for git (and a README block)",
 }
 
 

@@ -1,0 +1,22 @@
+"""`layoutpeft publish NAME --command "..."`: copy the study's results into results/NAME/ for git."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from layoutpeft.publish import publish, update_readme_block
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="layoutpeft publish", description=__doc__)
+    parser.add_argument("name", help="results/<name>/")
+    parser.add_argument("--command", required=True, help="the command that reproduces the study")
+    parser.add_argument("--note", default="", help="a paragraph for results/<name>/README.md")
+    parser.add_argument("--readme", default="README.md",
+                        help="also replace its <!-- results:NAME --> block with the summary table")
+    args = parser.parse_args(argv)
+    target = publish(args.name, args.command, args.note)
+    body = (target / "README.md").read_text().split("\n", 2)[2] + "\n" + (target / "summary.md").read_text()
+    updated = Path(args.readme).is_file() and update_readme_block(Path(args.readme), args.name, body)
+    print(f"publish: {target}/" + (f" and the results:{args.name} block of {args.readme}" if updated else ""))
+    return 0

@@ -1,0 +1,87 @@
+"""Publish a finished (or partly finished) study as committed files: results/<name>/.
+
+DVC's cache holds every output, but a fresh clone without the remote sees none of it. Like
+PEFT's committed method-comparison results, `publish` copies what a reader needs into a folder
+that git tracks: the summary (md, json, csv), the DVC metric (study.json), every run record,
+each variant's lr tuning, the plot images, the exact params.yaml and dvc.lock, and a README
+naming the command that reproduces it, the model, data, schedule, device and commit. A README
+section between `<!-- results:<name> -->` and `<!-- /results:<name> -->` markers can be
+regenerated from it, so tables are never typed by hand.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from layoutpeft.atomic import staged_dir, write_text
+from layoutpeft.errors import LayoutpeftError
+from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
+
+RESULTS_DIR = Path("results")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def publish(name: str, command: str, note: str = "", root: Path = Path("."), results_dir: Path = RESULTS_DIR) -> Path:
+    """Copy the study's results into results/<name>/ (replaced whole, only once complete)."""
+    if not NAME.match(name):
+        raise LayoutpeftError(f"results name {name!r}: use letters, digits, '.', '_' or '-'")
+    root = Path(root)
+    summary_path = root / SUMMARY_JSON
+    if not summary_path.is_file():
+        raise LayoutpeftError(f"{summary_path}: missing; run the study (at least its aggregate stage) first")
+    summary = json.loads(summary_path.read_text())
+    runs = [root / RUNS_DIR / f"{v}-{s}.json" for v, e in summary["variants"].items() for s in e["seeds"]]
+    target = root / results_dir / name
+    with staged_dir(target) as out:
+        for path in (SUMMARY_MD, SUMMARY_JSON, SUMMARY_CSV, STUDY_METRICS, Path("params.yaml"), Path("dvc.lock")):
+            if (root / path).is_file():
+                shutil.copyfile(root / path, out / path.name)
+        (out / "runs").mkdir()
+        for run in runs:
+            shutil.copyfile(run, out / "runs" / run.name)
+        if (root / LR_DIR).is_dir():
+            (out / "lr").mkdir()
+            for tuned in sorted((root / LR_DIR).glob("*.json")):
+                if tuned.stem in summary["variants"]:
+                    shutil.copyfile(tuned, out / "lr" / tuned.name)
+        images = root / PLOTS_DIR / "images"
+        if images.is_dir():
+            shutil.copytree(images, out / "plots")
+        (out / "README.md").write_text(readme(name, command, note, summary, runs))
+    return target
+
+
+def readme(name: str, command: str, note: str, summary: dict, runs: list[Path]) -> str:
+    first = json.loads(runs[0].read_text()) if runs else {}
+    env, train, model = first.get("environment", {}), first.get("train_params", {}), first.get("model", {})
+    missing = {v: e["missing_seeds"] for v, e in summary["variants"].items() if e["missing_seeds"]}
+    lines = [f"# Study results: {name}", "",
+             "Committed copy of a study's outputs (`layoutpeft publish`); the DVC cache holds the models.", "",
+             f"- **Reproduce:** `{command}`",
+             f"- **Model:** `{model.get('checkpoint', '?')}` ({model.get('source_type', '?')} checkpoint; "
+             f"new 2-D tables {model.get('new_tables', '?')})",
+             "- **Data:** FUNSD, validation carved from the training forms (params.yaml `data:`), test = the 50 test forms",
+             f"- **Schedule:** up to {train.get('max_epochs', '?')} epochs, batch {train.get('batch_size', '?')}, "
+             f"patience {train.get('patience', '?')}, best epoch on validation {train.get('select_on', '?')}, "
+             f"precision {first.get('precision', '?')}",
+             f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads); "
+             f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
+             f"- **Code:** commit {env.get('git_commit', '?')}" + (" + uncommitted changes" if env.get("code_modified") else ""),
+             f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing}" if missing else ""), ""]
+    if note:
+        lines += [note, ""]
+    lines += ["Files: `summary.md` (the table), `summary.json`, `summary.csv`, `study.json`, `runs/` (one record per",
+              "run), `lr/` (each variant's lr tuning), `plots/`, and the exact `params.yaml` and `dvc.lock`.", ""]
+    return "\n".join(lines)
+
+
+def update_readme_block(readme_path: Path, name: str, body: str) -> bool:
+    """Replace the text between `<!-- results:<name> -->` and `<!-- /results:<name> -->`; False if absent."""
+    text = readme_path.read_text()
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
+    if not pattern.search(text):
+        return False
+    write_text(readme_path, pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text))
+    return True

@@ -1,0 +1,57 @@
+"""`layoutpeft publish`: a study's results copied into results/<name>/ for git, README block regenerated."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from layoutpeft.errors import LayoutpeftError
+from layoutpeft.publish import publish, update_readme_block
+
+
+def fake_study(root):
+    (root / "metrics" / "runs").mkdir(parents=True)
+    (root / "data" / "lr").mkdir(parents=True)
+    (root / "plots" / "images").mkdir(parents=True)
+    summary = {"reference": "full", "seeds": [0, 1], "variants": {
+        "full": {"seeds": [0, 1], "missing_seeds": []}, "lora": {"seeds": [0], "missing_seeds": [1]}}}
+    (root / "metrics" / "summary.json").write_text(json.dumps(summary))
+    (root / "metrics" / "summary.md").write_text("| Variant |\n|---|\n| full |\n")
+    (root / "metrics" / "study.json").write_text("{}")
+    for key in ("full-0", "full-1", "lora-0"):
+        (root / "metrics" / "runs" / f"{key}.json").write_text(json.dumps(
+            {"environment": {"device": "cpu", "git_commit": "abc"}, "train_params": {"max_epochs": 30},
+             "model": {"checkpoint": "package:x/model"}, "precision": "bf16"}))
+    (root / "metrics" / "runs" / "other-0.json").write_text("{}")  # not in the study: not published
+    (root / "data" / "lr" / "lora.json").write_text('{"chosen_lr": 0.001}')
+    (root / "plots" / "images" / "pareto.png").write_bytes(b"png")
+    (root / "params.yaml").write_text("study: {}\n")
+
+
+def test_publish_copies_exactly_the_study(tmp_path):
+    fake_study(tmp_path)
+    target = publish("ref", "layoutpeft profile reference+offline", root=tmp_path)
+    assert sorted(p.name for p in (target / "runs").iterdir()) == ["full-0.json", "full-1.json", "lora-0.json"]
+    assert (target / "lr" / "lora.json").is_file() and (target / "plots" / "pareto.png").is_file()
+    text = (target / "README.md").read_text()
+    assert "`layoutpeft profile reference+offline`" in text and "missing: {'lora': [1]}" in text
+    assert "package:x/model" in text and "bf16" in text
+
+
+def test_publish_refuses_without_a_summary_and_keeps_old_results(tmp_path):
+    fake_study(tmp_path)
+    publish("ref", "cmd", root=tmp_path)
+    (tmp_path / "metrics" / "summary.json").unlink()
+    with pytest.raises(LayoutpeftError, match="summary.json: missing"):
+        publish("ref", "cmd", root=tmp_path)
+    assert (tmp_path / "results" / "ref" / "summary.json").is_file()
+    with pytest.raises(LayoutpeftError, match="results name"):
+        publish("../x", "cmd", root=tmp_path)
+
+
+def test_readme_block_is_replaced_between_its_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results:ref -->\nold\n<!-- /results:ref -->\nb\n")
+    assert update_readme_block(readme, "ref", "new table\n")
+    assert readme.read_text() == "a\n<!-- results:ref -->\nnew table\n<!-- /results:ref -->\nb\n"
+    assert not update_readme_block(readme, "other", "x")
