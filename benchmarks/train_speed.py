@@ -199,7 +199,7 @@ def rates(model, variant, lengths: list[int], seconds: float, epoch_tokens: int,
 
 def compare_recipes(args, model_cfg, params, cfg, device, train, test, pad_id, peaks) -> dict:
     variant = variant_of("full", params)
-    epoch_tokens = sum(len(w["input_ids"]) for w in train)
+    epoch_tokens = args.epoch_tokens
     out = {}
     for name, (recipe, pad_to) in recipes(cfg, device).items():
         if args.recipes and name not in args.recipes:
@@ -250,8 +250,9 @@ def method_cost(name, args, model_cfg, params, cfg, device, train, pad_id, peaks
     trainable = [p for p in model.parameters() if p.requires_grad]
     hook = engine.after_step_hook(model, variant)
     forward = engine.compiled(model, cfg.compile)
-    chosen = [b for _, b in batches(train, cfg.batch_size, pad_id, shuffle=True, group_by_length=cfg.group_by_length,
-                                    seed=0, n_virtual=n_virtual)][:args.steps + 1]
+    epoch = [b for _, b in batches(train, cfg.batch_size, pad_id, shuffle=True, group_by_length=cfg.group_by_length,
+                                   seed=0, n_virtual=n_virtual)]
+    chosen = [epoch[i % len(epoch)] for i in range(args.steps + 1)]  # round again when an epoch is shorter
     model.train()
     lengths, seconds = [], 0.0
     load = loadavg()
@@ -276,7 +277,7 @@ def method_cost(name, args, model_cfg, params, cfg, device, train, pad_id, peaks
     counts = engine.count_parameters(model)
     with tempfile.TemporaryDirectory() as tmp:
         saved = save_trained(model, variant, source, "zero", Path(tmp))
-    epoch_tokens = sum(len(w["input_ids"]) for w in train)
+    epoch_tokens = args.epoch_tokens
     return {"method": variant["method"], **rates(model, variant, lengths, seconds, epoch_tokens, peaks),
             "steps": args.steps, "peak_mb": memory.peak / 1e6, "weights_mb": weights_mb(model),
             "trainable": counts["trainable"], "total": counts["total"], "saved_mb": saved / 1e6,
@@ -290,7 +291,8 @@ def method_costs(args, device) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             child = [sys.executable, __file__, "--part", "one-method", "--methods", name, "--params", args.params,
                      "--checkpoint", args.checkpoint, "--config", args.config, "--device", args.device,
-                     "--steps", str(args.steps), "--peaks-json", json.dumps(args.peaks), "--out", str(Path(tmp) / "m.json")]
+                     "--steps", str(args.steps), "--windows", str(args.windows),
+                     "--peaks-json", json.dumps(args.peaks), "--out", str(Path(tmp) / "m.json")]
             if args.batch_size:
                 child += ["--batch-size", str(args.batch_size)]
             subprocess.run(child, check=True, stdout=subprocess.DEVNULL)
@@ -370,7 +372,8 @@ def markdown(result: dict) -> str:
              f"Versions: torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
              f"bitsandbytes {env['bitsandbytes']}; git {env['git_commit']} (modified: {env['code_modified']})  ",
              f"Model {result['model']}; batch {result['batch_size']}; {result['epochs']} epoch(s) x "
-             f"{result['repeats']} seed(s) per recipe; {result['steps']} timed steps per method  ",
+             f"{result['repeats']} seed(s) per recipe; {result['steps']} timed steps per method; "
+             f"{result['train_windows']} training windows{' (limited by --windows)' if result['windows_limit'] else ''}  ",
              f"Load average: start {result['load_start']}, end {result['load_end']}  ",
              f"Matmul peak at the model's shapes {tuple(peaks['shape'])}, measured in this run: fp32 "
              f"{peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s (before; after: fp32 "
@@ -402,7 +405,7 @@ def markdown(result: dict) -> str:
                       f"{s['median_to_first_step_s']:.1f} s over {len(s['runs'])} runs; "
                       + "; ".join(f"{r['to_first_step_s']:.1f} s (interpreter {r['interpreter_s']:.1f}, "
                                   f"stage imports {r['imports_s']:.1f}, load {r['load']})" for r in s["runs"])]
-    lines += ["", "s/epoch is training only (no validation pass), from real tokens per epoch / real tokens/s. "
+    lines += ["", "s/epoch is training only (no validation pass): the whole train split's real tokens / real tokens/s. "
                   "FLOPs are useful training FLOPs on real tokens (layoutpeft/flops.py). On a shared machine "
                   "every figure here is contended: compare rows of one run, and re-measure on a quiet machine."]
     return "\n".join(lines)
@@ -418,6 +421,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="seeds per recipe")
     parser.add_argument("--batch-size", type=int, default=None, help="default: params.yaml's train.batch_size")
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per method (after 1 warm-up)")
+    parser.add_argument("--windows", type=int, default=0,
+                        help="use only the first N training windows (a smoke test, or a busy machine); 0 = all")
     parser.add_argument("--methods", nargs="*", default=METHOD_VARIANTS)
     parser.add_argument("--recipes", nargs="*", default=None, help="only these (naive, layoutpeft-fp32, layoutpeft)")
     parser.add_argument("--part", nargs="*", default=["recipes", "methods", "startup"],
@@ -434,6 +439,9 @@ def main(argv=None) -> None:
     device = engine.resolve_device(args.device)
     model_cfg = model_config(args)
     meta, train = load_meta(), load_windows("train")
+    args.epoch_tokens = sum(len(w["input_ids"]) for w in train)  # s/epoch is always for the whole split
+    if args.windows:
+        train = train[:args.windows]
     pad_id = meta["pad_token_id"]
 
     if args.part == ["one-method"]:
@@ -452,7 +460,8 @@ def main(argv=None) -> None:
               "precision_path": engine.precision_path(device), "train_settings": dataclasses.asdict(cfg),
               "model": args.config if args.config != "checkpoint" else args.checkpoint,
               "epochs": args.epochs, "repeats": args.repeats, "batch_size": cfg.batch_size, "steps": args.steps,
-              "train_windows": len(train), "command": "python " + " ".join(sys.argv), "load_start": load_start,
+              "train_windows": len(train), "windows_limit": args.windows, "command": "python " + " ".join(sys.argv),
+              "load_start": load_start,
               "peaks": args.peaks}
     if "recipes" in args.part:
         print("recipes (full fine-tuning):", flush=True)
