@@ -155,6 +155,7 @@ class ModelConfig(_Section):
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ADAMW_IMPLS = ("fused", "foreach", "for_loop")  # engine.make_optimizer
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class TrainConfig(_Section):
     attention: str
     compile: bool
     threads: int
+    adamw: str = "fused"
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainConfig":
@@ -194,6 +196,7 @@ class TrainConfig(_Section):
             attention=choice(params, "train.attention", ("sdpa", "eager")),
             compile=get(params, "train.compile", bool),
             threads=number_in(params, "train.threads", 0, 1024, kind=int),
+            adamw=choice(params, "train.adamw", ADAMW_IMPLS, default="fused"),
         )
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from layoutpeft import hardware
 from layoutpeft.batching import batches, to_device
 from layoutpeft.config import ModelConfig, TrainConfig
 from layoutpeft.errors import LayoutpeftError
@@ -31,10 +32,24 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. auto: bf16 on CUDA, fp32 on CPU."""
+    """The autocast dtype, or None for plain fp32. auto: bf16 on CUDA with bf16 support and on CPUs
+    with bf16 matrix units (avx512_bf16 or amx_bf16 in /proc/cpuinfo, and a oneDNN build that uses
+    them); fp32 elsewhere, where bf16 is emulated and slower. `precision_path` says which applied."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if precision_path(device).startswith("bf16") else "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def precision_path(device: torch.device) -> str:
+    """What `precision: auto` chooses on `device`, and why (recorded with each run)."""
+    if device.type == "cuda":
+        return "bf16 (CUDA bf16 support)" if torch.cuda.is_bf16_supported() else "fp32 (CUDA without bf16)"
+    if device.type == "cpu":
+        flags = hardware.bf16_flags()
+        if flags and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return f"bf16 (CPU flags {' '.join(flags)})"
+        return "fp32 (CPU without avx512_bf16/amx_bf16)"
+    return f"fp32 ({device.type})"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -219,14 +234,18 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_share": trainable / total if total else 0.0}
 
 
-def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and LayerNorm weights (the BERT recipe)."""
+def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach") -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and LayerNorm weights (the BERT recipe).
+
+    `impl` (train.adamw): fused (one kernel over all tensors, CPU and CUDA), foreach (batched
+    per-op kernels, torch's default) or for_loop (one tensor at a time). Same update rule."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **kind)
 
 
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
@@ -244,6 +263,20 @@ def steps_per_epoch(n_windows: int, batch_size: int) -> int:
 
 def cpu_threads() -> int:
     return torch.get_num_threads() or os.cpu_count() or 1
+
+
+def set_threads(threads: int) -> None:
+    """train.threads: torch's intra-op CPU threads (0 keeps torch's default, one per core)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def compiled(model, enabled: bool):
+    """train.compile: torch.compile (inductor) the forward. Shapes are marked dynamic, because dynamic
+    padding gives every batch its own length and a static compile would recompile for each."""
+    if not enabled:
+        return model
+    return torch.compile(model, dynamic=True)
 
 
 @dataclass
@@ -275,7 +308,7 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
     dtype = resolve_precision(cfg.precision, device)
     n_virtual = n_virtual_tokens(variant)
     method = method_of(variant)
-    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay)
+    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     hook = after_step_hook(model, variant)
@@ -291,7 +324,7 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
 
     epoch_batches = epoch_batches or default_batches
     trainable = [p for p in model.parameters() if p.requires_grad]
-    forward_model = torch.compile(model) if cfg.compile else model
+    forward_model = compiled(model, cfg.compile)
     better = (lambda new, old: new > old) if cfg.select_on == "f1" else (lambda new, old: new < old)
 
     history, best, best_state = [], None, None

