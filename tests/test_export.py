@@ -86,12 +86,13 @@ def test_adapter_export_loads_with_peft_as_the_card_says(workspace, tmp_path, ti
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_checkpoint)  # the run's model.checkpoint spec
     assert "classifier" in config["modules_to_save"]
-    # The card's recipe, with no layoutpeft code: base from the checkpoint, the new 2-D tables, the adapter.
+    # The new 2-D tables trained with the adapter (model.new_tables: train): they travel inside it.
+    assert {f"{t}_position_embeddings" for t in "xyhw"} <= set(config["modules_to_save"])
+    assert not (out / "base_tensors.safetensors").exists()
+    assert any("x_position_embeddings" in k for k in load_file(out / "adapter_model.safetensors"))
+    # The card's recipe, with no layoutpeft code: base from the checkpoint, then the adapter.
     base = LayoutLMForTokenClassification.from_pretrained(
         tiny_checkpoint, config=LayoutLMConfig.from_json_file(out / "base_config.json"))
-    tables = load_file(out / "base_tensors.safetensors")
-    assert sorted(tables) == sorted(f"layoutlm.embeddings.{t}_position_embeddings.weight" for t in "xyhw")
-    base.load_state_dict(tables, strict=False)
     model = PeftModel.from_pretrained(base, out)
     tokenizer = AutoTokenizer.from_pretrained(out)
 
@@ -107,8 +108,9 @@ def test_adapter_export_loads_with_peft_as_the_card_says(workspace, tmp_path, ti
     assert meta["model-index"][0]["results"][0]["metrics"][2]["value"] == round(record["scores"]["f1"], 4)
     assert f"| **all** | {100 * record['scores']['precision']:.1f} | {100 * record['scores']['recall']:.1f} | " \
            f"{100 * record['scores']['f1']:.1f} |" in readme
-    for text in ("non-commercial research", "Jaume", "trainable parameters: 2,", "Study F1 across seeds: not available",
-                 "PeftModel.from_pretrained(base, FOLDER)", "base_tensors.safetensors"):
+    for text in ("non-commercial research", "Jaume", f"trainable parameters: {record['parameters']['trainable']:,}",
+                 "Study F1 across seeds: not available",
+                 "PeftModel.from_pretrained(base, FOLDER)"):
         assert text in readme
 
 

@@ -15,10 +15,11 @@ LABELS = 7
 LAYER_MATMUL = 4 * H * H + 2 * H * I  # q, k, v, attention output, FFN in and out
 
 
-def build(tiny_checkpoint, settings):
+def build(tiny_checkpoint, settings, new_tables="train"):
     variant = validate_variant("v", settings)
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"), Schedule(10, 5))
+    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), new_tables=new_tables), variant,
+                                  torch.device("cpu"), Schedule(10, 5))
     return model
 
 
@@ -51,9 +52,10 @@ def test_adamw_kernels_take_the_same_step(impl):
 
 
 def test_adamw_setting_is_checked_and_optional():
-    params = {"train": {"max_epochs": 1, "patience": 1, "batch_size": 4, "weight_decay": 0.0, "warmup_ratio": 0.0,
-                        "max_grad_norm": 1.0, "device": "cpu", "precision": "auto", "group_by_length": True,
-                        "attention": "sdpa", "compile": False, "threads": 0}}
+    params = {"train": {"max_epochs": 1, "patience": 1, "select_on": "f1", "batch_size": 4, "weight_decay": 0.0,
+                        "warmup_ratio": 0.0, "max_grad_norm": 1.0, "device": "cpu", "precision": "auto",
+                        "group_by_length": True, "group_size": 4, "loss": "batch_mean", "attention": "sdpa",
+                        "compile": False, "threads": 0}}
     assert TrainConfig.from_params(params).adamw == "fused"
     params["train"]["adamw"] = "foreach"
     assert TrainConfig.from_params(params).adamw == "foreach"
@@ -78,10 +80,12 @@ def test_full_fine_tuning_flops_are_three_forward_passes(tiny_checkpoint):
 
 
 def test_head_only_back_propagates_into_its_classifier_only(tiny_checkpoint):
-    model = build(tiny_checkpoint, {"method": "head", "lr": 1e-3})
+    model = build(tiny_checkpoint, {"method": "head", "lr": 1e-3}, new_tables="frozen")
     f = flops.layer_flops(model, 10)
     assert f["backward_input"] == 0
     assert f["backward_weight"] == 2 * H * LABELS * 10
+    # Trained new 2-D tables sit below every layer: their gradient flows back through all of them.
+    assert flops.layer_flops(build(tiny_checkpoint, {"method": "head", "lr": 1e-3}), 10)["backward_input"] > 0
 
 
 def test_lora_skips_frozen_weight_gradients(tiny_checkpoint):
