@@ -24,8 +24,10 @@ def slurm(shards: int = DEFAULT_SHARDS) -> str:
 # a DVC remote every node can reach (`dvc remote add -d storage s3://...` or a shared folder).
 # Submit from the repository root (prepare -> shards -> collect):
 #
+#   mkdir -p logs
 #   prep=$(sbatch --parsable --job-name=lp-prepare --wrap ".venv/bin/layoutpeft shard --prepare --push")
-#   arr=$(sbatch --parsable --dependency=afterok:$prep scale/slurm.sbatch)
+#   arr=$(sbatch --parsable --dependency=afterok:$prep --export=ALL,STUDY_SHA=$(git rev-parse HEAD) \\
+#         scale/slurm.sbatch)
 #   sbatch --dependency=afterok:$arr --job-name=lp-collect \\
 #          --wrap ".venv/bin/layoutpeft shard --collect --pull && .venv/bin/dvc push"
 #
@@ -43,13 +45,13 @@ def slurm(shards: int = DEFAULT_SHARDS) -> str:
 set -euo pipefail
 
 repo=${{SLURM_SUBMIT_DIR:?submit from the repository root}}
-count=${{SLURM_ARRAY_TASK_COUNT:-{shards}}}
+count=${{SHARDS:-{shards}}}   # M: fixed, so that a task resubmitted alone (--array=I) keeps its shard
 # Each task works in its own clone of the submitted commit (two dvc repro cannot share one
-# workspace); the venv and the remote are the repository's.
+# workspace); the venv and the remote are the repository's. STUDY_SHA: the commit at submission.
 work=${{TMPDIR:-/tmp}}/layoutpeft-$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID
 rm -rf "$work"
 git clone -q "$repo" "$work"
-git -C "$work" checkout -q "$(git -C "$repo" rev-parse HEAD)"
+git -C "$work" checkout -q "${{STUDY_SHA:-$(git -C "$repo" rev-parse HEAD)}}"
 cp "$repo"/.dvc/config.local "$work"/.dvc/ 2>/dev/null || true   # a remote configured with --local
 cd "$work"
 export PATH="$repo/.venv/bin:$PATH" OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-8}}

@@ -19,9 +19,10 @@ How shards run (layoutpeft/commands/shard.py is the command line):
   run --temp <shard stages>` (each in its own temporary copy of the workspace, all sharing the
   workspace's cache and run cache), each with its own CUDA_VISIBLE_DEVICES and CPU threads, then
   the collector in the workspace;
-- M machines: `run_shard` runs one shard in this workspace, one `dvc repro` per unit, and with
-  a remote pulls the run cache first and pushes it after every unit (a dead machine loses only
-  its unfinished unit); `collect` pulls and reproduces the whole study, refusing to train.
+- M machines sharing a default DVC remote: `run_shard` runs one shard in this workspace, one
+  `dvc repro --pull` per step (a tune@ stage, or one run's train@ + evaluate@), pushing the run
+  cache after each (a dead machine loses only its unfinished run); `collect` runs `dvc repro
+  --pull` of the whole study and refuses to train.
 """
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ METHOD_COST = {
 EVALUATE_COST = 0.15
 # Stages every shard needs first (cheap): run once before the shards (`--prepare`).
 DATA_STAGES = ("download", "tokenize", "variants")
+# Seconds between starting two workers' `dvc exp run --temp` (each first copies the workspace
+# through a git stash; started together they worked here, staggered they need not race).
+STAGGER_S = 2.0
 RUN_STAGE = re.compile(r"^Running stage '((?:tune|train|evaluate)@[^']+)'")
 
 
@@ -202,30 +206,29 @@ def check_gpu(env: dict[str, str], who: str) -> None:
                          "(check --gpus against nvidia-smi); nothing was run")
 
 
-def prepare(push: bool = False, remote: str | None = None) -> None:
+def prepare(push: bool = False) -> None:
     """The data stages every shard needs, once (and on the remote, with `push`)."""
     if call(dvc_cmd("repro", *DATA_STAGES)) != 0:
         raise ShardError(f"dvc repro {' '.join(DATA_STAGES)} failed (its output is above)")
     if push:
-        push_run_cache(remote)
+        push_run_cache()
 
 
-def remote_args(remote: str | None) -> list[str]:
-    return ["-r", remote] if remote else []
+def repro(*targets: str, pull: bool = False) -> list[str]:
+    """`dvc repro [--pull] <targets>`. `--pull` (DVC 3) pulls the default remote's run cache and,
+    for each stage found there, that run's outputs: `dvc pull --run-cache` alone fetches only the
+    run-cache entries, not the outputs, so a fresh machine would rerun the stage."""
+    return dvc_cmd("repro", *(["--pull"] if pull else []), *targets)
 
 
-def pull_run_cache(remote: str | None) -> None:
-    if call(dvc_cmd("pull", "--run-cache", "--allow-missing", *remote_args(remote))) != 0:
-        raise ShardError("dvc pull --run-cache failed (its output is above)")
-
-
-def push_run_cache(remote: str | None) -> None:
-    if call(dvc_cmd("push", "--run-cache", *remote_args(remote))) != 0:
+def push_run_cache() -> None:
+    """`dvc push --run-cache` to the default remote: this workspace's outputs and run cache."""
+    if call(dvc_cmd("push", "--run-cache")) != 0:
         raise ShardError("dvc push --run-cache failed (its output is above)")
 
 
 def run_shard(params: dict, index: int, count: int, *, pull: bool = False, push: bool = False,
-              remote: str | None = None, require_gpu: bool = False) -> Shard:
+              require_gpu: bool = False) -> Shard:
     """Run shard index/count here: one `dvc repro` per step (a tune@ stage, or one run's train@ +
     evaluate@), pushing the run cache after each with `push`. Stages already in the run cache
     (an earlier, interrupted try of this shard, pulled with `pull`) are restored, not rerun."""
@@ -233,16 +236,14 @@ def run_shard(params: dict, index: int, count: int, *, pull: bool = False, push:
     if require_gpu:
         check_gpu({}, f"shard {shard.label}")
     announce(describe([shard], stages=True).split("\n", 1)[1])
-    if pull:
-        pull_run_cache(remote)
     for n, unit in enumerate(shard.units, 1):
         announce(f"shard {shard.label}: unit {n}/{len(shard.units)} {unit.name}")
         for step in unit.steps:
-            if call(dvc_cmd("repro", *step)) != 0:
+            if call(repro(*step, pull=pull)) != 0:
                 raise ShardError(f"shard {shard.label}: {' '.join(step)} failed (dvc's output is above); "
                                  f"rerun `layoutpeft shard --shard {shard.label}` to resume")
             if push:
-                push_run_cache(remote)
+                push_run_cache()
             announce(f"shard {shard.label}: done {' '.join(step)}")
     return shard
 
@@ -267,6 +268,8 @@ def run_workers(params: dict, count: int, *, gpus: list[str] | None = None, coll
         cmd = dvc_cmd("exp", "run", "--temp", "-n", name, *shard.stages)
         announce(f"worker {shard.index} ({' '.join(f'{k}={v}' for k, v in env.items())}): "
                  f"{shlex.join(cmd[2:])}")
+        if procs:
+            time.sleep(STAGGER_S)
         procs.append((shard, name, subprocess.Popen(cmd, env=stage_env(env))))
     failed = []
     for shard, _, proc in procs:
@@ -283,14 +286,11 @@ def run_workers(params: dict, count: int, *, gpus: list[str] | None = None, coll
     return shards
 
 
-def collect(*, pull: bool = False, remote: str | None = None, allow_train: bool = False,
-            targets: tuple[str, ...] = ()) -> list[str]:
+def collect(*, pull: bool = False, allow_train: bool = False, targets: tuple[str, ...] = ()) -> list[str]:
     """`dvc repro` of the whole study: every tune@/train@/evaluate@ stage should come back from
     the run cache. Unless `allow_train`, stop dvc at the first such stage it would run and fail
     naming it (a shard that did not finish). Returns the stages dvc ran."""
-    if pull:
-        pull_run_cache(remote)
-    cmd = dvc_cmd("repro", *targets)
+    cmd = repro(*targets, pull=pull)
     print(f"shard: collect: {shlex.join(cmd[2:])}", flush=True)  # on stdout, before dvc's lines
     proc = subprocess.Popen(cmd, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, start_new_session=True)

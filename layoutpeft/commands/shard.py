@@ -36,9 +36,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gpus", help="--workers: comma-separated CUDA devices, one per worker in turn")
     parser.add_argument("--require-gpu", action="store_true",
                         help="--shard: fail before running anything if torch sees no CUDA device")
-    parser.add_argument("--pull", action="store_true", help="dvc pull --run-cache --allow-missing first")
-    parser.add_argument("--push", action="store_true", help="dvc push --run-cache after each unit (--prepare: at the end)")
-    parser.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
+    parser.add_argument("--pull", action="store_true",
+                        help="dvc repro --pull: restore from the default remote's run cache (outputs included)")
+    parser.add_argument("--push", action="store_true",
+                        help="dvc push --run-cache to the default remote after each step (--prepare: at the end)")
     parser.add_argument("--allow-train", action="store_true",
                         help="--collect/--workers: let the collector run stages missing from the run cache")
     parser.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help=f"--emit: M (default {DEFAULT_SHARDS})")
@@ -62,10 +63,9 @@ def main(argv: list[str]) -> int:
         shards.run_workers(params, args.workers, gpus=gpus, allow_train=args.allow_train)
     elif args.shard:
         index, count = shards.parse_shard(args.shard)
-        shards.run_shard(params, index, count, pull=args.pull, push=args.push, remote=args.remote,
-                         require_gpu=args.require_gpu)
+        shards.run_shard(params, index, count, pull=args.pull, push=args.push, require_gpu=args.require_gpu)
     elif args.prepare:
-        shards.prepare(push=args.push, remote=args.remote)
+        shards.prepare(push=args.push)
     elif args.collect:
-        shards.collect(pull=args.pull, remote=args.remote, allow_train=args.allow_train)
+        shards.collect(pull=args.pull, allow_train=args.allow_train)
     return 0
