@@ -302,10 +302,15 @@ def collect(*, pull: bool = False, allow_train: bool = False, targets: tuple[str
         match = re.match(r"^Running stage '([^']+)'", line)
         if match:
             ran.append(match[1])
-            if not allow_train and RUN_STAGE.match(line) and refused is None:
+            if not allow_train and RUN_STAGE.match(line):
                 refused = match[1]
                 os.killpg(proc.pid, signal.SIGINT)
-    code = proc.wait()
+                break
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # dvc did not stop on SIGINT (or blocks on its full pipe)
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait()
     if refused:
         raise ShardError(f"collect: {refused} is not in the run cache, so dvc started running it; stopped. "
                          "Rerun the shard that has it (layoutpeft shard --plan M lists them), push its run "
