@@ -354,3 +354,26 @@ def test_collector_stops_instead_of_training_a_missing_run(make_tiny_project):
         r"stopped\. Rerun the shard that has it .*", lines[0]), proc.stderr
     assert ran(proc.stdout) == [lines[0].split()[4]]
     assert not (project / "models").exists() and not (project / "metrics" / "study.json").exists()
+
+
+def test_base_ran_profile_reads_the_base_params(tmp_path):
+    from layoutpeft.basestudy import base_ran_profile
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["config", "user.email", "t@example.invalid"], ["config", "user.name", "t"]):
+        git(repo, *args)
+    (repo / "params.yaml").write_text("train:\n  max_epochs: 3\nstudy:\n  seeds: [0, 1]\n  variants: [head, lora_r4]\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    assert base_ran_profile("HEAD", {"train.max_epochs": 3, "study.seeds": [0, 1]}, repo)
+    assert not base_ran_profile("HEAD", {"train.max_epochs": 4}, repo)
+    assert not base_ran_profile("HEAD", {"train.nope": 3}, repo)
+
+
+def test_report_profile_refuses_a_head_that_did_not_run_it(capsys, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # params.yaml is the full study, not the ci profile
+    assert cli_main(["report", "--base", "HEAD", "--profile", "ci"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "layoutpeft report: error: params.yaml does not hold profile 'ci''s values: run `layoutpeft profile ci` "
+        "first (the report would compare two different profiles)"]
