@@ -3,6 +3,7 @@
     layoutpeft report --base main       compare this study with another revision's (PR comment)
     layoutpeft profile laptop+offline   run a smaller study from profiles.yaml
     layoutpeft predict / export         use a trained run
+    layoutpeft shard --workers 2        the study split over workers, GPUs or machines
 
 `python -m layoutpeft ...` is the same. Each subcommand lives in layoutpeft/commands/<name>.py
 as `main(argv) -> int | None`; bad input ends with one line, `layoutpeft <cmd>: error: ...`
@@ -22,6 +23,7 @@ COMMANDS = {
     "predict": "label FUNSD-format forms with a trained run",
     "export": "export a trained run as a Hugging Face folder (merged or PEFT adapter) with a model card",
     "publish": "copy the study's results into results/<name>/ for git (and a README block)",
+    "shard": "split the study's runs over workers, GPUs or machines (DVC run cache), then collect",
 }
 
 

@@ -453,9 +453,12 @@ def _slug(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", path)
 
 
-def write_report(base: str, out: Path, cwd: Path | None = None) -> dict:
+def write_report(base: str, out: Path, cwd: Path | None = None, notes: list[str] | None = None,
+                 base_name: str | None = None) -> dict:
     """Compare the workspace at `cwd` (default: the current folder) with revision `base` and write
-    the Markdown report to `out` (relative to `cwd`), atomically.
+    the Markdown report to `out` (relative to `cwd`), atomically. `notes` go first in the report's
+    header list; `base_name` labels the base (default `base`), e.g. the branch a computed base
+    study (layoutpeft.basestudy) was run from.
 
     Returns the comparison (compare_summaries) with `out` and `notes` added. Raises
     LayoutpeftError when `base` is not a git revision or the workspace has no readable summary."""
@@ -476,7 +479,7 @@ def write_report(base: str, out: Path, cwd: Path | None = None) -> dict:
     if not isinstance(head, dict) or not isinstance(head.get("variants"), dict):
         raise LayoutpeftError(f"{SUMMARY}: no `variants` mapping (not a summary written by the aggregate stage)")
     base_summary, base_source = read_base_summary(base, cwd=cwd)
-    notes = [f"Base summary: {base_source}"]
+    notes = [*(notes or []), f"Base summary: {base_source}"]
 
     params_diff, why = dvc_json("params", "diff", base, cwd=cwd)
     if params_diff is None:
@@ -492,7 +495,7 @@ def write_report(base: str, out: Path, cwd: Path | None = None) -> dict:
 
     comparison = compare_summaries(base_summary, head)
     text = render_report(
-        base_label=f"`{base}` (`{sha[:7]}`)", head_label=head_label(cwd),
+        base_label=f"`{base_name or base}` (`{sha[:7]}`)", head_label=head_label(cwd),
         comparison=comparison, params_grouped=group_params_diff(params_diff or {}),
         shared_changes=shared_setting_changes(params_diff or {}, comparison),
         metrics_diff=metrics_diff, plots=plots, notes=notes)
