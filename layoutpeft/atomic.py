@@ -34,12 +34,17 @@ def _make_readable(path: Path) -> None:
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` atomically (temporary file in the same folder, then rename)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         _make_readable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

@@ -1,12 +1,10 @@
 """Draw predicted entities on the page image: one box per entity in its type's colour, and a legend."""
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
+from layoutpeft.atomic import write_bytes
 from layoutpeft.funsd import ENTITY_TYPES
 
 COLOURS = {"HEADER": (214, 39, 40), "QUESTION": (31, 119, 180), "ANSWER": (44, 160, 44)}
@@ -48,20 +46,6 @@ def draw_entities(image_path: str | Path, entities: list[dict]):
 
 def save_png(image, path: str | Path) -> Path:
     """Write `image` as PNG atomically (temporary file beside `path`, then rename)."""
-    path = Path(path)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_bytes(path, buffer.getvalue())
