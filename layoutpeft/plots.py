@@ -48,13 +48,22 @@ def rank_series(variant_params: dict[str, dict | None]) -> dict[str, list[tuple[
     return dict(sorted(series.items()))
 
 
+def comparable_params(entry: dict) -> dict | None:
+    """A variant's params for grouping a rank series: a tuned lr (and its grid) is each variant's own
+    best, not a difference of definition, so lora at r 4 and r 16 stay one series."""
+    params = entry.get("params")
+    if not isinstance(params, dict) or not (entry.get("lr_tuning") or {}).get("tuned"):
+        return params
+    return {k: v for k, v in params.items() if k not in ("lr", "lr_grid")}
+
+
 def _mean(stat: dict | None) -> float | None:
     return stat["mean"] if stat else None
 
 
 def rank_rows(summary: dict) -> list[list]:
     """plots/f1_vs_rank.csv rows: series, variant, r, f1_mean, f1_ci95_low, f1_ci95_high."""
-    with_f1 = {n: e["params"] for n, e in summary["variants"].items() if e["f1"]}
+    with_f1 = {n: comparable_params(e) for n, e in summary["variants"].items() if e["f1"]}
     rows = []
     for series, members in rank_series(with_f1).items():
         for name, r in members:

@@ -629,3 +629,16 @@ def test_tuning_shows_in_the_summary_and_lr_plot(tmp_path):
     entry = summary["variants"]["lora"]
     assert entry["lr"] == 3e-3 and entry["lr_tuning"]["at_grid_edge"] == "highest"
     assert lr_rows(summary) == [["lora", 1e-3, 0.5, False], ["lora", 3e-3, 0.55, True]]
+
+
+def test_rank_series_ignore_tuned_learning_rates():
+    from layoutpeft.plots import rank_rows
+
+    def entry(r, lr, tuned):
+        return {"params": {"method": "lora", "r": r, "alpha": 2.0 * r, "lr": lr}, "f1": {"mean": 0.5, "ci95_low": None,
+                "ci95_high": None}, "lr_tuning": {"tuned": tuned}}
+
+    tuned = {"variants": {"lora": entry(16, 1e-3, True), "lora_r4": entry(4, 3e-3, True)}}
+    assert [row[1] for row in rank_rows(tuned)] == ["lora_r4", "lora"]
+    untuned = {"variants": {"lora": entry(16, 1e-3, False), "lora_r4": entry(4, 3e-3, False)}}
+    assert rank_rows(untuned) == []  # set by hand to different lrs: not a pure rank series
