@@ -114,10 +114,6 @@ def ensure_base_study(base: str, profile: str, cwd: Path | None = None, pull: bo
                    f"`{base}` (`{sha[:7]}`) in a git worktree sharing this cache; commit `{study[:7]}`")
 
 
-def profile_note(profile: str) -> str:
-    return f"Profile: both sides ran `{profile}` (head's {PROFILES_FILE}); the head's params.yaml should show its values"
-
-
 def head_ran_profile(profile: str, cwd: Path | None = None) -> bool:
     root = Path(cwd or ".")
     values = profile_values(profile, root / PROFILES_FILE)

@@ -261,10 +261,6 @@ def steps_per_epoch(n_windows: int, batch_size: int) -> int:
     return math.ceil(n_windows / batch_size)
 
 
-def cpu_threads() -> int:
-    return torch.get_num_threads() or os.cpu_count() or 1
-
-
 def set_threads(threads: int) -> None:
     """train.threads: torch's intra-op CPU threads (0 keeps torch's default, one per core)."""
     if threads:
