@@ -5,16 +5,31 @@ comparison saw a method go from 0.15 % to 41.6 % by its lr alone), so every stud
 picks its lr from a grid, by best validation entity F1, on one tuning seed, before its seed
 runs. The grid is the variant's own `lr_grid` (absolute values) or `study.lr_grid`
 (multiples of the variant's `lr`). The test split is never read here.
+
+A tune@ stage is long (one full training per grid value) and DVC keeps nothing of a stage that
+is killed, so each finished trial is also memoised in a trial cache (TRIAL_CACHE_ENV, default
+~/.cache/layoutpeft/trials): one JSON per trial, named by a fingerprint of everything that decides
+it (variant settings and lr, model and train params, tuning seed, the tokenized data's bytes, the
+source of every module and stage, library versions, device and CPU threads). A rerun of the stage
+after an interruption reuses the finished trials and trains only the rest; any change to code,
+data or settings gives new fingerprints, so a stale trial is never reused.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig, ParamsError, TrainConfig, get, number_in
+
+TRIAL_CACHE_ENV = "LAYOUTPEFT_TRIAL_CACHE"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,16 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
         return {"variant": name, "chosen_lr": variant["lr"], "tuned": False, "trials": [],
                 "reason": "study.tune_lr is false: the variant's own lr"}
     trials = []
+    cache = trial_cache()
+    common = {"variant": variant, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "seed": tuning.seed,
+              "tokenized": tree_digest(tokenized), "code": code_digest(), "environment": environment_key()}
     with tempfile.TemporaryDirectory(dir=scratch, prefix=f".tune-{name}-") as tmp:
         for lr in lr_grid(variant, tuning):
+            memo = cache / f"{fingerprint({**common, 'lr': lr})}.json" if cache else None
+            if memo is not None and memo.is_file():
+                trials.append({**json.loads(memo.read_text()), "resumed_from": str(memo)})
+                print(f"  lr {lr:<8g} finished earlier: reused {memo}", flush=True)
+                continue
             start = time.perf_counter()
             log = runs.train(name, tuning.seed, {**variant, "lr": lr}, model_cfg, train_cfg, Path(tmp) / f"lr{lr:g}",
                              tokenized, on_epoch=(lambda _folder, lr=lr: on_epoch(lr)) if on_epoch else None)
@@ -65,6 +88,8 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
                            "best_epoch": t["best_epoch"], "epochs_run": t["epochs_run"],
                            "wall_time_s": time.perf_counter() - start,
                            "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss")} for r in log["history"]]})
+            if memo is not None:
+                write_json(memo, trials[-1])
     best = choose(trials)
     grid = [t["lr"] for t in trials]
     edge = None
@@ -82,3 +107,48 @@ def choose(trials: list[dict]) -> dict:
         return (-round(f1, 9), t["best_val_loss"], t["lr"])
 
     return min(trials, key=key)
+
+
+def trial_cache() -> Path | None:
+    """Where finished trials are memoised: $LAYOUTPEFT_TRIAL_CACHE ('' or 'off': nowhere), else
+    ~/.cache/layoutpeft/trials."""
+    value = os.environ.get(TRIAL_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off") else Path(value)
+    return Path.home() / ".cache" / "layoutpeft" / "trials"
+
+
+def fingerprint(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes under folder."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 over the library's and the stages' Python source (any code change: new trials)."""
+    digest = hashlib.sha256()
+    for folder in ("layoutpeft", "stages"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def environment_key() -> dict:
+    """What else changes a training's numbers on the same code and data."""
+    from importlib import metadata
+
+    import torch
+
+    from layoutpeft.provenance import cpu_model
+
+    return {**{p: metadata.version(p) for p in ("torch", "transformers", "peft")}, "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()}

@@ -30,6 +30,8 @@ from fixtures import run_dvc as _run_dvc  # noqa: E402
 
 # No test may reach the network: set before transformers / datasets / huggingface_hub are imported.
 os.environ.update(OFFLINE_ENV)
+# Tuning trials are not memoised across tests (tests/test_protocol.py turns the cache on where it tests it).
+os.environ["LAYOUTPEFT_TRIAL_CACHE"] = "off"
 # Stage modules are imported from this checkout (also when the package is not installed).
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))

@@ -90,3 +90,43 @@ def test_cpu_training_memory_excludes_what_came_before(tmp_path):
     grown = engine.peak_memory(device, window)
     assert grown["peak_bytes"] - memory["peak_bytes"] >= 60 * 2**20
     assert grown["baseline_bytes"] == memory["baseline_bytes"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoint, tiny_tokenized, tmp_path,
+                                                                   monkeypatch):
+    from layoutpeft import runs, tuning
+
+    monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
+    variant = validate_variant("head", {"method": "head", "lr": 1e-3}, prompt_reserve=8)
+    model_cfg, train_cfg = ModelConfig(str(tiny_checkpoint), "zero"), cpu_train_config(max_epochs=1)
+    grid = TuningConfig(enabled=True, seed=0, multipliers=(1.0, 3.0))
+    tokenized = tiny_tokenized / "data" / "tokenized"
+    real_train, trained, kill = runs.train, [], [True]
+
+    def counting_train(name, seed, settings, *args, **kwargs):
+        trained.append(settings["lr"])
+        if settings["lr"] == 3e-3 and kill:
+            kill.pop()
+            raise Killed  # the stage is killed during its second trial
+        return real_train(name, seed, settings, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "train", counting_train)
+    with pytest.raises(Killed):
+        tuning.tune("head", variant, model_cfg, train_cfg, grid, tokenized, scratch=tmp_path)
+    assert len(list((tmp_path / "trials").glob("*.json"))) == 1
+    resumed = tuning.tune("head", variant, model_cfg, train_cfg, grid, tokenized, scratch=tmp_path)
+    assert trained == [1e-3, 3e-3, 3e-3]  # the finished lr is not trained again
+    assert "resumed_from" in resumed["trials"][0] and "resumed_from" not in resumed["trials"][1]
+
+    monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, "off")
+    fresh = tuning.tune("head", variant, model_cfg, train_cfg, grid, tokenized, scratch=tmp_path)
+    assert [t["best_val_f1"] for t in fresh["trials"]] == [t["best_val_f1"] for t in resumed["trials"]]
+    # any change to what decides a trial (here the train params) gives new fingerprints
+    monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
+    del trained[:]
+    tuning.tune("head", variant, model_cfg, cpu_train_config(max_epochs=2), grid, tokenized, scratch=tmp_path)
+    assert trained == [1e-3, 3e-3]
