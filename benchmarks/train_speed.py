@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from layoutpeft import engine, flops, hardware  # noqa: E402
+from layoutpeft.atomic import write_json, write_text  # noqa: E402
 from layoutpeft.batching import batches, load_meta, load_windows, to_device  # noqa: E402
 from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
 from layoutpeft.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
@@ -276,7 +277,7 @@ def method_cost(name, args, model_cfg, params, cfg, device, train, pad_id, peaks
                 lengths += batch["attention_mask"].sum(1).tolist()
     counts = engine.count_parameters(model)
     with tempfile.TemporaryDirectory() as tmp:
-        saved = save_trained(model, variant, source, "zero", Path(tmp))
+        saved = save_trained(model, variant, source, model_cfg, Path(tmp))
     epoch_tokens = args.epoch_tokens
     return {"method": variant["method"], **rates(model, variant, lengths, seconds, epoch_tokens, peaks),
             "steps": args.steps, "peak_mb": memory.peak / 1e6, "weights_mb": weights_mb(model),
@@ -295,7 +296,10 @@ def method_costs(args, device) -> dict:
                      "--peaks-json", json.dumps(args.peaks), "--out", str(Path(tmp) / "m.json")]
             if args.batch_size:
                 child += ["--batch-size", str(args.batch_size)]
-            subprocess.run(child, check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run(child, stdout=subprocess.DEVNULL)
+            if done.returncode != 0:  # one broken method must not cost the others' figures
+                print(f"  {name:14s} FAILED (exit {done.returncode}; its traceback is above)", flush=True)
+                continue
             out[name] = json.loads((Path(tmp) / "m.json").read_text())
         row = out[name]
         print(f"  {name:14s} {row['tokens_per_s']:7.0f} real tok/s  {row['flops_per_token'] / 1e6:5.1f} MFLOP/token  "
@@ -341,8 +345,12 @@ def startup(args, params: dict, repeats: int = 2) -> dict:
         local["train"]["max_epochs"] = 1
         (tmp / "params.yaml").write_text(yaml.safe_dump(local))
         (tmp / "data").mkdir()
-        (tmp / "data" / "tokenized").symlink_to(ROOT / "data" / "tokenized")
-        write_variants({"full": variant_of("full", params)}, tmp / "data" / "variants")
+        (tmp / "data" / "tokenized").symlink_to(Path("data/tokenized").resolve())  # what the other parts read
+        variant = variant_of("full", params)
+        write_variants({"full": variant}, tmp / "data" / "variants")
+        # what tune@full writes when study.tune_lr is off: the stage reads its lr from there
+        write_json(tmp / "data" / "lr" / "full.json", {"variant": "full", "chosen_lr": variant["lr"], "tuned": False,
+                                                       "trials": [], "reason": "start-up benchmark"})
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         for _ in range(repeats):
             env["LAYOUTPEFT_T_LAUNCH"] = repr(time.time())
@@ -429,6 +437,8 @@ def main(argv=None) -> None:
                         choices=["recipes", "methods", "startup", "one-method"])
     parser.add_argument("--peaks-json", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/<date>-<device>-speed.json)")
+    parser.add_argument("--resume", action="store_true",
+                        help="--out holds an interrupted run's parts: keep them, run only the rest")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
@@ -463,13 +473,29 @@ def main(argv=None) -> None:
               "train_windows": len(train), "windows_limit": args.windows, "command": "python " + " ".join(sys.argv),
               "load_start": load_start,
               "peaks": args.peaks}
+    out = Path(args.out or f"benchmarks/results/{result['date']}-{device.type}-speed.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and out.is_file():  # keep the parts an interrupted run finished (and the peaks they used)
+        earlier = json.loads(out.read_text())
+        if earlier.get("partial"):
+            kept = [part for part in ("recipes", "methods") if part in earlier]
+            result.update({k: earlier[k] for k in ("date", "environment", "peaks", "load_start", "command", *kept)})
+            result["resumed"] = {"parts_kept": kept, "load": loadavg(), "command": "python " + " ".join(sys.argv)}
+            args.part = [part for part in args.part if part not in kept]
+            print(f"resuming {out}: kept {', '.join(kept)}", flush=True)
+
+    def save_partial() -> None:  # a part that fails later must not cost the earlier parts' figures
+        write_json(out, {**result, "partial": True})
+
     if "recipes" in args.part:
         print("recipes (full fine-tuning):", flush=True)
         result["recipes"] = compare_recipes(args, model_cfg, params, cfg, device, train, load_windows("test"),
                                             pad_id, args.peaks)
+        save_partial()
     if "methods" in args.part and args.methods:
         print("methods:", flush=True)
         result["methods"] = method_costs(args, device)
+        save_partial()
     if "startup" in args.part and args.config == "checkpoint":
         print("start-up:", flush=True)
         result["startup"] = startup(args, params)
@@ -477,12 +503,9 @@ def main(argv=None) -> None:
     result["load_end"] = loadavg()
     text = markdown(result)
     print("\n" + text)
-    out = Path(args.out or f"benchmarks/results/{result['date']}-{device.type}-speed.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(text + "\n")
+    write_json(out, result)
+    write_text(out.with_suffix(".md"), text + "\n")
     print(f"\nwritten: {out} and {out.with_suffix('.md')}")
-
 
 if __name__ == "__main__":
     main()

@@ -100,3 +100,40 @@ def test_lora_skips_frozen_weight_gradients(tiny_checkpoint):
 
 def test_matmul_peak_is_a_positive_rate():
     assert hardware.matmul_peak(torch.float32, shape=(64, 32, 48), seconds=0.05) > 0
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_end_to_end_on_a_tiny_model(tiny_checkpoint, tiny_project, tiny_tokenized):
+    """benchmarks/train_speed.py (recipes and a method per child process) on the tiny fixtures: it writes
+    its JSON and Markdown, with the peak ratios, and a method that fails does not cost the others."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from fixtures import REPO_ROOT
+
+    shutil.copytree(tiny_tokenized / "data", tiny_project / "data", dirs_exist_ok=True)
+    out = tiny_project / "speed.json"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "train_speed.py"), "--checkpoint",
+                           str(tiny_checkpoint), "--part", "recipes", "methods", "--epochs", "1", "--repeats", "1",
+                           "--steps", "1", "--methods", "head", "no_such_method", "lora", "--out", str(out)],
+                          cwd=tiny_project, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"head", "lora"} and "partial" not in result
+    assert {"naive", "layoutpeft"} <= set(result["recipes"])
+    assert all(0 < r["share_bf16_peak"] for r in result["methods"].values())
+    assert "of bf16 peak" in out.with_suffix(".md").read_text()
+
+    # an interrupted run (methods not finished) resumes: recipes kept as they were, the rest run, start-up too
+    interrupted = {k: v for k, v in result.items() if k != "methods"}
+    out.write_text(json.dumps({**interrupted, "partial": True}))
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "train_speed.py"), "--checkpoint",
+                           str(tiny_checkpoint), "--part", "recipes", "methods", "startup", "--steps", "1",
+                           "--methods", "head", "--resume", "--out", str(out)],
+                          cwd=tiny_project, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads(out.read_text())
+    assert resumed["recipes"] == result["recipes"] and set(resumed["methods"]) == {"head"}
+    assert resumed["resumed"]["parts_kept"] == ["recipes"] and resumed["startup"]["median_to_first_step_s"] > 0
