@@ -44,6 +44,15 @@ def draw_entities(image_path: str | Path, entities: list[dict]):
     return canvas
 
 
+def shrink(image, width: int | None):
+    """The image scaled down (aspect kept) to at most `width` pixels wide; unchanged if None or narrower."""
+    if width is None or image.size[0] <= width:
+        return image
+    from PIL import Image
+
+    return image.resize((width, max(1, round(image.size[1] * width / image.size[0]))), Image.Resampling.LANCZOS)
+
+
 def save_png(image, path: str | Path) -> Path:
     """Write `image` as PNG atomically (temporary file beside `path`, then rename)."""
     buffer = io.BytesIO()

@@ -87,6 +87,12 @@ def test_png_draws_entities_and_a_legend(workspace, tmp_path, capsys):
     legend = {image.getpixel((x, y)) for x in range(doc["width"], image.size[0]) for y in range(image.size[1])}
     assert set(COLOURS.values()) <= legend
 
+    small = tmp_path / "small"
+    code, streams = predict(capsys, TEST_DATA, "--png", small, "--png-width", "100", "--out", tmp_path / "q.json")
+    assert code == 0, streams.err
+    thumbnail = Image.open(small / "test_01.png")
+    assert thumbnail.size[0] == 100 and abs(thumbnail.size[1] - image.size[1] * 100 / image.size[0]) <= 1
+
 
 def write_form(folder, name, annotation, size=PAGE, image=True):
     folder.mkdir(parents=True, exist_ok=True)

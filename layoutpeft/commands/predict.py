@@ -6,7 +6,7 @@ optional; when present, entity-level P/R/F1 (seqeval, as `evaluate` scores) is p
 
 Output JSON (stdout, or --out FILE): per document every word's predicted BIO label and its
 softmax probability, and the entities (consecutive B-/I- words) with type and pixel box.
---png DIR draws each entity's box on the page in its type's colour, with a legend.
+--png DIR draws each entity's box on the page in its type's colour, with a legend (--png-width PX: smaller).
 
     layoutpeft predict --run lora-0 data/raw/dataset/testing_data --out predictions.json --png pages/
 """
@@ -30,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
                    help="tokenized data whose meta.json gives the window length (default: %(default)s)")
     p.add_argument("--out", metavar="FILE", help="write the JSON here instead of stdout")
     p.add_argument("--png", metavar="DIR", help="write <form>.png with the predicted entities drawn")
+    p.add_argument("--png-width", type=int, metavar="PX",
+                   help="scale each drawn page down to at most PX pixels wide (for a report or a README)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
     return p
@@ -55,6 +57,8 @@ def main(argv: list[str]) -> int:
 
     if args.batch_size < 1:
         raise PredictInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.png_width is not None and args.png_width < 64:
+        raise PredictInputError(f"--png-width must be >= 64 pixels, got {args.png_width}")
     if args.png and Path(args.png).exists() and not Path(args.png).is_dir():
         raise PredictInputError(f"--png {args.png}: exists and is not a folder")
     if args.out and Path(args.out).is_dir():
@@ -63,10 +67,11 @@ def main(argv: list[str]) -> int:
     record = predict_forms(run_dir, args.inputs, args.tokenized, device=args.device, batch_size=args.batch_size)
 
     if args.png:
-        from layoutpeft.draw import draw_entities, save_png
+        from layoutpeft.draw import draw_entities, save_png, shrink
 
         for doc, name in zip(record["documents"], png_names(record["documents"])):
-            doc["png"] = str(save_png(draw_entities(doc["image"], doc["entities"]), Path(args.png) / name))
+            page = shrink(draw_entities(doc["image"], doc["entities"]), args.png_width)
+            doc["png"] = str(save_png(page, Path(args.png) / name))
     if args.out:
         write_json(args.out, record)
     else:
