@@ -5,12 +5,20 @@ message names the key, file or value at fault. Entry points run under `run_main`
 prints such an error as one line, `layoutpeft <command>: error: <message>`, and exits 2.
 Unexpected exceptions keep their traceback. `--debug` or LAYOUTPEFT_DEBUG=1 shows the
 traceback of user errors too.
+
+REFUSE_ENV lists commands that must not run at all (exit 3 before any work): a collector's
+`dvc repro` sets it for the training stages, so a stage missing from the run cache fails at
+once and dvc, which stops at a failed stage, starts no other.
 """
 from __future__ import annotations
 
 import os
 import sys
 from typing import Callable, Sequence
+
+
+REFUSE_ENV = "LAYOUTPEFT_REFUSE_STAGES"
+REFUSED = 3
 
 
 class LayoutpeftError(Exception):
@@ -29,6 +37,9 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
 def run_main(command: str, main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> int:
     """Run `main(argv)`; a LayoutpeftError becomes one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if command in os.environ.get(REFUSE_ENV, "").split(","):
+        print(f"layoutpeft {command}: refused ({REFUSE_ENV}={os.environ[REFUSE_ENV]}): not run", file=sys.stderr)
+        return REFUSED
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     try:

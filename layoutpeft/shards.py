@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layoutpeft.config import StudyConfig, get, load_params
-from layoutpeft.errors import LayoutpeftError
+from layoutpeft.errors import REFUSE_ENV, LayoutpeftError
 from layoutpeft.paths import run_key
 from layoutpeft.tuning import TuningConfig, lr_grid
 from layoutpeft.variants import expand_sweeps, resolve
@@ -292,8 +291,11 @@ def collect(*, pull: bool = False, allow_train: bool = False, targets: tuple[str
     naming it (a shard that did not finish). Returns the stages dvc ran."""
     cmd = repro(*targets, pull=pull)
     print(f"shard: collect: {shlex.join(cmd[2:])}", flush=True)  # on stdout, before dvc's lines
-    proc = subprocess.Popen(cmd, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, start_new_session=True)
+    # The training stages refuse to run (exit 3 at once) and dvc stops at the first failed stage,
+    # so no other stage starts: no signal races a fast stage.
+    refuse = {} if allow_train else {REFUSE_ENV: "tune,train,evaluate"}
+    proc = subprocess.Popen(cmd, env=stage_env(refuse), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
     ran, refused = [], None
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -302,15 +304,9 @@ def collect(*, pull: bool = False, allow_train: bool = False, targets: tuple[str
         match = re.match(r"^Running stage '([^']+)'", line)
         if match:
             ran.append(match[1])
-            if not allow_train and RUN_STAGE.match(line):
+            if not allow_train and refused is None and RUN_STAGE.match(line):
                 refused = match[1]
-                os.killpg(proc.pid, signal.SIGINT)
-                break
-    try:
-        code = proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:  # dvc did not stop on SIGINT (or blocks on its full pipe)
-        os.killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait()
+    code = proc.wait()
     if refused:
         raise ShardError(f"collect: {refused} is not in the run cache, so dvc started running it; stopped. "
                          "Rerun the shard that has it (layoutpeft shard --plan M lists them), push its run "

@@ -377,3 +377,13 @@ def test_report_profile_refuses_a_head_that_did_not_run_it(capsys, monkeypatch):
     assert capsys.readouterr().err.strip().splitlines() == [
         "layoutpeft report: error: params.yaml does not hold profile 'ci''s values: run `layoutpeft profile ci` "
         "first (the report would compare two different profiles)"]
+
+
+def test_a_refused_stage_does_no_work(monkeypatch, capsys):
+    from layoutpeft.errors import REFUSE_ENV, run_main
+
+    called = []
+    monkeypatch.setenv(REFUSE_ENV, "tune,train,evaluate")
+    assert run_main("train", called.append, []) == 3 and not called
+    assert capsys.readouterr().err.startswith("layoutpeft train: refused")
+    assert run_main("aggregate", called.append, []) == 0 and called == [[]]  # the collector's own stage runs
