@@ -10,8 +10,8 @@ A tune@ stage is long (one full training per grid value) and DVC keeps nothing o
 is killed, so each finished trial is also memoised in a trial cache (TRIAL_CACHE_ENV, default
 ~/.cache/layoutpeft/trials): one JSON per trial, named by a fingerprint of everything that decides
 it (variant settings and lr, model and train params, tuning seed, the tokenized data's bytes, the
-source of every module and stage, library versions, device and CPU threads). A rerun of the stage
-after an interruption reuses the finished trials and trains only the rest; any change to code,
+source of the modules the stage depends on, library versions, device and CPU threads). A rerun of the stage
+after an interruption reuses the finished trials and trains only the rest; any change to that code,
 data or settings gives new fingerprints, so a stale trial is never reused.
 """
 from __future__ import annotations
@@ -133,12 +133,25 @@ def tree_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def code_files() -> list[Path]:
+    """The Python source the tune stage depends on: its `.py` deps in dvc.yaml (which
+    tests/test_dvc_yaml.py holds equal to its imports), else every module and stage. Unrelated code
+    (predict, export, ...) may change while a tune is interrupted without costing its trials."""
+    pipeline = REPO_ROOT / "dvc.yaml"
+    if pipeline.is_file():
+        import yaml
+
+        deps = (yaml.safe_load(pipeline.read_text()).get("stages", {}).get("tune", {}) or {}).get("deps", [])
+        listed = [REPO_ROOT / dep for dep in deps if str(dep).endswith(".py")]
+        if listed and all(path.is_file() for path in listed):
+            return sorted(listed)
+    return sorted(path for folder in ("layoutpeft", "stages") for path in (REPO_ROOT / folder).rglob("*.py"))
+
+
 def code_digest() -> str:
-    """sha256 over the library's and the stages' Python source (any code change: new trials)."""
     digest = hashlib.sha256()
-    for folder in ("layoutpeft", "stages"):
-        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
-            digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    for path in code_files():
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -130,3 +130,11 @@ def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoi
     del trained[:]
     tuning.tune("head", variant, model_cfg, cpu_train_config(max_epochs=2), grid, tokenized, scratch=tmp_path)
     assert trained == [1e-3, 3e-3]
+
+
+def test_trial_fingerprints_cover_the_tune_stages_code_only():
+    from layoutpeft import tuning
+
+    names = {path.relative_to(tuning.REPO_ROOT).as_posix() for path in tuning.code_files()}
+    assert {"stages/tune.py", "layoutpeft/tuning.py", "layoutpeft/engine.py", "layoutpeft/methods.py"} <= names
+    assert "layoutpeft/predict.py" not in names and "layoutpeft/export.py" not in names
