@@ -234,18 +234,26 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "trainable_share": trainable / total if total else 0.0}
 
 
-def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach") -> torch.optim.Optimizer:
+def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
+                   tables_lr: float | None = None) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and LayerNorm weights (the BERT recipe).
 
     `impl` (train.adamw): fused (one kernel over all tensors, CPU and CUDA), foreach (batched
-    per-op kernels, torch's default) or for_loop (one tensor at a time). Same update rule."""
-    decay, no_decay = [], []
+    per-op kernels, torch's default) or for_loop (one tensor at a time). Same update rule.
+    `tables_lr` (a variant's key): the trainable 2-D position tables get their own lr."""
+    from layoutpeft.modeling import TABLES_2D
+
+    groups = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        table = tables_lr is not None and any(f"{t}." in name for t in TABLES_2D)
+        no_decay = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
+        group = groups.setdefault((table, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                                                      **({"lr": tables_lr} if table else {})})
+        group["params"].append(p)
     kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **kind)
+    return torch.optim.AdamW([groups[k] for k in sorted(groups)], lr=lr, **kind)
 
 
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
@@ -304,7 +312,7 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
     dtype = resolve_precision(cfg.precision, device)
     n_virtual = n_virtual_tokens(variant)
     method = method_of(variant)
-    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
+    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw, variant.get("tables_lr"))
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     hook = after_step_hook(model, variant)

@@ -138,3 +138,24 @@ def test_trial_fingerprints_cover_the_tune_stages_code_only():
     names = {path.relative_to(tuning.REPO_ROOT).as_posix() for path in tuning.code_files()}
     assert {"stages/tune.py", "layoutpeft/tuning.py", "layoutpeft/engine.py", "layoutpeft/methods.py"} <= names
     assert "layoutpeft/predict.py" not in names and "layoutpeft/export.py" not in names
+
+
+@pytest.mark.parametrize("method", [{"method": "lora", "r": 2, "targets": ["query", "value"]}, {"method": "full"}])
+def test_tables_lr_gives_the_new_2d_tables_their_own_learning_rate(tiny_checkpoint, method):
+    from layoutpeft.modeling import TABLES_2D
+
+    variant = validate_variant("v", {**method, "lr": 1e-3, "tables_lr": 2e-5}, prompt_reserve=8)
+    engine.seed_everything(0)
+    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
+                                  Schedule(total_steps=4, steps_per_epoch=2))
+    optimizer = engine.make_optimizer(model, variant["lr"], 0.01, "foreach", variant["tables_lr"])
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    tables = [n for n in named if any(f"{t}." in n for t in TABLES_2D)]
+    assert len(tables) == 4 and all(lr_of[id(named[n])] == 2e-5 for n in tables)
+    assert {lr_of[id(p)] for n, p in named.items() if n not in tables} == {1e-3}
+    assert len(lr_of) == len(named)  # every trainable parameter in exactly one group
+    # without it: today's two groups (decay, no decay) at the method's lr, in the same order
+    plain = engine.make_optimizer(model, variant["lr"], 0.01, "foreach")
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.01, 0.0]
+    assert {g["lr"] for g in plain.param_groups} == {1e-3}
