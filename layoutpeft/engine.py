@@ -241,8 +241,6 @@ def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
     `impl` (train.adamw): fused (one kernel over all tensors, CPU and CUDA), foreach (batched
     per-op kernels, torch's default) or for_loop (one tensor at a time). Same update rule.
     `tables_lr` (a variant's key): the trainable 2-D position tables get their own lr."""
-    from layoutpeft.modeling import TABLES_2D
-
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -59,6 +59,15 @@ layoutpeft shard --shard "$SLURM_ARRAY_TASK_ID/$count" --pull --push --require-g
 """
 
 
+# The project set up on a runner, with the DVC remote's plugin (a step of every job below).
+SETUP_STEP = """      - name: Set up the project
+        run: |
+          make setup
+          .venv/bin/python -m pip install -q -c constraints.txt "dvc[${{ vars.DVC_REMOTE_EXTRA }}]"
+          echo "$PWD/.venv/bin" >> "$GITHUB_PATH"
+"""
+
+
 def actions(shards: int = DEFAULT_SHARDS) -> str:
     matrix = ", ".join(str(i) for i in range(1, shards + 1))
     return f"""# The whole study on {shards} self-hosted GPU runners: prepare -> {shards} shards -> collect.
@@ -91,12 +100,7 @@ jobs:
     runs-on: [self-hosted, gpu]
     steps:
       - uses: actions/checkout@v4
-      - name: Set up the project
-        run: |
-          make setup
-          .venv/bin/python -m pip install -q -c constraints.txt "dvc[${{{{ vars.DVC_REMOTE_EXTRA }}}}]"
-          echo "$PWD/.venv/bin" >> "$GITHUB_PATH"
-      - name: Data stages once, on the remote
+{SETUP_STEP}      - name: Data stages once, on the remote
         run: layoutpeft shard --prepare --push
 
   shard:
@@ -109,12 +113,7 @@ jobs:
         shard: [{matrix}]
     steps:
       - uses: actions/checkout@v4
-      - name: Set up the project
-        run: |
-          make setup
-          .venv/bin/python -m pip install -q -c constraints.txt "dvc[${{{{ vars.DVC_REMOTE_EXTRA }}}}]"
-          echo "$PWD/.venv/bin" >> "$GITHUB_PATH"
-      - name: Run shard ${{{{ matrix.shard }}}} of {shards}
+{SETUP_STEP}      - name: Run shard ${{{{ matrix.shard }}}} of {shards}
         run: layoutpeft shard --shard "${{{{ matrix.shard }}}}/$SHARDS" --pull --push --require-gpu
 
   collect:
@@ -127,12 +126,7 @@ jobs:
       - uses: actions/setup-python@v5
         with:
           python-version: "3.11"
-      - name: Set up the project
-        run: |
-          make setup
-          .venv/bin/python -m pip install -q -c constraints.txt "dvc[${{{{ vars.DVC_REMOTE_EXTRA }}}}]"
-          echo "$PWD/.venv/bin" >> "$GITHUB_PATH"
-      - name: Collect (restores every run from the run cache, runs aggregate only)
+{SETUP_STEP}      - name: Collect (restores every run from the run cache, runs aggregate only)
         run: |
           layoutpeft shard --collect --pull
           dvc push
