@@ -69,11 +69,12 @@ def main(argv=None) -> None:
                 torch.set_num_threads(cfg.threads)
             load = open("/proc/loadavg").read().split()[:3]
             engine.seed_everything(seed)
-            model, _ = engine.build_model(mp, variant, device, schedule, cfg.attention)
+            model, source = engine.build_model(mp, variant, device, schedule, cfg.attention)
             start = time.perf_counter()
             result = engine.fit(model, variant, cfg, train, val, pad, device, seed, total_steps=schedule.total_steps,
                                 on_epoch=lambda r: print(f"  epoch {r['epoch']}: val F1 {r['val_f1']:.4f}, "
-                                                         f"{r['epoch_time_s']:.0f}s", flush=True))
+                                                         f"{r['epoch_time_s']:.0f}s", flush=True),
+                                tables_lr=engine.new_tables_lr(variant, mp, source))
             dtype = engine.resolve_precision(cfg.precision, device)
             scores = engine.evaluate_windows(model, test, 32, pad, device, n_virtual_tokens(variant), dtype)["scores"]
             run = {"seed": seed, "value": value, "test_f1": scores["f1"], "best_epoch": result.best_epoch,

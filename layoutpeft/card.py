@@ -242,7 +242,9 @@ def model_card(log: dict, info: dict, *, runs_dir: Path, summary: Path, tokenize
         f"- method: `{variant['method']}` — {info['method_summary']}",
         f"- settings: `{json.dumps(settings, sort_keys=True)}`",
         f"- base: `{model['checkpoint']}` (a `{model.get('source_type')}` checkpoint"
-        + (f"; its new 2-D position tables initialised `{model.get('position_init')}`)"
+        + (f"; its new 2-D position tables initialised `{model.get('position_init')}`, "
+           + ("frozen)" if model.get("new_tables") == "frozen"
+              else f"trained at lr `{model.get('new_tables_lr') or 'of the method'}`)")
            if model.get("source_type") == "bert" else ")"),
         f"- training: `{json.dumps(log.get('train_params', {}), sort_keys=True)}`",
         f"- device {log.get('device')}, precision {log.get('precision')}",

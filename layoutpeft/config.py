@@ -134,6 +134,7 @@ class ModelConfig(_Section):
     checkpoint: str
     position_init: str = "zero"
     new_tables: str = "train"
+    tables_lr: float | None = None  # None: each method's own lr
 
     @staticmethod
     def checkpoint_from_params(params: dict, check_source: bool = True) -> str:
@@ -150,8 +151,11 @@ class ModelConfig(_Section):
     def from_params(cls, params: dict, check_source: bool = True) -> "ModelConfig":
         from layoutpeft.modeling import POSITION_INITS
 
+        tables_lr = get(params, "model.tables_lr", (float, type(None)), default=None)
+        if tables_lr is not None and tables_lr <= 0:
+            raise ParamsError(f"params.yaml: key 'model.tables_lr' must be positive or null, got {tables_lr!r}")
         return cls(cls.checkpoint_from_params(params, check_source), choice(params, "model.position_init", POSITION_INITS),
-                   choice(params, "model.new_tables", ("train", "frozen")))
+                   choice(params, "model.new_tables", ("train", "frozen")), tables_lr)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

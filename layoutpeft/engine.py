@@ -73,7 +73,7 @@ def build_model(model_cfg: ModelConfig, variant: dict, device: torch.device, sch
     quant = quantization_config(device.type) if method.quantized else None
     model, source_type = load_model(model_cfg.checkpoint, model_cfg.position_init,
                                     quantization_config=quant, attn_implementation=attention)
-    new_modules = TABLES_2D if source_type == "bert" and model_cfg.new_tables == "train" else ()
+    new_modules = TABLES_2D if trains_new_tables(model_cfg, source_type) else ()
     model = apply_method(model, variant, schedule, new_modules)
     if method.quantized and device.type == "cpu":
         keep_4bit_training_layout(model)
@@ -82,6 +82,19 @@ def build_model(model_cfg: ModelConfig, variant: dict, device: torch.device, sch
     elif device.type == "cuda":
         model.to(device)
     return model, source_type
+
+
+def trains_new_tables(model_cfg: ModelConfig, source_type: str) -> bool:
+    """A BERT checkpoint's 2-D position tables are new weights, trained with every method (model.new_tables)."""
+    return source_type == "bert" and model_cfg.new_tables == "train"
+
+
+def new_tables_lr(variant: dict, model_cfg: ModelConfig, source_type: str) -> float | None:
+    """The lr of the new 2-D tables: the variant's `tables_lr`, else model.tables_lr (None: the method's lr).
+    A LayoutLM checkpoint's tables are pre-trained weights like any other: they keep the method's lr."""
+    if not trains_new_tables(model_cfg, source_type):
+        return None
+    return variant.get("tables_lr") or model_cfg.tables_lr
 
 
 def keep_4bit_training_layout(model) -> None:
@@ -240,7 +253,7 @@ def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
 
     `impl` (train.adamw): fused (one kernel over all tensors, CPU and CUDA), foreach (batched
     per-op kernels, torch's default) or for_loop (one tensor at a time). Same update rule.
-    `tables_lr` (a variant's key): the trainable 2-D position tables get their own lr."""
+    `tables_lr` (new_tables_lr): the trainable 2-D position tables get their own lr."""
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -297,7 +310,8 @@ class FitResult:
 
 def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_windows: list[dict],
         pad_token_id: int, device: torch.device, seed: int, *, total_steps: int,
-        epoch_batches: Callable[[int], Iterable[dict]] | None = None, on_epoch=None) -> FitResult:
+        epoch_batches: Callable[[int], Iterable[dict]] | None = None, on_epoch=None,
+        tables_lr: float | None = None) -> FitResult:
     """AdamW, linear warm-up then decay to zero at `total_steps`, grad-norm clipping; one validation pass
     per epoch; the epoch with the best validation metric (`cfg.select_on`: entity F1 or loss) is
     restored at the end. `cfg.patience` > 0 stops after that many epochs without improvement
@@ -310,7 +324,7 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
     dtype = resolve_precision(cfg.precision, device)
     n_virtual = n_virtual_tokens(variant)
     method = method_of(variant)
-    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw, variant.get("tables_lr"))
+    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw, tables_lr)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     hook = after_step_hook(model, variant)

@@ -114,8 +114,10 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
 
     with staged_dir(out_dir) as staged:
         window = engine.start_memory_window(device)
+        tables_lr = engine.new_tables_lr(variant, model_cfg, source_type)
         result = engine.fit(model, variant, cfg, train_windows, val_windows, meta["pad_token_id"], device, seed,
-                            total_steps=schedule.total_steps, on_epoch=on_epoch(staged / live_dir) if on_epoch else None)
+                            total_steps=schedule.total_steps, on_epoch=on_epoch(staged / live_dir) if on_epoch else None,
+                            tables_lr=tables_lr)
         memory = engine.peak_memory(device, window)
         method = method_of(variant)
         if method.effective_trainable:
@@ -124,7 +126,7 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
         epoch_times = [r["epoch_time_s"] for r in result.history]
         log = {
             "variant": name, "seed": seed, "method": variant["method"], "variant_params": variant,
-            "model": {**model_cfg.as_dict(), "source_type": source_type},
+            "model": {**model_cfg.as_dict(), "source_type": source_type, "new_tables_lr": tables_lr},
             "train_params": cfg.as_dict(), "device": device.type, "precision": PRECISION_NAMES[dtype],
             "data": {"window_length": meta["window_length"], "pad_token_id": meta["pad_token_id"]},
             "precision_path": engine.precision_path(device) if cfg.precision == "auto" else "set in params.yaml",

@@ -211,3 +211,36 @@ def test_layoutlm_checkpoint_keeps_its_pretrained_tables_frozen_for_peft(tmp_pat
     assert engine.count_parameters(model)["trainable"] == CASES["lora"][1] - TABLES
     tables = [p for n, p in model.named_parameters() if "x_position_embeddings" in n]
     assert tables and not any(p.requires_grad for p in tables) and tables[0].abs().sum() > 0  # pre-trained, not zeroed
+
+
+def test_model_tables_lr_applies_to_new_tables_only(tmp_path, tiny_checkpoint):
+    from transformers import AutoTokenizer, LayoutLMConfig, LayoutLMModel
+
+    full = validate_variant("t", {"method": "full", "lr": 1e-3}, prompt_reserve=8)
+    bert = ModelConfig(str(tiny_checkpoint), "zero", "train", tables_lr=2e-5)
+    assert engine.new_tables_lr(full, bert, "bert") == 2e-5
+    assert engine.new_tables_lr({**full, "tables_lr": 7e-5}, bert, "bert") == 7e-5  # a variant's own wins
+    assert engine.new_tables_lr(full, ModelConfig(str(tiny_checkpoint), "zero", "frozen", 2e-5), "bert") is None
+    assert engine.new_tables_lr(full, ModelConfig(str(tiny_checkpoint), "zero", "train"), "bert") is None
+    # a LayoutLM checkpoint's tables are pre-trained: full fine-tuning trains them at its own lr
+    config = LayoutLMConfig(vocab_size=len(AutoTokenizer.from_pretrained(tiny_checkpoint)), **TINY_BERT)
+    LayoutLMModel(config).save_pretrained(tmp_path / "layoutlm")
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
+    layoutlm = ModelConfig(str(tmp_path / "layoutlm"), "zero", "train", tables_lr=2e-5)
+    model, source = engine.build_model(layoutlm, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2))
+    assert source == "layoutlm" and engine.new_tables_lr(full, layoutlm, source) is None
+    optimizer = engine.make_optimizer(model, full["lr"], 0.01, "foreach", engine.new_tables_lr(full, layoutlm, source))
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-3}
+
+
+@pytest.mark.parametrize("value, ok", [(1.5e-4, True), (None, True), (0, False), ("fast", False)])
+def test_model_tables_lr_is_checked(tiny_checkpoint, value, ok):
+    from layoutpeft.errors import ParamsError
+
+    params = {"model": {"checkpoint": str(tiny_checkpoint), "position_init": "zero", "new_tables": "train",
+                        "tables_lr": value}}
+    if ok:
+        assert ModelConfig.from_params(params).tables_lr == value
+    else:
+        with pytest.raises(ParamsError, match="model.tables_lr"):
+            ModelConfig.from_params(params)
