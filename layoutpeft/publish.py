@@ -61,7 +61,7 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[Path]) 
              "Committed copy of a study's outputs (`layoutpeft publish`); the DVC cache holds the models.", "",
              f"- **Reproduce:** `{command}`",
              f"- **Model:** `{model.get('checkpoint', '?')}` ({model.get('source_type', '?')} checkpoint; "
-             f"new 2-D tables {model.get('new_tables', '?')})",
+             f"new 2-D tables {model.get('new_tables', '?')}{tables_lr_note(runs)})",
              "- **Data:** FUNSD, validation carved from the training forms (params.yaml `data:`), test = the 50 test forms",
              f"- **Schedule:** up to {train.get('max_epochs', '?')} epochs, batch {train.get('batch_size', '?')}, "
              f"patience {train.get('patience', '?')}, best epoch on validation {train.get('select_on', '?')}, "
@@ -75,6 +75,16 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[Path]) 
     lines += ["Files: `summary.md` (the table), `summary.json`, `summary.csv`, `study.json`, `runs/` (one record per",
               "run), `lr/` (each variant's lr tuning), `plots/`, and the exact `params.yaml` and `dvc.lock`.", ""]
     return "\n".join(lines)
+
+
+def tables_lr_note(runs: list[Path]) -> str:
+    """The new 2-D tables' lr over the runs: one value for all, or each run's own, or none recorded."""
+    lrs = {json.loads(run.read_text()).get("model", {}).get("new_tables_lr") for run in runs}
+    if lrs == {None} or not lrs:
+        return ""
+    if len(lrs) == 1:
+        return f" at lr {lrs.pop():g} in every run"
+    return " at lr " + ", ".join("the method's" if lr is None else f"{lr:g}" for lr in sorted(lrs, key=lambda x: x or 0))
 
 
 def update_readme_block(readme_path: Path, name: str, body: str) -> bool:

@@ -21,7 +21,8 @@ def fake_study(root):
     for key in ("full-0", "full-1", "lora-0"):
         (root / "metrics" / "runs" / f"{key}.json").write_text(json.dumps(
             {"environment": {"device": "cpu", "git_commit": "abc"}, "train_params": {"max_epochs": 30},
-             "model": {"checkpoint": "package:x/model"}, "precision": "bf16"}))
+             "model": {"checkpoint": "package:x/model", "new_tables": "train", "new_tables_lr": 1.5e-4},
+             "precision": "bf16"}))
     (root / "metrics" / "runs" / "other-0.json").write_text("{}")  # not in the study: not published
     (root / "data" / "lr" / "lora.json").write_text('{"chosen_lr": 0.001}')
     (root / "plots" / "images" / "pareto.png").write_bytes(b"png")
@@ -35,7 +36,7 @@ def test_publish_copies_exactly_the_study(tmp_path):
     assert (target / "lr" / "lora.json").is_file() and (target / "plots" / "pareto.png").is_file()
     text = (target / "README.md").read_text()
     assert "`layoutpeft profile reference+offline`" in text and "missing: {'lora': [1]}" in text
-    assert "package:x/model" in text and "bf16" in text
+    assert "package:x/model" in text and "bf16" in text and "new 2-D tables train at lr 0.00015 in every run" in text
 
 
 def test_publish_refuses_without_a_summary_and_keeps_old_results(tmp_path):
