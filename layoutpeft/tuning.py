@@ -71,7 +71,10 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
                 "reason": "study.tune_lr is false: the variant's own lr"}
     trials = []
     cache = trial_cache()
-    common = {"variant": variant, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "seed": tuning.seed,
+    # A trial trains {**variant, "lr": lr}: its key is that, so a widened grid or a moved centre lr
+    # retrains only the lrs not tried before (the grid itself decides nothing inside a trial).
+    trained_settings = {k: v for k, v in variant.items() if k not in ("lr", "lr_grid")}
+    common = {"variant": trained_settings, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "seed": tuning.seed,
               "tokenized": tree_digest(tokenized), "code": code_digest(), "environment": environment_key()}
     with tempfile.TemporaryDirectory(dir=scratch, prefix=f".tune-{name}-") as tmp:
         for lr in lr_grid(variant, tuning):

@@ -130,6 +130,14 @@ def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoi
     del trained[:]
     tuning.tune("head", variant, model_cfg, cpu_train_config(max_epochs=2), grid, tokenized, scratch=tmp_path)
     assert trained == [1e-3, 3e-3]
+    # a widened grid (the variant's own list, or a moved centre lr) trains only the new lrs
+    del trained[:]
+    wider = tuning.tune("head", {**variant, "lr_grid": [1e-3, 3e-3, 9e-3]}, model_cfg, train_cfg, grid, tokenized,
+                        scratch=tmp_path)
+    assert trained == [9e-3] and [t["lr"] for t in wider["trials"]] == [1e-3, 3e-3, 9e-3]
+    del trained[:]
+    tuning.tune("head", {**variant, "lr": 3e-3}, model_cfg, train_cfg, grid, tokenized, scratch=tmp_path)
+    assert trained == []  # 3e-3 and 9e-3: both tried
 
 
 def test_trial_fingerprints_cover_the_tune_stages_code_only():
