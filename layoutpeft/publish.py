@@ -69,12 +69,23 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[Path]) 
              f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads); "
              f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
              f"- **Code:** commit {env.get('git_commit', '?')}" + (" + uncommitted changes" if env.get("code_modified") else ""),
-             f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing}" if missing else ""), ""]
+             f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing_text(missing)}" if missing else ""), ""]
     if note:
         lines += [note, ""]
     lines += ["Files: `summary.md` (the table), `summary.json`, `summary.csv`, `study.json`, `runs/` (one record per",
               "run), `lr/` (each variant's lr tuning), `plots/`, and the exact `params.yaml` and `dvc.lock`.", ""]
     return "\n".join(lines)
+
+
+def missing_text(missing: dict[str, list[int]]) -> str:
+    """{'full': [1, 2], 'lora': [1]} -> 'full seeds 1, 2; lora seed 1'."""
+    return "; ".join(f"{v} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                     for v, seeds in missing.items())
+
+
+def demote_headings(markdown: str, levels: int = 3) -> str:
+    """Headings moved `levels` down (at most h6), so a generated page can sit inside another's section."""
+    return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m[1]) + levels) + " ", markdown, flags=re.M)
 
 
 def tables_lr_note(runs: list[Path]) -> str:

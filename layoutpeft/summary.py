@@ -79,6 +79,9 @@ def number(node: Any, dotted: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+ABSENT = "missing"  # read_run's reason for a run file that does not exist (yet)
+
+
 def run_path(runs_dir: Path, variant: str, seed: int) -> Path:
     return Path(runs_dir) / f"{variant}-{seed}.json"
 
@@ -86,7 +89,7 @@ def run_path(runs_dir: Path, variant: str, seed: int) -> Path:
 def read_run(path: Path, variant: str, seed: int) -> tuple[dict | None, str | None]:
     """(run, None) or (None, why it cannot be used)."""
     if not path.is_file():
-        return None, "missing"
+        return None, ABSENT
     try:
         run = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -374,7 +377,10 @@ def markdown_table(summary: dict, study: Study) -> str:
     bad = [(v, s, why) for v, by_seed in study.problems.items() for s, why in sorted(by_seed.items())]
     if bad:
         lines += ["", f"**Missing runs ({len(bad)}):** these seeds are left out of their variant's statistics.", ""]
-        lines += [f"- `{run_path(study.runs_dir, v, s).as_posix()}`: {why}" for v, s, why in bad]
+        absent = [run_path(study.runs_dir, v, s) for v, s, why in bad if why == ABSENT]
+        if absent:  # one line, not one per run: a study in progress has many
+            lines.append(f"- not (yet) in `{study.runs_dir.as_posix()}/`: " + ", ".join(f"`{p.name}`" for p in absent))
+        lines += [f"- `{run_path(study.runs_dir, v, s).as_posix()}`: {why}" for v, s, why in bad if why != ABSENT]
     return "\n".join(lines) + "\n"
 
 

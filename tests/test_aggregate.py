@@ -346,6 +346,8 @@ def test_missing_seed_is_reported(no_png, study, capsys):
     md = study.read("summary.md")
     assert "2/3, missing: 1" in md and "2/3, missing: 2" in md
     assert "lora-1.json" in md and "full-2.json" in md
+    assert "- not (yet) in `" in md and "/runs/`: `lora-1.json`" in md        # absent runs: one line
+    assert "full-2.json`: unreadable" in md                                    # unreadable: one line each
 
 
 def test_stale_files_are_ignored(no_png, study):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.publish import publish, update_readme_block
+from layoutpeft.publish import demote_headings, missing_text, publish, update_readme_block
 
 
 def fake_study(root):
@@ -35,7 +35,7 @@ def test_publish_copies_exactly_the_study(tmp_path):
     assert sorted(p.name for p in (target / "runs").iterdir()) == ["full-0.json", "full-1.json", "lora-0.json"]
     assert (target / "lr" / "lora.json").is_file() and (target / "plots" / "pareto.png").is_file()
     text = (target / "README.md").read_text()
-    assert "`layoutpeft profile reference+offline`" in text and "missing: {'lora': [1]}" in text
+    assert "`layoutpeft profile reference+offline`" in text and "missing: lora seed 1" in text
     assert "package:x/model" in text and "bf16" in text and "new 2-D tables train at lr 0.00015 in every run" in text
 
 
@@ -56,3 +56,9 @@ def test_readme_block_is_replaced_between_its_markers(tmp_path):
     assert update_readme_block(readme, "ref", "new table\n")
     assert readme.read_text() == "a\n<!-- results:ref -->\nnew table\n<!-- /results:ref -->\nb\n"
     assert not update_readme_block(readme, "other", "x")
+
+
+def test_missing_runs_and_headings_read_well_inside_the_readme():
+    assert missing_text({"full": [1, 2], "lora": [1]}) == "full seeds 1, 2; lora seed 1"
+    page = "# Seed study\n\ntext with a # inside\n## Notes\n###### deep\n"
+    assert demote_headings(page) == "#### Seed study\n\ntext with a # inside\n##### Notes\n###### deep\n"
