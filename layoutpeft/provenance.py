@@ -7,6 +7,8 @@ from importlib import metadata
 
 import torch
 
+from layoutpeft.hardware import simd_flags
+
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "seqeval", "dvc")
 
 
@@ -46,6 +48,7 @@ def cpu_model() -> str:
 def describe(device: torch.device) -> dict:
     info = {"device": device.type, "python": platform.python_version(), "platform": platform.platform(),
             "cpu_threads": torch.get_num_threads(), "cpu_model": cpu_model(),
+            "cpu_flags": simd_flags(),  # what decides CPU matmul speed (bf16 units, AMX): a CPU figure needs them
             "git_commit": git_commit(), "code_modified": code_modified()}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)

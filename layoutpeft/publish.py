@@ -66,7 +66,8 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[Path]) 
              f"- **Schedule:** up to {train.get('max_epochs', '?')} epochs, batch {train.get('batch_size', '?')}, "
              f"patience {train.get('patience', '?')}, best epoch on validation {train.get('select_on', '?')}, "
              f"precision {first.get('precision', '?')}",
-             f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads); "
+             f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads"
+             + (f", CPU flags {' '.join(env['cpu_flags'])}" if env.get("cpu_flags") else "") + "); "
              f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
              f"- **Code:** commit {env.get('git_commit', '?')}" + (" + uncommitted changes" if env.get("code_modified") else ""),
              f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing_text(missing)}" if missing else ""), ""]

@@ -644,3 +644,12 @@ def test_rank_series_ignore_tuned_learning_rates():
     assert [row[1] for row in rank_rows(tuned)] == ["lora_r4", "lora"]
     untuned = {"variants": {"lora": entry(16, 1e-3, False), "lora_r4": entry(4, 3e-3, False)}}
     assert rank_rows(untuned) == []  # set by hand to different lrs: not a pure rank series
+
+
+def test_cpu_flags_are_named_with_the_device(no_png, study):
+    for path in study.runs.glob("*.json"):
+        run = json.loads(path.read_text())
+        run["environment"]["cpu_flags"] = ["avx2", "avx512_bf16"]
+        path.write_text(json.dumps(run))
+    study.run()
+    assert "Device: cpu (Test CPU, 2 threads, flags avx2 avx512_bf16)." in study.read("summary.md")

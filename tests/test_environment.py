@@ -5,6 +5,7 @@ import subprocess
 
 import torch
 
+from layoutpeft import hardware
 from layoutpeft.provenance import code_modified, describe, git_commit
 
 
@@ -28,6 +29,7 @@ def test_code_edits_are_flagged_but_params_edits_are_not(tmp_path, monkeypatch):
     info = describe(torch.device("cpu"))
     assert info["code_modified"] is True and info["git_commit"] == git_commit() and len(info["git_commit"]) == 40
     assert info["cpu_model"] and info["device_name"] == info["cpu_model"]
+    assert isinstance(info["cpu_flags"], list) and set(info["cpu_flags"]) <= hardware.cpu_flags()
 
 
 def test_outside_a_repository_nothing_is_claimed(tmp_path, monkeypatch):

@@ -20,7 +20,8 @@ def fake_study(root):
     (root / "metrics" / "study.json").write_text("{}")
     for key in ("full-0", "full-1", "lora-0"):
         (root / "metrics" / "runs" / f"{key}.json").write_text(json.dumps(
-            {"environment": {"device": "cpu", "git_commit": "abc"}, "train_params": {"max_epochs": 30},
+            {"environment": {"device": "cpu", "git_commit": "abc", "cpu_flags": ["avx2", "avx512_bf16"]},
+             "train_params": {"max_epochs": 30},
              "model": {"checkpoint": "package:x/model", "new_tables": "train", "new_tables_lr": 1.5e-4},
              "precision": "bf16"}))
     (root / "metrics" / "runs" / "other-0.json").write_text("{}")  # not in the study: not published
@@ -36,6 +37,7 @@ def test_publish_copies_exactly_the_study(tmp_path):
     assert (target / "lr" / "lora.json").is_file() and (target / "plots" / "pareto.png").is_file()
     text = (target / "README.md").read_text()
     assert "`layoutpeft profile reference+offline`" in text and "missing: lora seed 1" in text
+    assert "CPU flags avx2 avx512_bf16" in text
     assert "package:x/model" in text and "bf16" in text and "new 2-D tables train at lr 0.00015 in every run" in text
 
 
