@@ -270,10 +270,10 @@ def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
         kind, name = env.get("device"), env.get("device_name")
         if not kind:
             return None
-        threads = f", {env['cpu_threads']} threads" if kind == "cpu" and env.get("cpu_threads") else ""
+        details = f", {env['cpu_threads']} threads" if kind == "cpu" and env.get("cpu_threads") else ""
         flags = env.get("cpu_flags") if kind == "cpu" and isinstance(env.get("cpu_flags"), list) else None
-        threads += f", flags {' '.join(flags) or '(no avx2, avx512 or amx)'}" if flags is not None else ""
-        return f"{kind} ({name}{threads})" if name not in (None, "", "...") else kind
+        details += f", flags {' '.join(flags) or '(no avx2, avx512 or amx)'}" if flags is not None else ""
+        return f"{kind} ({name}{details})" if name not in (None, "", "...") else kind
 
     for by_seed in runs.values():
         for run in by_seed.values():

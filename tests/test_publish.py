@@ -64,3 +64,14 @@ def test_missing_runs_and_headings_read_well_inside_the_readme():
     assert missing_text({"full": [1, 2], "lora": [1]}) == "full seeds 1, 2; lora seed 1"
     page = "# Seed study\n\ntext with a # inside\n## Notes\n###### deep\n"
     assert demote_headings(page) == "#### Seed study\n\ntext with a # inside\n##### Notes\n###### deep\n"
+
+
+def test_publish_command_puts_the_summary_under_the_readme_section(tmp_path, monkeypatch):
+    from layoutpeft.commands import publish as command
+    fake_study(tmp_path)
+    (tmp_path / "metrics" / "summary.md").write_text("# Seed study\n\n| Variant |\n")
+    (tmp_path / "README.md").write_text("## Results\n<!-- results:ref -->\n<!-- /results:ref -->\n")
+    monkeypatch.chdir(tmp_path)
+    assert command.main(["ref", "--command", "cmd"]) == 0
+    block = (tmp_path / "README.md").read_text()
+    assert "#### Seed study" in block and "\n# Seed study" not in block
