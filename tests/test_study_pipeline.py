@@ -35,7 +35,8 @@ STUDY = {
     "sweeps": {"lora": {"r": [4]}},
     "train.max_epochs": 1,
     "study.tune_lr": True,
-    "study.lr_grid": [0.5, 2.0],
+    "study.lr_grid": [0.5, 2.0],  # full tries 0.5x and 2x its lr ...
+    "variants.lora.lr_grid": [1.0e-3, 4.0e-3],  # ... lora (and its sweep lora_r4) its own absolute grid
 }
 PLOT_CSVS = ("f1_vs_rank.csv", "pareto.csv", "cost.csv", "learning_curves.csv")
 # One torch thread per stage: on a small shared CPU, torch's default of one thread per core
@@ -120,6 +121,9 @@ def test_repro_runs_the_whole_study_and_commits(study):
     for variant in VARIANTS:  # each variant's lr was chosen from its own grid on validation, and used
         tuned = json.loads((repo / "data" / "lr" / f"{variant}.json").read_text())
         assert tuned["tuned"] and len(tuned["trials"]) == 2 and tuned["chosen_lr"] in tuned["grid"]
+        assert sorted(t["lr"] for t in tuned["trials"]) == sorted(tuned["grid"])
+        if variant.startswith("lora"):
+            assert tuned["grid"] == STUDY["variants.lora.lr_grid"]
         best = max(tuned["trials"], key=lambda t: t["best_val_f1"])["best_val_f1"]
         assert [t for t in tuned["trials"] if t["lr"] == tuned["chosen_lr"]][0]["best_val_f1"] == best
         record = json.loads((repo / "metrics" / "runs" / f"{variant}-0.json").read_text())
