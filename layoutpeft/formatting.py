@@ -84,6 +84,12 @@ def seeds(entry: Mapping, n_expected: int) -> str:
     return text
 
 
+def missing_seeds(missing: Mapping[str, Sequence[int]]) -> str:
+    """{'full': [1, 2], 'lora': [1]} -> 'full seeds 1, 2; lora seed 1'."""
+    return "; ".join(f"{v} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                     for v, seeds in missing.items())
+
+
 def value(v: Any) -> str:
     """A params value as written in params.yaml: 0.0005, [query, value], true."""
     if isinstance(v, bool) or v is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from layoutpeft.atomic import staged_dir, write_text
 from layoutpeft.errors import LayoutpeftError
+from layoutpeft.formatting import missing_seeds
 from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
 
 RESULTS_DIR = Path("results")
@@ -70,18 +71,12 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[Path]) 
              + (f", CPU flags {' '.join(env['cpu_flags'])}" if env.get("cpu_flags") else "") + "); "
              f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
              f"- **Code:** commit {env.get('git_commit', '?')}" + (" + uncommitted changes" if env.get("code_modified") else ""),
-             f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing_text(missing)}" if missing else ""), ""]
+             f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing_seeds(missing)}" if missing else ""), ""]
     if note:
         lines += [note, ""]
     lines += ["Files: `summary.md` (the table), `summary.json`, `summary.csv`, `study.json`, `runs/` (one record per",
               "run), `lr/` (each variant's lr tuning), `plots/`, and the exact `params.yaml` and `dvc.lock`.", ""]
     return "\n".join(lines)
-
-
-def missing_text(missing: dict[str, list[int]]) -> str:
-    """{'full': [1, 2], 'lora': [1]} -> 'full seeds 1, 2; lora seed 1'."""
-    return "; ".join(f"{v} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-                     for v, seeds in missing.items())
 
 
 def demote_headings(markdown: str, levels: int = 3) -> str:

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layoutpeft.config import StudyConfig, get, load_params
-from layoutpeft.errors import REFUSE_ENV, LayoutpeftError
+from layoutpeft.errors import REFUSE_ENV, REFUSED, LayoutpeftError
+from layoutpeft.formatting import missing_seeds
 from layoutpeft.paths import run_key
 from layoutpeft.tuning import TuningConfig, lr_grid
 from layoutpeft.variants import expand_sweeps, resolve
@@ -285,10 +286,14 @@ def run_workers(params: dict, count: int, *, gpus: list[str] | None = None, coll
     return shards
 
 
-def collect(*, pull: bool = False, allow_train: bool = False, targets: tuple[str, ...] = ()) -> list[str]:
+def collect(*, pull: bool = False, allow_train: bool = False, partial: bool = False,
+            targets: tuple[str, ...] = ()) -> list[str]:
     """`dvc repro` of the whole study: every tune@/train@/evaluate@ stage should come back from
     the run cache. Unless `allow_train`, stop dvc at the first such stage it would run and fail
-    naming it (a shard that did not finish). Returns the stages dvc ran."""
+    naming it (a shard that did not finish). With `partial`, a study still running: see
+    `collect_partial`. Returns the stages dvc ran."""
+    if partial:
+        return collect_partial(pull=pull)
     cmd = repro(*targets, pull=pull)
     print(f"shard: collect: {shlex.join(cmd[2:])}", flush=True)  # on stdout, before dvc's lines
     # The training stages refuse to run (exit 3 at once) and dvc stops at the first failed stage,
@@ -315,6 +320,34 @@ def collect(*, pull: bool = False, allow_train: bool = False, targets: tuple[str
         raise ShardError(f"collect: dvc repro exited {code} (its output is above)")
     announce(f"collect: dvc ran {', '.join(ran) or 'nothing'}; every tune@/train@/evaluate@ stage came "
              "from the run cache")
+    return ran
+
+
+def collect_partial(*, pull: bool = False, params_path: Path = Path("params.yaml")) -> list[str]:
+    """What a study still running has finished: `dvc repro --ignore-errors` with the training
+    stages refused, so each tune@/train@/evaluate@ stage in the run cache comes back, each other
+    one fails at once (dvc then skips what depends on it), and aggregate summarises the runs
+    there (the others are listed as missing seeds). Nothing trains. Returns the stages dvc ran."""
+    cmd = dvc_cmd("repro", "--ignore-errors", *(["--pull"] if pull else []))
+    print(f"shard: collect --partial: {shlex.join(cmd[2:])}", flush=True)
+    proc = subprocess.run(cmd, env=stage_env({REFUSE_ENV: "tune,train,evaluate"}), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    ran = re.findall(r"^Running stage '([^']+)'", proc.stdout, re.MULTILINE)
+    # --ignore-errors turns each failed stage into a warning; only the refusals are expected.
+    failed = [cmd for cmd, code in re.findall(r"failed to run: (.+), exited with (-?\d+)", proc.stdout)
+              if int(code) != REFUSED]
+    if proc.returncode != 0 or failed:
+        sys.stdout.write(proc.stdout)  # only on failure: otherwise one refusal line per unfinished stage
+        raise ShardError("collect --partial: " + (f"`{failed[0]}` failed" if failed else
+                                                    f"dvc repro exited {proc.returncode}") + " (dvc's output is above)")
+    study = StudyConfig.from_params(load(params_path))
+    unfinished = {v: [s for s in study.seeds if not (Path("metrics") / "runs" / f"{run_key(v, s)}.json").is_file()]
+                  for v in study.variants}
+    unfinished = {v: seeds for v, seeds in unfinished.items() if seeds}
+    total = len(study.variants) * len(study.seeds)
+    done = total - sum(map(len, unfinished.values()))
+    announce(f"collect --partial: {done} of {total} runs finished, summarised in metrics/summary.md; "
+             + (f"not finished: {missing_seeds(unfinished)}" if unfinished else "the study is complete"))
     return ran
 
 

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.publish import demote_headings, missing_text, publish, update_readme_block
+from layoutpeft.formatting import missing_seeds
+from layoutpeft.publish import demote_headings, publish, update_readme_block
 
 
 def fake_study(root):
@@ -61,7 +62,7 @@ def test_readme_block_is_replaced_between_its_markers(tmp_path):
 
 
 def test_missing_runs_and_headings_read_well_inside_the_readme():
-    assert missing_text({"full": [1, 2], "lora": [1]}) == "full seeds 1, 2; lora seed 1"
+    assert missing_seeds({"full": [1, 2], "lora": [1]}) == "full seeds 1, 2; lora seed 1"
     page = "# Seed study\n\ntext with a # inside\n## Notes\n###### deep\n"
     assert demote_headings(page) == "#### Seed study\n\ntext with a # inside\n##### Notes\n###### deep\n"
 

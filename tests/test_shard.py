@@ -161,6 +161,8 @@ def test_worker_env_pins_one_gpu_and_shares_the_cpus():
 # and 4 evaluate@ stages; the plan gives one variant to each of 2 shards.
 TUNED_STUDY = {"study.variants": ["head", "lora"], "study.reference": "head", "study.seeds": [0, 1],
                "study.tune_lr": True, "study.lr_grid": [1.0, 3.0], "train.max_epochs": 1,
+               # params.yaml gives both their own wider grids (the reference study's); two lrs are enough here
+               "variants.head.lr_grid": [3.0e-3, 9.0e-3], "variants.lora.lr_grid": [1.0e-3, 3.0e-3],
                "variants.prompt_tuning.virtual_tokens": 8, "variants.p_tuning.virtual_tokens": 8}
 RUN_STAGE = re.compile(r"^Running stage '((?:tune|train|evaluate)@[^']+)'", re.M)
 
@@ -354,6 +356,36 @@ def test_collector_stops_instead_of_training_a_missing_run(make_tiny_project):
         r"stopped\. Rerun the shard that has it .*", lines[0]), proc.stderr
     assert ran(proc.stdout) == [lines[0].split()[4]]
     assert not (project / "models").exists() and not (project / "metrics" / "study.json").exists()
+
+
+@pytest.mark.slow
+def test_partial_collect_summarises_the_finished_runs_and_trains_nothing(make_tiny_project):
+    project = make_tiny_project(TUNED_STUDY, name="partial")
+    plan = shards.plan(load_params(project / "params.yaml"), 2)
+    finished, unfinished = (shard.units[0].name for shard in plan)  # one variant per shard
+    run(shard_cmd("--shard", "1/2"), cwd=project, env=ONE_THREAD)
+    records = scores(project)
+    assert sorted(records) == [f"{finished}-0", f"{finished}-1"]
+    proc = run(shard_cmd("--collect", "--partial"), cwd=project, env=ONE_THREAD)
+    assert scores(project) == records  # restored, not retrained
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"shard: collect --partial: 2 of 4 runs finished, summarised in metrics/summary.md; "
+        f"not finished: {unfinished} seeds 0, 1")
+    summary = json.loads((project / "metrics" / "summary.json").read_text())
+    assert summary["variants"][finished]["missing_seeds"] == [] and summary["variants"][finished]["f1"]
+    assert summary["variants"][unfinished]["missing_seeds"] == [0, 1]
+    assert not any((project / "models").glob(f"{unfinished}-*")) and not (project / "data" / "lr" / f"{unfinished}.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--plan", "2", "--partial"], "--partial goes with --collect (a summary of the runs finished so far)"),
+    (["--collect", "--partial", "--allow-train"],
+     "--partial never trains: drop --allow-train, or --partial to finish the study"),
+])
+def test_partial_is_only_a_collector_option(args, message, capsys, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    assert cli_main(["shard", *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"layoutpeft shard: error: {message}"]
 
 
 def test_base_ran_profile_reads_the_base_params(tmp_path):

@@ -5,6 +5,7 @@
     layoutpeft shard --prepare [--push]                data stages once (before M machines start)
     layoutpeft shard --shard I/M [--pull] [--push] [--require-gpu]   shard I of M on this machine
     layoutpeft shard --collect [--pull]                restore every run from the run cache, aggregate
+    layoutpeft shard --collect --partial               the same for a study still running: what has finished
     layoutpeft shard --emit slurm|actions [--shards M] recipe for a Slurm array / an Actions matrix
 
 Shards never change a stage's params or deps: every stage is the run-cache entry a serial
@@ -25,7 +26,7 @@ from layoutpeft.shard_recipes import DEFAULT_SHARDS, RECIPES
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="layoutpeft shard", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:9]))
+                                     epilog="\n".join(__doc__.split("\n")[2:10]))
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--plan", type=int, metavar="N", help="print the split into N shards (-v: with stages)")
     mode.add_argument("--workers", type=int, metavar="N", help="run the study with N workers on this machine")
@@ -40,6 +41,8 @@ def main(argv: list[str]) -> int:
                         help="dvc repro --pull: restore from the default remote's run cache (outputs included)")
     parser.add_argument("--push", action="store_true",
                         help="dvc push --run-cache to the default remote after each step (--prepare: at the end)")
+    parser.add_argument("--partial", action="store_true",
+                        help="--collect: summarise the runs finished so far (the others listed as missing)")
     parser.add_argument("--allow-train", action="store_true",
                         help="--collect/--workers: let the collector run stages missing from the run cache")
     parser.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help=f"--emit: M (default {DEFAULT_SHARDS})")
@@ -47,6 +50,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.partial and not args.collect:
+        raise shards.ShardError("--partial goes with --collect (a summary of the runs finished so far)")
+    if args.partial and args.allow_train:
+        raise shards.ShardError("--partial never trains: drop --allow-train, or --partial to finish the study")
     if args.emit:
         make, _ = RECIPES[args.emit]
         if args.shards < 1:
@@ -67,5 +74,5 @@ def main(argv: list[str]) -> int:
     elif args.prepare:
         shards.prepare(push=args.push)
     elif args.collect:
-        shards.collect(pull=args.pull, allow_train=args.allow_train)
+        shards.collect(pull=args.pull, allow_train=args.allow_train, partial=args.partial)
     return 0
