@@ -42,6 +42,43 @@ def loadavg() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
+def load_setup(params_path: str, method: str) -> tuple[TrainConfig, dict, int, list[dict]]:
+    """params.yaml's train settings, the method's variant, its virtual tokens, and the real training
+    batches one epoch of seed 0 makes (params.yaml's batch size, dynamic padding, length groups)."""
+    params = load_params(params_path)
+    base = TrainConfig.from_params(params)
+    variant = validate_variant(method, resolve(method, expand_sweeps(params["variants"], params.get("sweeps") or {})),
+                               params["data"]["prompt_reserve"])
+    n_virtual = n_virtual_tokens(variant)
+    meta, train = load_meta(), load_windows("train")
+    chosen = [b for _, b in batches(train, base.batch_size, meta["pad_token_id"], shuffle=True,
+                                    group_by_length=base.group_by_length, seed=0, n_virtual=n_virtual)]
+    return base, variant, n_virtual, chosen
+
+
+def new_arm(text: str, base: TrainConfig, variant: dict, checkpoint: str, device: torch.device) -> dict:
+    """One arm: the settings `text` (key=value,...) over `base`, its model (seed 0) and AdamW."""
+    cfg = dataclasses.replace(base, **parse_arm(text))
+    engine.seed_everything(0)
+    model, _ = engine.build_model(ModelConfig(checkpoint, "zero"), variant, device, Schedule(1000, 8), cfg.attention)
+    model.train()
+    optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return {"name": text, "cfg": cfg, "model": engine.compiled(model, cfg.compile), "optimizer": optimizer,
+            "trainable": trainable, "dtype": engine.resolve_precision(cfg.precision, device), "rates": [], "cursor": 0}
+
+
+def train_step(arm: dict, batch: dict, n_virtual: int, device: torch.device) -> None:
+    """One optimizer step as the train stage takes it (autocast, clipping, AdamW)."""
+    with engine.autocast(device, arm["dtype"]):
+        loss = engine.token_loss(engine.logits_of(arm["model"], batch, n_virtual), batch["labels"])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(arm["trainable"], 1.0)
+    arm["optimizer"].step()
+    arm["optimizer"].zero_grad(set_to_none=True)
+    loss.item()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -53,28 +90,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
-    base = TrainConfig.from_params(params)
-    variant = validate_variant(args.method, resolve(args.method, expand_sweeps(params["variants"],
-                                                                               params.get("sweeps") or {})),
-                               params["data"]["prompt_reserve"])
-    n_virtual = n_virtual_tokens(variant)
+    base, variant, n_virtual, chosen = load_setup(args.params, args.method)
     device = torch.device("cpu")
-    meta, train = load_meta(), load_windows("train")
-    chosen = [b for _, b in batches(train, base.batch_size, meta["pad_token_id"], shuffle=True,
-                                    group_by_length=base.group_by_length, seed=0, n_virtual=n_virtual)]
-    arms = []
-    for text in args.arms:
-        cfg = dataclasses.replace(base, **parse_arm(text))
-        engine.seed_everything(0)
-        model, _ = engine.build_model(ModelConfig(args.checkpoint, "zero"), variant, device, Schedule(1000, 8),
-                                      cfg.attention)
-        model.train()
-        optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        forward = engine.compiled(model, cfg.compile)
-        arms.append({"name": text, "cfg": cfg, "model": forward, "optimizer": optimizer, "trainable": trainable,
-                     "dtype": engine.resolve_precision(cfg.precision, device), "rates": [], "cursor": 0})
+    arms = [new_arm(text, base, variant, args.checkpoint, device) for text in args.arms]
 
     default_threads = torch.get_num_threads()
 
@@ -85,13 +103,7 @@ def main(argv=None) -> None:
             batch = chosen[arm["cursor"] % len(chosen)]
             arm["cursor"] += 1
             tokens += int(batch["attention_mask"].sum())
-            with engine.autocast(device, arm["dtype"]):
-                loss = engine.token_loss(engine.logits_of(arm["model"], batch, n_virtual), batch["labels"])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(arm["trainable"], 1.0)
-            arm["optimizer"].step()
-            arm["optimizer"].zero_grad(set_to_none=True)
-            loss.item()
+            train_step(arm, batch, n_virtual, device)
         return tokens, time.perf_counter() - start
 
     load_start = loadavg()

@@ -368,7 +368,10 @@ def markdown_table(summary: dict, study: Study) -> str:
                  + (f" Code: {', '.join(env['git_commit'])}." if env.get("git_commit") else ""))
     notes.append(f"Peak memory: {', '.join(env.get('memory', ['unknown']))} (MB = 10^6 bytes); "
                  "cpu_peak_rss_training is the process's RSS peak during training (imports and loading excluded), "
-                 "cuda_peak_allocated the GPU tensor peak; kinds are never averaged together.")
+                 "cuda_peak_allocated the GPU tensor peak; kinds are never averaged together."
+                 + (" On CPU the RSS peak also holds heap the allocator kept after freeing, which grows over a run "
+                    "(benchmarks/results/2026-11-27-cpu-memory.md): compare it between runs of equal length."
+                    if "cpu_peak_rss_training" in env.get("memory", []) else ""))
     tuned = [n for n, e in summary["variants"].items() if (e.get("lr_tuning") or {}).get("tuned")]
     if tuned:
         costs = [summary["variants"][n]["lr_tuning"]["wall_time_s"] or 0 for n in tuned]

@@ -653,3 +653,16 @@ def test_cpu_flags_are_named_with_the_device(no_png, study):
         path.write_text(json.dumps(run))
     study.run()
     assert "Device: cpu (Test CPU, 2 threads, flags avx2 avx512_bf16)." in study.read("summary.md")
+
+
+def test_cpu_rss_peaks_come_with_their_caveat(no_png, study):
+    study.run()  # the fixture's runs measured cpu_peak_rss (a whole-process kind): no caveat
+    assert "runs of equal length" not in study.read("summary.md")
+    for path in study.runs.glob("*.json"):
+        run = json.loads(path.read_text())
+        run["memory"]["kind"] = "cpu_peak_rss_training"
+        path.write_text(json.dumps(run))
+    study.run()
+    assert ("On CPU the RSS peak also holds heap the allocator kept after freeing, which grows over a run "
+            "(benchmarks/results/2026-11-27-cpu-memory.md): compare it between runs of equal length."
+            in study.read("summary.md"))
