@@ -50,11 +50,11 @@ def publish(name: str, command: str, note: str = "", root: Path = Path("."), res
         images = root / PLOTS_DIR / "images"
         if images.is_dir():
             shutil.copytree(images, out / "plots")
-        (out / "README.md").write_text(readme(name, command, note, summary, runs))
+        (out / "README.md").write_text(readme(name, command, note, summary, runs, root / "dvc.lock"))
     return target
 
 
-def readme(name: str, command: str, note: str, summary: dict, runs: list[Path]) -> str:
+def readme(name: str, command: str, note: str, summary: dict, runs: list[Path], lock: Path | None = None) -> str:
     first = json.loads(runs[0].read_text()) if runs else {}
     env, train, model = first.get("environment", {}), first.get("train_params", {}), first.get("model", {})
     missing = {v: e["missing_seeds"] for v, e in summary["variants"].items() if e["missing_seeds"]}
@@ -70,13 +70,44 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[Path]) 
              f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads"
              + (f", CPU flags {' '.join(env['cpu_flags'])}" if env.get("cpu_flags") else "") + "); "
              f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
-             f"- **Code:** commit {env.get('git_commit', '?')}" + (" + uncommitted changes" if env.get("code_modified") else ""),
+             f"- **Code:** {code_text(runs, lock)}",
              f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing_seeds(missing)}" if missing else ""), ""]
     if note:
         lines += [note, ""]
     lines += ["Files: `summary.md` (the table), `summary.json`, `summary.csv`, `study.json`, `runs/` (one record per",
               "run), `lr/` (each variant's lr tuning), `plots/`, and the exact `params.yaml` and `dvc.lock`.", ""]
     return "\n".join(lines)
+
+
+def code_text(runs: list[Path], lock: Path | None) -> str:
+    """The commit(s) the runs were made at. Runs of a long study span several commits; then say
+    whether every training stage ran the same code, from dvc.lock's hashes of their code deps."""
+    envs = [json.loads(Path(r).read_text()).get("environment", {}) for r in runs]
+    commits = list(dict.fromkeys(e["git_commit"] for e in envs if e.get("git_commit")))
+    dirty = " + uncommitted changes" if any(e.get("code_modified") for e in envs) else ""
+    if len(commits) <= 1:
+        return f"commit {commits[0] if commits else '?'}{dirty}"
+    text = f"runs made at {len(commits)} commits ({', '.join(c[:8] for c in commits)}){dirty}"
+    same = same_training_code(lock) if lock is not None and lock.is_file() else None
+    if same is None:
+        return text
+    return text + ("; every tune@/train@/evaluate@ stage ran the same code (dvc.lock: equal hashes of its "
+                   "stages/ and layoutpeft/ deps)" if same else "; their code differs between runs (see dvc.lock)")
+
+
+def same_training_code(lock: Path) -> bool | None:
+    """Whether every tune@/train@/evaluate@ stage in dvc.lock has the same hash for each code dep
+    it shares with the others (None: no such stage)."""
+    import yaml
+
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    seen: dict[str, set[str]] = {}
+    for name, stage in stages.items():
+        if name.split("@")[0] in ("tune", "train", "evaluate"):
+            for dep in stage.get("deps", []):
+                if dep["path"].startswith(("stages/", "layoutpeft/")):
+                    seen.setdefault(dep["path"], set()).add(dep.get("md5", ""))
+    return None if not seen else all(len(hashes) == 1 for hashes in seen.values())
 
 
 def demote_headings(markdown: str, levels: int = 3) -> str:

@@ -76,3 +76,24 @@ def test_publish_command_puts_the_summary_under_the_readme_section(tmp_path, mon
     assert command.main(["ref", "--command", "cmd"]) == 0
     block = (tmp_path / "README.md").read_text()
     assert "#### Seed study" in block and "\n# Seed study" not in block
+
+
+def test_runs_over_several_commits_say_whether_their_code_agreed(tmp_path):
+    fake_study(tmp_path)
+    record = tmp_path / "metrics" / "runs" / "lora-0.json"
+    record.write_text(record.read_text().replace('"git_commit": "abc"', '"git_commit": "def"'))
+    assert "- **Code:** commit abc" not in (publish("ref", "cmd", root=tmp_path) / "README.md").read_text()
+
+    def lock(train_md5: str) -> str:
+        dep = "      - path: layoutpeft/engine.py\n        md5: {}\n"
+        return ("schema: '2.0'\nstages:\n  train@full-0:\n    deps:\n" + dep.format("aaa")
+                + "  train@lora-0:\n    deps:\n" + dep.format(train_md5)
+                + "  aggregate:\n    deps:\n" + dep.format("zzz"))  # not a training stage: not compared
+
+    (tmp_path / "dvc.lock").write_text(lock("aaa"))
+    text = (publish("ref", "cmd", root=tmp_path) / "README.md").read_text()
+    assert ("- **Code:** runs made at 2 commits (abc, def); every tune@/train@/evaluate@ stage ran the same code "
+            "(dvc.lock: equal hashes of its stages/ and layoutpeft/ deps)") in text
+    (tmp_path / "dvc.lock").write_text(lock("bbb"))
+    text = (publish("ref", "cmd", root=tmp_path) / "README.md").read_text()
+    assert "- **Code:** runs made at 2 commits (abc, def); their code differs between runs (see dvc.lock)" in text
