@@ -38,7 +38,7 @@ from pathlib import Path
 from layoutpeft.config import StudyConfig, get, load_params
 from layoutpeft.errors import REFUSE_ENV, REFUSED, LayoutpeftError
 from layoutpeft.formatting import missing_seeds
-from layoutpeft.paths import run_key
+from layoutpeft.paths import RUNS_DIR, run_key
 from layoutpeft.tuning import TuningConfig, lr_grid
 from layoutpeft.variants import expand_sweeps, resolve
 
@@ -59,6 +59,8 @@ DATA_STAGES = ("download", "tokenize", "variants")
 # Seconds between starting two workers' `dvc exp run --temp` (each first copies the workspace
 # through a git stash; started together they worked here, staggered they need not race).
 STAGGER_S = 2.0
+# A collector's environment: the training stages exit at once instead of running (errors.run_main).
+REFUSE_TRAINING = {REFUSE_ENV: "tune,train,evaluate"}
 RUN_STAGE = re.compile(r"^Running stage '((?:tune|train|evaluate)@[^']+)'")
 
 
@@ -298,7 +300,7 @@ def collect(*, pull: bool = False, allow_train: bool = False, partial: bool = Fa
     print(f"shard: collect: {shlex.join(cmd[2:])}", flush=True)  # on stdout, before dvc's lines
     # The training stages refuse to run (exit 3 at once) and dvc stops at the first failed stage,
     # so no other stage starts: no signal races a fast stage.
-    refuse = {} if allow_train else {REFUSE_ENV: "tune,train,evaluate"}
+    refuse = {} if allow_train else REFUSE_TRAINING
     proc = subprocess.Popen(cmd, env=stage_env(refuse), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
     ran, refused = [], None
@@ -330,7 +332,7 @@ def collect_partial(*, pull: bool = False, params_path: Path = Path("params.yaml
     there (the others are listed as missing seeds). Nothing trains. Returns the stages dvc ran."""
     cmd = dvc_cmd("repro", "--ignore-errors", *(["--pull"] if pull else []))
     print(f"shard: collect --partial: {shlex.join(cmd[2:])}", flush=True)
-    proc = subprocess.run(cmd, env=stage_env({REFUSE_ENV: "tune,train,evaluate"}), stdout=subprocess.PIPE,
+    proc = subprocess.run(cmd, env=stage_env(REFUSE_TRAINING), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     ran = re.findall(r"^Running stage '([^']+)'", proc.stdout, re.MULTILINE)
     # --ignore-errors turns each failed stage into a warning; only the refusals are expected.
@@ -341,7 +343,7 @@ def collect_partial(*, pull: bool = False, params_path: Path = Path("params.yaml
         raise ShardError("collect --partial: " + (f"`{failed[0]}` failed" if failed else
                                                     f"dvc repro exited {proc.returncode}") + " (dvc's output is above)")
     study = StudyConfig.from_params(load(params_path))
-    unfinished = {v: [s for s in study.seeds if not (Path("metrics") / "runs" / f"{run_key(v, s)}.json").is_file()]
+    unfinished = {v: [s for s in study.seeds if not (RUNS_DIR / f"{run_key(v, s)}.json").is_file()]
                   for v in study.variants}
     unfinished = {v: seeds for v, seeds in unfinished.items() if seeds}
     total = len(study.variants) * len(study.seeds)
