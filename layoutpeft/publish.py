@@ -50,12 +50,14 @@ def publish(name: str, command: str, note: str = "", root: Path = Path("."), res
         images = root / PLOTS_DIR / "images"
         if images.is_dir():
             shutil.copytree(images, out / "plots")
-        (out / "README.md").write_text(readme(name, command, note, summary, runs, root / "dvc.lock"))
+        records = [json.loads(run.read_text()) for run in runs]
+        (out / "README.md").write_text(readme(name, command, note, summary, records, root / "dvc.lock"))
     return target
 
 
-def readme(name: str, command: str, note: str, summary: dict, runs: list[Path], lock: Path | None = None) -> str:
-    first = json.loads(runs[0].read_text()) if runs else {}
+def readme(name: str, command: str, note: str, summary: dict, runs: list[dict], lock: Path | None = None) -> str:
+    """The folder's README from the summary and the run records (parsed once, by the caller)."""
+    first = runs[0] if runs else {}
     env, train, model = first.get("environment", {}), first.get("train_params", {}), first.get("model", {})
     missing = {v: e["missing_seeds"] for v, e in summary["variants"].items() if e["missing_seeds"]}
     lines = [f"# Study results: {name}", "",
@@ -79,10 +81,10 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[Path], 
     return "\n".join(lines)
 
 
-def code_text(runs: list[Path], lock: Path | None) -> str:
+def code_text(runs: list[dict], lock: Path | None) -> str:
     """The commit(s) the runs were made at. Runs of a long study span several commits; then say
     whether every training stage ran the same code, from dvc.lock's hashes of their code deps."""
-    envs = [json.loads(Path(r).read_text()).get("environment", {}) for r in runs]
+    envs = [run.get("environment", {}) for run in runs]
     commits = list(dict.fromkeys(e["git_commit"] for e in envs if e.get("git_commit")))
     dirty = " + uncommitted changes" if any(e.get("code_modified") for e in envs) else ""
     if len(commits) <= 1:
@@ -115,9 +117,9 @@ def demote_headings(markdown: str, levels: int = 3) -> str:
     return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m[1]) + levels) + " ", markdown, flags=re.M)
 
 
-def tables_lr_note(runs: list[Path]) -> str:
+def tables_lr_note(runs: list[dict]) -> str:
     """The new 2-D tables' lr over the runs: one value for all, or each run's own, or none recorded."""
-    lrs = {json.loads(run.read_text()).get("model", {}).get("new_tables_lr") for run in runs}
+    lrs = {run.get("model", {}).get("new_tables_lr") for run in runs}
     if lrs == {None} or not lrs:
         return ""
     if len(lrs) == 1:
