@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -266,21 +267,27 @@ def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
         if value not in (None, "", "..."):
             found.setdefault(key, set()).add(str(value))
 
-    def device(env: dict) -> str | None:
+    # Runs recorded before CPU flags were part of the record share a device with those after: name it
+    # once, with the flags and how many runs recorded them, not as two devices.
+    devices: dict[str, dict[tuple, Counter]] = {"train_device": {}, "eval_device": {}}
+
+    def add_device(key: str, env: dict) -> None:
         kind, name = env.get("device"), env.get("device_name")
         if not kind:
-            return None
-        details = f", {env['cpu_threads']} threads" if kind == "cpu" and env.get("cpu_threads") else ""
-        flags = env.get("cpu_flags") if kind == "cpu" and isinstance(env.get("cpu_flags"), list) else None
-        details += f", flags {' '.join(flags) or '(no avx2, avx512 or amx)'}" if flags is not None else ""
-        return f"{kind} ({name}{details})" if name not in (None, "", "...") else kind
+            return
+        details = [] if name in (None, "", "...") else [str(name)]
+        if details and kind == "cpu" and env.get("cpu_threads"):
+            details.append(f"{env['cpu_threads']} threads")
+        flags = env.get("cpu_flags") if details and kind == "cpu" and isinstance(env.get("cpu_flags"), list) else None
+        flag_text = None if flags is None else " ".join(flags) or "(no avx2, avx512 or amx)"
+        devices[key].setdefault((kind, tuple(details)), Counter())[flag_text] += 1
 
     for by_seed in runs.values():
         for run in by_seed.values():
             env = run.get("environment") if isinstance(run.get("environment"), dict) else {}
             train_env = run.get("train_environment") if isinstance(run.get("train_environment"), dict) else env
-            add("train_device", device(train_env))
-            add("eval_device", device(env))
+            add_device("train_device", train_env)
+            add_device("eval_device", env)
             for lib in LIBRARIES:
                 add(lib, env.get(lib))
                 add(lib, train_env.get(lib))
@@ -292,6 +299,15 @@ def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
             scheme, mode = dig(run, "scores.scheme"), dig(run, "scores.mode")
             add("scoring", ", ".join(f"{k} {v}" for k, v in (("scheme", scheme), ("mode", mode)) if v) or None)
             add("memory", dig(run, "memory.kind"))
+    for key, by_device in devices.items():
+        for (kind, details), by_flags in by_device.items():
+            total = sum(by_flags.values())
+            if by_flags.keys() == {None}:
+                add(key, f"{kind} ({', '.join(details)})" if details else kind)
+            for flags, count in by_flags.items():
+                if flags is not None:
+                    share = f"; {count} of {total} runs recorded them" if count < total else ""
+                    add(key, f"{kind} ({', '.join(details)}, flags {flags}{share})")
     return {k: sorted(v) for k, v in found.items()}
 
 

@@ -655,6 +655,18 @@ def test_cpu_flags_are_named_with_the_device(no_png, study):
     assert "Device: cpu (Test CPU, 2 threads, flags avx2 avx512_bf16)." in study.read("summary.md")
 
 
+def test_runs_without_cpu_flags_share_the_device_with_those_that_have_them(no_png, study):
+    paths = sorted(study.runs.glob("*.json"))
+    for path in paths[1:]:  # the first run's record predates the flags
+        run = json.loads(path.read_text())
+        run["environment"]["cpu_flags"] = ["avx2", "avx512_bf16"]
+        path.write_text(json.dumps(run))
+    study.run()
+    summary = study.read("summary.md")
+    assert (f"Device: cpu (Test CPU, 2 threads, flags avx2 avx512_bf16; {len(paths) - 1} of {len(paths)} runs "
+         "recorded them).") in summary, summary
+
+
 def test_cpu_rss_peaks_come_with_their_caveat(no_png, study):
     study.run()  # the fixture's runs measured cpu_peak_rss (a whole-process kind): no caveat
     assert "runs of equal length" not in study.read("summary.md")
