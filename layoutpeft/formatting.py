@@ -51,6 +51,16 @@ def megabytes(mb: float | None) -> str:
     return f"{mb / 1000:.3g} GB" if abs(mb) >= 1000 else f"{mb:.0f} MB"
 
 
+def size(n_bytes: float | None) -> str:
+    """A file size: 4620 -> "4.6 kB", 6302868 -> "6.3 MB", 97169118 -> "97.2 MB" (k, M, G = 10^3, 10^6, 10^9)."""
+    if n_bytes is None:
+        return DASH
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
 def percent(stat: Mapping | None, with_ci: bool = True) -> str:
     """A stats dict {mean, ci95_low, ci95_high} of a fraction: 0.72 ± 0.0497 -> "72.0 ± 5.0"."""
     if not stat or stat.get("mean") is None:

@@ -343,10 +343,10 @@ def markdown_table(summary: dict, study: Study) -> str:
     env = environment_line(study.runs)
     header = ["Variant", "Method", "lr", "Trainable params", "P (%)", "R (%)", "F1 (%)",
               f"Δ F1 vs {reference or 'reference'} (pts, 95 % CI, p)", "Best epoch / run", "Train time",
-              "Peak memory", "Seeds"]
+              "Peak memory", "Saved", "Seeds"]
     lines = ["# Seed study: LayoutLM PEFT methods on FUNSD", "",
              "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * 9 + ["---"]) + "|"]
+             "|" + "|".join(["---"] * 2 + ["---:"] * 10 + ["---"]) + "|"]
     for name in sorted_variants(summary):
         e = summary["variants"][name]
         params = fmt.count(e["trainable_params"])
@@ -363,7 +363,8 @@ def markdown_table(summary: dict, study: Study) -> str:
         lines.append("| " + " | ".join([
             f"**{name}**" if name == reference else name, str(e["method"] or fmt.DASH), lr, params,
             fmt.percent(e["precision"]), fmt.percent(e["recall"]), fmt.percent(e["f1"]), _delta(summary, name),
-            epochs, fmt.seconds(_mean(e["train_time_s"])), memory, fmt.seeds(e, len(seeds))]) + " |")
+            epochs, fmt.seconds(_mean(e["train_time_s"])), memory,
+            fmt.size(e["saved_bytes"]), fmt.seeds(e, len(seeds))]) + " |")
     lines.append("")
     notes = [f"Seeds: {', '.join(map(str, seeds))}. Mean over seeds ± half-width of the 95 % t-interval "
              f"(n − 1 degrees of freedom)."]
@@ -382,6 +383,8 @@ def markdown_table(summary: dict, study: Study) -> str:
                f"training {'; '.join(train_dev)}, evaluation {'; '.join(eval_dev)}")
     notes.append(f"Device: {devices}. Versions: {libs or 'unknown'}."
                  + (f" Code: {', '.join(env['git_commit'])}." if env.get("git_commit") else ""))
+    notes.append("Saved: what a run stores to be used (the adapter, or the trained tensors, or the whole model for "
+                 "full fine-tuning; the classifier head and trained new 2-D tables included).")
     notes.append(f"Peak memory: {', '.join(env.get('memory', ['unknown']))} (MB = 10^6 bytes); "
                  "cpu_peak_rss_training is the process's RSS peak during training (imports and loading excluded), "
                  "cuda_peak_allocated the GPU tensor peak; kinds are never averaged together."

@@ -350,6 +350,16 @@ def test_missing_seed_is_reported(no_png, study, capsys):
     assert "full-2.json`: unreadable" in md                                    # unreadable: one line each
 
 
+def test_the_table_shows_what_each_variant_stores(no_png, study):
+    summary = study.run()
+    md = study.read("summary.md")
+    header = next(line for line in md.splitlines() if line.startswith("| Variant"))
+    column = header.split(" | ").index("Saved")
+    row = next(line for line in md.splitlines() if line.startswith("| lora |"))
+    assert summary["variants"]["lora"]["saved_bytes"] == 600_000
+    assert row.split(" | ")[column] == "600 kB"
+
+
 def test_stale_files_are_ignored(no_png, study):
     study.add(make_run("old_variant", 0, 0.99))
     study.add(make_run("lora", 7, 0.10, params=LORA))            # seed outside the study
@@ -597,6 +607,8 @@ def test_formats():
     assert [fmt.count(n) for n in (None, 950, 152_000, 1_234_567)] == ["–", "950", "152 k", "1.23 M"]
     assert [fmt.megabytes(m) for m in (None, 900, 1450, 2100, 12345)] == ["–", "900 MB", "1.45 GB", "2.1 GB",
                                                                            "12.3 GB"]
+    assert [fmt.size(b) for b in (None, 512, 4620, 6_302_868, 97_169_118, 2.4e9)] == ["–", "512 B", "4.62 kB", "6.3 MB",
+                                                                                   "97.2 MB", "2.4 GB"]
     assert fmt.percent({"mean": 0.72, "ci95_low": 0.72 - 0.0497, "ci95_high": 0.72 + 0.0497}) == "72.0 ± 5.0"
     assert fmt.percent({"mean": 0.72, "std": None, "ci95_low": None, "ci95_high": None}) == "72.0"
     assert [fmt.p_value(p) for p in (None, 0.0004, 0.0742, 0.5)] == ["p n/a", "p<0.001", "p=0.074", "p=0.50"]
