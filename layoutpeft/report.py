@@ -138,6 +138,7 @@ def compare_variant(name: str, base: dict, head: dict) -> dict:
         "trainable_params": (base.get("trainable_params"), head.get("trainable_params")),
         "train_time_s": (_mean(base, "train_time_s"), _mean(head, "train_time_s")),
         "peak_memory_mb": (_mean(base, "peak_memory_mb"), _mean(head, "peak_memory_mb")),
+        "saved_bytes": (base.get("saved_bytes"), head.get("saved_bytes")),
     }
     if comparison is None:
         row["flag"] = "no F1"
@@ -167,7 +168,8 @@ def compare_summaries(base: dict | None, head: dict) -> dict:
         "added_rows": [{"variant": name, "f1": _stats(h_vars[name], "f1"), "n": _n(h_vars[name]),
                         "trainable_params": h_vars[name].get("trainable_params"),
                         "train_time_s": _mean(h_vars[name], "train_time_s"),
-                        "peak_memory_mb": _mean(h_vars[name], "peak_memory_mb")} for name in added],
+                        "peak_memory_mb": _mean(h_vars[name], "peak_memory_mb"),
+                        "saved_bytes": h_vars[name].get("saved_bytes")} for name in added],
         "removed": [name for name in b_vars if name not in h_vars],
         "changed_definition": [r["variant"] for r in rows if r["definition"]],
         "flagged_up": [r["variant"] for r in rows if r["flag"] == "▲"],
@@ -276,17 +278,17 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
             "Test-set entity F1 (seqeval, strict IOB2) in %: mean over seeds ± half-width of the 95 % "
             "t-interval (seeds). Cost columns: base → head (relative change).", "",
             "| Variant | Definition | Base F1 (%) | Head F1 (%) | ΔF1 (pts) [95 % CI], p | Test | Flag "
-            "| Trainable params | Train time | Peak memory |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| Trainable params | Train time | Peak memory | Saved |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append("| " + " | ".join(md(x) for x in (
             r["variant"], definition_cell(r["definition"]),
             f1_cell(r["base_f1"], r["base_n"]), f1_cell(r["head_f1"], r["head_n"]),
             fmt.delta(r["comparison"]), r["test"], r["flag"],
             fmt.cost_change(r["trainable_params"], fmt.count), fmt.cost_change(r["train_time_s"], fmt.seconds),
-            fmt.cost_change(r["peak_memory_mb"], fmt.megabytes))) + " |")
+            fmt.cost_change(r["peak_memory_mb"], fmt.megabytes), fmt.cost_change(r["saved_bytes"], fmt.size))) + " |")
     if not rows:
-        out.append("| (no variant on both sides) | | | | | | | | | |")
+        out.append("| (no variant on both sides) | | | | | | | | | | |")
     out += ["", FLAG_RULE, ""]
 
     out += ["## Variants added / removed", ""]
@@ -299,12 +301,12 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
             out += ["- **Removed:** " + ", ".join(f"`{v}`" for v in c["removed"])]
         out.append("")
     if c.get("added_rows"):
-        out += ["| Added variant | Head F1 (%) | Trainable params | Train time | Peak memory |",
-                "|---|---|---|---|---|"]
+        out += ["| Added variant | Head F1 (%) | Trainable params | Train time | Peak memory | Saved |",
+                "|---|---|---|---|---|---|"]
         for r in c["added_rows"]:
             out.append("| " + " | ".join(md(x) for x in (
                 r["variant"], f1_cell(r["f1"], r["n"]), fmt.count(r["trainable_params"]),
-                fmt.seconds(r["train_time_s"]), fmt.megabytes(r["peak_memory_mb"]))) + " |")
+                fmt.seconds(r["train_time_s"]), fmt.megabytes(r["peak_memory_mb"]), fmt.size(r["saved_bytes"]))) + " |")
         out.append("")
 
     out += ["## Params changed", ""]

@@ -142,15 +142,15 @@ def test_rendered_report(comparison):
     assert lines[0] == "# Study report: workspace vs `main` (`abc1234`)"
     for expected in [
         "| full | same | 70.0 ± 2.5 (n=3) | 70.2 ± 3.0 (n=3) | +0.2 [-2.3, +2.7], p=0.84 | Welch |  "
-        "| 22.7 M | 5.0 min → 5.5 min (+10 %) | 2.1 GB |",
+        "| 22.7 M | 5.0 min → 5.5 min (+10 %) | 2.1 GB | 90.8 MB |",
         "| head | same | 40.0 ± 5.0 (n=3) | 30.0 ± 2.5 (n=3) | -10.0 [-14.2, -5.8], p=0.005 | Welch | ▼ "
-        "| 1.16 k | 100 s | 900 MB |",
-        "| bitfit | same | 55.0 ± 3.7 (n=3) | 56.0 (n=1) | +1.0, p n/a | Welch | n<2 | 40 k | 2.5 min | 1.2 GB |",
+        "| 1.16 k | 100 s | 900 MB | 4.62 kB |",
+        "| bitfit | same | 55.0 ± 3.7 (n=3) | 56.0 (n=1) | +1.0, p n/a | Welch | n<2 | 40 k | 2.5 min | 1.2 GB | 160 kB |",
         "| lora_r4 | changed: lr: 0.0005 → 0.001 | 60.0 ± 2.5 (n=3) | 65.0 ± 2.5 (n=3) "
-        "| +5.0 [+2.7, +7.3], p=0.004 | Welch | ▲ | 152 k | 3.3 min → 3.0 min (-10 %) | 1.5 GB → 1.45 GB (-3 %) |",
+        "| +5.0 [+2.7, +7.3], p=0.004 | Welch | ▲ | 152 k | 3.3 min → 3.0 min (-10 %) | 1.5 GB → 1.45 GB (-3 %) | 608 kB |",
         "- **Added:** `lora_r8`",
         "- **Removed:** `ia3`",
-        "| lora_r8 | 66.0 ± 2.5 (n=3) | 304 k | 3.2 min | 1.5 GB |",
+        "| lora_r8 | 66.0 ± 2.5 (n=3) | 304 k | 3.2 min | 1.5 GB | 1.22 MB |",
         "| `study.variants` | [full, head, bitfit, lora_r4, ia3] → [full, head, bitfit, lora_r4, lora_r8] |",
         "| `sweeps.lora.r` | [4] → [4, 8] |",
         "| `variants.lora.lr` | 0.0005 → 0.001 |",
