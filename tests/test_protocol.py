@@ -7,7 +7,7 @@ import torch
 from fixtures import cpu_train_config
 from layoutpeft import engine
 from layoutpeft.batching import batch_order, load_windows
-from layoutpeft.config import ModelConfig
+from layoutpeft.config import ModelConfig, ParamsError
 from layoutpeft.methods import Schedule, adalora_ranks, validate_variant
 from layoutpeft.tuning import TuningConfig, choose, lr_grid
 
@@ -138,6 +138,56 @@ def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoi
     del trained[:]
     tuning.tune("head", {**variant, "lr": 3e-3}, model_cfg, train_cfg, grid, tokenized, scratch=tmp_path)
     assert trained == []  # 3e-3 and 9e-3: both tried
+
+
+def test_a_best_lr_at_an_end_of_the_grid_extends_the_grid_past_it(tmp_path, monkeypatch):
+    """Validation F1 peaks at lr 2.7e-2 (scripted, no training): from the grid 1e-3, 3e-3 the tune
+    steps up one grid step (x3) at a time while the best lr is the highest tried."""
+    import math
+
+    from layoutpeft import runs, tuning
+
+    def scripted_train(name, seed, settings, *args, **kwargs):
+        trained.append(settings["lr"])
+        f1 = 0.5 - 0.1 * abs(math.log10(settings["lr"] / peak))
+        return {"training": {"best_val_f1": f1, "best_val_loss": 1 - f1, "best_epoch": 1, "epochs_run": 1},
+                "history": [{"epoch": 1, "val_f1": f1, "val_loss": 1 - f1}]}
+
+    monkeypatch.setattr(runs, "train", scripted_train)
+    monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
+    model_cfg, train_cfg = ModelConfig(str(tmp_path), "zero"), cpu_train_config(max_epochs=1)
+    variant, tokenized = {"method": "head", "lr": 1e-3}, tmp_path / "tokenized"
+    tokenized.mkdir()
+
+    def tune(extend: int) -> dict:
+        config = TuningConfig(enabled=True, seed=0, multipliers=(1.0, 3.0), extend=extend)
+        return tuning.tune("head", variant, model_cfg, train_cfg, config, tokenized, scratch=tmp_path)
+
+    peak, trained = 2.7e-2, []
+    capped = tune(extend=2)  # two steps up, and the best is still the highest lr tried
+    assert trained == [1e-3, 3e-3, 9e-3, 2.7e-2] and capped["extended_by"] == [9e-3, 2.7e-2]
+    assert capped["declared_grid"] == [1e-3, 3e-3] and capped["grid"] == [1e-3, 3e-3, 9e-3, 2.7e-2]
+    assert capped["chosen_lr"] == 2.7e-2 and capped["at_grid_edge"] == "highest"
+    del trained[:]
+    interior = tune(extend=3)  # the trials tried before come from the trial cache: only 8.1e-2 trains
+    assert trained == [8.1e-2] and interior["chosen_lr"] == 2.7e-2 and interior["at_grid_edge"] is None
+    assert interior["extended_by"] == [9e-3, 2.7e-2, 8.1e-2]
+    del trained[:]
+    assert tune(extend=0)["at_grid_edge"] == "highest" and trained == []  # off: the declared grid only
+
+    peak, trained = 1e-4, []
+    monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, "off")
+    downwards = tune(extend=3)
+    assert trained == [1e-3, 3e-3, 3.33e-4, 1.11e-4, 3.7e-5] and downwards["chosen_lr"] == 1.11e-4
+    assert downwards["grid"] == sorted(trained) and downwards["at_grid_edge"] is None
+
+
+def test_extend_grid_is_checked():
+    params = {"study": {"tune_lr": True, "tuning_seed": 100, "lr_grid": [0.3, 1.0, 3.0], "extend_grid": 2}}
+    assert TuningConfig.from_params(params).extend == 2
+    for bad in (-1, 11, 1.5, True):
+        with pytest.raises(ParamsError, match="study.extend_grid"):
+            TuningConfig.from_params({"study": {**params["study"], "extend_grid": bad}})
 
 
 def test_trial_fingerprints_cover_the_tune_stages_code_only():
