@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from layoutpeft import formatting as fmt
+from layoutpeft.decision import which_to_pick
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.stats import half_width, paired_comparison, seed_stats
 
@@ -369,6 +370,7 @@ def markdown_table(summary: dict, study: Study) -> str:
             epochs, fmt.seconds(_mean(e["train_time_s"])), memory,
             fmt.size(e["saved_bytes"]), fmt.seeds(e, len(seeds))]) + " |")
     lines.append("")
+    lines += which_to_pick(summary)
     notes = [f"Seeds: {', '.join(map(str, seeds))}. Mean over seeds ± half-width of the 95 % t-interval "
              f"(n − 1 degrees of freedom)."]
     if reference in summary["variants"] and summary["variants"][reference]["n_seeds"]:
