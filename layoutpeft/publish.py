@@ -59,6 +59,8 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[dict], 
     """The folder's README from the summary and the run records (parsed once, by the caller)."""
     first = runs[0] if runs else {}
     env, train, model = first.get("environment", {}), first.get("train_params", {}), first.get("model", {})
+    # records made before CPU flags were recorded lack them: take them from any run that has them
+    flags = next((r["environment"]["cpu_flags"] for r in runs if (r.get("environment") or {}).get("cpu_flags")), None)
     missing = {v: e["missing_seeds"] for v, e in summary["variants"].items() if e["missing_seeds"]}
     lines = [f"# Study results: {name}", "",
              "Committed copy of a study's outputs (`layoutpeft publish`); the DVC cache holds the models.", "",
@@ -70,7 +72,7 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[dict], 
              f"patience {train.get('patience', '?')}, best epoch on validation {train.get('select_on', '?')}, "
              f"precision {first.get('precision', '?')}",
              f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads"
-             + (f", CPU flags {' '.join(env['cpu_flags'])}" if env.get("cpu_flags") else "") + "); "
+             + (f", CPU flags {' '.join(flags)}" if flags else "") + "); "
              f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
              f"- **Code:** {code_text(runs, lock)}",
              f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing_seeds(missing)}" if missing else ""), ""]

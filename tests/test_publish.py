@@ -78,6 +78,14 @@ def test_publish_command_puts_the_summary_under_the_readme_section(tmp_path, mon
     assert "#### Seed study" in block and "\n# Seed study" not in block
 
 
+def test_cpu_flags_come_from_a_run_that_recorded_them(tmp_path):
+    fake_study(tmp_path)
+    first = tmp_path / "metrics" / "runs" / "full-0.json"  # recorded before CPU flags were part of a record
+    first.write_text(first.read_text().replace(', "cpu_flags": ["avx2", "avx512_bf16"]', ""))
+    assert "cpu_flags" not in first.read_text()
+    assert ", CPU flags avx2 avx512_bf16); " in (publish("ref", "cmd", root=tmp_path) / "README.md").read_text()
+
+
 def test_runs_over_several_commits_say_whether_their_code_agreed(tmp_path):
     fake_study(tmp_path)
     record = tmp_path / "metrics" / "runs" / "lora-0.json"
