@@ -118,7 +118,7 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
             t = log["training"]
             trials.append({"lr": lr, "best_val_f1": t["best_val_f1"], "best_val_loss": t["best_val_loss"],
                            "best_epoch": t["best_epoch"], "epochs_run": t["epochs_run"],
-                           "wall_time_s": time.perf_counter() - start,
+                           "stop_reason": t.get("stop_reason"), "wall_time_s": time.perf_counter() - start,
                            "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss")} for r in log["history"]]})
             if memo is not None:
                 write_json(memo, trials[-1])

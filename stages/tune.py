@@ -38,7 +38,9 @@ def main(argv: list[str]) -> None:
     result = tune(args.variant, load_variant(args.variant), model_cfg, train_cfg, tuning, TOKENIZED_DIR,
                   scratch=LR_DIR.parent, on_epoch=progress)
     write_json(LR_DIR / f"{args.variant}.json", result)
-    trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}" for t in result["trials"]) or "not tuned"
+    trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}"
+                       + (f" (collapsed, stopped at epoch {t['epochs_run']})" if t.get("stop_reason") == "collapsed" else "")
+                       for t in result["trials"]) or "not tuned"
     extended = ", ".join(f"{lr:g}" for lr in result.get("extended_by") or [])
     print(f"tune: {args.variant}: lr {result['chosen_lr']:g} (validation F1 per lr: {trials})"
           + (f"; the grid extended by {extended}" if extended else "")

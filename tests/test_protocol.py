@@ -217,3 +217,50 @@ def test_tables_lr_gives_the_new_2d_tables_their_own_learning_rate(tiny_checkpoi
     plain = engine.make_optimizer(model, variant["lr"], 0.01, "foreach")
     assert [g["weight_decay"] for g in plain.param_groups] == [0.01, 0.0]
     assert {g["lr"] for g in plain.param_groups} == {1e-3}
+
+
+@pytest.mark.parametrize("collapse_epochs, patience, epochs_run, reason", [
+    (3, 0, 7, "collapsed"),   # zeros at 2-3 reset by 0.2 at epoch 4; zeros at 5-7 stop it
+    (0, 0, 10, None),         # off: the whole schedule
+    (4, 3, 7, "patience"),    # no better F1 at 5-7: patience stops first (three zeros, not four)
+])
+def test_a_run_whose_validation_f1_stays_zero_stops_as_collapsed(tiny_checkpoint, windows, monkeypatch,
+                                                                 collapse_epochs, patience, epochs_run, reason):
+    train, val = windows
+    f1s = iter([0.1, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    monkeypatch.setattr(engine, "evaluate_windows", lambda *a, **k: {"loss": 1.0, "scores": {"f1": next(f1s)}})
+    variant = validate_variant("head", {"method": "head", "lr": 1e-3}, prompt_reserve=8)
+    cfg = cpu_train_config(max_epochs=10, batch_size=4, collapse_epochs=collapse_epochs, patience=patience)
+    steps = cfg.max_epochs * engine.steps_per_epoch(len(train), cfg.batch_size)
+    engine.seed_everything(0)
+    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
+                                  Schedule(total_steps=steps, steps_per_epoch=steps // cfg.max_epochs))
+    result = engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=steps)
+    assert (result.epochs_run, result.stop_reason, result.stopped_early) == (epochs_run, reason, reason is not None)
+    assert result.best_epoch == 4 and result.best_val_f1 == 0.2  # the epoch before the collapse is the one kept
+
+
+def test_collapse_epochs_is_checked_and_absent_from_old_params_means_never():
+    from layoutpeft.config import TrainConfig, load_params
+
+    params = load_params()
+    assert TrainConfig.from_params(params).collapse_epochs == 5
+    old = {**params, "train": {k: v for k, v in params["train"].items() if k != "collapse_epochs"}}
+    assert TrainConfig.from_params(old).collapse_epochs == 0
+    with pytest.raises(ParamsError, match="train.collapse_epochs"):
+        TrainConfig.from_params({**params, "train": {**params["train"], "collapse_epochs": -1}})
+
+
+def test_the_collapse_evidence_script_finds_where_a_default_would_stop_and_any_recovery():
+    import importlib.util
+
+    from fixtures import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("zero_f1_runs", REPO_ROOT / "benchmarks" / "zero_f1_runs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    f1s = [0.0, 0.1, 0.0, 0.0, 0.0, 0.2, 0.0, 0.0]
+    assert script.zero_streak(f1s) == (3, 3, True)
+    assert script.zero_streak([0.1, 0.0, 0.0]) == (2, 2, False)
+    assert script.zero_streak([0.1, 0.2]) == (0, None, False)
+    assert script.stop_epoch(f1s, 3) == 5 and script.stop_epoch(f1s, 4) is None and script.stop_epoch(f1s, 0) is None
