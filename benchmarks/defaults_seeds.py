@@ -79,7 +79,9 @@ def reusable(record: dict, variant: dict, cfg: TrainConfig, model_cfg: ModelConf
     same_variant = {k: v for k, v in record["variant_params"].items() if k != "lr_grid"} == \
         {k: v for k, v in variant.items() if k != "lr_grid"}
     same_model = all(record["model"].get(k) == v for k, v in model_cfg.as_dict().items())
-    return (same_variant and same_model and record["train_params"] == cfg.as_dict()
+    # read back as params.yaml is, so a key added later with a neutral default still compares equal
+    same_train = TrainConfig.from_params({"train": record["train_params"]}) == cfg
+    return (same_variant and same_model and same_train
             and all(env.get(k) == here[k] for k in here) and env.get("cpu_threads") == threads
             and training_code_unchanged(env.get("git_commit")))
 
