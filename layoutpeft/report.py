@@ -176,6 +176,7 @@ def compare_summaries(base: dict | None, head: dict) -> dict:
         "flagged_down": [r["variant"] for r in rows if r["flag"] == "▼"],
         "base_seeds": base.get("seeds"), "head_seeds": head.get("seeds"),
         "base_reference": base.get("reference"), "head_reference": head.get("reference"),
+        "base_trained": base.get("trained"), "head_trained": head.get("trained"),
     }
 
 
@@ -250,6 +251,22 @@ FLAG_RULE = (
 )
 
 
+def trained_lines(base: dict | None, head: dict | None) -> list[str]:
+    """What each side's table comes from (model, schedule), once when both sides agree."""
+    def text(side: dict | None, key: str) -> str:
+        return "; ".join((side or {}).get(key) or []) or "not recorded"
+
+    lines = []
+    for key, label in (("model", "Model"), ("schedule", "Schedule")):
+        if not (head or {}).get(key) and not (base or {}).get(key):
+            continue
+        if base is None or text(base, key) == text(head, key):
+            lines.append(f"- **{label}:** {text(head, key)}")
+        else:
+            lines.append(f"- **{label}:** base {text(base, key)}; head {text(head, key)}")
+    return lines
+
+
 def render_report(*, base_label: str, head_label: str, comparison: dict, params_grouped: dict,
                   shared_changes: list[str], metrics_diff: dict | None = None,
                   plots: list[dict] | None = None, notes: list[str] | None = None) -> str:
@@ -264,6 +281,7 @@ def render_report(*, base_label: str, head_label: str, comparison: dict, params_
     out.append(f"- **Variants:** {len(rows)} on both sides, {len(c['changed_definition'])} with a changed "
                f"definition, {len(c['added'])} added, {len(c['removed'])} removed; "
                f"F1 flagged ▲ {len(c['flagged_up'])}, ▼ {len(c['flagged_down'])}")
+    out += trained_lines(c.get("base_trained"), c.get("head_trained"))
     for note in notes or []:
         out.append(f"- {note}")
     out.append("")

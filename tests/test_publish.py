@@ -23,7 +23,8 @@ def fake_study(root):
         (root / "metrics" / "runs" / f"{key}.json").write_text(json.dumps(
             {"environment": {"device": "cpu", "git_commit": "abc", "cpu_flags": ["avx2", "avx512_bf16"]},
              "train_params": {"max_epochs": 30},
-             "model": {"checkpoint": "package:x/model", "new_tables": "train", "new_tables_lr": 1.5e-4},
+             "model": {"checkpoint": "package:x/model", "source_type": "bert", "new_tables": "train",
+                       "new_tables_lr": 1.5e-4},
              "precision": "bf16"}))
     (root / "metrics" / "runs" / "other-0.json").write_text("{}")  # not in the study: not published
     (root / "data" / "lr" / "lora.json").write_text('{"chosen_lr": 0.001}')
@@ -39,7 +40,7 @@ def test_publish_copies_exactly_the_study(tmp_path):
     text = (target / "README.md").read_text()
     assert "`layoutpeft profile reference+offline`" in text and "missing: lora seed 1" in text
     assert "CPU flags avx2 avx512_bf16" in text
-    assert "package:x/model" in text and "bf16" in text and "new 2-D tables train at lr 0.00015 in every run" in text
+    assert "package:x/model" in text and "bf16" in text and "new 2-D position tables train at lr 0.00015)" in text
 
 
 def test_publish_refuses_without_a_summary_and_keeps_old_results(tmp_path):

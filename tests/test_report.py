@@ -18,7 +18,7 @@ from layoutpeft import summary as summ
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.formatting import change as fmt_change
 from layoutpeft.report import (compare_summaries, compare_variant, group_params_diff, render_report,
-                               shared_setting_changes, write_report)
+                               shared_setting_changes, trained_lines, write_report)
 from layoutpeft.stats import welch_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +167,21 @@ def test_report_warns_when_shared_settings_differ(comparison):
     text = render_report(base_label="b", head_label="h", comparison=comparison, params_grouped={},
                          shared_changes=["train.max_epochs"])
     assert "> [!WARNING]" in text and "`train.max_epochs`" in text
+
+
+def test_the_report_says_what_each_side_was_trained_on(comparison):
+    minilm = {"model": ["`package:m`, a BERT checkpoint turned LayoutLM"], "schedule": ["up to 30 epochs, batch 16"]}
+    assert trained_lines(minilm, minilm) == ["- **Model:** `package:m`, a BERT checkpoint turned LayoutLM",
+                                             "- **Schedule:** up to 30 epochs, batch 16"]
+    assert trained_lines(None, minilm)[1] == "- **Schedule:** up to 30 epochs, batch 16"
+    short = {**minilm, "schedule": ["up to 3 epochs, batch 16"]}
+    assert trained_lines(minilm, short)[1] == ("- **Schedule:** base up to 30 epochs, batch 16; "
+                                               "head up to 3 epochs, batch 16")
+    assert trained_lines({}, {}) == []  # summaries from before the key: nothing said
+    text = render_report(base_label="b", head_label="h", comparison={**comparison, "head_trained": minilm,
+                                                                     "base_trained": short},
+                         params_grouped={}, shared_changes=[])
+    assert "- **Schedule:** base up to 3 epochs, batch 16; head up to 30 epochs, batch 16" in text.splitlines()
 
 
 # ---------------------------------------------------------------- the workflow
