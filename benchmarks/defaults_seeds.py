@@ -36,10 +36,11 @@ from layoutpeft import runs, stats  # noqa: E402
 from layoutpeft.atomic import write_json  # noqa: E402
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, load_params  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.tuning import code_files  # noqa: E402
+from layoutpeft.tuning import code_files, environment_key  # noqa: E402
 from layoutpeft.variants import studied_variants  # noqa: E402
 
 BASELINE = "baseline"
+LIBRARIES = ("torch", "transformers", "peft")
 
 
 def arm_overrides(text: str) -> dict:
@@ -75,7 +76,8 @@ def training_code_unchanged(commit: str | None) -> bool:
 
 def reusable(record: dict, variant: dict, cfg: TrainConfig, model_cfg: ModelConfig, threads: int) -> bool:
     env = record.get("train_environment") or record.get("environment") or {}
-    here = describe_versions()
+    key = environment_key()  # the versions a tuning trial's key holds too
+    here = {lib: key[lib] for lib in LIBRARIES}
     same_variant = {k: v for k, v in record["variant_params"].items() if k != "lr_grid"} == \
         {k: v for k, v in variant.items() if k != "lr_grid"}
     same_model = all(record["model"].get(k) == v for k, v in model_cfg.as_dict().items())
@@ -84,12 +86,6 @@ def reusable(record: dict, variant: dict, cfg: TrainConfig, model_cfg: ModelConf
     return (same_variant and same_model and same_train
             and all(env.get(k) == here[k] for k in here) and env.get("cpu_threads") == threads
             and training_code_unchanged(env.get("git_commit")))
-
-
-def describe_versions() -> dict:
-    from importlib import metadata
-
-    return {p: metadata.version(p) for p in ("torch", "transformers", "peft")}
 
 
 def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: Path) -> None:

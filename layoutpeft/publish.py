@@ -19,7 +19,6 @@ from layoutpeft.atomic import staged_dir, write_text
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.formatting import missing_seeds
 from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
-from layoutpeft.summary import model_text, schedule_text
 
 RESULTS_DIR = Path("results")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -59,16 +58,16 @@ def publish(name: str, command: str, note: str = "", root: Path = Path("."), res
 def readme(name: str, command: str, note: str, summary: dict, runs: list[dict], lock: Path | None = None) -> str:
     """The folder's README from the summary and the run records (parsed once, by the caller)."""
     first = runs[0] if runs else {}
-    env = first.get("environment", {})
+    env, trained = first.get("environment", {}), summary.get("trained") or {}  # trained: see summary.trained_on
     # records made before CPU flags were recorded lack them: take them from any run that has them
     flags = next((r["environment"]["cpu_flags"] for r in runs if (r.get("environment") or {}).get("cpu_flags")), None)
     missing = {v: e["missing_seeds"] for v, e in summary["variants"].items() if e["missing_seeds"]}
     lines = [f"# Study results: {name}", "",
              "Committed copy of a study's outputs (`layoutpeft publish`); the DVC cache holds the models.", "",
              f"- **Reproduce:** `{command}`",
-             f"- **Model:** {distinct(model_text(r.get('model')) for r in runs)}",
+             f"- **Model:** {'; '.join(trained.get('model') or []) or '?'}",
              "- **Data:** FUNSD, validation carved from the training forms (params.yaml `data:`), test = the 50 test forms",
-             f"- **Schedule:** {distinct(schedule_text(r.get('train_params'), r.get('precision')) for r in runs)}",
+             f"- **Schedule:** {'; '.join(trained.get('schedule') or []) or '?'}",
              f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads"
              + (f", CPU flags {' '.join(flags)}" if flags else "") + "); "
              f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
@@ -115,12 +114,6 @@ def same_training_code(lock: Path) -> bool | None:
 def demote_headings(markdown: str, levels: int = 3) -> str:
     """Headings moved `levels` down (at most h6), so a generated page can sit inside another's section."""
     return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m[1]) + levels) + " ", markdown, flags=re.M)
-
-
-def distinct(texts) -> str:
-    """The runs' distinct descriptions of one thing, in first-seen order ('?' when none says)."""
-    found = list(dict.fromkeys(t for t in texts if t))
-    return "; ".join(found) if found else "?"
 
 
 def update_readme_block(readme_path: Path, name: str, body: str) -> bool:

@@ -232,9 +232,7 @@ def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], refere
         if name != reference and ref_f1:
             mine = {s: number(r, "scores.f1") for s, r in runs[name].items()}
             entry["vs_reference"] = compare_with_reference(mine, ref_f1)
-    env = environment_line(runs)
-    trained = {"model": env.get("model", []), "schedule": env.get("schedule", [])}  # what the table comes from
-    return without_nan({"reference": reference, "seeds": list(seeds), "trained": trained, "variants": variants})
+    return without_nan({"reference": reference, "seeds": list(seeds), "trained": trained_on(runs), "variants": variants})
 
 
 def without_nan(node: Any) -> Any:
@@ -286,6 +284,14 @@ def schedule_text(train: Any, precision: Any) -> str | None:
     return ", ".join(parts + ([str(precision)] if precision else []))
 
 
+def trained_on(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
+    """What the table comes from: the runs' distinct model and schedule descriptions (sorted)."""
+    runs_list = [run for by_seed in runs.values() for run in by_seed.values()]
+    models = {model_text(run.get("model")) for run in runs_list} - {None}
+    schedules = {schedule_text(run.get("train_params"), run.get("precision")) for run in runs_list} - {None}
+    return {"model": sorted(models), "schedule": sorted(schedules)}
+
+
 def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
     """Distinct values of device, library versions, code, scoring and memory kind over all runs."""
     found: dict[str, set[str]] = {}
@@ -326,8 +332,6 @@ def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
             scheme, mode = dig(run, "scores.scheme"), dig(run, "scores.mode")
             add("scoring", ", ".join(f"{k} {v}" for k, v in (("scheme", scheme), ("mode", mode)) if v) or None)
             add("memory", dig(run, "memory.kind"))
-            add("model", model_text(run.get("model")))
-            add("schedule", schedule_text(run.get("train_params"), run.get("precision")))
     for key, by_device in devices.items():
         for (kind, details), by_flags in by_device.items():
             total = sum(by_flags.values())
@@ -407,12 +411,13 @@ def markdown_table(summary: dict, study: Study) -> str:
         notes.append(f"Reference {reference} has no readable run in this study: no paired comparison.")
     else:
         notes.append("No study.reference: no paired comparison.")
-    if env.get("model"):
-        notes.append("Model: " + "; ".join(env["model"]) + ". Data: FUNSD; validation carved from its training "
+    trained = summary.get("trained") or {}
+    if trained.get("model"):
+        notes.append("Model: " + "; ".join(trained["model"]) + ". Data: FUNSD; validation carved from its training "
                      "forms (params.yaml `data:`), test = its 50 test forms.")
-    if env.get("schedule"):
-        notes.append(f"Schedule{'s (they differ between runs)' if len(env['schedule']) > 1 else ''}: "
-                     + "; ".join(env["schedule"]) + ".")
+    if trained.get("schedule"):
+        notes.append(f"Schedule{'s (they differ between runs)' if len(trained['schedule']) > 1 else ''}: "
+                     + "; ".join(trained["schedule"]) + ".")
     scoring = ", ".join(env.get("scoring", [])) or "unknown"
     notes.append(f"Scoring: seqeval entity-level micro precision / recall / F1 ({scoring}) on the FUNSD test split.")
     libs = ", ".join(f"{lib} {' / '.join(env[lib])}" for lib in LIBRARIES if lib in env)

@@ -33,7 +33,8 @@ def test_a_study_run_is_reused_only_when_it_is_what_the_baseline_trains(monkeypa
     cfg = TrainConfig.from_params(params)
     model_cfg = defaults_seeds.ModelConfig.from_params(params, check_source=False)
     variant = {"method": "lora", "r": 16, "lr": 3e-3, "lr_grid": [1e-3, 3e-3]}
-    env = {**defaults_seeds.describe_versions(), "cpu_threads": 1, "git_commit": "abc"}
+    key = defaults_seeds.environment_key()
+    env = {**{lib: key[lib] for lib in defaults_seeds.LIBRARIES}, "cpu_threads": 1, "git_commit": "abc"}
     record = {"variant_params": {**variant, "lr_grid": [3e-3]}, "model": {**model_cfg.as_dict(), "source_type": "bert"},
               "train_params": cfg.as_dict(), "train_environment": env}
     monkeypatch.setattr(defaults_seeds, "training_code_unchanged", lambda commit: commit == "abc")

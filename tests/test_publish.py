@@ -8,24 +8,26 @@ import pytest
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.formatting import missing_seeds
 from layoutpeft.publish import demote_headings, publish, update_readme_block
+from layoutpeft.summary import trained_on
 
 
 def fake_study(root):
     (root / "metrics" / "runs").mkdir(parents=True)
     (root / "data" / "lr").mkdir(parents=True)
     (root / "plots" / "images").mkdir(parents=True)
+    run = {"environment": {"device": "cpu", "git_commit": "abc", "cpu_flags": ["avx2", "avx512_bf16"]},
+           "train_params": {"max_epochs": 30},
+           "model": {"checkpoint": "package:x/model", "source_type": "bert", "new_tables": "train",
+                     "new_tables_lr": 1.5e-4},
+           "precision": "bf16"}
     summary = {"reference": "full", "seeds": [0, 1], "variants": {
-        "full": {"seeds": [0, 1], "missing_seeds": []}, "lora": {"seeds": [0], "missing_seeds": [1]}}}
+        "full": {"seeds": [0, 1], "missing_seeds": []}, "lora": {"seeds": [0], "missing_seeds": [1]}},
+        "trained": trained_on({"full": {0: run, 1: run}, "lora": {0: run}})}  # as aggregate writes it
     (root / "metrics" / "summary.json").write_text(json.dumps(summary))
     (root / "metrics" / "summary.md").write_text("| Variant |\n|---|\n| full |\n")
     (root / "metrics" / "study.json").write_text("{}")
     for key in ("full-0", "full-1", "lora-0"):
-        (root / "metrics" / "runs" / f"{key}.json").write_text(json.dumps(
-            {"environment": {"device": "cpu", "git_commit": "abc", "cpu_flags": ["avx2", "avx512_bf16"]},
-             "train_params": {"max_epochs": 30},
-             "model": {"checkpoint": "package:x/model", "source_type": "bert", "new_tables": "train",
-                       "new_tables_lr": 1.5e-4},
-             "precision": "bf16"}))
+        (root / "metrics" / "runs" / f"{key}.json").write_text(json.dumps(run))
     (root / "metrics" / "runs" / "other-0.json").write_text("{}")  # not in the study: not published
     (root / "data" / "lr" / "lora.json").write_text('{"chosen_lr": 0.001}')
     (root / "plots" / "images" / "pareto.png").write_bytes(b"png")
