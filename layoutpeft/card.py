@@ -34,6 +34,13 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _stop_text(training: dict) -> str:
+    if not training.get("stopped_early"):
+        return "ran all epochs"
+    reason = training.get("stop_reason")
+    return "stopped early" + (f" ({reason})" if reason else "")
+
+
 def _count(n: float | None) -> str:
     return "n/a" if n is None else f"{int(n):,}"
 
@@ -263,7 +270,7 @@ def model_card(log: dict, info: dict, *, runs_dir: Path, summary: Path, tokenize
         f"({_pct(params.get('trainable_share'))} %)",
         f"- wall time: {_seconds(training.get('wall_time_s'))} for {training.get('epochs_run', 'n/a')} epochs "
         f"(best epoch {training.get('best_epoch', 'n/a')}, "
-        f"{'stopped early' if training.get('stopped_early') else 'ran all epochs'}, "
+        f"{_stop_text(training)}, "
         f"{_count(training.get('optimizer_steps'))} optimizer steps)",
         f"- saved by training: {_count(log.get('saved_bytes'))} bytes; peak memory "
         f"{_count((log.get('memory') or {}).get('peak_bytes'))} bytes ({(log.get('memory') or {}).get('kind', 'n/a')})",

@@ -181,6 +181,7 @@ class TrainConfig(_Section):
     compile: bool
     threads: int
     adamw: str = "fused"
+    collapse_epochs: int = 0
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainConfig":
@@ -201,6 +202,8 @@ class TrainConfig(_Section):
             compile=get(params, "train.compile", bool),
             threads=number_in(params, "train.threads", 0, 1024, kind=int),
             adamw=choice(params, "train.adamw", ADAMW_IMPLS, default="fused"),
+            # absent from params written before it existed: those runs never stopped on a collapse
+            collapse_epochs=number_in(params, "train.collapse_epochs", 0, 10_000, kind=int, default=0),
         )
 
 

@@ -306,6 +306,7 @@ class FitResult:
     stopped_early: bool
     wall_time_s: float
     train_tokens: int  # real (non-padding) tokens seen in training steps
+    stop_reason: str | None = None  # patience | collapsed | None (ran every epoch)
 
 
 def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_windows: list[dict],
@@ -316,6 +317,8 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
     per epoch; the epoch with the best validation metric (`cfg.select_on`: entity F1 or loss) is
     restored at the end. `cfg.patience` > 0 stops after that many epochs without improvement
     (0: run the whole annealed schedule, so every method ends at the same learning rate).
+    `cfg.collapse_epochs` > 0 stops a run whose validation F1 has been 0 that many epochs in a row:
+    it has diverged to predicting no entity, and the rest of its schedule would not bring it back.
 
     `epoch_batches(epoch)` replaces the default batches (dynamic padding, length groups, a new
     order and new batch members each epoch and seed): the benchmark passes its naive recipe or a
@@ -344,7 +347,7 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
     better = (lambda new, old: new > old) if cfg.select_on == "f1" else (lambda new, old: new < old)
 
     history, best, best_state = [], None, None
-    step, stale, stopped_early, tokens = 0, 0, False, 0
+    step, stale, zero_f1, stop_reason, tokens = 0, 0, 0, None, 0
     start = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
@@ -389,8 +392,12 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
             best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         else:
             stale += 1
+        zero_f1 = zero_f1 + 1 if record["val_f1"] == 0 else 0
         if cfg.patience and stale >= cfg.patience:
-            stopped_early = True
+            stop_reason = "patience"
+        elif cfg.collapse_epochs and zero_f1 >= cfg.collapse_epochs:
+            stop_reason = "collapsed"
+        if stop_reason:
             break
     wall = time.perf_counter() - start
     if best_state is not None:
@@ -401,4 +408,5 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
     chosen = history[best[1] - 1]
     return FitResult(history=history, best_epoch=best[1], best_val_loss=chosen["val_loss"], best_val_f1=chosen["val_f1"],
                      selected_on=cfg.select_on, epochs_run=len(history), optimizer_steps=step,
-                     stopped_early=stopped_early, wall_time_s=wall, train_tokens=tokens)
+                     stopped_early=stop_reason is not None, stop_reason=stop_reason, wall_time_s=wall,
+                     train_tokens=tokens)

@@ -134,6 +134,7 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
             "training": {"wall_time_s": result.wall_time_s, "epoch_time_s": sum(epoch_times) / len(epoch_times),
                          "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                          "selected_on": result.selected_on, "stopped_early": result.stopped_early,
+                         "stop_reason": result.stop_reason,
                          "optimizer_steps": result.optimizer_steps, "best_val_loss": result.best_val_loss,
                          "best_val_f1": result.best_val_f1, "train_tokens": result.train_tokens},
             "memory": memory, "history": result.history, "environment": describe(device),

@@ -205,7 +205,8 @@ def tuning_entry(tuned: dict | None) -> dict | None:
     if not tuned:
         return None
     return {"tuned": tuned.get("tuned"), "chosen_lr": tuned.get("chosen_lr"), "seed": tuned.get("seed"),
-            "at_grid_edge": tuned.get("at_grid_edge"), "wall_time_s": tuned.get("wall_time_s"),
+            "at_grid_edge": tuned.get("at_grid_edge"), "extended_by": tuned.get("extended_by") or [],
+            "wall_time_s": tuned.get("wall_time_s"),
             "trials": [{k: t.get(k) for k in ("lr", "best_val_f1", "best_epoch", "epochs_run")}
                        for t in tuned.get("trials", [])]}
 
@@ -386,6 +387,8 @@ def markdown_table(summary: dict, study: Study) -> str:
             params += f" ({fmt.share(e['trainable_share'])})"
         tuned = e.get("lr_tuning") or {}
         lr = fmt.DASH if e.get("lr") is None else f"{e['lr']:.3g}" + (" (tuned)" if tuned.get("tuned") else "")
+        if tuned.get("extended_by"):
+            lr += f", grid extended {len(tuned['extended_by'])}x"
         if tuned.get("at_grid_edge"):
             lr += f" ⚠ {tuned['at_grid_edge']} of grid"
         epochs = (f"{_mean(e['best_epoch']):.0f} / {_mean(e['epochs_run']):.0f}"

@@ -4,7 +4,9 @@ Rankings of PEFT methods flip once each method's learning rate is tuned (PEFT's 
 comparison saw a method go from 0.15 % to 41.6 % by its lr alone), so every studied variant
 picks its lr from a grid, by best validation entity F1, on one tuning seed, before its seed
 runs. The grid is the variant's own `lr_grid` (absolute values) or `study.lr_grid`
-(multiples of the variant's `lr`). The test split is never read here.
+(multiples of the variant's `lr`). A best lr at an end of the grid is not a tuned lr (the optimum
+may lie beyond), so up to `study.extend_grid` more lrs are tried past that end, one grid step
+each, until the best is interior. The test split is never read here.
 
 A tune@ stage is long (one full training per grid value) and DVC keeps nothing of a stage that
 is killed, so each finished trial is also memoised in a trial cache (TRIAL_CACHE_ENV, default
@@ -34,10 +36,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class TuningConfig:
-    """`study.tune_lr`, `study.tuning_seed`, `study.lr_grid` — read by the tune@ stages."""
+    """`study.tune_lr`, `study.tuning_seed`, `study.lr_grid`, `study.extend_grid` — read by the tune@ stages."""
     enabled: bool
     seed: int
     multipliers: tuple[float, ...]
+    extend: int = 0  # at most this many lrs tried past the end of the grid where the best one lies
 
     @classmethod
     def from_params(cls, params: dict) -> "TuningConfig":
@@ -47,7 +50,7 @@ class TuningConfig:
         if len(set(grid)) != len(grid):
             raise ParamsError(f"params.yaml: study.lr_grid lists a multiplier twice: {grid!r}")
         return cls(get(params, "study.tune_lr", bool), number_in(params, "study.tuning_seed", 0, 2**31, kind=int),
-                   tuple(float(m) for m in grid))
+                   tuple(float(m) for m in grid), number_in(params, "study.extend_grid", 0, 10, kind=int))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +59,31 @@ class TuningConfig:
 def lr_grid(variant: dict, tuning: TuningConfig) -> list[float]:
     """The learning rates a variant tries: its own lr_grid, else study.lr_grid x its lr (sorted, rounded to 3 digits)."""
     values = variant.get("lr_grid") or [variant["lr"] * m for m in tuning.multipliers]
-    return sorted({float(f"{v:.3g}") for v in values})
+    return sorted({rounded(v) for v in values})
+
+
+def rounded(lr: float) -> float:
+    return float(f"{lr:.3g}")
+
+
+def grid_edge(trials: list[dict]) -> str | None:
+    """'highest' or 'lowest' when the best trial is at that end of the lrs tried (None: interior, or one lr)."""
+    lrs = sorted(t["lr"] for t in trials)
+    best = choose(trials)["lr"]
+    if len(lrs) < 2 or best not in (lrs[0], lrs[-1]):
+        return None
+    return "highest" if best == lrs[-1] else "lowest"
+
+
+def next_lr(trials: list[dict]) -> float | None:
+    """One grid step past the end where the best trial lies (the step: the ratio of the two lrs at
+    that end), or None when the best is interior."""
+    edge, lrs = grid_edge(trials), sorted(t["lr"] for t in trials)
+    if edge == "highest":
+        return rounded(lrs[-1] * lrs[-1] / lrs[-2])
+    if edge == "lowest":
+        return rounded(lrs[0] * lrs[0] / lrs[1])
+    return None
 
 
 def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfig, tuning: TuningConfig,
@@ -76,30 +103,37 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
     trained_settings = {k: v for k, v in variant.items() if k not in ("lr", "lr_grid")}
     common = {"variant": trained_settings, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "seed": tuning.seed,
               "tokenized": tree_digest(tokenized), "code": code_digest(), "environment": environment_key()}
+    declared = lr_grid(variant, tuning)
+    extended: list[float] = []
     with tempfile.TemporaryDirectory(dir=scratch, prefix=f".tune-{name}-") as tmp:
-        for lr in lr_grid(variant, tuning):
+        def trial(lr: float) -> None:
             memo = cache / f"{fingerprint({**common, 'lr': lr})}.json" if cache else None
             if memo is not None and memo.is_file():
                 trials.append({**json.loads(memo.read_text()), "resumed_from": str(memo)})
                 print(f"  lr {lr:<8g} finished earlier: reused {memo}", flush=True)
-                continue
+                return
             start = time.perf_counter()
             log = runs.train(name, tuning.seed, {**variant, "lr": lr}, model_cfg, train_cfg, Path(tmp) / f"lr{lr:g}",
                              tokenized, on_epoch=(lambda _folder, lr=lr: on_epoch(lr)) if on_epoch else None)
             t = log["training"]
             trials.append({"lr": lr, "best_val_f1": t["best_val_f1"], "best_val_loss": t["best_val_loss"],
                            "best_epoch": t["best_epoch"], "epochs_run": t["epochs_run"],
-                           "wall_time_s": time.perf_counter() - start,
+                           "stop_reason": t.get("stop_reason"), "wall_time_s": time.perf_counter() - start,
                            "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss")} for r in log["history"]]})
             if memo is not None:
                 write_json(memo, trials[-1])
+
+        for lr in declared:
+            trial(lr)
+        while len(extended) < tuning.extend and (lr := next_lr(trials)) is not None:
+            print(f"  best lr at the {grid_edge(trials)} end of the grid: extending it to {lr:g}", flush=True)
+            extended.append(lr)
+            trial(lr)
+    trials.sort(key=lambda t: t["lr"])
     best = choose(trials)
-    grid = [t["lr"] for t in trials]
-    edge = None
-    if len(grid) > 1 and best["lr"] in (grid[0], grid[-1]):
-        edge = "lowest" if best["lr"] == grid[0] else "highest"
     return {"variant": name, "chosen_lr": best["lr"], "tuned": True, "seed": tuning.seed, "selected_on": "best_val_f1",
-            "grid": grid, "at_grid_edge": edge, "trials": trials,
+            "grid": [t["lr"] for t in trials], "declared_grid": declared, "extended_by": extended,
+            "at_grid_edge": grid_edge(trials), "trials": trials,
             "wall_time_s": sum(t["wall_time_s"] for t in trials)}
 
 

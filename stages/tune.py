@@ -1,7 +1,8 @@
 """Stage `tune@<variant>`: choose the variant's learning rate on validation (layoutpeft.tuning).
 
 Trains the variant once per lr of its grid on `study.tuning_seed` and keeps the lr with the best
-validation entity F1. Writes data/lr/<variant>.json (the choice and every trial); the
+validation entity F1, extending the grid past its end while the best lr lies there (at most
+study.extend_grid more lrs). Writes data/lr/<variant>.json (the choice and every trial); the
 train@<variant>-<seed> stages read the chosen lr from it. With study.tune_lr false it writes
 the variant's own lr without training.
 """
@@ -37,9 +38,14 @@ def main(argv: list[str]) -> None:
     result = tune(args.variant, load_variant(args.variant), model_cfg, train_cfg, tuning, TOKENIZED_DIR,
                   scratch=LR_DIR.parent, on_epoch=progress)
     write_json(LR_DIR / f"{args.variant}.json", result)
-    trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}" for t in result["trials"]) or "not tuned"
+    trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}"
+                       + (f" (collapsed, stopped at epoch {t['epochs_run']})" if t.get("stop_reason") == "collapsed" else "")
+                       for t in result["trials"]) or "not tuned"
+    extended = ", ".join(f"{lr:g}" for lr in result.get("extended_by") or [])
     print(f"tune: {args.variant}: lr {result['chosen_lr']:g} (validation F1 per lr: {trials})"
-          + (f"; WARNING: best at the {result['at_grid_edge']} lr of the grid, widen it" if result.get("at_grid_edge") else ""))
+          + (f"; the grid extended by {extended}" if extended else "")
+          + (f"; WARNING: best at the {result['at_grid_edge']} lr of the grid: widen the variant's lr_grid or raise "
+             "study.extend_grid" if result.get("at_grid_edge") else ""))
 
 
 if __name__ == "__main__":

@@ -643,6 +643,16 @@ def test_tuning_shows_in_the_summary_and_lr_plot(tmp_path):
     entry = summary["variants"]["lora"]
     assert entry["lr"] == 3e-3 and entry["lr_tuning"]["at_grid_edge"] == "highest"
     assert lr_rows(summary) == [["lora", 1e-3, 0.5, False], ["lora", 3e-3, 0.55, True]]
+    assert entry["lr_tuning"]["extended_by"] == []
+
+
+def test_an_extended_grid_is_named_in_the_table(no_png, study):
+    (study.root / "data" / "lr").mkdir(parents=True, exist_ok=True)
+    (study.root / "data" / "lr" / "lora.json").write_text(json.dumps(
+        {"tuned": True, "chosen_lr": 7e-4, "seed": 100, "at_grid_edge": None, "extended_by": [9e-4], "wall_time_s": 9.0,
+         "trials": [{"lr": 1e-4, "best_val_f1": 0.4}, {"lr": 3e-4, "best_val_f1": 0.5}, {"lr": 9e-4, "best_val_f1": 0.45}]}))
+    study.run()
+    assert "(tuned), grid extended 1x |" in study.read("summary.md")
 
 
 def test_rank_series_ignore_tuned_learning_rates():

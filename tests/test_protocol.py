@@ -7,7 +7,7 @@ import torch
 from fixtures import cpu_train_config
 from layoutpeft import engine
 from layoutpeft.batching import batch_order, load_windows
-from layoutpeft.config import ModelConfig
+from layoutpeft.config import ModelConfig, ParamsError
 from layoutpeft.methods import Schedule, adalora_ranks, validate_variant
 from layoutpeft.tuning import TuningConfig, choose, lr_grid
 
@@ -140,6 +140,56 @@ def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoi
     assert trained == []  # 3e-3 and 9e-3: both tried
 
 
+def test_a_best_lr_at_an_end_of_the_grid_extends_the_grid_past_it(tmp_path, monkeypatch):
+    """Validation F1 peaks at lr 2.7e-2 (scripted, no training): from the grid 1e-3, 3e-3 the tune
+    steps up one grid step (x3) at a time while the best lr is the highest tried."""
+    import math
+
+    from layoutpeft import runs, tuning
+
+    def scripted_train(name, seed, settings, *args, **kwargs):
+        trained.append(settings["lr"])
+        f1 = 0.5 - 0.1 * abs(math.log10(settings["lr"] / peak))
+        return {"training": {"best_val_f1": f1, "best_val_loss": 1 - f1, "best_epoch": 1, "epochs_run": 1},
+                "history": [{"epoch": 1, "val_f1": f1, "val_loss": 1 - f1}]}
+
+    monkeypatch.setattr(runs, "train", scripted_train)
+    monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
+    model_cfg, train_cfg = ModelConfig(str(tmp_path), "zero"), cpu_train_config(max_epochs=1)
+    variant, tokenized = {"method": "head", "lr": 1e-3}, tmp_path / "tokenized"
+    tokenized.mkdir()
+
+    def tune(extend: int) -> dict:
+        config = TuningConfig(enabled=True, seed=0, multipliers=(1.0, 3.0), extend=extend)
+        return tuning.tune("head", variant, model_cfg, train_cfg, config, tokenized, scratch=tmp_path)
+
+    peak, trained = 2.7e-2, []
+    capped = tune(extend=2)  # two steps up, and the best is still the highest lr tried
+    assert trained == [1e-3, 3e-3, 9e-3, 2.7e-2] and capped["extended_by"] == [9e-3, 2.7e-2]
+    assert capped["declared_grid"] == [1e-3, 3e-3] and capped["grid"] == [1e-3, 3e-3, 9e-3, 2.7e-2]
+    assert capped["chosen_lr"] == 2.7e-2 and capped["at_grid_edge"] == "highest"
+    del trained[:]
+    interior = tune(extend=3)  # the trials tried before come from the trial cache: only 8.1e-2 trains
+    assert trained == [8.1e-2] and interior["chosen_lr"] == 2.7e-2 and interior["at_grid_edge"] is None
+    assert interior["extended_by"] == [9e-3, 2.7e-2, 8.1e-2]
+    del trained[:]
+    assert tune(extend=0)["at_grid_edge"] == "highest" and trained == []  # off: the declared grid only
+
+    peak, trained = 1e-4, []
+    monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, "off")
+    downwards = tune(extend=3)
+    assert trained == [1e-3, 3e-3, 3.33e-4, 1.11e-4, 3.7e-5] and downwards["chosen_lr"] == 1.11e-4
+    assert downwards["grid"] == sorted(trained) and downwards["at_grid_edge"] is None
+
+
+def test_extend_grid_is_checked():
+    params = {"study": {"tune_lr": True, "tuning_seed": 100, "lr_grid": [0.3, 1.0, 3.0], "extend_grid": 2}}
+    assert TuningConfig.from_params(params).extend == 2
+    for bad in (-1, 11, 1.5, True):
+        with pytest.raises(ParamsError, match="study.extend_grid"):
+            TuningConfig.from_params({"study": {**params["study"], "extend_grid": bad}})
+
+
 def test_trial_fingerprints_cover_the_tune_stages_code_only():
     from layoutpeft import tuning
 
@@ -167,3 +217,50 @@ def test_tables_lr_gives_the_new_2d_tables_their_own_learning_rate(tiny_checkpoi
     plain = engine.make_optimizer(model, variant["lr"], 0.01, "foreach")
     assert [g["weight_decay"] for g in plain.param_groups] == [0.01, 0.0]
     assert {g["lr"] for g in plain.param_groups} == {1e-3}
+
+
+@pytest.mark.parametrize("collapse_epochs, patience, epochs_run, reason", [
+    (3, 0, 7, "collapsed"),   # zeros at 2-3 reset by 0.2 at epoch 4; zeros at 5-7 stop it
+    (0, 0, 10, None),         # off: the whole schedule
+    (4, 3, 7, "patience"),    # no better F1 at 5-7: patience stops first (three zeros, not four)
+])
+def test_a_run_whose_validation_f1_stays_zero_stops_as_collapsed(tiny_checkpoint, windows, monkeypatch,
+                                                                 collapse_epochs, patience, epochs_run, reason):
+    train, val = windows
+    f1s = iter([0.1, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    monkeypatch.setattr(engine, "evaluate_windows", lambda *a, **k: {"loss": 1.0, "scores": {"f1": next(f1s)}})
+    variant = validate_variant("head", {"method": "head", "lr": 1e-3}, prompt_reserve=8)
+    cfg = cpu_train_config(max_epochs=10, batch_size=4, collapse_epochs=collapse_epochs, patience=patience)
+    steps = cfg.max_epochs * engine.steps_per_epoch(len(train), cfg.batch_size)
+    engine.seed_everything(0)
+    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
+                                  Schedule(total_steps=steps, steps_per_epoch=steps // cfg.max_epochs))
+    result = engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=steps)
+    assert (result.epochs_run, result.stop_reason, result.stopped_early) == (epochs_run, reason, reason is not None)
+    assert result.best_epoch == 4 and result.best_val_f1 == 0.2  # the epoch before the collapse is the one kept
+
+
+def test_collapse_epochs_is_checked_and_absent_from_old_params_means_never():
+    from layoutpeft.config import TrainConfig, load_params
+
+    params = load_params()
+    assert TrainConfig.from_params(params).collapse_epochs == 5
+    old = {**params, "train": {k: v for k, v in params["train"].items() if k != "collapse_epochs"}}
+    assert TrainConfig.from_params(old).collapse_epochs == 0
+    with pytest.raises(ParamsError, match="train.collapse_epochs"):
+        TrainConfig.from_params({**params, "train": {**params["train"], "collapse_epochs": -1}})
+
+
+def test_the_collapse_evidence_script_finds_where_a_default_would_stop_and_any_recovery():
+    import importlib.util
+
+    from fixtures import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("zero_f1_runs", REPO_ROOT / "benchmarks" / "zero_f1_runs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    f1s = [0.0, 0.1, 0.0, 0.0, 0.0, 0.2, 0.0, 0.0]
+    assert script.zero_streak(f1s) == (3, 3, True)
+    assert script.zero_streak([0.1, 0.0, 0.0]) == (2, 2, False)
+    assert script.zero_streak([0.1, 0.2]) == (0, None, False)
+    assert script.stop_epoch(f1s, 3) == 5 and script.stop_epoch(f1s, 4) is None and script.stop_epoch(f1s, 0) is None

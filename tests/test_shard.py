@@ -160,7 +160,7 @@ def test_worker_env_pins_one_gpu_and_shares_the_cpus():
 # Two variants of different cost, two seeds, each lr tuned from two values: 2 tune@, 4 train@
 # and 4 evaluate@ stages; the plan gives one variant to each of 2 shards.
 TUNED_STUDY = {"study.variants": ["head", "lora"], "study.reference": "head", "study.seeds": [0, 1],
-               "study.tune_lr": True, "study.lr_grid": [1.0, 3.0], "train.max_epochs": 1,
+               "study.tune_lr": True, "study.lr_grid": [1.0, 3.0], "study.extend_grid": 0, "train.max_epochs": 1,
                # params.yaml gives both their own wider grids (the reference study's); two lrs are enough here
                "variants.head.lr_grid": [3.0e-3, 9.0e-3], "variants.lora.lr_grid": [1.0e-3, 3.0e-3],
                "variants.prompt_tuning.virtual_tokens": 8, "variants.p_tuning.virtual_tokens": 8}

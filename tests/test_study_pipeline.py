@@ -37,6 +37,7 @@ STUDY = {
     "study.tune_lr": True,
     "study.lr_grid": [0.5, 2.0],  # full tries 0.5x and 2x its lr ...
     "variants.lora.lr_grid": [1.0e-3, 4.0e-3],  # ... lora (and its sweep lora_r4) its own absolute grid
+    "study.extend_grid": 0,  # two lrs: the best is always at an end (extension: tests/test_protocol.py)
 }
 PLOT_CSVS = ("f1_vs_rank.csv", "pareto.csv", "cost.csv", "learning_curves.csv")
 # One torch thread per stage: on a small shared CPU, torch's default of one thread per core
