@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from layoutpeft import runs, stats  # noqa: E402
 from layoutpeft.atomic import write_json  # noqa: E402
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, load_params  # noqa: E402
+from layoutpeft.formatting import p_value  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
 from layoutpeft.tuning import code_files, environment_key  # noqa: E402
 from layoutpeft.variants import studied_variants  # noqa: E402
@@ -146,7 +147,7 @@ def report(out_dir: Path) -> str:
         c = stats.paired_comparison({r["seed"]: r[key] for r in rows}, {s: r[key] for s, r in base.items()})
         if not c or c["ci95_low"] is None:
             return "n/a" if not c else f"{100 * c['mean_diff']:+.1f}"
-        return f"{100 * c['mean_diff']:+.1f} [{100 * c['ci95_low']:+.1f}, {100 * c['ci95_high']:+.1f}], p={c['p_value']:.2f}"
+        return f"{100 * c['mean_diff']:+.1f} [{100 * c['ci95_low']:+.1f}, {100 * c['ci95_high']:+.1f}], {p_value(c['p_value'])}"
 
     for name in sorted(arms, key=lambda a: (a != BASELINE, a)):
         rows = sorted(arms[name], key=lambda r: r["seed"])
