@@ -21,6 +21,9 @@ from layoutpeft.formatting import missing_seeds
 from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
 
 RESULTS_DIR = Path("results")
+# The README block shows summary.md's notes under its table: there these lines of the folder's
+# README would say the same thing twice.
+IN_SUMMARY_NOTES = ("- **Model:**", "- **Data:**", "- **Schedule:**", "- **Device:**")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -114,6 +117,14 @@ def same_training_code(lock: Path) -> bool | None:
 def demote_headings(markdown: str, levels: int = 3) -> str:
     """Headings moved `levels` down (at most h6), so a generated page can sit inside another's section."""
     return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m[1]) + levels) + " ", markdown, flags=re.M)
+
+
+def readme_block(target: Path) -> str:
+    """A published folder as a README section: its README (less its title and the lines the
+    table's notes repeat), then its summary.md, headings demoted."""
+    intro = (target / "README.md").read_text().split("\n", 2)[2]
+    intro = "\n".join(line for line in intro.split("\n") if not line.startswith(IN_SUMMARY_NOTES))
+    return demote_headings(intro + "\n" + (target / "summary.md").read_text())
 
 
 def update_readme_block(readme_path: Path, name: str, body: str) -> bool:

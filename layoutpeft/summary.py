@@ -370,16 +370,34 @@ def _has_memory(runs: dict[int, dict]) -> bool:
     return any(number(r, "memory.peak_bytes") is not None for r in runs.values())
 
 
+def inference_cell(entry: dict) -> str:
+    """"2.6 k (merged 2.87 k)": real tokens/s over the test split, and with the adapter merged where it can be."""
+    plain, merged = _mean(entry.get("inference_tokens_per_s")), _mean(entry.get("merged_inference_tokens_per_s"))
+    return fmt.count(plain) + (f" (merged {fmt.count(merged)})" if merged is not None else "")
+
+
+def inference_setup(runs: dict[str, dict[int, dict]]) -> list[str]:
+    """How the throughput was timed, one text per distinct setting ("batch 32, 1 thread")."""
+    found = set()
+    for by_seed in runs.values():
+        for run in by_seed.values():
+            batch, threads = number(run, "inference.batch_size"), number(run, "inference.threads")
+            if batch is not None or threads is not None:
+                found.add((f"batch {batch:.0f}" if batch is not None else "batch unknown")
+                          + (f", {threads:.0f} thread{'s' if threads != 1 else ''}" if threads is not None else ""))
+    return sorted(found)
+
+
 def markdown_table(summary: dict, study: Study) -> str:
     """metrics/summary.md: the study's table, notes and the runs left out."""
     seeds, reference = summary["seeds"], summary["reference"]
     env = environment_line(study.runs)
     header = ["Variant", "Method", "lr", "Trainable params", "P (%)", "R (%)", "F1 (%)",
               f"Δ F1 vs {reference or 'reference'} (pts, 95 % CI, p)", "Best epoch / run", "Train time",
-              "Peak memory", "Saved", "Seeds"]
+              "Inference (tokens/s)", "Peak memory", "Saved", "Seeds"]
     lines = ["# Seed study: LayoutLM PEFT methods on FUNSD", "",
              "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * 10 + ["---"]) + "|"]
+             "|" + "|".join(["---"] * 2 + ["---:"] * 11 + ["---"]) + "|"]
     for name in sorted_variants(summary):
         e = summary["variants"][name]
         params = fmt.count(e["trainable_params"])
@@ -398,7 +416,7 @@ def markdown_table(summary: dict, study: Study) -> str:
         lines.append("| " + " | ".join([
             f"**{name}**" if name == reference else name, str(e["method"] or fmt.DASH), lr, params,
             fmt.percent(e["precision"]), fmt.percent(e["recall"]), fmt.percent(e["f1"]), _delta(summary, name),
-            epochs, fmt.seconds(_mean(e["train_time_s"])), memory,
+            epochs, fmt.seconds(_mean(e["train_time_s"])), inference_cell(e), memory,
             fmt.size(e["saved_bytes"]), fmt.seeds(e, len(seeds))]) + " |")
     lines.append("")
     lines += which_to_pick(summary)
@@ -426,6 +444,11 @@ def markdown_table(summary: dict, study: Study) -> str:
                f"training {'; '.join(train_dev)}, evaluation {'; '.join(eval_dev)}")
     notes.append(f"Device: {devices}. Versions: {libs or 'unknown'}."
                  + (f" Code: {', '.join(env['git_commit'])}." if env.get("git_commit") else ""))
+    timed = inference_setup(study.runs)
+    notes.append("Inference: real tokens per second on the test split, the median of timed passes after a warm-up"
+                 + (f" ({'; '.join(timed)})" if timed else "") + "; merged: the same with the adapter folded into "
+                 "the weights (`merge_and_unload`), for methods that allow it. It is timed on the machine that "
+                 "evaluated, under whatever else ran there: compare runs evaluated under equal load.")
     notes.append("Saved: what a run stores to be used (the adapter, or the trained tensors, or the whole model for "
                  "full fine-tuning; the classifier head and trained new 2-D tables included).")
     notes.append(f"Peak memory: {', '.join(env.get('memory', ['unknown']))} (MB = 10^6 bytes); "

@@ -57,7 +57,7 @@ def make_run(variant: str, seed: int, f1: float, *, method: str | None = None, p
         "training": {"wall_time_s": wall, "epoch_time_s": wall / 10, "epochs_run": 10, "best_epoch": 5,
                      "stopped_early": True, "optimizer_steps": 80, "best_val_loss": 0.6},
         "memory": {"peak_bytes": peak_bytes, "kind": "cpu_peak_rss"},
-        "inference": {"tokens_per_s": 5100.0, "merged_tokens_per_s": merged},
+        "inference": {"tokens_per_s": 5100.0, "merged_tokens_per_s": merged, "batch_size": 32, "threads": 1},
         "history": [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_f1": 0.2 * e}
                     for e in range(1, history_len + 1)],
         "environment": {"device": "cpu", "device_name": "Test CPU", "python": "3.11.7", "torch": "2.13.0",
@@ -474,6 +474,8 @@ def test_summary_md_table(no_png, study):
     assert "72.0 ± 5.0" in rows[0]                             # 0.72 ± 0.0497
     assert "+2.0 [" in rows[0] and "p=0.074" in rows[0]
     assert "150 k (0.66 %)" in rows[0] and "22.7 M (100 %)" in rows[1] and "3/3" in rows[0]
+    assert "| 5.1 k (merged 5.6 k) |" in rows[0] and "| 5.1 k |" in rows[1]   # full fine-tuning has nothing to merge
+    assert "Inference: real tokens per second on the test split" in md and "(batch 32, 1 thread)" in md
     assert "Seeds: 0, 1, 2" in md and "torch 2.13.0" in md and "scheme IOB2, mode strict" in md
     assert "Device: cpu (Test CPU, 2 threads)." in md
     assert "Code: abc123de." in md

@@ -79,6 +79,9 @@ def test_publish_command_puts_the_summary_under_the_readme_section(tmp_path, mon
     assert command.main(["ref", "--command", "cmd"]) == 0
     block = (tmp_path / "README.md").read_text()
     assert "#### Seed study" in block and "\n# Seed study" not in block
+    assert "- **Reproduce:** `cmd`" in block and "- **Code:** commit abc" in block
+    assert "- **Model:**" not in block and "- **Device:**" not in block  # the table's notes say them
+    assert "- **Model:**" in (tmp_path / "results" / "ref" / "README.md").read_text()
 
 
 def test_cpu_flags_come_from_a_run_that_recorded_them(tmp_path):

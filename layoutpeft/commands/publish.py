@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layoutpeft.publish import demote_headings, publish, update_readme_block
+from layoutpeft.publish import publish, readme_block, update_readme_block
 
 
 def main(argv: list[str]) -> int:
@@ -16,7 +16,6 @@ def main(argv: list[str]) -> int:
                         help="also replace its <!-- results:NAME --> block with the summary table")
     args = parser.parse_args(argv)
     target = publish(args.name, args.command, args.note)
-    body = (target / "README.md").read_text().split("\n", 2)[2] + "\n" + (target / "summary.md").read_text()
-    updated = Path(args.readme).is_file() and update_readme_block(Path(args.readme), args.name, demote_headings(body))
+    updated = Path(args.readme).is_file() and update_readme_block(Path(args.readme), args.name, readme_block(target))
     print(f"publish: {target}/" + (f" and the results:{args.name} block of {args.readme}" if updated else ""))
     return 0
