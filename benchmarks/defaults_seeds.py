@@ -36,6 +36,7 @@ from layoutpeft import runs, stats  # noqa: E402
 from layoutpeft.atomic import write_json  # noqa: E402
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, load_params  # noqa: E402
 from layoutpeft.formatting import p_value  # noqa: E402
+from layoutpeft.hardware import simd_flags  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
 from layoutpeft.tuning import code_files, environment_key  # noqa: E402
 from layoutpeft.variants import studied_variants  # noqa: E402
@@ -87,6 +88,18 @@ def reusable(record: dict, variant: dict, cfg: TrainConfig, model_cfg: ModelConf
     return (same_variant and same_model and same_train
             and all(env.get(k) == here[k] for k in here) and env.get("cpu_threads") == threads
             and training_code_unchanged(env.get("git_commit")))
+
+
+def same_cpu_as_earlier(out: Path) -> None:
+    """Stop, in one line, when --out holds results trained on a CPU with other SIMD flags: the
+    matmul kernels (and so the numerics and the speed) differ, and the difference between arms
+    would mix the CPU in with the setting."""
+    here = simd_flags()
+    for path in sorted(out.glob("*.json")):
+        flags = (json.loads(path.read_text()).get("environment") or {}).get("cpu_flags")
+        if flags is not None and flags != here:
+            raise SystemExit(f"{path}: trained on a CPU with flags {' '.join(flags)}; this one has "
+                             f"{' '.join(here) or 'none of them'}: continue on such a CPU, or start a new --out")
 
 
 def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: Path) -> None:
@@ -187,6 +200,7 @@ def main(argv=None) -> None:
     for overrides in arms:
         train_config(params, overrides)  # every arm checked before any training
     out.mkdir(parents=True, exist_ok=True)
+    same_cpu_as_earlier(out)
     for seed in args.seeds:
         for overrides in arms:
             path = out / f"{arm_name(overrides).replace('=', '-').replace(',', '+')}-seed{seed}.json"

@@ -52,6 +52,18 @@ def precision_path(device: torch.device) -> str:
     return f"fp32 ({device.type})"
 
 
+def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
+    """A warning when bf16 is set explicitly on a CPU without bf16 units: it still runs (a study
+    pinned to bf16 keeps its numerics), but emulated, an order of magnitude slower
+    (benchmarks/results/2026-11-28-cpu-avx2-precision.md)."""
+    if precision != "bf16" or device.type != "cpu" or precision_path(device).startswith("bf16"):
+        return None
+    flags = " ".join(sorted(hardware.cpu_flags() & {"avx2", "fma", "avx512f"})) or "none of avx2/avx512"
+    return (f"train.precision is bf16, but this CPU has no avx512_bf16/amx_bf16 (flags: {flags}): bf16 is "
+            "emulated here, about 10x slower than fp32 per step; `precision: auto` trains in fp32 (other numerics "
+            "than a bf16 study)")
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

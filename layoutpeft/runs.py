@@ -9,6 +9,7 @@ the record, not params.yaml, so it always rebuilds the model exactly as it was t
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -101,6 +102,8 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
     engine.set_threads(cfg.threads)
     device = engine.resolve_device(cfg.device)
     dtype = engine.resolve_precision(cfg.precision, device)
+    if warning := engine.emulated_bf16_warning(cfg.precision, device):
+        print(f"train: WARNING: {warning}", file=sys.stderr, flush=True)
     meta = load_meta(tokenized)
     train_windows, val_windows = load_windows("train", tokenized), load_windows("validation", tokenized)
     per_epoch = engine.steps_per_epoch(len(train_windows), cfg.batch_size)

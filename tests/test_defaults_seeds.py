@@ -62,3 +62,14 @@ def test_report_pairs_each_arm_with_the_baseline_over_shared_seeds(tmp_path):
     assert "| 0, 1 | 52.5 ± 6.4 | +1.5 [-4.9, +7.9], p=0.20 |" in arm_row
     with pytest.raises(SystemExit, match="no finished"):
         defaults_seeds.report(tmp_path / "empty")
+
+
+def test_results_from_a_cpu_with_other_flags_stop_the_run_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(defaults_seeds, "simd_flags", lambda: ["avx2", "fma"])
+    (tmp_path / "baseline-seed0.json").write_text(json.dumps({"environment": {}}))  # flags not recorded: no say
+    (tmp_path / "arm-seed0.json").write_text(json.dumps({"environment": {"cpu_flags": ["avx2", "fma"]}}))
+    defaults_seeds.same_cpu_as_earlier(tmp_path)
+    (tmp_path / "arm-seed1.json").write_text(json.dumps({"environment": {"cpu_flags": ["avx2", "fma", "avx512_bf16"]}}))
+    with pytest.raises(SystemExit, match=r"arm-seed1.json: trained on a CPU with flags avx2 fma avx512_bf16; "
+                                         r"this one has avx2 fma"):
+        defaults_seeds.same_cpu_as_earlier(tmp_path)

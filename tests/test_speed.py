@@ -36,6 +36,19 @@ def test_auto_precision_follows_cpu_bf16_flags(monkeypatch, flags, expected):
     assert engine.resolve_precision("bf16", cpu) is torch.bfloat16
 
 
+def test_bf16_set_on_a_cpu_without_bf16_units_warns_and_still_runs_bf16(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    warning = engine.emulated_bf16_warning("bf16", cpu)
+    assert "no avx512_bf16/amx_bf16 (flags: avx2 fma)" in warning and "emulated" in warning
+    assert engine.resolve_precision("bf16", cpu) is torch.bfloat16      # a pinned study keeps its numerics
+    assert engine.emulated_bf16_warning("auto", cpu) is None            # auto already chose fp32
+    assert engine.emulated_bf16_warning("fp32", cpu) is None
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert engine.emulated_bf16_warning("bf16", cpu) is None
+
+
 @pytest.mark.parametrize("impl", ["fused", "foreach", "for_loop"])
 def test_adamw_kernels_take_the_same_step(impl):
     torch.manual_seed(0)
