@@ -58,7 +58,7 @@ def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
     (benchmarks/results/2026-11-28-cpu-avx2-precision.md)."""
     if precision != "bf16" or device.type != "cpu" or precision_path(device).startswith("bf16"):
         return None
-    flags = " ".join(sorted(hardware.cpu_flags() & {"avx2", "fma", "avx512f"})) or "none of avx2/avx512"
+    flags = " ".join(hardware.simd_flags()) or "no AVX2/AVX-512"
     return (f"train.precision is bf16, but this CPU has no avx512_bf16/amx_bf16 (flags: {flags}): bf16 is "
             "emulated here, about 10x slower than fp32 per step; `precision: auto` trains in fp32 (other numerics "
             "than a bf16 study)")
