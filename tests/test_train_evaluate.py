@@ -136,3 +136,15 @@ def test_head_only_restores_best_epoch_and_reloads(workspace):
     assert record["training"]["best_epoch"] == losses.index(min(losses)) + 1
     assert record["training"]["best_val_loss"] == pytest.approx(min(losses))
     assert record["inference"]["merged_tokens_per_s"] is None  # nothing to merge
+
+
+def test_bf16_pinned_on_a_cpu_without_bf16_units_warns_before_training(workspace, monkeypatch, capsys):
+    from layoutpeft import hardware
+
+    root, params = workspace
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    params = {**params, "train": {**params["train"], "precision": "bf16", "max_epochs": 1}}
+    record = train_and_evaluate(root, params, "lora", 0, "bf16")
+    assert ("train: WARNING: train.precision is bf16, but this CPU has no avx512_bf16/amx_bf16 (flags: avx2 fma)"
+            in capsys.readouterr().err)
+    assert record["precision"] == "bf16"  # pinned: still bf16, as asked
