@@ -6,10 +6,12 @@
 
 Each arm trains the variant at the lr its study's tune@ stage chose, with the study's own
 params.yaml (model, schedule, batch, precision) plus the arm's train.* overrides, once per seed,
-then scores it on validation (which decides) and test (for information only). The first arm is
-the baseline: where the study holds a run record that is exactly what the baseline would train
-(same variant settings and lr, train params, model, library versions, threads, and training code
-unchanged since that run's commit), the record is reused instead of retraining it.
+then scores it on validation (which decides) and test (for information only). `--every-arm`
+changes the study's train.* for all arms alike (say precision=fp32 on a CPU without bf16 units):
+a new comparison, whose baseline is then trained too. The first arm is the baseline: where the
+study holds a run record that is exactly what the baseline would train (same variant settings and
+lr, train params, model, library versions, threads, and training code unchanged since that run's
+commit), the record is reused instead of retraining it.
 
 Every finished (arm, seed) is one JSON in --out: the script is resumable, and two processes with
 disjoint --seeds share the work. `--report` prints the table from whatever is there: per arm the
@@ -102,17 +104,26 @@ def same_cpu_as_earlier(out: Path) -> None:
                              f"{' '.join(here) or 'none of them'}: continue on such a CPU, or start a new --out")
 
 
+def same_every_arm_as_earlier(out: Path, every_arm: dict) -> None:
+    """Stop, in one line, when --out holds results trained with other --every-arm settings."""
+    for path in sorted(out.glob("*.json")):
+        earlier = json.loads(path.read_text()).get("every_arm", {})
+        if earlier != every_arm:
+            raise SystemExit(f"{path}: trained with --every-arm {arm_name(earlier) if earlier else 'none'}, "
+                             f"not {arm_name(every_arm) if every_arm else 'none'}: pass the same, or start a new --out")
+
+
 def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: Path) -> None:
     import torch
 
     cfg, model_cfg = train_config(params, overrides), ModelConfig.from_params(params, check_source=False)
     name = arm_name(overrides)
     record_path = Path(args.study) / "runs" / f"{args.variant}-{seed}.json"
-    if not overrides and record_path.is_file():
+    if not overrides and not args.every_arm_overrides and record_path.is_file():
         record = json.loads(record_path.read_text())
         if reusable(record, variant, cfg, model_cfg, torch.get_num_threads()):
             t = record["training"]
-            write_json(out, {"arm": name, "overrides": overrides, "seed": seed, "variant": args.variant,
+            write_json(out, {"arm": name, "overrides": overrides, "every_arm": {}, "seed": seed, "variant": args.variant,
                              "lr": variant["lr"], "best_val_f1": t["best_val_f1"], "best_epoch": t["best_epoch"],
                              "epoch_time_s": t["epoch_time_s"], "test_f1": record["scores"]["f1"],
                              "reused_from": str(record_path), "environment": record.get("environment")})
@@ -127,7 +138,8 @@ def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: 
         scored = runs.evaluate(run_dir, dataclasses.replace(EvaluateConfig.from_params(params), timing_repeats=1),
                                Path(args.tokenized), Path(tmp) / "record.json")
     t = log["training"]
-    write_json(out, {"arm": name, "overrides": overrides, "seed": seed, "variant": args.variant, "lr": variant["lr"],
+    write_json(out, {"arm": name, "overrides": overrides, "every_arm": args.every_arm_overrides, "seed": seed,
+                     "variant": args.variant, "lr": variant["lr"],
                      "best_val_f1": t["best_val_f1"], "best_epoch": t["best_epoch"], "epoch_time_s": t["epoch_time_s"],
                      "test_f1": scored["scores"]["f1"], "wall_time_s": time.perf_counter() - start,
                      "environment": describe(torch.device("cpu"))})
@@ -144,7 +156,10 @@ def report(out_dir: Path) -> str:
         arms.setdefault(r["arm"], []).append(r)
     base = {r["seed"]: r for r in arms.get(BASELINE, [])}
     first = results[0]
-    lines = [f"{first['variant']} at lr {first['lr']:g}; validation F1 decides, test F1 for information "
+    every_arm = first.get("every_arm") or {}
+    lines = [f"{first['variant']} at lr {first['lr']:g}"
+             + (f" with {arm_name(every_arm)} in every arm" if every_arm else "")
+             + "; validation F1 decides, test F1 for information "
              "(mean ± 95 % t half-width over seeds; Δ paired with the baseline over shared seeds, in points)", "",
              "| arm | seeds | val F1 | Δ val F1 vs baseline | test F1 | Δ test F1 | best epochs | s/epoch |",
              "|---|---|---:|---:|---:|---:|---|---:|"]
@@ -176,6 +191,7 @@ def main(argv=None) -> None:
     parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
     parser.add_argument("--variant", default="lora")
     parser.add_argument("--arms", nargs="+", default=[""], help="train.* overrides per arm; the first is the baseline")
+    parser.add_argument("--every-arm", default="", help="train.* overrides for all arms, the baseline too")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
     parser.add_argument("--out", required=True, help="folder of per-(arm, seed) results")
@@ -194,6 +210,9 @@ def main(argv=None) -> None:
     if not lr_file.is_file():
         raise SystemExit(f"{lr_file}: missing (the variant's tune@ stage has not finished in that study)")
     variant = {**variants[args.variant], "lr": json.loads(lr_file.read_text())["chosen_lr"]}
+    args.every_arm_overrides = arm_overrides(args.every_arm)
+    train_config(params, args.every_arm_overrides)
+    params = {**params, "train": {**params["train"], **args.every_arm_overrides}}
     arms = [arm_overrides(text) for text in args.arms]
     if arms[0]:
         raise SystemExit('--arms: the first arm is the baseline and takes no overrides: pass "" first')
@@ -201,6 +220,7 @@ def main(argv=None) -> None:
         train_config(params, overrides)  # every arm checked before any training
     out.mkdir(parents=True, exist_ok=True)
     same_cpu_as_earlier(out)
+    same_every_arm_as_earlier(out, args.every_arm_overrides)
     for seed in args.seeds:
         for overrides in arms:
             path = out / f"{arm_name(overrides).replace('=', '-').replace(',', '+')}-seed{seed}.json"

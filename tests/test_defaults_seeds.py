@@ -73,3 +73,13 @@ def test_results_from_a_cpu_with_other_flags_stop_the_run_before_training(tmp_pa
     with pytest.raises(SystemExit, match=r"arm-seed1.json: trained on a CPU with flags avx2 fma avx512_bf16; "
                                          r"this one has avx2 fma"):
         defaults_seeds.same_cpu_as_earlier(tmp_path)
+
+
+def test_every_arm_settings_head_the_table_and_are_not_mixed_in_one_folder(tmp_path):
+    (tmp_path / "baseline-seed0.json").write_text(json.dumps(
+        {"arm": "baseline", "seed": 0, "variant": "lora", "lr": 3e-3, "best_val_f1": 0.5, "test_f1": 0.45,
+         "best_epoch": 30, "epoch_time_s": 40.0, "every_arm": {"precision": "fp32"}}))
+    assert defaults_seeds.report(tmp_path).startswith("lora at lr 0.003 with precision=fp32 in every arm;")
+    defaults_seeds.same_every_arm_as_earlier(tmp_path, {"precision": "fp32"})
+    with pytest.raises(SystemExit, match=r"baseline-seed0.json: trained with --every-arm precision=fp32, not none"):
+        defaults_seeds.same_every_arm_as_earlier(tmp_path, {})
