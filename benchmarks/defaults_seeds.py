@@ -8,15 +8,16 @@ Each arm trains the variant at the lr its study's tune@ stage chose, with the st
 params.yaml (model, schedule, batch, precision) plus the arm's train.* overrides, once per seed,
 then scores it on validation (which decides) and test (for information only). `--every-arm`
 changes the study's train.* for all arms alike (say precision=fp32 on a CPU without bf16 units):
-a new comparison, whose baseline is then trained too. The first arm is the baseline: where the
+a new comparison, whose baseline is then trained too. The arm "" is the baseline: where the
 study holds a run record that is exactly what the baseline would train (same variant settings and
 lr, train params, model, library versions, threads, and training code unchanged since that run's
 commit), the record is reused instead of retraining it.
 
 Every finished (arm, seed) is one JSON in --out: the script is resumable, and two processes with
-disjoint --seeds share the work. `--report` prints the table from whatever is there: per arm the
-mean validation F1 with its 95 % t-interval, the paired difference with the baseline over shared
-seeds (CI, p), test F1, best epochs and seconds per epoch.
+disjoint --seeds, or disjoint --arms (leave "" out of one), share the work. `--report` prints
+the table from whatever is there: per arm the mean validation F1 with its 95 % t-interval, the
+paired difference with the baseline over shared seeds (CI, p), test F1, best epochs and seconds
+per epoch.
 """
 from __future__ import annotations
 
@@ -190,7 +191,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
     parser.add_argument("--variant", default="lora")
-    parser.add_argument("--arms", nargs="+", default=[""], help="train.* overrides per arm; the first is the baseline")
+    parser.add_argument("--arms", nargs="+", default=[""], help='train.* overrides per arm; "" is the baseline')
     parser.add_argument("--every-arm", default="", help="train.* overrides for all arms, the baseline too")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
@@ -214,8 +215,6 @@ def main(argv=None) -> None:
     train_config(params, args.every_arm_overrides)
     params = {**params, "train": {**params["train"], **args.every_arm_overrides}}
     arms = [arm_overrides(text) for text in args.arms]
-    if arms[0]:
-        raise SystemExit('--arms: the first arm is the baseline and takes no overrides: pass "" first')
     for overrides in arms:
         train_config(params, overrides)  # every arm checked before any training
     out.mkdir(parents=True, exist_ok=True)

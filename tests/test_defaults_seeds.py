@@ -83,3 +83,12 @@ def test_every_arm_settings_head_the_table_and_are_not_mixed_in_one_folder(tmp_p
     defaults_seeds.same_every_arm_as_earlier(tmp_path, {"precision": "fp32"})
     with pytest.raises(SystemExit, match=r"baseline-seed0.json: trained with --every-arm precision=fp32, not none"):
         defaults_seeds.same_every_arm_as_earlier(tmp_path, {})
+
+
+def test_an_arm_without_its_baseline_yet_reports_no_difference(tmp_path):
+    """A process may train an arm alone (another trains the baseline): until the baseline is there, no Δ."""
+    (tmp_path / "group_by_length-False-seed2.json").write_text(json.dumps(
+        {"arm": "group_by_length=False", "seed": 2, "variant": "lora", "lr": 3e-3, "best_val_f1": 0.5,
+         "test_f1": 0.45, "best_epoch": 30, "epoch_time_s": 80.0}))
+    row = defaults_seeds.report(tmp_path).splitlines()[-1]
+    assert row.startswith("| group_by_length=False | 2 | 50.0 | n/a | 45.0 | n/a |"), row
