@@ -7,11 +7,11 @@
 Each arm trains the variant at the lr its study's tune@ stage chose, with the study's own
 params.yaml (model, schedule, batch, precision) plus the arm's train.* overrides, once per seed,
 then scores it on validation (which decides) and test (for information only). `--every-arm`
-changes the study's train.* for all arms alike (say precision=fp32 on a CPU without bf16 units):
-a new comparison, whose baseline is then trained too. The arm "" is the baseline: where the
-study holds a run record that is exactly what the baseline would train (same variant settings and
-lr, train params, model, library versions, threads, and training code unchanged since that run's
-commit), the record is reused instead of retraining it.
+changes the study's train.* for all arms alike (say precision=fp32 on a CPU without bf16 units).
+The arm "" is the baseline: where the study holds a run record that is exactly what the baseline
+would train (same variant settings and lr, train params with --every-arm's, model, library
+versions, threads, and training code unchanged since that run's commit), the record is reused
+instead of retraining it.
 
 Every finished (arm, seed) is one JSON in --out: the script is resumable, and two processes with
 disjoint --seeds, or disjoint --arms (leave "" out of one), share the work. `--report` prints
@@ -120,11 +120,12 @@ def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: 
     cfg, model_cfg = train_config(params, overrides), ModelConfig.from_params(params, check_source=False)
     name = arm_name(overrides)
     record_path = Path(args.study) / "runs" / f"{args.variant}-{seed}.json"
-    if not overrides and not args.every_arm_overrides and record_path.is_file():
+    if not overrides and record_path.is_file():
         record = json.loads(record_path.read_text())
         if reusable(record, variant, cfg, model_cfg, torch.get_num_threads()):
             t = record["training"]
-            write_json(out, {"arm": name, "overrides": overrides, "every_arm": {}, "seed": seed, "variant": args.variant,
+            write_json(out, {"arm": name, "overrides": overrides, "every_arm": args.every_arm_overrides, "seed": seed,
+                             "variant": args.variant,
                              "lr": variant["lr"], "best_val_f1": t["best_val_f1"], "best_epoch": t["best_epoch"],
                              "epoch_time_s": t["epoch_time_s"], "test_f1": record["scores"]["f1"],
                              "reused_from": str(record_path), "environment": record.get("environment")})
