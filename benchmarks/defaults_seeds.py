@@ -35,14 +35,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from layoutpeft import runs, stats  # noqa: E402
+from layoutpeft.train import runs  # noqa: E402
+from layoutpeft.study import stats  # noqa: E402
 from layoutpeft.atomic import write_json  # noqa: E402
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.formatting import p_value  # noqa: E402
+from layoutpeft.study.formatting import p_value  # noqa: E402
 from layoutpeft.hardware import simd_flags  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.tuning import code_files, environment_key  # noqa: E402
-from layoutpeft.variants import studied_variants  # noqa: E402
+from layoutpeft.train.tuning import code_files, environment_key  # noqa: E402
+from layoutpeft.train.variants import studied_variants  # noqa: E402
 
 BASELINE = "baseline"
 LIBRARIES = ("torch", "transformers", "peft")

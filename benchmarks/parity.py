@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from layoutpeft import engine  # noqa: E402
-from layoutpeft.batching import load_meta, load_windows  # noqa: E402
+from layoutpeft.train import engine  # noqa: E402
+from layoutpeft.data.batching import load_meta, load_windows  # noqa: E402
 from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
+from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.variants import expand_sweeps, resolve  # noqa: E402
+from layoutpeft.train.variants import expand_sweeps, resolve  # noqa: E402
 
 
 def parse_value(text: str):

@@ -22,12 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from layoutpeft import engine, flops, hardware  # noqa: E402
-from layoutpeft.batching import batches, load_meta, load_windows, to_device  # noqa: E402
+from layoutpeft.train import engine  # noqa: E402
+import flops  # noqa: E402
+from layoutpeft import hardware  # noqa: E402
+from layoutpeft.data.batching import batches, load_meta, load_windows, to_device  # noqa: E402
 from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
+from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.variants import expand_sweeps, resolve  # noqa: E402
+from layoutpeft.train.variants import expand_sweeps, resolve  # noqa: E402
 
 KINDS = [  # (kind, substrings of aten op names), first match wins
     ("attention", ("scaled_dot_product", "flash_attention", "softmax")),

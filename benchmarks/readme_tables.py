@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from layoutpeft.publish import update_readme_block  # noqa: E402
+from layoutpeft.study.publish import update_readme_block  # noqa: E402
 
 
 def body_of(result: Path) -> str:

@@ -14,7 +14,7 @@ batch sets the peak). It reports the peak (the run records' cpu_peak_rss_trainin
 above the baseline, the part of that rise the trainable weights' gradients and AdamW states
 explain (3 fp32 tensors per trainable weight: 12 bytes per parameter), the rest (activations kept
 for backward, autocast copies, allocator slack), and the peak's share of the machine's RAM.
-With `--epochs N` a child instead trains a whole run as the train stage does (layoutpeft.runs.train,
+With `--epochs N` a child instead trains a whole run as the train stage does (layoutpeft.train.runs.train,
 validation passes included, N epochs) and also prints RSS and its high-water mark after each epoch:
 what the run records' peak becomes over a longer run. An arm's UPPER_CASE keys are environment
 variables of its process (e.g. glibc's MALLOC_MMAP_THRESHOLD_), the others train.* settings.
@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ab_levers import load_setup, new_arm, parse_arm, train_step  # noqa: E402
 
-from layoutpeft import engine, hardware, runs  # noqa: E402
+from layoutpeft.train import engine, runs  # noqa: E402
+from layoutpeft import hardware  # noqa: E402
 from layoutpeft.config import ModelConfig, load_params  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
 

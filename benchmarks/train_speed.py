@@ -14,7 +14,7 @@ Part 1, recipes (full fine-tuning, same windows, same seeds, `--epochs` x `--rep
   naive:             every window padded to 512, no length grouping, fp32, eager attention, foreach AdamW;
   layoutpeft-fp32:   params.yaml's recipe (dynamic padding, length groups, its attention and AdamW) in fp32;
   layoutpeft:        params.yaml's recipe as the train stage runs it (precision: auto decides on this machine).
-Each reports real (non-padding) tokens/s, achieved FLOP/s (layoutpeft.flops: useful FLOPs on real
+Each reports real (non-padding) tokens/s, achieved FLOP/s (flops: useful FLOPs on real
 tokens, so padding shows as waste), its share of the bf16 and fp32 peaks, s/epoch (training only),
 peak memory, test F1 after the short schedule and the speed-up over naive.
 
@@ -48,14 +48,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from layoutpeft import engine, flops, hardware  # noqa: E402
+from layoutpeft.train import engine  # noqa: E402
+import flops  # noqa: E402
+from layoutpeft import hardware  # noqa: E402
 from layoutpeft.atomic import write_json, write_text  # noqa: E402
-from layoutpeft.batching import batches, load_meta, load_windows, to_device  # noqa: E402
+from layoutpeft.data.batching import batches, load_meta, load_windows, to_device  # noqa: E402
 from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
+from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.runs import save_trained  # noqa: E402
-from layoutpeft.variants import expand_sweeps, resolve  # noqa: E402
+from layoutpeft.train.runs import save_trained  # noqa: E402
+from layoutpeft.train.variants import expand_sweeps, resolve  # noqa: E402
 
 METHOD_VARIANTS = ["full", "head", "bitfit", "lora", "dora", "qlora", "loha", "lokr", "adalora", "vera", "ia3",
                    "prompt_tuning", "p_tuning"]
@@ -335,7 +337,7 @@ def startup(args, params: dict, repeats: int = 2) -> dict:
     linked), stopped at its first optimizer step by a global optimizer hook."""
     import yaml
 
-    from layoutpeft.variants import write_variants
+    from layoutpeft.train.variants import write_variants
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -414,7 +416,7 @@ def markdown(result: dict) -> str:
                       + "; ".join(f"{r['to_first_step_s']:.1f} s (interpreter {r['interpreter_s']:.1f}, "
                                   f"stage imports {r['imports_s']:.1f}, load {r['load']})" for r in s["runs"])]
     lines += ["", "s/epoch is training only (no validation pass): the whole train split's real tokens / real tokens/s. "
-                  "FLOPs are useful training FLOPs on real tokens (layoutpeft/flops.py). On a shared machine "
+                  "FLOPs are useful training FLOPs on real tokens (benchmarks/flops.py). On a shared machine "
                   "every figure here is contended: compare rows of one run, and re-measure on a quiet machine."]
     return "\n".join(lines)
 

@@ -22,8 +22,8 @@ from layoutpeft.atomic import staged_dir, write_text
 from layoutpeft.config import StudyConfig, load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
-from layoutpeft.plots import write_plots
-from layoutpeft.summary import build_summary, json_text, markdown_table, read_study, read_tuning, stdout_table, \
+from layoutpeft.study.plots import write_plots
+from layoutpeft.study.summary import build_summary, json_text, markdown_table, read_study, read_tuning, stdout_table, \
     study_metrics, summary_csv
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from layoutpeft.config import SourceConfig, load_params
-from layoutpeft.download import RAW_DIR, download
+from layoutpeft.data.download import RAW_DIR, download
 from layoutpeft.errors import run_main
 
 

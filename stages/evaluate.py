@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from layoutpeft import runs
+from layoutpeft.train import runs
 from layoutpeft.config import EvaluateConfig, load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import MODELS_DIR, RUNS_DIR, TOKENIZED_DIR, run_key

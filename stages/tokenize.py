@@ -1,7 +1,7 @@
 """Stage `tokenize`: data/raw (FUNSD) -> data/tokenized (Arrow windows) + metrics/data.json.
 
 Windows at word boundaries, every word labelled exactly once (checked), a validation split
-carved from the training documents (data.val_fraction, data.split_seed); see layoutpeft.windows.
+carved from the training documents (data.val_fraction, data.split_seed); see layoutpeft.data.windows.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from layoutpeft.config import DataConfig, ModelConfig, load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import DATA_REPORT, RAW_DIR
 from layoutpeft.paths import TOKENIZED_DIR as OUT_DIR
-from layoutpeft.windows import tokenize
+from layoutpeft.data.windows import tokenize
 
 
 def read_params(params: dict, check_source: bool = False) -> dict:

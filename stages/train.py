@@ -3,7 +3,7 @@
 Reads data/variants/<variant>.json, the lr chosen in data/lr/<variant>.json, the `model` and
 `train` sections of params.yaml and the tokenized train/validation splits (never the test split). Writes models/<variant>-<seed>/:
 what the method trains, `train_log.json` (what was used and measured) and `live/` (DVCLive
-curves). See layoutpeft.runs.
+curves). See layoutpeft.train.runs.
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 
-from layoutpeft import runs
+from layoutpeft.train import runs
 from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import LR_DIR, MODELS_DIR, TOKENIZED_DIR, run_key
-from layoutpeft.variants import load_variant
+from layoutpeft.train.variants import load_variant
 
 
 def run_args(argv: list[str], description: str) -> argparse.Namespace:

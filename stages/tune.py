@@ -1,4 +1,4 @@
-"""Stage `tune@<variant>`: choose the variant's learning rate on validation (layoutpeft.tuning).
+"""Stage `tune@<variant>`: choose the variant's learning rate on validation (layoutpeft.train.tuning).
 
 Trains the variant once per lr of its grid on `study.tuning_seed` and keeps the lr with the best
 validation entity F1, extending the grid past its end while the best lr lies there (at most
@@ -15,8 +15,8 @@ from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import LR_DIR, TOKENIZED_DIR
-from layoutpeft.tuning import TuningConfig, tune
-from layoutpeft.variants import load_variant
+from layoutpeft.train.tuning import TuningConfig, tune
+from layoutpeft.train.variants import load_variant
 
 
 def read_params(params: dict) -> tuple[ModelConfig, TrainConfig, TuningConfig]:

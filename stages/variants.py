@@ -11,7 +11,7 @@ import sys
 from layoutpeft.config import load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import VARIANTS_DIR
-from layoutpeft.variants import studied_variants, write_variants
+from layoutpeft.train.variants import studied_variants, write_variants
 
 
 def read_params(params: dict, check_runtime: bool = False) -> dict[str, dict]:

@@ -35,6 +35,9 @@ os.environ["LAYOUTPEFT_TRIAL_CACHE"] = "off"
 # Stage modules are imported from this checkout (also when the package is not installed).
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+# Benchmark helpers (benchmarks/flops.py, benchmarks/_common.py) import as they do when a benchmark script runs.
+if str(REPO_ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +55,8 @@ def tiny_funsd_zip(tmp_path_factory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def tiny_tokenized(tmp_path_factory, tiny_funsd_zip, tiny_checkpoint) -> Path:
     """Folder with data/raw, data/tokenized, metrics/data.json of the tiny fixture (do not modify)."""
-    from layoutpeft.download import download
-    from layoutpeft.windows import tokenize
+    from layoutpeft.data.download import download
+    from layoutpeft.data.windows import tokenize
 
     root = tmp_path_factory.mktemp("tiny_tokenized")
     zip_path, md5 = tiny_funsd_zip

@@ -341,7 +341,7 @@ def cpu_train_config(**overrides):
 
 def step_budget(windows, batch_size: int, pad_token_id: int, steps: int, n_virtual: int = 0):
     """An `epoch_batches` for engine.fit that stops after `steps` batches in all (a fixed step budget)."""
-    from layoutpeft.batching import batches
+    from layoutpeft.data.batching import batches
 
     seen = {"steps": 0}
 

@@ -1,4 +1,4 @@
-"""Tests for the aggregate stage (stages/aggregate.py) and the library under it (layoutpeft.stats,
+"""Tests for the aggregate stage (stages/aggregate.py) and the library under it (layoutpeft.study.stats,
 .summary, .plots, .formatting) on hand-made run files (no training, no network).
 
 Expected numbers are computed by hand, not with scipy: for 2 degrees of freedom Student's t
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layoutpeft import formatting as fmt
-from layoutpeft import plots, stats
-from layoutpeft import summary as summ
+from layoutpeft.study import formatting as fmt
+from layoutpeft.study import plots, stats
+from layoutpeft.study import summary as summ
 from layoutpeft.atomic import _umask
 from layoutpeft.config import ParamsError
 from layoutpeft.errors import run_main
@@ -621,7 +621,7 @@ def test_formats():
 
 
 def test_memory_kinds_are_never_averaged_together():
-    from layoutpeft.summary import summarise_variant
+    from layoutpeft.study.summary import summarise_variant
 
     def run(seed, kind, mb):
         return {"variant": "v", "seed": seed, "method": "lora", "scores": {"f1": 0.5, "precision": 0.5, "recall": 0.5},
@@ -634,8 +634,8 @@ def test_memory_kinds_are_never_averaged_together():
 
 
 def test_tuning_shows_in_the_summary_and_lr_plot(tmp_path):
-    from layoutpeft.plots import lr_rows
-    from layoutpeft.summary import build_summary
+    from layoutpeft.study.plots import lr_rows
+    from layoutpeft.study.summary import build_summary
 
     runs = {"lora": {0: {"variant": "lora", "seed": 0, "method": "lora", "variant_params": {"method": "lora", "lr": 3e-3},
                          "scores": {"f1": 0.6, "precision": 0.6, "recall": 0.6}}}}
@@ -658,7 +658,7 @@ def test_an_extended_grid_is_named_in_the_table(no_png, study):
 
 
 def test_rank_series_ignore_tuned_learning_rates():
-    from layoutpeft.plots import rank_rows
+    from layoutpeft.study.plots import rank_rows
 
     def entry(r, lr, tuned):
         return {"params": {"method": "lora", "r": r, "alpha": 2.0 * r, "lr": lr}, "f1": {"mean": 0.5, "ci95_low": None,

@@ -1,8 +1,8 @@
-"""layoutpeft.decision: the "which to pick" lines of the summary, from hand-made summaries."""
+"""layoutpeft.study.decision: the "which to pick" lines of the summary, from hand-made summaries."""
 from __future__ import annotations
 
-from layoutpeft.decision import which_to_pick
-from layoutpeft.stats import paired_comparison, seed_stats
+from layoutpeft.study.decision import which_to_pick
+from layoutpeft.study.stats import paired_comparison, seed_stats
 
 
 def entry(per_seed: dict[int, float], trainable: int, total: int = 1_000_000, saved: int | None = None) -> dict:

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from fixtures import make_funsd_zip
 
-from layoutpeft import download as dl
-from layoutpeft.download import DownloadError, download
+from layoutpeft.data import download as dl
+from layoutpeft.data.download import DownloadError, download
 from stages import download as download_stage
 from layoutpeft.config import ParamsError
 

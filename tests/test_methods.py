@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layoutpeft import engine
-from layoutpeft.batching import load_windows
-from layoutpeft.methods import CATALOGUE, TARGET_MODULES, validate_variant
+from layoutpeft.train import engine
+from layoutpeft.data.batching import load_windows
+from layoutpeft.train.methods import CATALOGUE, TARGET_MODULES, validate_variant
 from layoutpeft.config import ModelConfig, ParamsError
-from layoutpeft.methods import Schedule, n_virtual_tokens
+from layoutpeft.train.methods import Schedule, n_virtual_tokens
 
 from fixtures import TINY_BERT, cpu_train_config, step_budget
 
@@ -126,7 +126,7 @@ def test_qlora_trains_again_after_a_validation_pass(tiny_checkpoint, windows):
 
 
 def test_target_names_map_to_distinct_modules(tiny_checkpoint):
-    from layoutpeft.methods import target_regex
+    from layoutpeft.train.methods import target_regex
     import re
     from layoutpeft.modeling import load_model
 
@@ -179,7 +179,7 @@ def test_alpha_defaults_to_twice_the_rank():
 
 @pytest.mark.parametrize("case", ["head", "bitfit", "lora", "ia3", "prompt_tuning", "adalora"])
 def test_new_2d_tables_train_and_are_saved_with_every_method(case, tiny_checkpoint, tmp_path):
-    from layoutpeft.runs import save_trained
+    from layoutpeft.train.runs import save_trained
 
     model, variant = build(tiny_checkpoint, CASES[case][0])
     tables = {n for n, p in model.named_parameters() if "_position_embeddings" in n and "layoutlm.embeddings." in n

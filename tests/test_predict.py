@@ -71,7 +71,7 @@ def test_folder_is_scored_exactly_as_evaluate(workspace, capsys):
 def test_png_draws_entities_and_a_legend(workspace, tmp_path, capsys):
     from PIL import Image
 
-    from layoutpeft.draw import COLOURS
+    from layoutpeft.use.draw import COLOURS
 
     pngs = tmp_path / "pngs"
     code, streams = predict(capsys, TEST_DATA, "--png", pngs, "--out", tmp_path / "p.json")

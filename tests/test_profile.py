@@ -14,7 +14,7 @@ import yaml
 from layoutpeft.commands import profile
 from layoutpeft.config import load_params
 from layoutpeft.errors import run_main
-from layoutpeft.profiles import ProfileError, build_command, render_value
+from layoutpeft.study.profiles import ProfileError, build_command, render_value
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc", "exp", "run"]

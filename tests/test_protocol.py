@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from fixtures import cpu_train_config
-from layoutpeft import engine
-from layoutpeft.batching import batch_order, load_windows
+from layoutpeft.train import engine
+from layoutpeft.data.batching import batch_order, load_windows
 from layoutpeft.config import ModelConfig, ParamsError
-from layoutpeft.methods import Schedule, adalora_ranks, validate_variant
-from layoutpeft.tuning import TuningConfig, choose, lr_grid
+from layoutpeft.train.methods import Schedule, adalora_ranks, validate_variant
+from layoutpeft.train.tuning import TuningConfig, choose, lr_grid
 
 
 def memberships(order):
@@ -44,7 +44,7 @@ def adalora(tiny_checkpoint, total_steps):
 
 
 def test_adalora_loss_includes_its_orthogonal_regulariser(tiny_checkpoint, windows):
-    from layoutpeft.batching import collate
+    from layoutpeft.data.batching import collate
 
     model, _ = adalora(tiny_checkpoint, 10)
     batch = collate(windows[0][:2], 0)
@@ -98,7 +98,7 @@ class Killed(Exception):
 
 def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoint, tiny_tokenized, tmp_path,
                                                                    monkeypatch):
-    from layoutpeft import runs, tuning
+    from layoutpeft.train import runs, tuning
 
     monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
     variant = validate_variant("head", {"method": "head", "lr": 1e-3}, prompt_reserve=8)
@@ -145,7 +145,7 @@ def test_a_best_lr_at_an_end_of_the_grid_extends_the_grid_past_it(tmp_path, monk
     steps up one grid step (x3) at a time while the best lr is the highest tried."""
     import math
 
-    from layoutpeft import runs, tuning
+    from layoutpeft.train import runs, tuning
 
     def scripted_train(name, seed, settings, *args, **kwargs):
         trained.append(settings["lr"])
@@ -191,11 +191,11 @@ def test_extend_grid_is_checked():
 
 
 def test_trial_fingerprints_cover_the_tune_stages_code_only():
-    from layoutpeft import tuning
+    from layoutpeft.train import tuning
 
     names = {path.relative_to(tuning.REPO_ROOT).as_posix() for path in tuning.code_files()}
-    assert {"stages/tune.py", "layoutpeft/tuning.py", "layoutpeft/engine.py", "layoutpeft/methods.py"} <= names
-    assert "layoutpeft/predict.py" not in names and "layoutpeft/export.py" not in names
+    assert {"stages/tune.py", "layoutpeft/train/tuning.py", "layoutpeft/train/engine.py", "layoutpeft/train/methods.py"} <= names
+    assert "layoutpeft/use/predict.py" not in names and "layoutpeft/use/export.py" not in names
 
 
 @pytest.mark.parametrize("method", [{"method": "lora", "r": 2, "targets": ["query", "value"]}, {"method": "full"}])

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.formatting import missing_seeds
-from layoutpeft.publish import demote_headings, publish, update_readme_block
-from layoutpeft.summary import trained_on
+from layoutpeft.study.formatting import missing_seeds
+from layoutpeft.study.publish import demote_headings, publish, update_readme_block
+from layoutpeft.study.summary import trained_on
 
 
 def fake_study(root):
@@ -99,7 +99,7 @@ def test_runs_over_several_commits_say_whether_their_code_agreed(tmp_path):
     assert "- **Code:** commit abc" not in (publish("ref", "cmd", root=tmp_path) / "README.md").read_text()
 
     def lock(train_md5: str) -> str:
-        dep = "      - path: layoutpeft/engine.py\n        md5: {}\n"
+        dep = "      - path: layoutpeft/train/engine.py\n        md5: {}\n"
         return ("schema: '2.0'\nstages:\n  train@full-0:\n    deps:\n" + dep.format("aaa")
                 + "  train@lora-0:\n    deps:\n" + dep.format(train_md5)
                 + "  aggregate:\n    deps:\n" + dep.format("zzz"))  # not a training stage: not compared

@@ -1,4 +1,4 @@
-"""layoutpeft.report / `layoutpeft report`: base-vs-head study comparison (pure table functions, the
+"""layoutpeft.study.report / `layoutpeft report`: base-vs-head study comparison (pure table functions, the
 choice of test, shared formats with the summary, the CI workflow, and end-to-end runs in a temporary
 git + DVC repository, without training)."""
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layoutpeft import formatting as fmt
-from layoutpeft import summary as summ
+from layoutpeft.study import formatting as fmt
+from layoutpeft.study import summary as summ
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.formatting import change as fmt_change
-from layoutpeft.report import (compare_summaries, compare_variant, group_params_diff, render_report,
+from layoutpeft.study.formatting import change as fmt_change
+from layoutpeft.study.report import (compare_summaries, compare_variant, group_params_diff, render_report,
                                shared_setting_changes, trained_lines, write_report)
-from layoutpeft.stats import welch_interval
+from layoutpeft.study.stats import welch_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "report"
@@ -345,7 +345,7 @@ def test_no_base_summary_makes_every_variant_added():
 @pytest.mark.slow
 def test_base_summary_from_dvc_cache_when_not_in_git(tmp_path):
     """A summary tracked by DVC (cache: true) is read through dvc.api at the base revision."""
-    from layoutpeft.report import read_base_summary
+    from layoutpeft.study.report import read_base_summary
 
     repo = tmp_path / "cached"
     init_repo(repo)
@@ -365,7 +365,7 @@ def test_base_summary_from_dvc_cache_when_not_in_git(tmp_path):
 # ---------------------------------------------------------------- paired or Welch
 def entry(per_seed: dict | None, **extra) -> dict:
     """A summary entry whose F1 comes from per-seed values (kept under `per_seed` unless None)."""
-    from layoutpeft.stats import seed_stats
+    from layoutpeft.study.stats import seed_stats
 
     values = per_seed or {0: 0.6, 1: 0.62, 2: 0.64}
     f1 = seed_stats(values.values())

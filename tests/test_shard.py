@@ -25,10 +25,10 @@ import pytest
 import yaml
 from fixtures import REPO_ROOT, git, run, run_dvc, subprocess_env
 
-from layoutpeft import shards
+from layoutpeft.scale import shards
 from layoutpeft.cli import main as cli_main
 from layoutpeft.config import load_params
-from layoutpeft.shard_recipes import ACTIONS_FILE, DEFAULT_SHARDS, SLURM_FILE, actions, slurm
+from layoutpeft.scale.shard_recipes import ACTIONS_FILE, DEFAULT_SHARDS, SLURM_FILE, actions, slurm
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -389,7 +389,7 @@ def test_partial_is_only_a_collector_option(args, message, capsys, monkeypatch):
 
 
 def test_base_ran_profile_reads_the_base_params(tmp_path):
-    from layoutpeft.basestudy import base_ran_profile
+    from layoutpeft.study.basestudy import base_ran_profile
 
     repo = tmp_path / "repo"
     repo.mkdir()

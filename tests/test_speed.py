@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layoutpeft import engine, flops, hardware
+from layoutpeft.train import engine
+import flops
+from layoutpeft import hardware
 from layoutpeft.config import ModelConfig, ParamsError, TrainConfig
-from layoutpeft.methods import Schedule, validate_variant
+from layoutpeft.train.methods import Schedule, validate_variant
 
 from fixtures import TINY_BERT
 

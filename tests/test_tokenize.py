@@ -1,4 +1,4 @@
-"""layoutpeft.windows and the tokenize stage on the tiny fixture: hand-counted windows, labels, boxes and report.
+"""layoutpeft.data.windows and the tokenize stage on the tiny fixture: hand-counted windows, labels, boxes and report.
 
 Window arithmetic at data.max_length 64, data.prompt_reserve 8: 64 - 2 - 8 = 54 content tokens
 per window, windows of at most 56 with [CLS] and [SEP]. Token counts per form (fixtures.py):
@@ -14,8 +14,8 @@ import pytest
 import yaml
 from fixtures import TINY_DATA_SETTINGS, TOKEN_ID, make_checkpoint, make_funsd_zip
 
-from layoutpeft import windows as tk
-from layoutpeft.download import download
+from layoutpeft.data import windows as tk
+from layoutpeft.data.download import download
 from stages import tokenize as tokenize_stage
 from layoutpeft.funsd import AnnotationError, Document, load_split
 from layoutpeft.config import ParamsError

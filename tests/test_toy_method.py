@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fixtures import tiny_overrides, set_dotted
-from layoutpeft import methods
+from layoutpeft.train import methods
 
 
 @pytest.fixture

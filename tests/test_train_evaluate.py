@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from layoutpeft.funsd import LABEL2ID
-from layoutpeft.scoring import score, word_labels
+from layoutpeft.train.scoring import score, word_labels
 
 
 def window(doc, words, labels, first_only=True):
@@ -60,8 +60,8 @@ def test_word_labelled_in_two_windows_is_an_error():
 def workspace(tiny_tokenized, tmp_path, monkeypatch, tiny_checkpoint):
     """A folder with the tiny tokenized data and resolved variants, as the stages expect."""
     shutil.copytree(tiny_tokenized / "data", tmp_path / "data")
-    from layoutpeft.variants import write_variants
-    from layoutpeft.methods import validate_variant
+    from layoutpeft.train.variants import write_variants
+    from layoutpeft.train.methods import validate_variant
 
     write_variants({
         "lora": validate_variant("lora", {"method": "lora", "r": 4, "targets": ["query", "value"], "lr": 5e-3}),
@@ -79,9 +79,9 @@ def workspace(tiny_tokenized, tmp_path, monkeypatch, tiny_checkpoint):
 
 
 def train_and_evaluate(root, params, variant, seed, tag):
-    from layoutpeft import runs
+    from layoutpeft.train import runs
     from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig
-    from layoutpeft.variants import load_variant
+    from layoutpeft.train.variants import load_variant
     from stages.train import live_logger
 
     run_dir = root / "models" / f"{variant}-{seed}-{tag}"
@@ -109,7 +109,7 @@ def test_run_file_is_self_describing(workspace):
     saved = json.loads((root / "metrics" / "runs" / "lora-0-x.json").read_text())
     assert saved == json.loads(json.dumps(record))
     assert saved["scores"]["words"] == sum(
-        1 for w in __import__("layoutpeft.batching", fromlist=["x"]).load_windows("test") for l in w["labels"] if l != -100)
+        1 for w in __import__("layoutpeft.data.batching", fromlist=["x"]).load_windows("test") for l in w["labels"] if l != -100)
     assert saved["parameters"]["trainable"] < saved["parameters"]["total"]
     assert saved["saved_bytes"] > 0 and (root / "models" / "lora-0-x" / "adapter" / "adapter_model.safetensors").is_file()
     assert 1 <= saved["training"]["best_epoch"] <= saved["training"]["epochs_run"] <= 3

@@ -18,9 +18,9 @@ FULL = {"method": "full", "lr": 1e-3}
 
 
 def make_workspace(root: Path, tiny_tokenized: Path, checkpoint: Path, variants: dict) -> Path:
-    from layoutpeft import runs
+    from layoutpeft.train import runs
     from layoutpeft.config import EvaluateConfig, ModelConfig
-    from layoutpeft.methods import validate_variant
+    from layoutpeft.train.methods import validate_variant
 
     root = Path(root)
     shutil.copytree(tiny_tokenized / "data", root / "data")
@@ -40,11 +40,11 @@ def pipeline_labels(run_dir: Path, tokenized: Path) -> dict[str, list[str]]:
     """doc_id -> predicted labels of its words, exactly as evaluate computes them."""
     import torch
 
-    from layoutpeft import engine
-    from layoutpeft.batching import load_meta, load_windows
-    from layoutpeft.methods import n_virtual_tokens
-    from layoutpeft.runs import load_trained, read_train_log
-    from layoutpeft.scoring import word_labels
+    from layoutpeft.train import engine
+    from layoutpeft.data.batching import load_meta, load_windows
+    from layoutpeft.train.methods import n_virtual_tokens
+    from layoutpeft.train.runs import load_trained, read_train_log
+    from layoutpeft.train.scoring import word_labels
 
     log = read_train_log(run_dir)
     windows = load_windows("test", tokenized)
@@ -60,7 +60,7 @@ def labels_of(model, windows: list[dict], n_virtual: int = 0) -> list[list[str]]
     """Word labels per document from `model` run one window at a time (no layoutpeft batching)."""
     import torch
 
-    from layoutpeft.scoring import word_labels
+    from layoutpeft.train.scoring import word_labels
 
     predictions = []
     with torch.no_grad():

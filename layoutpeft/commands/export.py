@@ -35,8 +35,8 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line result
-    from layoutpeft.export import export_run
-    from layoutpeft.predict import run_folder
+    from layoutpeft.use.export import export_run
+    from layoutpeft.use.predict import run_folder
 
     run_dir = run_folder(args.models_dir, args.run)
     result = export_run(run_dir, args.out_dir, merge=args.merge, force=args.force, runs_dir=RUNS_DIR,

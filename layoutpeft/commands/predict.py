@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line result
     from layoutpeft.atomic import write_json
-    from layoutpeft.predict import PredictInputError, predict_forms, run_folder, score_lines
+    from layoutpeft.use.predict import PredictInputError, predict_forms, run_folder, score_lines
 
     if args.batch_size < 1:
         raise PredictInputError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     record = predict_forms(run_dir, args.inputs, args.tokenized, device=args.device, batch_size=args.batch_size)
 
     if args.png:
-        from layoutpeft.draw import draw_entities, save_png, shrink
+        from layoutpeft.use.draw import draw_entities, save_png, shrink
 
         for doc, name in zip(record["documents"], png_names(record["documents"])):
             page = shrink(draw_entities(doc["image"], doc["entities"]), args.png_width)

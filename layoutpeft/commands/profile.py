@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from layoutpeft.profiles import PARAMS_FILE, PROFILES_FILE, ProfileError, build_command, describe, load_profiles, run_env
+from layoutpeft.study.profiles import PARAMS_FILE, PROFILES_FILE, ProfileError, build_command, describe, load_profiles, run_env
 
 def main(argv: list[str], profiles_path: str | Path = PROFILES_FILE, params_path: str | Path = PARAMS_FILE) -> int:
     if not argv or argv[0] in ("-h", "--help"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layoutpeft.publish import publish, readme_block, update_readme_block
+from layoutpeft.study.publish import publish, readme_block, update_readme_block
 
 
 def main(argv: list[str]) -> int:

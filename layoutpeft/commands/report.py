@@ -3,8 +3,8 @@
 For a pull-request comment (.github/workflows/study.yml) or a local look (`make report BASE=main`).
 With `--profile NAME` (what the PR workflow uses) the base is the base revision's study *on that
 profile*: its committed study when it ran with the profile's values, else computed here in a git
-worktree of the base that shares this repository's DVC cache and run cache (layoutpeft.basestudy).
-See layoutpeft.report for what is compared and how.
+worktree of the base that shares this repository's DVC cache and run cache (layoutpeft.study.basestudy).
+See layoutpeft.study.report for what is compared and how.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.report import DEFAULT_OUT, write_report
+from layoutpeft.study.report import DEFAULT_OUT, write_report
 
 
 def main(argv: list[str]) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     base, notes = args.base, []
     if args.profile:
-        from layoutpeft.basestudy import ensure_base_study, head_ran_profile
+        from layoutpeft.study.basestudy import ensure_base_study, head_ran_profile
 
         if not head_ran_profile(args.profile):
             raise LayoutpeftError(f"params.yaml does not hold profile {args.profile!r}'s values: run "

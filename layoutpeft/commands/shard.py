@@ -12,15 +12,15 @@ Shards never change a stage's params or deps: every stage is the run-cache entry
 `dvc repro` makes. `--workers` runs each shard as `dvc exp run --temp <stages>` (its own copy
 of the workspace, one shared cache) with CUDA_VISIBLE_DEVICES from --gpus and OMP/MKL threads =
 cores / N. `--collect` stops, naming the run, if dvc would train anything. See
-README "Scaling out" and layoutpeft.shards.
+README "Scaling out" and layoutpeft.scale.shards.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from layoutpeft import shards
-from layoutpeft.shard_recipes import DEFAULT_SHARDS, RECIPES
+from layoutpeft.scale import shards
+from layoutpeft.scale.shard_recipes import DEFAULT_SHARDS, RECIPES
 
 
 def main(argv: list[str]) -> int:

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from layoutpeft import hardware
-from layoutpeft.batching import batches, to_device
+from layoutpeft.data.batching import batches, to_device
 from layoutpeft.config import ModelConfig, TrainConfig
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.methods import Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens, quantization_config
+from layoutpeft.train.methods import Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens, quantization_config
 from layoutpeft.modeling import TABLES_2D, load_model
-from layoutpeft.scoring import score, word_labels
+from layoutpeft.train.scoring import score, word_labels
 
 def resolve_device(spec: str) -> torch.device:
     """auto: CUDA when one is visible, else CPU. A named cuda that is not visible fails here, before any work."""

@@ -20,12 +20,12 @@ All dvc commands run as `sys.executable -m dvc`, the DVC of this Python environm
 no network: a plain local checkout is enough.
 
 Per variant the report shows base and head F1 (mean over seeds ± 95 % half-width) and ΔF1 =
-head - base with its 95 % interval and p-value (layoutpeft.stats): a paired t-test over the
+head - base with its 95 % interval and p-value (layoutpeft.study.stats): a paired t-test over the
 seeds both sides ran when both summaries keep per-seed F1 for at least two common seeds, else
 Welch's test from each side's mean, std and seed count. The row says which test it used, and
 flags the difference when the interval excludes zero. The rule, and what it does not cover
 (study settings that differ, several variants tested at once), is printed in the report.
-Every number is shown with layoutpeft.formatting, as in metrics/summary.md.
+Every number is shown with layoutpeft.study.formatting, as in metrics/summary.md.
 
 The table-building functions take plain dicts (two summaries and a `dvc params diff` dict) and
 are unit-tested; write_report() only gathers inputs and writes the file.
@@ -43,10 +43,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from layoutpeft import formatting as fmt
+from layoutpeft.study import formatting as fmt
 from layoutpeft.atomic import write_text
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.stats import PAIRED, paired_comparison, welch_comparison
+from layoutpeft.study.stats import PAIRED, paired_comparison, welch_comparison
 
 SUMMARY = "metrics/summary.json"
 STUDY_METRICS = "metrics/study.json"
@@ -478,7 +478,7 @@ def write_report(base: str, out: Path, cwd: Path | None = None, notes: list[str]
     """Compare the workspace at `cwd` (default: the current folder) with revision `base` and write
     the Markdown report to `out` (relative to `cwd`), atomically. `notes` go first in the report's
     header list; `base_name` labels the base (default `base`), e.g. the branch a computed base
-    study (layoutpeft.basestudy) was run from.
+    study (layoutpeft.study.basestudy) was run from.
 
     Returns the comparison (compare_summaries) with `out` and `notes` added. Raises
     LayoutpeftError when `base` is not a git revision or the workspace has no readable summary."""

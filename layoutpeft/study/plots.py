@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from layoutpeft.stats import pareto_flags
-from layoutpeft.summary import MB, csv_text, number
+from layoutpeft.study.stats import pareto_flags
+from layoutpeft.study.summary import MB, csv_text, number
 
 _RANK_SUFFIX = re.compile(r"_r\d+$")
 

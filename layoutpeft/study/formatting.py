@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Mapping, Sequence
 
-from layoutpeft.stats import half_width
+from layoutpeft.study.stats import half_width
 
 DASH = "–"
 LONG_LIST = 8
@@ -77,7 +77,7 @@ def p_value(p: float | None) -> str:
 
 
 def delta(comparison: Mapping | None, with_ci: bool = True, with_p: bool = True) -> str:
-    """A comparison dict (layoutpeft.stats) of fractions in points: "+2.0 [+0.1, +3.9], p=0.041"."""
+    """A comparison dict (layoutpeft.study.stats) of fractions in points: "+2.0 [+0.1, +3.9], p=0.041"."""
     if not comparison or comparison.get("mean_diff") is None:
         return DASH
     text = f"{100 * comparison['mean_diff']:+.1f}"

@@ -31,7 +31,7 @@ from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig, ParamsError, TrainConfig, get, number_in
 
 TRIAL_CACHE_ENV = "LAYOUTPEFT_TRIAL_CACHE"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
     """Train the variant once per grid lr on the tuning seed; return the choice and every trial.
 
     on_epoch(lr) -> (record -> None): a per-epoch callback for each trial (progress output)."""
-    from layoutpeft import runs
+    from layoutpeft.train import runs
 
     if not tuning.enabled:
         return {"variant": name, "chosen_lr": variant["lr"], "tuned": False, "trials": [],

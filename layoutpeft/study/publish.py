@@ -17,7 +17,7 @@ from pathlib import Path
 
 from layoutpeft.atomic import staged_dir, write_text
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.formatting import missing_seeds
+from layoutpeft.study.formatting import missing_seeds
 from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
 
 RESULTS_DIR = Path("results")

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from layoutpeft import formatting as fmt
-from layoutpeft.decision import which_to_pick
+from layoutpeft.study import formatting as fmt
+from layoutpeft.study.decision import which_to_pick
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.stats import half_width, paired_comparison, seed_stats
+from layoutpeft.study.stats import half_width, paired_comparison, seed_stats
 
 PER_TYPES = ("HEADER", "QUESTION", "ANSWER")
 MB = 1e6

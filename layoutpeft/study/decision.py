@@ -8,8 +8,8 @@ the Pareto front of F1 against trainable parameters, cheapest first.
 """
 from __future__ import annotations
 
-from layoutpeft import formatting as fmt
-from layoutpeft.stats import paired_comparison, pareto_flags
+from layoutpeft.study import formatting as fmt
+from layoutpeft.study.stats import paired_comparison, pareto_flags
 
 
 def scored(summary: dict) -> dict[str, dict]:

@@ -56,7 +56,7 @@ def studied_variants(params: dict, check_runtime: bool = True) -> dict[str, dict
     Every defined variant and every sweep value is checked against its method too (a sweep over
     a key its method does not take fails even when that sweep is not studied); what only
     matters at run time (bitsandbytes for QLoRA) is checked for the studied ones."""
-    from layoutpeft.methods import validate_variant
+    from layoutpeft.train.methods import validate_variant
 
     study = StudyConfig.from_params(params)
     variants = get(params, "variants", dict)

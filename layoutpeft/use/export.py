@@ -74,7 +74,7 @@ def check_out_dir(out_dir: Path, force: bool, run_dir: Path) -> None:
 
 def export_kind(variant: dict, merge: bool, run: str) -> str:
     """'merged' or 'adapter' for this run's method, or an ExportError saying why not."""
-    from layoutpeft.methods import method_of
+    from layoutpeft.train.methods import method_of
 
     method = method_of(variant)
     name = variant["method"]
@@ -101,7 +101,7 @@ def plain_base(checkpoint: str, config_path: Path, quantized: bool):
     from transformers import LayoutLMConfig, LayoutLMForTokenClassification
     from transformers.utils import logging as hf_logging
 
-    from layoutpeft.methods import quantization_config
+    from layoutpeft.train.methods import quantization_config
     from layoutpeft.modeling import resolve_checkpoint
 
     kwargs = {"config": LayoutLMConfig.from_json_file(str(config_path))}
@@ -136,8 +136,8 @@ def differing_base_tensors(peft_model, reference) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def logits_on(model, windows: list[dict], pad_token_id: int, n_virtual: int) -> list[torch.Tensor]:
-    from layoutpeft.batching import batches
-    from layoutpeft.engine import logits_of
+    from layoutpeft.data.batching import batches
+    from layoutpeft.train.engine import logits_of
 
     model.eval()
     out: list = [None] * len(windows)
@@ -150,7 +150,7 @@ def logits_on(model, windows: list[dict], pad_token_id: int, n_virtual: int) -> 
 
 def probe_windows(tokenized: Path, tokenizer, n: int = 8) -> tuple[list[dict], str]:
     """Up to n test windows of the tokenized data, else synthetic windows; and where they came from."""
-    from layoutpeft.batching import load_windows
+    from layoutpeft.data.batching import load_windows
 
     if (Path(tokenized) / "meta.json").is_file():
         try:
@@ -181,11 +181,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, fo
                runs_dir: str | Path = "metrics/runs", summary: str | Path = "metrics/summary.json",
                tokenized: str | Path = "data/tokenized", data_report: str | Path = "metrics/data.json") -> ExportResult:
     """Export the run in `run_dir` to `out_dir` (swapped in only when complete and checked)."""
-    from layoutpeft import card
+    from layoutpeft.use import card
     from layoutpeft.atomic import staged_dir
-    from layoutpeft.methods import method_of, n_virtual_tokens
+    from layoutpeft.train.methods import method_of, n_virtual_tokens
     from layoutpeft.modeling import layoutlm_config, load_tokenizer
-    from layoutpeft.runs import load_trained, read_train_log
+    from layoutpeft.train.runs import load_trained, read_train_log
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     log = read_train_log(run_dir)

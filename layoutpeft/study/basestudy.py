@@ -28,8 +28,8 @@ from pathlib import Path
 
 from layoutpeft.config import load_yaml
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.profiles import PROFILES_FILE, build_command, get_profile, load_profiles, lookup, run_env
-from layoutpeft.report import SUMMARY, git, read_base_summary
+from layoutpeft.study.profiles import PROFILES_FILE, build_command, get_profile, load_profiles, lookup, run_env
+from layoutpeft.study.report import SUMMARY, git, read_base_summary
 
 IDENTITY = ["-c", "user.name=layoutpeft", "-c", "user.email=layoutpeft@localhost", "-c", "commit.gpgsign=false"]
 

@@ -106,7 +106,7 @@ def check_study(params: dict, values: dict[str, Any], where: dict[str, str]) -> 
     if isinstance(names, list):
         origin = where.get("study.variants", "params.yaml")
         try:
-            from layoutpeft.variants import expand_sweeps
+            from layoutpeft.train.variants import expand_sweeps
             known = expand_sweeps(effective.get("variants") or {}, effective.get("sweeps") or {})
         except ParamsError:  # a broken variants:/sweeps: is the variants stage's to report
             known = None

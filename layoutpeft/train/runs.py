@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from layoutpeft import engine
+from layoutpeft.train import engine
 from layoutpeft.atomic import staged_dir, write_json
-from layoutpeft.batching import load_meta, load_windows
+from layoutpeft.data.batching import load_meta, load_windows
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.methods import Schedule, method_of, n_virtual_tokens
+from layoutpeft.train.methods import Schedule, method_of, n_virtual_tokens
 from layoutpeft.modeling import TABLES_2D, load_model
 from layoutpeft.provenance import describe
 
@@ -71,7 +71,7 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
     device = device or engine.resolve_device(log["device"])
     if (run_dir / "model").is_dir():
         return LayoutLMForTokenClassification.from_pretrained(run_dir / "model").to(device)
-    from layoutpeft.methods import quantization_config
+    from layoutpeft.train.methods import quantization_config
 
     quant = quantization_config(device.type) if method.quantized else None
     base, _ = load_model(log["model"]["checkpoint"], log["model"]["position_init"], quantization_config=quant)

@@ -37,10 +37,10 @@ from pathlib import Path
 
 from layoutpeft.config import StudyConfig, get, load_params
 from layoutpeft.errors import REFUSE_ENV, REFUSED, LayoutpeftError
-from layoutpeft.formatting import missing_seeds
+from layoutpeft.study.formatting import missing_seeds
 from layoutpeft.paths import RUNS_DIR, run_key
-from layoutpeft.tuning import TuningConfig, lr_grid
-from layoutpeft.variants import expand_sweeps, resolve
+from layoutpeft.train.tuning import TuningConfig, lr_grid
+from layoutpeft.train.variants import expand_sweeps, resolve
 
 # Relative cost of one optimizer step per method (full fine-tuning = 1.0): s/step measured on a
 # 2-core CPU, MiniLM-L6, batch 8 (benchmarks/results/2026-11-22-cpu.md). A method not listed
@@ -153,7 +153,7 @@ def plan(params: dict, count: int) -> list[Shard]:
 
 def describe(shards: list[Shard], stages: bool = False) -> str:
     total = sum(s.cost for s in shards) or 1.0
-    lines = [f"{len(shards)} shard(s); cost in full fine-tuning trainings (layoutpeft.shards.METHOD_COST):"]
+    lines = [f"{len(shards)} shard(s); cost in full fine-tuning trainings (layoutpeft.scale.shards.METHOD_COST):"]
     for s in shards:
         lines.append(f"shard {s.label}: cost {s.cost:.2f} ({100 * s.cost / total:.0f} %), "
                      f"{len(s.units)} unit(s): {' '.join(u.name for u in s.units) or '(none)'}")

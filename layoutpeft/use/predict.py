@@ -144,7 +144,7 @@ def read_form(annotation: Path) -> Form:
 # ----------------------------------------------------------------------------- the run
 def run_folder(models_dir: str | Path, run: str) -> Path:
     """models/<variant>-<seed>, checked to hold a trained run."""
-    from layoutpeft.runs import TRAIN_LOG
+    from layoutpeft.train.runs import TRAIN_LOG
 
     folder = Path(models_dir) / run
     if not (folder / TRAIN_LOG).is_file():
@@ -185,7 +185,7 @@ def entities_of(labels: list[str], boxes: list[list[float]], scores: list[float]
 def label_windows(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
                   n_virtual: int, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(label ids, softmax probabilities of those labels) per window, by the pipeline's own engine.predict."""
-    from layoutpeft.engine import predict
+    from layoutpeft.train.engine import predict
 
     result = predict(model, windows, batch_size, pad_token_id, device, n_virtual, dtype, with_probs=True)
     return list(zip(result["predictions"], result["probabilities"]))
@@ -201,12 +201,12 @@ def as_tensors(record: dict) -> dict:
 def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str | Path,
                   device: str = "auto", batch_size: int = 8) -> dict:
     """Label every input form with the run in `run_dir`; returns the output record (see docs)."""
-    from layoutpeft import engine
-    from layoutpeft.methods import n_virtual_tokens
+    from layoutpeft.train import engine
+    from layoutpeft.train.methods import n_virtual_tokens
     from layoutpeft.modeling import load_tokenizer
-    from layoutpeft.runs import load_trained, read_train_log
-    from layoutpeft.scoring import score, word_labels
-    from layoutpeft.windows import WindowingError, check_lossless, windows_for
+    from layoutpeft.train.runs import load_trained, read_train_log
+    from layoutpeft.train.scoring import score, word_labels
+    from layoutpeft.data.windows import WindowingError, check_lossless, windows_for
 
     run_dir = Path(run_dir)
     log = read_train_log(run_dir)

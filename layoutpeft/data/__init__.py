@@ -1,0 +1,1 @@
+"""Data: fetch FUNSD (download), cut forms into model windows (windows), batch them (batching)."""

@@ -1,0 +1,1 @@
+"""Scaling out: split a study into shards and write their job recipes."""

@@ -1,0 +1,1 @@
+"""The study: summarise runs (summary, stats, decision), render tables/plots/reports, publish."""

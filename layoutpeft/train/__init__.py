@@ -1,0 +1,1 @@
+"""Training: PEFT methods, the training loop (engine), one run (runs), lr tuning, variants, scoring."""

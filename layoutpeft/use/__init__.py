@@ -1,0 +1,1 @@
+"""Using a trained model: predict, draw predictions, export, model card."""
