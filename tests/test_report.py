@@ -17,8 +17,9 @@ from layoutpeft.study import formatting as fmt
 from layoutpeft.study import summary as summ
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.study.formatting import change as fmt_change
-from layoutpeft.study.report import (compare_summaries, compare_variant, group_params_diff, render_report,
-                               shared_setting_changes, trained_lines, write_report)
+from layoutpeft.study.comparison import (compare_summaries, compare_variant, group_params_diff, render_report,
+                                         shared_setting_changes, trained_lines)
+from layoutpeft.study.report import write_report
 from layoutpeft.study.stats import welch_interval
 
 ROOT = Path(__file__).resolve().parents[1]

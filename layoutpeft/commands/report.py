@@ -4,7 +4,7 @@ For a pull-request comment (.github/workflows/study.yml) or a local look (`make 
 With `--profile NAME` (what the PR workflow uses) the base is the base revision's study *on that
 profile*: its committed study when it ran with the profile's values, else computed here in a git
 worktree of the base that shares this repository's DVC cache and run cache (layoutpeft.study.basestudy).
-See layoutpeft.study.report for what is compared and how.
+See layoutpeft.study.report (what is read) and layoutpeft.study.comparison (what is compared, how).
 """
 from __future__ import annotations
 
