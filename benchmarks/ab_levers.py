@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from layoutpeft.train import engine  # noqa: E402
+from layoutpeft.train.device import autocast, resolve_precision  # noqa: E402
 from layoutpeft.data.batching import batches, load_meta, load_windows  # noqa: E402
 from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
@@ -65,12 +66,12 @@ def new_arm(text: str, base: TrainConfig, variant: dict, checkpoint: str, device
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
     trainable = [p for p in model.parameters() if p.requires_grad]
     return {"name": text, "cfg": cfg, "model": engine.compiled(model, cfg.compile), "optimizer": optimizer,
-            "trainable": trainable, "dtype": engine.resolve_precision(cfg.precision, device), "rates": [], "cursor": 0}
+            "trainable": trainable, "dtype": resolve_precision(cfg.precision, device), "rates": [], "cursor": 0}
 
 
 def train_step(arm: dict, batch: dict, n_virtual: int, device: torch.device) -> None:
     """One optimizer step as the train stage takes it (autocast, clipping, AdamW)."""
-    with engine.autocast(device, arm["dtype"]):
+    with autocast(device, arm["dtype"]):
         loss = engine.token_loss(engine.logits_of(arm["model"], batch, n_virtual), batch["labels"])
     loss.backward()
     torch.nn.utils.clip_grad_norm_(arm["trainable"], 1.0)

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from layoutpeft.train import engine  # noqa: E402
+from layoutpeft.train.device import resolve_precision  # noqa: E402
 from layoutpeft.data.batching import load_meta, load_windows  # noqa: E402
 from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
@@ -75,7 +76,7 @@ def main(argv=None) -> None:
                                 on_epoch=lambda r: print(f"  epoch {r['epoch']}: val F1 {r['val_f1']:.4f}, "
                                                          f"{r['epoch_time_s']:.0f}s", flush=True),
                                 tables_lr=engine.new_tables_lr(variant, mp, source))
-            dtype = engine.resolve_precision(cfg.precision, device)
+            dtype = resolve_precision(cfg.precision, device)
             scores = engine.evaluate_windows(model, test, 32, pad, device, n_virtual_tokens(variant), dtype)["scores"]
             run = {"seed": seed, "value": value, "test_f1": scores["f1"], "best_epoch": result.best_epoch,
                    "best_val_loss": result.best_val_loss, "val_f1": [h["val_f1"] for h in result.history],

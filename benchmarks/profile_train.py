@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from layoutpeft.train import engine  # noqa: E402
+from layoutpeft.train.device import autocast, resolve_precision  # noqa: E402
 import flops  # noqa: E402
 from layoutpeft import hardware  # noqa: E402
 from layoutpeft.data.batching import batches, load_meta, load_windows, to_device  # noqa: E402
@@ -53,7 +54,7 @@ def kind_of(name: str) -> str:
 
 def step(model, batch, optimizer, scheduler, n_virtual, device, dtype, trainable, phases=None):
     t0 = time.perf_counter()
-    with engine.autocast(device, dtype):
+    with autocast(device, dtype):
         loss = engine.token_loss(engine.logits_of(model, batch, n_virtual), batch["labels"])
     t1 = time.perf_counter()
     loss.backward()
@@ -75,7 +76,7 @@ def profile_one(method, precision, args, params, mp, cfg, train, val, pad_id, de
     expanded = expand_sweeps(params["variants"], params.get("sweeps") or {})
     variant = validate_variant(method, resolve(method, expanded), params["data"]["prompt_reserve"])
     n_virtual = n_virtual_tokens(variant)
-    dtype = engine.resolve_precision(precision, device)
+    dtype = resolve_precision(precision, device)
     engine.seed_everything(0)
     model, _ = engine.build_model(mp, variant, device, Schedule(1000, 8), cfg.attention)
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay)

@@ -7,7 +7,7 @@
 
 Run after `dvc repro tokenize` (it reads data/tokenized). Every (method, arm) runs in a fresh
 Python process, because an RSS high-water mark is per process: it builds the model and AdamW as
-the train stage does, opens the study's own memory window (engine.start_memory_window: the RSS
+the train stage does, opens the study's own memory window (start_memory_window: the RSS
 high-water mark reset, the RSS then is the baseline), and takes `--steps` optimizer steps on the
 longest real training batches (batch size, padding and grouping from params.yaml; the longest
 batch sets the peak). It reports the peak (the run records' cpu_peak_rss_training), its rise
@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ab_levers import load_setup, new_arm, parse_arm, train_step  # noqa: E402
 
-from layoutpeft.train import engine, runs  # noqa: E402
+from layoutpeft.train import runs  # noqa: E402
+from layoutpeft.train.probes import peak_memory, start_memory_window  # noqa: E402
 from layoutpeft import hardware  # noqa: E402
 from layoutpeft.config import ModelConfig, load_params  # noqa: E402
 from layoutpeft.provenance import describe  # noqa: E402
@@ -93,10 +94,10 @@ def measure(method: str, arm_text: str, steps: int, params: str, checkpoint: str
     base, variant, n_virtual, chosen = load_setup(params, method)
     longest = sorted(chosen, key=lambda b: -b["input_ids"].shape[1])[:steps]
     arm = new_arm(arm_text, base, variant, checkpoint, device)
-    window = engine.start_memory_window(device)
+    window = start_memory_window(device)
     for batch in longest:
         train_step(arm, batch, n_virtual, device)
-    peak = engine.peak_memory(device, window)
+    peak = peak_memory(device, window)
     trainable = sum(p.numel() for p in arm["trainable"])
     rise = peak["peak_bytes"] - window["baseline_bytes"]
     return {"method": method, "arm": arm_text, "kind": peak["kind"], "steps": steps,

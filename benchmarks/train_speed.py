@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from layoutpeft.train import engine  # noqa: E402
+from layoutpeft.train.device import autocast, precision_path, resolve_device, resolve_precision, set_threads  # noqa: E402
+from layoutpeft.train.probes import count_parameters  # noqa: E402
 import flops  # noqa: E402
 from layoutpeft import hardware  # noqa: E402
 from layoutpeft.atomic import write_json, write_text  # noqa: E402
@@ -165,7 +167,7 @@ def train_epochs(model, variant, cfg: TrainConfig, windows, pad_id, device, *, e
                                 seed=seed * 1000 + epoch, pad_to=pad_to, n_virtual=n_virtual):
             lengths += batch["attention_mask"].sum(1).tolist()
             batch = to_device(batch, device, non_blocking=device.type == "cuda")
-            with engine.autocast(device, dtype):
+            with autocast(device, dtype):
                 loss = engine.token_loss(engine.logits_of(forward, batch, n_virtual), batch["labels"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -183,7 +185,7 @@ def recipes(cfg: TrainConfig, device) -> dict:
                                 compile=False)
     table = {"naive": (naive, 512), "layoutpeft-fp32": (dataclasses.replace(cfg, precision="fp32"), None),
              "layoutpeft": (cfg, None)}
-    if engine.resolve_precision(cfg.precision, device) is None:
+    if resolve_precision(cfg.precision, device) is None:
         del table["layoutpeft-fp32"]  # the same thing twice
     return table
 
@@ -208,7 +210,7 @@ def compare_recipes(args, model_cfg, params, cfg, device, train, test, pad_id, p
         if args.recipes and name not in args.recipes:
             continue
         rows = []
-        dtype = engine.resolve_precision(recipe.precision, device)
+        dtype = resolve_precision(recipe.precision, device)
         for repeat in range(args.repeats):
             # Repeat i uses seed i for every recipe: the F1 spread over seeds is the noise that a
             # difference between recipes must exceed.
@@ -246,7 +248,7 @@ def method_cost(name, args, model_cfg, params, cfg, device, train, pad_id, peaks
     """`--steps` training steps of one method on the first batches of a real epoch (1 warm-up first)."""
     variant = variant_of(name, params)
     n_virtual = n_virtual_tokens(variant)
-    dtype = engine.resolve_precision(cfg.precision, device)
+    dtype = resolve_precision(cfg.precision, device)
     engine.seed_everything(0)
     model, source = engine.build_model(model_cfg, variant, device, Schedule(100, 10), cfg.attention)
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
@@ -264,7 +266,7 @@ def method_cost(name, args, model_cfg, params, cfg, device, train, pad_id, peaks
             batch = to_device(batch, device)
             sync(device)
             start = time.perf_counter()
-            with engine.autocast(device, dtype):
+            with autocast(device, dtype):
                 loss = engine.token_loss(engine.logits_of(forward, batch, n_virtual), batch["labels"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -277,7 +279,7 @@ def method_cost(name, args, model_cfg, params, cfg, device, train, pad_id, peaks
             if step > 0:  # the first step pays for allocation and kernel selection
                 seconds += time.perf_counter() - start
                 lengths += batch["attention_mask"].sum(1).tolist()
-    counts = engine.count_parameters(model)
+    counts = count_parameters(model)
     with tempfile.TemporaryDirectory() as tmp:
         saved = save_trained(model, variant, source, model_cfg, Path(tmp))
     epoch_tokens = args.epoch_tokens
@@ -447,8 +449,8 @@ def main(argv=None) -> None:
     cfg = TrainConfig.from_params(params)
     if args.batch_size:
         cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
-    engine.set_threads(cfg.threads)
-    device = engine.resolve_device(args.device)
+    set_threads(cfg.threads)
+    device = resolve_device(args.device)
     model_cfg = model_config(args)
     meta, train = load_meta(), load_windows("train")
     args.epoch_tokens = sum(len(w["input_ids"]) for w in train)  # s/epoch is always for the whole split
@@ -469,7 +471,7 @@ def main(argv=None) -> None:
           f"bf16 {args.peaks['bf16'] / 1e9:.0f} GFLOP/s  load {load_start}", flush=True)
     result = {"date": datetime.date.today().isoformat(), "environment": describe(device),
               "cpu_flags": hardware.simd_flags() if device.type == "cpu" else [],
-              "precision_path": engine.precision_path(device), "train_settings": dataclasses.asdict(cfg),
+              "precision_path": precision_path(device), "train_settings": dataclasses.asdict(cfg),
               "model": args.config if args.config != "checkpoint" else args.checkpoint,
               "epochs": args.epochs, "repeats": args.repeats, "batch_size": cfg.batch_size, "steps": args.steps,
               "train_windows": len(train), "windows_limit": args.windows, "command": "python " + " ".join(sys.argv),

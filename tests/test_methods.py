@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from layoutpeft.train import engine
+from layoutpeft.train.probes import count_parameters
 from layoutpeft.data.batching import load_windows
 from layoutpeft.train.methods import CATALOGUE, TARGET_MODULES, validate_variant
 from layoutpeft.config import ModelConfig, ParamsError
@@ -67,7 +68,7 @@ def build(tiny_checkpoint, settings):
 def test_method_trains_exactly_its_parameters(case, tiny_checkpoint, windows):
     settings, expected = CASES[case]
     model, variant = build(tiny_checkpoint, settings)
-    counts = engine.count_parameters(model)
+    counts = count_parameters(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if expected is not None:
         assert counts["trainable"] == expected
@@ -208,7 +209,7 @@ def test_layoutlm_checkpoint_keeps_its_pretrained_tables_frozen_for_peft(tmp_pat
     model, source = engine.build_model(ModelConfig(str(tmp_path / "layoutlm"), "zero", "train"), variant,
                                        torch.device("cpu"), Schedule(total_steps=20, steps_per_epoch=2))
     assert source == "layoutlm"
-    assert engine.count_parameters(model)["trainable"] == CASES["lora"][1] - TABLES
+    assert count_parameters(model)["trainable"] == CASES["lora"][1] - TABLES
     tables = [p for n, p in model.named_parameters() if "x_position_embeddings" in n]
     assert tables and not any(p.requires_grad for p in tables) and tables[0].abs().sum() > 0  # pre-trained, not zeroed
 

@@ -6,6 +6,7 @@ import torch
 
 from fixtures import cpu_train_config
 from layoutpeft.train import engine
+from layoutpeft.train.probes import peak_memory, start_memory_window
 from layoutpeft.data.batching import batch_order, load_windows
 from layoutpeft.config import ModelConfig, ParamsError
 from layoutpeft.train.methods import Schedule, adalora_ranks, validate_variant
@@ -80,14 +81,14 @@ def test_lr_grid_from_multipliers_or_the_variants_own_list():
 
 def test_cpu_training_memory_excludes_what_came_before(tmp_path):
     device = torch.device("cpu")
-    window = engine.start_memory_window(device)
-    memory = engine.peak_memory(device, window)
+    window = start_memory_window(device)
+    memory = peak_memory(device, window)
     if not window.get("reset"):
         pytest.skip("no /proc/self/clear_refs here: the whole-process peak is reported, with its own kind")
     assert memory["kind"] == "cpu_peak_rss_training"
     ballast = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
     ballast += 1
-    grown = engine.peak_memory(device, window)
+    grown = peak_memory(device, window)
     assert grown["peak_bytes"] - memory["peak_bytes"] >= 60 * 2**20
     assert grown["baseline_bytes"] == memory["baseline_bytes"]
 

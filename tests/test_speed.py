@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from layoutpeft.train import engine
+from layoutpeft.train.device import emulated_bf16_warning, precision_path, resolve_precision
 import flops
 from layoutpeft import hardware
 from layoutpeft.config import ModelConfig, ParamsError, TrainConfig
@@ -32,23 +33,23 @@ def test_auto_precision_follows_cpu_bf16_flags(monkeypatch, flags, expected):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     cpu = torch.device("cpu")
-    assert engine.resolve_precision("auto", cpu) is expected
-    assert engine.precision_path(cpu).startswith("bf16" if expected else "fp32")
-    assert engine.resolve_precision("fp32", cpu) is None  # an explicit setting always wins
-    assert engine.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cpu) is expected
+    assert precision_path(cpu).startswith("bf16" if expected else "fp32")
+    assert resolve_precision("fp32", cpu) is None  # an explicit setting always wins
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
 
 
 def test_bf16_set_on_a_cpu_without_bf16_units_warns_and_still_runs_bf16(monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     cpu = torch.device("cpu")
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    warning = engine.emulated_bf16_warning("bf16", cpu)
+    warning = emulated_bf16_warning("bf16", cpu)
     assert "no avx512_bf16/amx_bf16 (flags: avx2 fma)" in warning and "emulated" in warning
-    assert engine.resolve_precision("bf16", cpu) is torch.bfloat16      # a pinned study keeps its numerics
-    assert engine.emulated_bf16_warning("auto", cpu) is None            # auto already chose fp32
-    assert engine.emulated_bf16_warning("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16      # a pinned study keeps its numerics
+    assert emulated_bf16_warning("auto", cpu) is None            # auto already chose fp32
+    assert emulated_bf16_warning("fp32", cpu) is None
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert engine.emulated_bf16_warning("bf16", cpu) is None
+    assert emulated_bf16_warning("bf16", cpu) is None
 
 
 @pytest.mark.parametrize("impl", ["fused", "foreach", "for_loop"])

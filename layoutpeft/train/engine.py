@@ -1,73 +1,26 @@
-"""The training and inference loop shared by the train and evaluate stages and the benchmark."""
+"""The training and inference loop shared by the train and evaluate stages and the benchmark.
+
+Device and precision choice live in layoutpeft.train.device; memory, parameter and speed
+measurements in layoutpeft.train.probes.
+"""
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import random
-import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from layoutpeft import hardware
-from layoutpeft.data.batching import batches, to_device
 from layoutpeft.config import ModelConfig, TrainConfig
-from layoutpeft.errors import LayoutpeftError
-from layoutpeft.train.methods import Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens, quantization_config
+from layoutpeft.data.batching import batches, to_device
 from layoutpeft.modeling import TABLES_2D, load_model
+from layoutpeft.train.device import autocast, resolve_precision
+from layoutpeft.train.methods import (Method, Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens,
+                                      quantization_config)
 from layoutpeft.train.scoring import score, word_labels
-
-def resolve_device(spec: str) -> torch.device:
-    """auto: CUDA when one is visible, else CPU. A named cuda that is not visible fails here, before any work."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cuda" and not torch.cuda.is_available():
-        raise LayoutpeftError("train.device is cuda, but no CUDA device is visible "
-                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
-    return torch.device(spec)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. auto: bf16 on CUDA with bf16 support and on CPUs
-    with bf16 matrix units (avx512_bf16 or amx_bf16 in /proc/cpuinfo, and a oneDNN build that uses
-    them); fp32 elsewhere, where bf16 is emulated and slower. `precision_path` says which applied."""
-    if precision == "auto":
-        precision = "bf16" if precision_path(device).startswith("bf16") else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def precision_path(device: torch.device) -> str:
-    """What `precision: auto` chooses on `device`, and why (recorded with each run)."""
-    if device.type == "cuda":
-        return "bf16 (CUDA bf16 support)" if torch.cuda.is_bf16_supported() else "fp32 (CUDA without bf16)"
-    if device.type == "cpu":
-        flags = hardware.bf16_flags()
-        if flags and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return f"bf16 (CPU flags {' '.join(flags)})"
-        return "fp32 (CPU without avx512_bf16/amx_bf16)"
-    return f"fp32 ({device.type})"
-
-
-def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
-    """A warning when bf16 is set explicitly on a CPU without bf16 units: it still runs (a study
-    pinned to bf16 keeps its numerics), but emulated, an order of magnitude slower
-    (benchmarks/results/2026-11-28-cpu-avx2-precision.md)."""
-    if precision != "bf16" or device.type != "cpu" or precision_path(device).startswith("bf16"):
-        return None
-    flags = " ".join(hardware.simd_flags()) or "no AVX2/AVX-512"
-    return (f"train.precision is bf16, but this CPU has no avx512_bf16/amx_bf16 (flags: {flags}): bf16 is "
-            "emulated here, about 10x slower than fp32 per step; `precision: auto` trains in fp32 (other numerics "
-            "than a bf16 study)")
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -169,94 +122,10 @@ def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, devi
             "tokens_per_s": tokens / seconds if seconds > 0 else float("nan")}
 
 
-@torch.no_grad()
-def inference_speed(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
-                    n_virtual: int = 0, dtype: torch.dtype | None = None, repeats: int = 3) -> dict:
-    """Inference throughput: one warm-up pass over `windows`, then the median of `repeats` timed passes.
-
-    tokens_per_s counts real tokens (what a user's forms contain); computed_tokens_per_s adds the
-    padding and any virtual tokens the model also computes."""
-    model.eval()
-    real = sum(len(w["input_ids"]) for w in windows)
-    computed = 0
-    for _, batch in batches(windows, batch_size, pad_token_id, group_by_length=True, n_virtual=n_virtual):
-        computed += batch["input_ids"].numel() + n_virtual * batch["input_ids"].shape[0]
-    times = []
-    for attempt in range(repeats + 1):
-        start = time.perf_counter()
-        for _, batch in batches(windows, batch_size, pad_token_id, group_by_length=True, n_virtual=n_virtual):
-            batch = to_device(batch, device)
-            with autocast(device, dtype):
-                logits_of(model, batch, n_virtual)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if attempt:  # the first pass is the warm-up
-            times.append(time.perf_counter() - start)
-    seconds = float(np.median(times))
-    return {"tokens_per_s": real / seconds, "computed_tokens_per_s": computed / seconds, "seconds_per_pass": seconds,
-            "timed_passes": repeats, "threads": torch.get_num_threads()}
-
-
 def evaluate_windows(model, windows, batch_size, pad_token_id, device, n_virtual=0, dtype=None) -> dict:
     result = predict(model, windows, batch_size, pad_token_id, device, n_virtual, dtype)
     y_true, y_pred = word_labels(windows, result["predictions"])
     return {**result, "scores": score(y_true, y_pred)}
-
-
-def _vm_kib(field: str) -> int | None:
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def start_memory_window(device: torch.device) -> dict:
-    """Begin measuring the training phase's peak memory; returns the baseline.
-
-    CUDA: reset max_memory_allocated. CPU (Linux): reset the process's RSS high-water mark
-    (writing 5 to /proc/self/clear_refs), so the peak excludes imports and model loading
-    that happened before, which would otherwise hide the differences between methods."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return {"baseline_bytes": int(torch.cuda.memory_allocated(device))}
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        rss = _vm_kib("VmRSS")
-        return {"baseline_bytes": rss * 1024 if rss is not None else None, "reset": True}
-    except OSError:
-        return {"baseline_bytes": None, "reset": False}
-
-
-def peak_memory(device: torch.device, window: dict | None = None) -> dict:
-    """Peak memory of the training phase (since start_memory_window), with its kind.
-
-    Kinds never mix in a summary: cuda_peak_allocated (tensor memory on the GPU),
-    cpu_peak_rss_training (process RSS peak during training; baseline = RSS at its start),
-    cpu_peak_rss_process (whole-process high-water mark, where the peak could not be reset)."""
-    window = window or {}
-    if device.type == "cuda":
-        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_peak_allocated",
-                "baseline_bytes": window.get("baseline_bytes")}
-    hwm = _vm_kib("VmHWM")
-    if window.get("reset") and hwm is not None:
-        return {"peak_bytes": hwm * 1024, "kind": "cpu_peak_rss_training", "baseline_bytes": window["baseline_bytes"]}
-    # ru_maxrss is in KiB on Linux: the whole process's high-water mark (model load included).
-    return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "kind": "cpu_peak_rss_process",
-            "baseline_bytes": None}
-
-
-def count_parameters(model) -> dict:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = 0
-    for p in model.parameters():
-        # bitsandbytes packs two 4-bit weights per byte: count the weights, not the bytes.
-        packed_4bit = getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit"
-        total += p.numel() * 2 if packed_4bit else p.numel()
-    return {"trainable": trainable, "total": total, "trainable_share": trainable / total if total else 0.0}
 
 
 def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
@@ -292,12 +161,6 @@ def steps_per_epoch(n_windows: int, batch_size: int) -> int:
     return math.ceil(n_windows / batch_size)
 
 
-def set_threads(threads: int) -> None:
-    """train.threads: torch's intra-op CPU threads (0 keeps torch's default, one per core)."""
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def compiled(model, enabled: bool):
     """train.compile: torch.compile (inductor) the forward. Shapes are marked dynamic, because dynamic
     padding gives every batch its own length and a static compile would recompile for each."""
@@ -321,6 +184,129 @@ class FitResult:
     stop_reason: str | None = None  # patience | collapsed | None (ran every epoch)
 
 
+@dataclass
+class Optimization:
+    """AdamW with its schedule, fp16 loss scaling (None otherwise), clipping and the method's after-step hook."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    hook: Callable[[int], None] | None
+    trainable: list[torch.nn.Parameter]
+    max_grad_norm: float
+    steps: int = 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward pass and one optimizer step."""
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.hook:
+            self.hook(self.steps)  # AdaLoRA: after the optimizer step, before the gradients are zeroed (PEFT's order)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+
+
+def make_optimization(model, variant: dict, cfg: TrainConfig, total_steps: int, dtype: torch.dtype | None,
+                      tables_lr: float | None) -> Optimization:
+    """AdamW, linear warm-up then decay to zero at `total_steps`."""
+    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw, tables_lr)
+    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    hook = after_step_hook(model, variant)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return Optimization(optimizer, scheduler, scaler, hook, trainable, cfg.max_grad_norm)
+
+
+def mean_labelled_tokens_per_batch(train_windows: list[dict], batch_size: int) -> float:
+    """The divisor of the token_mean loss: every labelled token weighs the same across batches of different lengths."""
+    labelled = [int((w["labels"] != -100).sum()) for w in train_windows]
+    return max(1.0, sum(labelled) / max(1, math.ceil(len(train_windows) / batch_size)))
+
+
+def shuffled_batches(train_windows: list[dict], cfg: TrainConfig, pad_token_id: int, seed: int,
+                     n_virtual: int) -> Callable[[int], Iterable[dict]]:
+    """The default batches of an epoch: dynamic padding, length groups, a new order and new batch
+    members each epoch and seed."""
+    def epoch_batches(epoch: int) -> Iterable[dict]:
+        for _, batch in batches(train_windows, cfg.batch_size, pad_token_id, shuffle=True,
+                                group_by_length=cfg.group_by_length, group_size=cfg.group_size,
+                                seed=seed * 100_003 + epoch, n_virtual=n_virtual):
+            yield batch
+
+    return epoch_batches
+
+
+def batch_loss(forward_model, batch: dict, method: Method, loss: str, n_virtual: int,
+               tokens_per_batch: float) -> torch.Tensor:
+    """train.loss of one batch: token_mean (sum over labelled tokens / tokens_per_batch) or the batch mean."""
+    if method.loss_in_model:  # the model adds its own terms (AdaLoRA's orthogonal regulariser)
+        return model_output(forward_model, batch, with_labels=True).loss
+    if loss == "token_mean":
+        return token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"], "sum") / tokens_per_batch
+    return token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"])
+
+
+def train_epoch(model, epoch_batches: Iterable[dict], optimization: Optimization, device: torch.device,
+                dtype: torch.dtype | None, loss_of: Callable[[dict], torch.Tensor]) -> tuple[float, int]:
+    """One pass over the training batches: (mean batch loss, real tokens seen)."""
+    model.train()
+    loss_sum, n_batches, tokens = 0.0, 0, 0
+    for batch in epoch_batches:
+        tokens += int(batch["attention_mask"].sum())
+        batch = to_device(batch, device, non_blocking=device.type == "cuda")
+        with autocast(device, dtype):
+            loss = loss_of(batch)
+        optimization.step(loss)
+        loss_sum += loss.item()
+        n_batches += 1
+    return loss_sum / max(n_batches, 1), tokens
+
+
+@dataclass
+class Selection:
+    """The best epoch so far on validation (`select_on`: f1 or loss), its trainable weights, and
+    the counters that stop a run early."""
+    select_on: str
+    best: tuple[float, int] | None = None  # (metric, epoch)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    stale: int = 0  # epochs since the best one
+    zero_f1: int = 0  # epochs in a row with validation F1 0
+
+    def update(self, record: dict, model) -> None:
+        metric = record["val_f1"] if self.select_on == "f1" else record["val_loss"]
+        improved = self.best is None or (metric > self.best[0] if self.select_on == "f1" else metric < self.best[0])
+        if improved:
+            self.best, self.stale = (metric, record["epoch"]), 0
+            self.state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            self.stale += 1
+        self.zero_f1 = self.zero_f1 + 1 if record["val_f1"] == 0 else 0
+
+    def stop_reason(self, patience: int, collapse_epochs: int) -> str | None:
+        if patience and self.stale >= patience:
+            return "patience"
+        if collapse_epochs and self.zero_f1 >= collapse_epochs:
+            return "collapsed"
+        return None
+
+    def restore(self, model) -> int:
+        """Put the best epoch's trainable weights back into `model`; returns that epoch."""
+        assert self.best is not None, "no epoch ran"
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in self.state:
+                    p.copy_(self.state[name])
+        return self.best[1]
+
+
 def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_windows: list[dict],
         pad_token_id: int, device: torch.device, seed: int, *, total_steps: int,
         epoch_batches: Callable[[int], Iterable[dict]] | None = None, on_epoch=None,
@@ -339,86 +325,38 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
     dtype = resolve_precision(cfg.precision, device)
     n_virtual = n_virtual_tokens(variant)
     method = method_of(variant)
-    optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw, tables_lr)
-    scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    hook = after_step_hook(model, variant)
-    # token_mean: every labelled token weighs the same across batches of different lengths.
-    labelled = [int((w["labels"] != -100).sum()) for w in train_windows]
-    tokens_per_batch = max(1.0, sum(labelled) / max(1, math.ceil(len(train_windows) / cfg.batch_size)))
-
-    def default_batches(epoch: int):
-        for _, batch in batches(train_windows, cfg.batch_size, pad_token_id, shuffle=True,
-                                group_by_length=cfg.group_by_length, group_size=cfg.group_size,
-                                seed=seed * 100_003 + epoch, n_virtual=n_virtual):
-            yield batch
-
-    epoch_batches = epoch_batches or default_batches
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimization = make_optimization(model, variant, cfg, total_steps, dtype, tables_lr)
+    tokens_per_batch = mean_labelled_tokens_per_batch(train_windows, cfg.batch_size)
+    epoch_batches = epoch_batches or shuffled_batches(train_windows, cfg, pad_token_id, seed, n_virtual)
     forward_model = compiled(model, cfg.compile)
-    better = (lambda new, old: new > old) if cfg.select_on == "f1" else (lambda new, old: new < old)
 
-    history, best, best_state = [], None, None
-    step, stale, zero_f1, stop_reason, tokens = 0, 0, 0, None, 0
+    def loss_of(batch: dict) -> torch.Tensor:
+        return batch_loss(forward_model, batch, method, cfg.loss, n_virtual, tokens_per_batch)
+
+    history: list[dict] = []
+    selection = Selection(cfg.select_on)
+    stop_reason, tokens = None, 0
     start = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
-        epoch_start, loss_sum, n_batches = time.perf_counter(), 0.0, 0
-        for batch in epoch_batches(epoch):
-            tokens += int(batch["attention_mask"].sum())
-            batch = to_device(batch, device, non_blocking=device.type == "cuda")
-            with autocast(device, dtype):
-                if method.loss_in_model:  # the model adds its own terms (AdaLoRA's orthogonal regulariser)
-                    loss = model_output(forward_model, batch, with_labels=True).loss
-                elif cfg.loss == "token_mean":
-                    loss = token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"], "sum") / tokens_per_batch
-                else:
-                    loss = token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"])
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if hook:
-                hook(step)  # AdaLoRA: after the optimizer step, before the gradients are zeroed (PEFT's order)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item()
-            n_batches += 1
-            step += 1
+        epoch_start = time.perf_counter()
+        train_loss, seen = train_epoch(model, epoch_batches(epoch), optimization, device, dtype, loss_of)
+        tokens += seen
         train_time = time.perf_counter() - epoch_start
         val = evaluate_windows(model, val_windows, cfg.batch_size, pad_token_id, device, n_virtual, dtype)
-        record = {"epoch": epoch, "train_loss": loss_sum / max(n_batches, 1), "val_loss": val["loss"],
-                  "val_f1": val["scores"]["f1"], "epoch_time_s": train_time, "lr": scheduler.get_last_lr()[0]}
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+                  "val_f1": val["scores"]["f1"], "epoch_time_s": train_time,
+                  "lr": optimization.scheduler.get_last_lr()[0]}
         history.append(record)
         if on_epoch:
             on_epoch(record)
-        metric = record["val_f1"] if cfg.select_on == "f1" else record["val_loss"]
-        if best is None or better(metric, best[0]):
-            best, stale = (metric, epoch), 0
-            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        else:
-            stale += 1
-        zero_f1 = zero_f1 + 1 if record["val_f1"] == 0 else 0
-        if cfg.patience and stale >= cfg.patience:
-            stop_reason = "patience"
-        elif cfg.collapse_epochs and zero_f1 >= cfg.collapse_epochs:
-            stop_reason = "collapsed"
+        selection.update(record, model)
+        stop_reason = selection.stop_reason(cfg.patience, cfg.collapse_epochs)
         if stop_reason:
             break
     wall = time.perf_counter() - start
-    if best_state is not None:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in best_state:
-                    p.copy_(best_state[name])
-    chosen = history[best[1] - 1]
-    return FitResult(history=history, best_epoch=best[1], best_val_loss=chosen["val_loss"], best_val_f1=chosen["val_f1"],
-                     selected_on=cfg.select_on, epochs_run=len(history), optimizer_steps=step,
-                     stopped_early=stop_reason is not None, stop_reason=stop_reason, wall_time_s=wall,
-                     train_tokens=tokens)
+    best_epoch = selection.restore(model)
+    chosen = history[best_epoch - 1]
+    return FitResult(history=history, best_epoch=best_epoch, best_val_loss=chosen["val_loss"],
+                     best_val_f1=chosen["val_f1"], selected_on=cfg.select_on, epochs_run=len(history),
+                     optimizer_steps=optimization.steps, stopped_early=stop_reason is not None,
+                     stop_reason=stop_reason, wall_time_s=wall, train_tokens=tokens)

@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from layoutpeft.train import engine
+from layoutpeft.train.device import emulated_bf16_warning, precision_path, resolve_device, resolve_precision, set_threads
+from layoutpeft.train.probes import count_parameters, inference_speed, peak_memory, start_memory_window
 from layoutpeft.atomic import staged_dir, write_json
 from layoutpeft.data.batching import load_meta, load_windows
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig
@@ -68,7 +70,7 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
     log = read_train_log(run_dir)
     variant = log["variant_params"]
     method = method_of(variant)
-    device = device or engine.resolve_device(log["device"])
+    device = device or resolve_device(log["device"])
     if (run_dir / "model").is_dir():
         return LayoutLMForTokenClassification.from_pretrained(run_dir / "model").to(device)
     from layoutpeft.train.methods import quantization_config
@@ -99,10 +101,10 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
 def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path,
           tokenized: Path, on_epoch=None, live_dir: str = "live") -> dict:
     """Train one run into `out_dir` (replaced only once complete); returns its train log."""
-    engine.set_threads(cfg.threads)
-    device = engine.resolve_device(cfg.device)
-    dtype = engine.resolve_precision(cfg.precision, device)
-    if warning := engine.emulated_bf16_warning(cfg.precision, device):
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    if warning := emulated_bf16_warning(cfg.precision, device):
         print(f"train: WARNING: {warning}", file=sys.stderr, flush=True)
     meta = load_meta(tokenized)
     train_windows, val_windows = load_windows("train", tokenized), load_windows("validation", tokenized)
@@ -111,17 +113,17 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
 
     engine.seed_everything(seed)  # classifier, adapters and 2-D tables are initialised from this seed
     model, source_type = engine.build_model(model_cfg, variant, device, schedule, cfg.attention)
-    counts = engine.count_parameters(model)
+    counts = count_parameters(model)
     print(f"train: {name}-{seed}: {variant['method']}, {counts['trainable']:,} of {counts['total']:,} parameters "
           f"trainable ({counts['trainable_share']:.3%}), {device}, {PRECISION_NAMES[dtype]}", flush=True)
 
     with staged_dir(out_dir) as staged:
-        window = engine.start_memory_window(device)
+        window = start_memory_window(device)
         tables_lr = engine.new_tables_lr(variant, model_cfg, source_type)
         result = engine.fit(model, variant, cfg, train_windows, val_windows, meta["pad_token_id"], device, seed,
                             total_steps=schedule.total_steps, on_epoch=on_epoch(staged / live_dir) if on_epoch else None,
                             tables_lr=tables_lr)
-        memory = engine.peak_memory(device, window)
+        memory = peak_memory(device, window)
         method = method_of(variant)
         if method.effective_trainable:
             counts["effective_trainable"] = method.effective_trainable(model)
@@ -132,7 +134,7 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
             "model": {**model_cfg.as_dict(), "source_type": source_type, "new_tables_lr": tables_lr},
             "train_params": cfg.as_dict(), "device": device.type, "precision": PRECISION_NAMES[dtype],
             "data": {"window_length": meta["window_length"], "pad_token_id": meta["pad_token_id"]},
-            "precision_path": engine.precision_path(device) if cfg.precision == "auto" else "set in params.yaml",
+            "precision_path": precision_path(device) if cfg.precision == "auto" else "set in params.yaml",
             "parameters": counts, "saved_bytes": saved_bytes,
             "training": {"wall_time_s": result.wall_time_s, "epoch_time_s": sum(epoch_times) / len(epoch_times),
                          "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
@@ -152,8 +154,8 @@ def evaluate(run_dir: Path, cfg: EvaluateConfig, tokenized: Path, out_path: Path
     variant = log["variant_params"]
     if log["train_params"].get("threads"):
         torch.set_num_threads(log["train_params"]["threads"])
-    device = engine.resolve_device(log["device"])
-    dtype = engine.resolve_precision(log["precision"], device)
+    device = resolve_device(log["device"])
+    dtype = resolve_precision(log["precision"], device)
     meta = load_meta(tokenized)
     test = load_windows("test", tokenized)
     n_virtual = n_virtual_tokens(variant)
@@ -161,14 +163,14 @@ def evaluate(run_dir: Path, cfg: EvaluateConfig, tokenized: Path, out_path: Path
     engine.seed_everything(log["seed"])
     model = load_trained(run_dir, device)
     result = engine.evaluate_windows(model, test, cfg.batch_size, meta["pad_token_id"], device, n_virtual, dtype)
-    speed = engine.inference_speed(model, test, cfg.batch_size, meta["pad_token_id"], device, n_virtual, dtype,
+    speed = inference_speed(model, test, cfg.batch_size, meta["pad_token_id"], device, n_virtual, dtype,
                                    repeats=cfg.timing_repeats)
     merged_speed = None
     if method_of(variant).mergeable:
         merged = model.merge_and_unload()
         merged_result = engine.evaluate_windows(merged, test, cfg.batch_size, meta["pad_token_id"], device, n_virtual,
                                                 dtype)
-        merged_speed = engine.inference_speed(merged, test, cfg.batch_size, meta["pad_token_id"], device, n_virtual,
+        merged_speed = inference_speed(merged, test, cfg.batch_size, meta["pad_token_id"], device, n_virtual,
                                               dtype, repeats=cfg.timing_repeats)
         if abs(merged_result["scores"]["f1"] - result["scores"]["f1"]) > 0.01:
             print(f"evaluate: warning: merged F1 {merged_result['scores']['f1']:.4f} differs from "

@@ -201,7 +201,7 @@ def as_tensors(record: dict) -> dict:
 def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str | Path,
                   device: str = "auto", batch_size: int = 8) -> dict:
     """Label every input form with the run in `run_dir`; returns the output record (see docs)."""
-    from layoutpeft.train import engine
+    from layoutpeft.train.device import resolve_device, resolve_precision
     from layoutpeft.train.methods import n_virtual_tokens
     from layoutpeft.modeling import load_tokenizer
     from layoutpeft.train.runs import load_trained, read_train_log
@@ -228,8 +228,8 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
             raise PredictInputError(f"{form.annotation}: {err}") from err
         doc_windows.append([as_tensors(r) for r in records])
 
-    torch_device = engine.resolve_device(device)
-    dtype = engine.resolve_precision(log["precision"], torch_device) if torch_device.type == log["device"] else None
+    torch_device = resolve_device(device)
+    dtype = resolve_precision(log["precision"], torch_device) if torch_device.type == log["device"] else None
     model = load_trained(run_dir, torch_device)
     n_virtual = n_virtual_tokens(log["variant_params"])
     windows = [w for ws in doc_windows for w in ws]
