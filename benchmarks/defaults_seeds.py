@@ -21,29 +21,26 @@ per epoch.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, argument_parser
 
-from layoutpeft.train import runs  # noqa: E402
-from layoutpeft.study import stats  # noqa: E402
-from layoutpeft.atomic import write_json  # noqa: E402
-from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.study.formatting import p_value  # noqa: E402
-from layoutpeft.hardware import simd_flags  # noqa: E402
-from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.train.tuning import code_files, environment_key  # noqa: E402
-from layoutpeft.train.variants import studied_variants  # noqa: E402
+from layoutpeft.train import runs
+from layoutpeft.study import stats
+from layoutpeft.atomic import write_json
+from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, load_params
+from layoutpeft.study.formatting import p_value
+from layoutpeft.hardware import simd_flags
+from layoutpeft.provenance import describe
+from layoutpeft.train.tuning import code_files, environment_key
+from layoutpeft.train.variants import studied_variants
 
 BASELINE = "baseline"
 LIBRARIES = ("torch", "transformers", "peft")
@@ -190,7 +187,7 @@ def report(out_dir: Path) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
     parser.add_argument("--variant", default="lora")
     parser.add_argument("--arms", nargs="+", default=[""], help='train.* overrides per arm; "" is the baseline')

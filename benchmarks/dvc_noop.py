@@ -12,7 +12,6 @@ times `dvc repro` (and `dvc status`) `--repeats` times. It fails if `dvc repro` 
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, argument_parser
 
 
 def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
@@ -68,7 +67,7 @@ def write_stand_in(path: Path, stage: str) -> int:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the temporary project (to profile it)")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/<date>-dvc-noop.json)")

