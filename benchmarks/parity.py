@@ -83,7 +83,7 @@ def main(argv=None) -> None:
             print(f"seed {seed} {args.setting}={value}: test F1 {scores['f1']:.4f} (best epoch {result.best_epoch}), "
                   f"{run['wall_s']:.0f}s, load {' '.join(load)}", flush=True)
             out.write_text(json.dumps(record, indent=2) + "\n")
-    pairs = {}
+    pairs: dict = {}
     for run in record["runs"]:
         pairs.setdefault(run["seed"], {})[run["value"]] = run["test_f1"]
     complete = [p for p in pairs.values() if all(v in p for v in args.values)]

@@ -93,7 +93,7 @@ def profile_one(method, precision, args, params, mp, cfg, train, val, pad_id, de
         return out
 
     step(model, batch_list(99)[0], optimizer, scheduler, n_virtual, device, dtype, trainable)  # warm-up
-    phases = defaultdict(float)
+    phases: defaultdict[str, float] = defaultdict(float)
     start = time.perf_counter()
     real = 0
     for seed in range(1):
@@ -114,7 +114,7 @@ def profile_one(method, precision, args, params, mp, cfg, train, val, pad_id, de
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for b in chosen:
             step(model, b, optimizer, scheduler, n_virtual, device, dtype, trainable)
-    kinds = defaultdict(float)
+    kinds: defaultdict[str, float] = defaultdict(float)
     top = sorted(((e.self_cpu_time_total / 1e6, e.key) for e in prof.key_averages()), reverse=True)[:12]
     for event in prof.key_averages():
         if event.key.startswith("aten::") or event.key.startswith("mkldnn") or event.key.startswith("Optimizer"):

@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -143,7 +144,7 @@ def measure_peaks(model_cfg: ModelConfig, device: torch.device, tokens: int) -> 
 
     config, _ = layoutlm_config(model_cfg.checkpoint)
     shape = (tokens, config.hidden_size, config.intermediate_size)
-    peaks = {"shape": list(shape), "load": loadavg()}
+    peaks: dict[str, Any] = {"shape": list(shape), "load": loadavg()}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         peaks[name] = hardware.matmul_peak(dtype, device, shape)
     return peaks
@@ -204,7 +205,7 @@ def rates(model, variant, lengths: list[int], seconds: float, epoch_tokens: int,
 def compare_recipes(args, model_cfg, params, cfg, device, train, test, pad_id, peaks) -> dict:
     variant = variant_of("full", params)
     epoch_tokens = args.epoch_tokens
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, (recipe, pad_to) in recipes(cfg, device).items():
         if args.recipes and name not in args.recipes:
             continue
@@ -340,9 +341,9 @@ def startup(args, params: dict, repeats: int = 2) -> dict:
 
     from layoutpeft.train.variants import write_variants
 
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         local = json.loads(json.dumps(params))
         local["model"]["checkpoint"] = args.checkpoint
         local["train"]["max_epochs"] = 1

@@ -95,7 +95,7 @@ def choice(params: dict, dotted: str, options: tuple, where: str = "params.yaml"
 
 class _Section:
     def as_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self)  # type: ignore[call-overload]  # every section is a dataclass
 
 
 @dataclass(frozen=True)

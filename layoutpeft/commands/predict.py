@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
 
 def png_names(documents: list[dict]) -> list[str]:
     """<stem>.png per document; a stem used twice gets -2, -3, ..."""
-    names, used = [], {}
+    names: list[str] = []
+    used: dict[str, int] = {}
     for doc in documents:
         stem = Path(doc["annotation"]).stem
         used[stem] = used.get(stem, 0) + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from layoutpeft.atomic import staged_dir, write_json
 from layoutpeft.errors import LayoutpeftError, ParamsError
@@ -53,7 +54,8 @@ def word_pieces(tokenizer, words: list[str]) -> list[list[int]]:
 def windows_for(doc: Document, tokenizer, max_tokens: int) -> list[dict]:
     """Split one document into windows of at most `max_tokens` content tokens (+ [CLS], [SEP])."""
     pieces = word_pieces(tokenizer, doc.words)
-    windows, current = [], []
+    windows: list[list[int]] = []  # word indices per window
+    current: list[int] = []
     used = 0
     for word_index, ids in enumerate(pieces):
         if len(ids) > max_tokens:
@@ -140,7 +142,7 @@ def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) ->
     splits = {"train": train_docs, "validation": val_docs, "test": test_docs}
     records = {name: tokenize_split(docs, tokenizer, max_tokens) for name, docs in splits.items()}
     window_length = max_tokens + 2
-    report = {name: split_report(splits[name], records[name], tokenizer.unk_token_id, window_length)
+    report: dict[str, Any] = {name: split_report(splits[name], records[name], tokenizer.unk_token_id, window_length)
               for name in splits}
     report["window_length"] = window_length
     report["tokenizer_vocab"] = len(tokenizer)

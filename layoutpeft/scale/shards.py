@@ -262,7 +262,7 @@ def run_workers(params: dict, count: int, *, gpus: list[str] | None = None, coll
     announce(describe(shards))
     prepare()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    procs = []
+    procs: list[tuple] = []
     for shard, env in zip(shards, envs):
         if not shard.units:
             continue

@@ -112,6 +112,7 @@ def compare_variant(name: str, base: dict, head: dict) -> dict:
     if comparison is None:
         row["flag"] = "no F1"
         return row
+    assert b_f1 is not None and h_f1 is not None  # compare_f1 compares only when both sides have F1
     low, high = comparison["ci95_low"], comparison["ci95_high"]
     row.update(delta=comparison["mean_diff"], delta_low=low, delta_high=high, p_value=comparison["p_value"])
     if None not in (b_f1.get("ci95_low"), b_f1.get("ci95_high"), h_f1.get("ci95_low"), h_f1.get("ci95_high")):

@@ -12,13 +12,15 @@ None where they are undefined (one value, no spread), never NaN.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, TypeVar
 
 from scipy import stats as sps
 
 PAIRED = "paired t"
 WELCH = "Welch t"
 
+
+Seed = TypeVar("Seed", int, str, "int | str")  # a seed key: int, or str where a summary kept it as text
 
 def t_quantile(df: float, level: float = 0.95) -> float:
     return float(sps.t.ppf(0.5 + level / 2, df))
@@ -55,7 +57,7 @@ def _finite(p: float) -> float | None:
     return p if math.isfinite(p) else None
 
 
-def paired_comparison(a: Mapping[int, float], b: Mapping[int, float]) -> dict | None:
+def paired_comparison(a: Mapping[Seed, float], b: Mapping[Seed, float]) -> dict | None:
     """a - b over the seeds both have: {test, n_pairs, mean_diff, ci95_low, ci95_high, p_value}.
 
     CI and p are None with one pair; p is None when every difference is the same (the t statistic
@@ -67,6 +69,7 @@ def paired_comparison(a: Mapping[int, float], b: Mapping[int, float]) -> dict | 
     xs, ys = [a[s] for s in shared], [b[s] for s in shared]
     diffs = [x - y for x, y in zip(xs, ys)]
     diff = seed_stats(diffs)
+    assert diff is not None  # at least one shared seed
     p_value = None
     if len(shared) >= 2 and max(diffs) - min(diffs) > 1e-12 * max(1.0, abs(diff["mean"])):
         p_value = _finite(float(sps.ttest_rel(xs, ys).pvalue))

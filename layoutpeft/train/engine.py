@@ -9,7 +9,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -112,7 +112,7 @@ def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, devi
         for row, index in enumerate(indices):
             size = len(windows[index]["input_ids"])
             predictions[index] = guesses[row, :size]
-            if with_probs:
+            if probs is not None:  # with_probs
                 probabilities[index] = probs[row, :size]
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -135,7 +135,7 @@ def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
     `impl` (train.adamw): fused (one kernel over all tensors, CPU and CUDA), foreach (batched
     per-op kernels, torch's default) or for_loop (one tensor at a time). Same update rule.
     `tables_lr` (new_tables_lr): the trainable 2-D position tables get their own lr."""
-    groups = {}
+    groups: dict[tuple[bool, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -144,7 +144,7 @@ def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
         group = groups.setdefault((table, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
                                                       **({"lr": tables_lr} if table else {})})
         group["params"].append(p)
-    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
+    kind: dict[str, Any] = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
     return torch.optim.AdamW([groups[k] for k in sorted(groups)], lr=lr, **kind)
 
 

@@ -344,6 +344,7 @@ def apply_method(model, settings: dict, schedule: Schedule, new_modules: tuple[s
     of a BERT checkpoint) that every method must train, like the head, and save with its weights."""
     method = method_of(settings)
     if not method.peft:
+        assert method.trains is not None  # a method is either PEFT (peft_config) or says what it trains
         for name, p in model.named_parameters():
             p.requires_grad = method.trains(name) or any(f".{m}." in f".{name}" for m in new_modules)
         return model
@@ -354,6 +355,7 @@ def apply_method(model, settings: dict, schedule: Schedule, new_modules: tuple[s
 
         # No gradient checkpointing: it trades time for memory we do not need at this size.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    assert method.peft_config is not None
     config = method.peft_config(settings, schedule)
     if new_modules:  # PEFT adds the head itself (TOKEN_CLS); these train and save alongside it
         config.modules_to_save = sorted(set(config.modules_to_save or []) | set(new_modules))

@@ -72,7 +72,7 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
     method = method_of(variant)
     device = device or resolve_device(log["device"])
     if (run_dir / "model").is_dir():
-        return LayoutLMForTokenClassification.from_pretrained(run_dir / "model").to(device)
+        return LayoutLMForTokenClassification.from_pretrained(run_dir / "model").to(device)  # type: ignore[arg-type]  # transformers types .to() for models only
     from layoutpeft.train.methods import quantization_config
 
     quant = quantization_config(device.type) if method.quantized else None

@@ -125,10 +125,10 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
 
         for lr in declared:
             trial(lr)
-        while len(extended) < tuning.extend and (lr := next_lr(trials)) is not None:
-            print(f"  best lr at the {grid_edge(trials)} end of the grid: extending it to {lr:g}", flush=True)
-            extended.append(lr)
-            trial(lr)
+        while len(extended) < tuning.extend and (wider_lr := next_lr(trials)) is not None:
+            print(f"  best lr at the {grid_edge(trials)} end of the grid: extending it to {wider_lr:g}", flush=True)
+            extended.append(wider_lr)
+            trial(wider_lr)
     trials.sort(key=lambda t: t["lr"])
     best = choose(trials)
     return {"variant": name, "chosen_lr": best["lr"], "tuned": True, "seed": tuning.seed, "selected_on": "best_val_f1",

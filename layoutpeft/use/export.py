@@ -28,6 +28,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,7 +105,7 @@ def plain_base(checkpoint: str, config_path: Path, quantized: bool):
     from layoutpeft.train.methods import quantization_config
     from layoutpeft.modeling import resolve_checkpoint
 
-    kwargs = {"config": LayoutLMConfig.from_json_file(str(config_path))}
+    kwargs: dict[str, Any] = {"config": LayoutLMConfig.from_json_file(str(config_path))}
     if quantized:
         kwargs["quantization_config"] = quantization_config("cpu")
     verbosity = hf_logging.get_verbosity()
