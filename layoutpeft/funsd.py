@@ -83,7 +83,7 @@ def parse_annotation(annotation: dict, width: int, height: int, source: str) -> 
             _check_box(word["box"], w_where)
             if str(word["text"]).strip():  # empty words carry nothing to label
                 kept.append(word)
-        for word, label_text in zip(kept, entity_labels(label, len(kept))):
+        for word, label_text in zip(kept, entity_labels(label, len(kept)), strict=True):
             doc.words.append(str(word["text"]).strip())
             doc.boxes.append(normalize_box(word["box"], width, height))
             doc.labels.append(label_text)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
+import pytest
 import torch
 
 from layoutpeft import hardware
@@ -36,3 +38,15 @@ def test_outside_a_repository_nothing_is_claimed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert git_commit() is None and code_modified() is None
+
+
+def test_one_version_string():
+    """pyproject.toml takes its version from layoutpeft.__version__ (setuptools dynamic), never a copy."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    import layoutpeft
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "layoutpeft.__version__"}
+    assert layoutpeft.__version__.count(".") == 2

@@ -150,7 +150,7 @@ def test_every_word_labelled_exactly_once(tokenized, raw_dir):
     assert len(docs) == 11
     for doc in docs:
         rows = rows_of(dataset, doc.doc_id)
-        labelled = [(w, lab) for r in rows for w, lab in zip(r["word_ids"], r["labels"]) if lab != X]
+        labelled = [(w, lab) for r in rows for w, lab in zip(r["word_ids"], r["labels"], strict=True) if lab != X]
         assert [w for w, _ in labelled] == list(range(len(doc.words))), doc.doc_id
         assert [lab for _, lab in labelled] == [LABEL2ID[lab] for lab in doc.labels], doc.doc_id
         for r in rows:

@@ -14,7 +14,7 @@ from layoutpeft.train.scoring import score, word_labels
 def window(doc, words, labels, first_only=True):
     """A window whose tokens are [CLS] w0 w0' w1 ... [SEP]; each word has 2 sub-tokens."""
     word_ids, label_ids = [-1], [-100]
-    for w, label in zip(words, labels):
+    for w, label in zip(words, labels, strict=True):
         word_ids += [w, w]
         label_ids += [LABEL2ID[label], -100]
     word_ids.append(-1)
@@ -99,7 +99,8 @@ def test_same_seed_same_metrics_other_seed_differs(workspace, variant):
     again = train_and_evaluate(root, params, variant, 0, "b")
     other = train_and_evaluate(root, params, variant, 1, "c")
     assert first["scores"] == again["scores"]
-    assert first["history"] == [dict(r, epoch_time_s=a["epoch_time_s"]) for r, a in zip(again["history"], first["history"])]
+    assert first["history"] == [dict(r, epoch_time_s=a["epoch_time_s"])
+                                for r, a in zip(again["history"], first["history"], strict=True)]
     assert [r["train_loss"] for r in first["history"]] != [r["train_loss"] for r in other["history"]]
 
 

@@ -53,7 +53,7 @@ def pipeline_labels(run_dir: Path, tokenized: Path) -> dict[str, list[str]]:
     result = engine.predict(model, windows, 8, load_meta(tokenized)["pad_token_id"], cpu,
                             n_virtual_tokens(log["variant_params"]))
     _, predicted = word_labels(windows, result["predictions"])
-    return dict(zip(sorted({w["doc_id"] for w in windows}), predicted))
+    return dict(zip(sorted({w["doc_id"] for w in windows}), predicted, strict=True))
 
 
 def labels_of(model, windows: list[dict], n_virtual: int = 0) -> list[list[str]]:

@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
     if args.png:
         from layoutpeft.use.draw import draw_entities, save_png, shrink
 
-        for doc, name in zip(record["documents"], png_names(record["documents"])):
+        for doc, name in zip(record["documents"], png_names(record["documents"]), strict=True):
             page = shrink(draw_entities(doc["image"], doc["entities"]), args.png_width)
             doc["png"] = str(save_png(page, Path(args.png) / name))
     if args.out:

@@ -46,7 +46,7 @@ def word_pieces(tokenizer, words: list[str]) -> list[list[int]]:
     # so transformers' "sequence length is longer than the specified maximum" warning misleads.
     encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
     pieces: list[list[int]] = [[] for _ in words]
-    for token_id, word_id in zip(encoded["input_ids"], encoded.word_ids()):
+    for token_id, word_id in zip(encoded["input_ids"], encoded.word_ids(), strict=True):
         pieces[word_id].append(token_id)
     return [ids if ids else [tokenizer.unk_token_id] for ids in pieces]
 
@@ -91,7 +91,7 @@ def check_lossless(doc: Document, records: list[dict]) -> None:
     """Every word of the document carries its label exactly once across its windows."""
     seen: dict[int, int] = {}
     for record in records:
-        for word, label in zip(record["word_ids"], record["labels"]):
+        for word, label in zip(record["word_ids"], record["labels"], strict=True):
             if label != -100:
                 seen[word] = seen.get(word, 0) + 1
     lost = [w for w in range(len(doc.words)) if seen.get(w, 0) == 0]

@@ -257,13 +257,13 @@ def run_workers(params: dict, count: int, *, gpus: list[str] | None = None, coll
     shards = plan(params, count)
     envs = [worker_env(i, count, gpus, cpus) for i in range(count)]
     if gpus is not None:
-        for shard, env in zip(shards, envs):
+        for shard, env in zip(shards, envs, strict=True):
             check_gpu(env, f"worker {shard.index} (--gpus {','.join(gpus)})")
     announce(describe(shards))
     prepare()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     procs: list[tuple] = []
-    for shard, env in zip(shards, envs):
+    for shard, env in zip(shards, envs, strict=True):
         if not shard.units:
             continue
         name = f"shard-{shard.index}of{count}-{stamp}"

@@ -66,7 +66,7 @@ def which_to_pick(summary: dict) -> list[str]:
             lines.append(f"- Too few shared seeds to compare with {top}: {', '.join(unknown)}.")
     points = [n for n in by_f1 if found[n].get("trainable_params")]
     flags = pareto_flags([(found[n]["trainable_params"], found[n]["f1"]["mean"]) for n in points])
-    front = sorted((n for n, on in zip(points, flags) if on), key=lambda n: found[n]["trainable_params"])
+    front = sorted((n for n, on in zip(points, flags, strict=True) if on), key=lambda n: found[n]["trainable_params"])
     if len(front) > 1:
         lines.append("- Pareto front of F1 against trainable parameters, cheapest first: "
                      + " → ".join(f"{n} ({fmt.count(found[n]['trainable_params'])}, "

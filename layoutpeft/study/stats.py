@@ -67,7 +67,7 @@ def paired_comparison(a: Mapping[Seed, float], b: Mapping[Seed, float]) -> dict 
     if not shared:
         return None
     xs, ys = [a[s] for s in shared], [b[s] for s in shared]
-    diffs = [x - y for x, y in zip(xs, ys)]
+    diffs = [x - y for x, y in zip(xs, ys, strict=True)]
     diff = seed_stats(diffs)
     assert diff is not None  # at least one shared seed
     p_value = None

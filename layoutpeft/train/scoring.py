@@ -22,10 +22,10 @@ def word_labels(windows: list[dict], predictions: list[torch.Tensor]) -> tuple[l
     """
     gold: dict[str, dict[int, str]] = defaultdict(dict)
     pred: dict[str, dict[int, str]] = defaultdict(dict)
-    for window, predicted in zip(windows, predictions):
+    for window, predicted in zip(windows, predictions, strict=True):
         labelled = window["labels"] != -100
         for word, label, guess in zip(window["word_ids"][labelled].tolist(), window["labels"][labelled].tolist(),
-                                      predicted[labelled].tolist()):
+                                      predicted[labelled].tolist(), strict=True):
             if word in gold[window["doc_id"]]:
                 raise ValueError(f"{window['doc_id']}: word {word} is labelled in more than one window")
             gold[window["doc_id"]][word] = LABELS[label]

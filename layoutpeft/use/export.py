@@ -174,7 +174,7 @@ def probe_windows(tokenized: Path, tokenizer, n: int = 8) -> tuple[list[dict], s
 
 
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
 # ----------------------------------------------------------------------------- export

@@ -188,7 +188,7 @@ def label_windows(model, windows: list[dict], batch_size: int, pad_token_id: int
     from layoutpeft.train.engine import predict
 
     result = predict(model, windows, batch_size, pad_token_id, device, n_virtual, dtype, with_probs=True)
-    return list(zip(result["predictions"], result["probabilities"]))
+    return list(zip(result["predictions"], result["probabilities"], strict=True))
 
 
 def as_tensors(record: dict) -> dict:
@@ -237,15 +237,15 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
 
     documents, all_gold, all_pred = [], [], []
     position = 0
-    for form, ws in zip(forms, doc_windows):
+    for form, ws in zip(forms, doc_windows, strict=True):
         results = guesses[position:position + len(ws)]
         position += len(ws)
         labels: dict[int, str] = {}
         scores: dict[int, float] = {}
-        for window, (ids, probs) in zip(ws, results):
+        for window, (ids, probs) in zip(ws, results, strict=True):
             first = window["labels"] != -100
             for word, label_id, prob in zip(window["word_ids"][first].tolist(), ids[first].tolist(),
-                                            probs[first].tolist()):
+                                            probs[first].tolist(), strict=True):
                 if word in labels:
                     raise PredictInputError(f"{form.annotation}: word {word} labelled twice (windowing bug)")
                 labels[word], scores[word] = LABELS[label_id], prob
