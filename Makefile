@@ -27,9 +27,10 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-# The edit loop (under 5 min on 2 cores): lint, type check, the unit tests and one end-to-end smoke
-# test (a whole tiny study through `dvc repro`).
-SMOKE := tests/test_study_pipeline.py::test_repro_runs_the_whole_study_and_commits
+# The edit loop (under 5 min on 2 cores when they are not shared): lint, type check, the unit tests
+# (tests/test_toy_method.py among them runs a method through the real stage functions) and one
+# end-to-end smoke test through DVC (`dvc repro tokenize` in a fresh tiny project, then a no-op rerun).
+SMOKE := tests/test_pipeline_data.py::test_dvc_repro_tokenize
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
