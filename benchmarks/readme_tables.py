@@ -1,9 +1,9 @@
-"""Regenerate a README section from a benchmark's result file, so no figure is typed by hand.
+"""Regenerate a section of benchmarks/README.md from a benchmark's result file, so no figure is typed by hand.
 
     python benchmarks/readme_tables.py benchmarks/results/2026-11-27-cpu-speed-quiet.md --block speed-cpu
 
 Copies the result's text (without its title) between `<!-- results:<block> -->` and
-`<!-- /results:<block> -->` in README.md, with a line naming the file it came from.
+`<!-- /results:<block> -->` in benchmarks/README.md (or --readme), with a line naming the file it came from.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     parser = argument_parser(__doc__)
     parser.add_argument("result", type=Path, help="a benchmark's .md result file")
     parser.add_argument("--block", required=True, help="the README block name")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--readme", type=Path, default=Path(__file__).resolve().parent / "README.md")
     args = parser.parse_args(argv)
     if not args.result.is_file():
         print(f"readme_tables: error: {args.result}: no such file", file=sys.stderr)

@@ -1,13 +1,17 @@
-"""`layoutpeft publish`: a study's results copied into results/<name>/ for git, README block regenerated."""
+"""`layoutpeft publish`: a study's results copied into results/<name>/ for git, README blocks regenerated;
+the committed generated blocks are what their generators write."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.study.formatting import missing_seeds
-from layoutpeft.study.publish import demote_headings, publish, update_readme_block
+from layoutpeft.study.publish import publish, short_table, update_readme_block
 from layoutpeft.study.summary import trained_on
 
 
@@ -64,24 +68,59 @@ def test_readme_block_is_replaced_between_its_markers(tmp_path):
     assert not update_readme_block(readme, "other", "x")
 
 
-def test_missing_runs_and_headings_read_well_inside_the_readme():
+def test_missing_runs_read_well():
     assert missing_seeds({"full": [1, 2], "lora": [1]}) == "full seeds 1, 2; lora seed 1"
-    page = "# Seed study\n\ntext with a # inside\n## Notes\n###### deep\n"
-    assert demote_headings(page) == "#### Seed study\n\ntext with a # inside\n##### Notes\n###### deep\n"
 
 
-def test_publish_command_puts_the_summary_under_the_readme_section(tmp_path, monkeypatch):
+def test_publish_command_puts_a_short_table_in_the_readme_and_keeps_the_story(tmp_path, monkeypatch):
     from layoutpeft.commands import publish as command
     fake_study(tmp_path)
-    (tmp_path / "metrics" / "summary.md").write_text("# Seed study\n\n| Variant |\n")
+    (tmp_path / "metrics" / "summary.md").write_text(
+        "# Seed study\n\n| Variant | lr | F1 (%) | Δ F1 vs full (pts) |\n|---|---:|---:|---:|\n"
+        "| **full** | 0.1 | 50.0 ± 1.0 | reference |\n\n| other table |\n|---|\n")
     (tmp_path / "README.md").write_text("## Results\n<!-- results:ref -->\n<!-- /results:ref -->\n")
     monkeypatch.chdir(tmp_path)
     assert command.main(["ref", "--command", "cmd"]) == 0
     block = (tmp_path / "README.md").read_text()
-    assert "#### Seed study" in block and "\n# Seed study" not in block
-    assert "- **Reproduce:** `cmd`" in block and "- **Code:** commit abc" in block
-    assert "- **Model:**" not in block and "- **Device:**" not in block  # the table's notes say them
-    assert "- **Model:**" in (tmp_path / "results" / "ref" / "README.md").read_text()
+    assert "| Variant | F1 (%) | Δ F1 vs full (pts) |\n| --- | ---: | ---: |\n| **full** | 50.0 ± 1.0 | reference |\n" in block
+    assert "other table" not in block and "| lr |" not in block  # the first table, its short columns only
+    assert "[results/ref/summary.md](results/ref/summary.md)" in block
+    folder = tmp_path / "results" / "ref" / "README.md"
+    text = folder.read_text()
+    assert text.startswith("<!-- results:ref -->\n# Study results: ref\n") and "- **Reproduce:** `cmd`" in text
+
+    # what was written by hand around the generated part survives a republish; the part is regenerated
+    folder.write_text("Intro by hand.\n" + text + "\n## What the study shows\n\nBy hand.\n")
+    assert command.main(["ref", "--command", "cmd2"]) == 0
+    text = folder.read_text()
+    assert text.startswith("Intro by hand.\n<!-- results:ref -->\n# Study results: ref\n")
+    assert "- **Reproduce:** `cmd2`" in text and "`cmd`" not in text
+    assert text.endswith("<!-- /results:ref -->\n\n## What the study shows\n\nBy hand.\n")
+
+
+def block_of(readme: Path, name: str) -> str:
+    match = re.search(rf"<!-- results:{name} -->\n(.*?)<!-- /results:{name} -->", readme.read_text(), re.S)
+    assert match, f"{readme}: no results:{name} block"
+    return match.group(1)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_readme_table_is_the_published_studys():
+    expected = short_table(REPO_ROOT / "results" / "reference-minilm", REPO_ROOT)
+    assert block_of(REPO_ROOT / "README.md", "reference-minilm") == expected.rstrip() + "\n"
+
+
+def test_committed_benchmark_tables_are_their_result_files():
+    spec = importlib.util.spec_from_file_location("readme_tables", REPO_ROOT / "benchmarks" / "readme_tables.py")
+    readme_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme_tables)
+    readme = REPO_ROOT / "benchmarks" / "README.md"
+    blocks = re.findall(r"<!-- results:([\w.-]+) -->\n\*Generated from `([^`]+)`", readme.read_text())
+    assert blocks, "benchmarks/README.md has no generated block"
+    for name, result in blocks:
+        assert block_of(readme, name) == readme_tables.body_of(Path(result)).rstrip() + "\n"
 
 
 def test_cpu_flags_come_from_a_run_that_recorded_them(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layoutpeft.study.publish import publish, readme_block, update_readme_block
+from layoutpeft.study.publish import publish, short_table, update_readme_block
 
 
 def main(argv: list[str]) -> int:
@@ -13,9 +13,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--command", required=True, help="the command that reproduces the study")
     parser.add_argument("--note", default="", help="a paragraph for results/<name>/README.md")
     parser.add_argument("--readme", default="README.md",
-                        help="also replace its <!-- results:NAME --> block with the summary table")
+                        help="also replace its <!-- results:NAME --> block with a short table of the summary")
     args = parser.parse_args(argv)
     target = publish(args.name, args.command, args.note)
-    updated = Path(args.readme).is_file() and update_readme_block(Path(args.readme), args.name, readme_block(target))
+    updated = Path(args.readme).is_file() and update_readme_block(
+        Path(args.readme), args.name, short_table(target, Path(args.readme).parent))
     print(f"publish: {target}/" + (f" and the results:{args.name} block of {args.readme}" if updated else ""))
     return 0
