@@ -7,7 +7,7 @@
 LayoutLM was initialised from BERT with new 2-D position embeddings; a `model_type: bert`
 checkpoint gets the same treatment here, with the new tables initialised per
 `model.position_init` (`zero`: training starts from exactly the BERT model; `random`: as
-LayoutLM did, N(0, initializer_range)). Zero trained better on the real FUNSD (README, "New
+LayoutLM did, N(0, initializer_range)). Zero trained better on the real FUNSD (docs/protocol.md, "New
 2-D position tables"): PEFT methods freeze the tables, and frozen random ones are only noise.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ Shards never change a stage's params or deps: every stage is the run-cache entry
 `dvc repro` makes. `--workers` runs each shard as `dvc exp run --temp <stages>` (its own copy
 of the workspace, one shared cache) with CUDA_VISIBLE_DEVICES from --gpus and OMP/MKL threads =
 cores / N. `--collect` stops, naming the run, if dvc would train anything. See
-README "Scaling out" and layoutpeft.scale.shards.
+docs/scaling-out.md and layoutpeft.scale.shards.
 """
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def positive_list(value):
 # Every method takes its own lr, and may name its own lr grid for tuning (else study.lr_grid x lr).
 # tables_lr: the lr of a BERT checkpoint's new 2-D position tables (default model.tables_lr). They are
 # 4 x 1024 x hidden fresh weights: at the high lr some adapters need (VeRA, IA3, prompt tuning) they
-# overfit (README "Reference study"), so one lr for them keeps the method's lr the method's. Not tuned by the lr grid.
+# overfit (docs/protocol.md, "new 2-D tables"), so one lr for them keeps the method's lr the method's. Not tuned by the lr grid.
 LR = {"lr": Key(float, required=True, check=positive), "lr_grid": Key(list, default=None, check=positive_list),
       "tables_lr": Key(float, default=None, check=positive)}
 TARGETS = {"targets": Key(list, default=["query", "value"], check=known_targets)}
