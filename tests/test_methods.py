@@ -245,3 +245,37 @@ def test_model_tables_lr_is_checked(tiny_checkpoint, value, ok):
     else:
         with pytest.raises(ParamsError, match="model.tables_lr"):
             ModelConfig.from_params(params)
+
+
+@pytest.mark.parametrize("case, method_weights", [
+    ("full", None), ("head", 0), ("lora", LAYERS * 4 * 2 * H * 4), ("prompt_tuning", 4 * H),
+    ("vera", LAYERS * ((8 + H) + (8 + H) + (8 + I)))])
+def test_counts_split_the_method_from_the_head_and_new_tables(case, method_weights, tiny_checkpoint):
+    """On a BERT checkpoint every method trains the head and the new 2-D tables: the method's own
+    weights are the rest, and every share is of full fine-tuning's trainable count."""
+    model, _ = build(tiny_checkpoint, CASES[case][0])
+    counts = count_parameters(model, shared_tables=True, full_trainable=model.full_trainable)
+    full_model, _ = build(tiny_checkpoint, CASES["full"][0])
+    full_size = count_parameters(full_model)["trainable"]
+    assert model.full_trainable == full_size  # measured before the method wraps the model
+    assert counts["head"] == CLASSIFIER and counts["new_tables"] == TABLES
+    expected = full_size - NEW if case == "full" else method_weights
+    assert counts["method"] == expected
+    assert counts["method"] + counts["head"] + counts["new_tables"] == counts["trainable"]
+    assert counts["method_share"] == pytest.approx(expected / full_size)
+    assert counts["trainable_share"] == pytest.approx(counts["trainable"] / full_size)
+    assert counts["method_bytes"] == 4 * expected and counts["shared_bytes"] == 4 * NEW  # fp32 tensors
+
+
+def test_counts_on_a_layoutlm_checkpoint_leave_its_pretrained_tables_to_the_method(tmp_path, tiny_checkpoint):
+    from transformers import AutoTokenizer, LayoutLMConfig, LayoutLMModel
+
+    config = LayoutLMConfig(vocab_size=len(AutoTokenizer.from_pretrained(tiny_checkpoint)), **TINY_BERT)
+    LayoutLMModel(config).save_pretrained(tmp_path / "layoutlm")
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
+    cfg = ModelConfig(str(tmp_path / "layoutlm"), "zero", "train")
+    full = validate_variant("t", CASES["full"][0], prompt_reserve=8)
+    model, source = engine.build_model(cfg, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2))
+    counts = count_parameters(model, engine.trains_new_tables(cfg, source), model.full_trainable)
+    assert counts["new_tables"] == 0 and counts["head"] == CLASSIFIER
+    assert counts["method"] == counts["trainable"] - CLASSIFIER and counts["method_share"] < 1

@@ -38,7 +38,10 @@ def build_model(model_cfg: ModelConfig, variant: dict, device: torch.device, sch
     quant = quantization_config(device.type) if method.quantized else None
     model, source_type = load_model(model_cfg.checkpoint, model_cfg.position_init,
                                     quantization_config=quant, attn_implementation=attention)
+    from layoutpeft.train.probes import model_size  # probes imports this module
+
     new_modules = TABLES_2D if trains_new_tables(model_cfg, source_type) else ()
+    model.full_trainable = model_size(model)  # full fine-tuning's trainable count, before the method
     model = apply_method(model, variant, schedule, new_modules)
     if method.quantized and device.type == "cpu":
         keep_4bit_training_layout(model)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from layoutpeft.data.batching import batches, to_device
+from layoutpeft.modeling import TABLES_2D
 from layoutpeft.train.device import autocast
 from layoutpeft.train.engine import logits_of
 
@@ -59,14 +60,52 @@ def peak_memory(device: torch.device, window: dict | None = None) -> dict:
             "baseline_bytes": None}
 
 
-def count_parameters(model) -> dict:
+def _weights(p) -> int:
+    # bitsandbytes packs two 4-bit weights per byte: count the weights, not the bytes.
+    packed_4bit = getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit"
+    return p.numel() * 2 if packed_4bit else p.numel()
+
+
+def model_size(model) -> int:
+    """Every weight of a model (4-bit packed weights counted as weights): before a method is applied,
+    what full fine-tuning trains."""
+    return sum(_weights(p) for p in model.parameters())
+
+
+HEAD = "classifier"
+
+
+def part_of(name: str, shared_tables: bool) -> str:
+    """Which part of what trains a parameter belongs to: "head" (the new classifier, trained by every
+    method), "new_tables" (a BERT checkpoint's new 2-D tables, likewise) or "method" (the method's own)."""
+    if f".{HEAD}." in f".{name}":
+        return "head"
+    if shared_tables and any(f".{t}." in f".{name}" for t in TABLES_2D):
+        return "new_tables"
+    return "method"
+
+
+def count_parameters(model, shared_tables: bool = False, full_trainable: int | None = None) -> dict:
+    """Trainable and total weights, and what trains split into the method's own weights and the
+    parts every method shares (head; new 2-D tables when `shared_tables`), with their tensors' bytes.
+
+    `full_trainable` (model_size before the method): full fine-tuning's trainable count, the base of
+    every share; without it trainable_share falls back to the model's own total, which for a PEFT
+    model counts the head and the tables twice (the original and the trained copy)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = 0
-    for p in model.parameters():
-        # bitsandbytes packs two 4-bit weights per byte: count the weights, not the bytes.
-        packed_4bit = getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit"
-        total += p.numel() * 2 if packed_4bit else p.numel()
-    return {"trainable": trainable, "total": total, "trainable_share": trainable / total if total else 0.0}
+    total = model_size(model)
+    parts = {"method": 0, "head": 0, "new_tables": 0}
+    part_bytes = {"method": 0, "head": 0, "new_tables": 0}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            part = part_of(name, shared_tables)
+            parts[part] += p.numel()
+            part_bytes[part] += p.numel() * p.element_size()
+    base = full_trainable or total
+    return {"trainable": trainable, "total": total, "trainable_share": trainable / base if base else 0.0,
+            **parts, "full_trainable": full_trainable,
+            "method_share": parts["method"] / full_trainable if full_trainable else None,
+            "method_bytes": part_bytes["method"], "shared_bytes": part_bytes["head"] + part_bytes["new_tables"]}
 
 
 @torch.no_grad()

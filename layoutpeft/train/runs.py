@@ -113,9 +113,11 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
 
     engine.seed_everything(seed)  # classifier, adapters and 2-D tables are initialised from this seed
     model, source_type = engine.build_model(model_cfg, variant, device, schedule, cfg.attention)
-    counts = count_parameters(model)
-    print(f"train: {name}-{seed}: {variant['method']}, {counts['trainable']:,} of {counts['total']:,} parameters "
-          f"trainable ({counts['trainable_share']:.3%}), {device}, {PRECISION_NAMES[dtype]}", flush=True)
+    counts = count_parameters(model, engine.trains_new_tables(model_cfg, source_type),
+                              getattr(model, "full_trainable", None))
+    print(f"train: {name}-{seed}: {variant['method']}, {counts['trainable']:,} parameters trainable "
+          f"({counts['trainable_share']:.3%} of full fine-tuning's), the method's own {counts['method']:,}; "
+          f"{device}, {PRECISION_NAMES[dtype]}", flush=True)
 
     with staged_dir(out_dir) as staged:
         window = start_memory_window(device)
