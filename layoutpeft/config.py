@@ -7,7 +7,7 @@ Stages read exactly the keys their `params:` list in dvc.yaml declares (tests ch
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,10 @@ class StudyConfig(_Section):
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
     reference: str | None
+    # study.extra_runs {"<variant>-<seed>": {variant, seed}}: seeds added to some variants only (dvc.yaml's
+    # train_extra@ / evaluate_extra@ run them), read as {variant: (seeds, ...)}
+    extra_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    margin: float | None = None  # study.margin: equivalence margin in F1 points (two one-sided tests)
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyConfig":
@@ -244,4 +248,30 @@ class StudyConfig(_Section):
                               "(DVC would merge the duplicate runs)")
         if reference is not None and reference not in names:
             raise ParamsError(f"params.yaml: study.reference {reference!r} is not in study.variants {names}")
-        return cls(tuple(names), tuple(seeds), reference)
+        margin = get(params, "study.margin", (float, type(None)), default=None)
+        if margin is not None and not 0 < margin < 100:
+            raise ParamsError(f"params.yaml: key 'study.margin' must be F1 points in (0, 100), got {margin!r}")
+        return cls(tuple(names), tuple(seeds), reference, extra_seeds(params, names, seeds), margin)
+
+
+def extra_seeds(params: dict, names: list[str], seeds: list[int]) -> dict[str, tuple[int, ...]]:
+    """study.extra_runs ({"lora-3": {variant: lora, seed: 3}}, the shape DVC's foreach can run) as
+    {variant: (seeds, ...)}; each key must be "<variant>-<seed>" of a studied variant and a seed
+    outside study.seeds (DVC would make two stages write the same run)."""
+    runs = get(params, "study.extra_runs", (dict, type(None)), default=None) or {}
+    found: dict[str, list[int]] = {}
+    for key, run in runs.items():
+        where = f"params.yaml: study.extra_runs.{key}"
+        if not isinstance(run, dict) or set(run) != {"variant", "seed"}:
+            raise ParamsError(f"{where}: must be {{variant: <name>, seed: <int>}}, got {run!r}")
+        variant, seed = run["variant"], run["seed"]
+        if variant not in names:
+            raise ParamsError(f"{where}: variant {variant!r} is not in study.variants")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ParamsError(f"{where}: seed must be an integer, got {seed!r}")
+        if key != f"{variant}-{seed}":
+            raise ParamsError(f"{where}: the key must be {variant}-{seed} (the run's name), got {key!r}")
+        if seed in seeds:
+            raise ParamsError(f"{where}: seed {seed} is already in study.seeds")
+        found.setdefault(variant, []).append(seed)
+    return {v: tuple(sorted(s)) for v, s in found.items()}

@@ -28,20 +28,21 @@ from layoutpeft.study.summary import build_summary, json_text, markdown_table, r
 
 
 def read_params(params: dict) -> StudyConfig:
-    """What aggregate reads: the `study:` section (variants, seeds, reference)."""
+    """What aggregate reads: the `study:` section (variants, seeds, reference, extra_runs, margin)."""
     return StudyConfig.from_params(params)
 
 
 def main(argv: list[str]) -> None:
     config = read_params(load_params())
-    study = read_study(RUNS_DIR, config.variants, config.seeds, config.reference)
+    study = read_study(RUNS_DIR, config.variants, config.seeds, config.reference, config.extra_seeds)
     for warning in study.warnings():
         print(f"aggregate: WARNING: {warning}", file=sys.stderr)
     if study.stale:
         print(f"aggregate: ignoring {len(study.stale)} run file(s) outside the study: "
               f"{', '.join(study.stale[:5])}{' ...' if len(study.stale) > 5 else ''}")
 
-    summary = build_summary(study.runs, config.seeds, config.reference, read_tuning(LR_DIR, config.variants))
+    summary = build_summary(study.runs, config.seeds, config.reference, read_tuning(LR_DIR, config.variants),
+                            margin=config.margin, extra_seeds=config.extra_seeds)
     files = {STUDY_METRICS: json_text(study_metrics(summary)), SUMMARY_JSON: json_text(summary),
              SUMMARY_MD: markdown_table(summary, study), SUMMARY_CSV: summary_csv(summary)}
     with staged_dir(PLOTS_DIR) as plots:  # swapped in after the body; removed if anything fails

@@ -255,7 +255,9 @@ def test_main_summary_numbers(no_png, study):
     # documented key order
     assert list(lora) == ["method", "params", "n_seeds", "seeds", "missing_seeds", "f1", "precision", "recall",
                           "f1_HEADER", "f1_QUESTION", "f1_ANSWER", "lr", "lr_tuning", "trainable_params", "total_params",
-                          "trainable_share", "saved_bytes", "train_time_s", "epoch_time_s", "epochs_run", "best_epoch",
+                          "trainable_share", "method_params", "head_params", "table_params", "full_trainable_params",
+                          "method_share", "method_bytes", "params_recounted", "saved_bytes", "train_time_s",
+                          "epoch_time_s", "epochs_run", "best_epoch",
                           "peak_memory_mb", "memory_kind", "inference_tokens_per_s", "merged_inference_tokens_per_s",
                           "vs_reference"]
 
@@ -354,10 +356,40 @@ def test_the_table_shows_what_each_variant_stores(no_png, study):
     summary = study.run()
     md = study.read("summary.md")
     header = next(line for line in md.splitlines() if line.startswith("| Variant"))
-    column = header.split(" | ").index("Saved")
+    column = header.split(" | ").index("Saved: adapter / to ship")
     row = next(line for line in md.splitlines() if line.startswith("| lora |"))
     assert summary["variants"]["lora"]["saved_bytes"] == 600_000
-    assert row.split(" | ")[column] == "600 kB"
+    assert row.split(" | ")[column] == "– / 600 kB"  # a record without the split: the adapter alone unknown
+
+
+def split_run(variant: str, seed: int, f1: float, method: int, **kwargs) -> dict:
+    """make_run with the parameter split of a BERT checkpoint (head 2,695; tables 1,572,864; full 24,288,775)."""
+    run = make_run(variant, seed, f1, trainable=method + 2_695 + 1_572_864, **kwargs)
+    run["parameters"].update(method=method, head=2_695, new_tables=1_572_864, full_trainable=24_288_775,
+                             method_share=method / 24_288_775, method_bytes=4 * method, shared_bytes=4 * 1_575_559)
+    return run
+
+
+def test_own_params_shares_of_full_and_the_pareto_front_use_the_method_weights(no_png, tmp_path):
+    s = Study(tmp_path, ["full", "lora", "head", "vera"], [0, 1, 2])
+    for seed in range(3):
+        s.add(split_run("full", seed, 0.50 + seed / 100, 22_713_216, params={"method": "full", "lr": 1e-3}))
+        s.add(split_run("lora", seed, 0.46 + seed / 100, 294_912, params=LORA))
+        s.add(split_run("head", seed, 0.22 + seed / 100, 0, params={"method": "head", "lr": 1e-2}))
+        s.add(split_run("vera", seed, 0.36 + seed / 100, 15_360, params={"method": "vera", "lr": 1e-1}))
+    summary = s.run()
+    lora = summary["variants"]["lora"]
+    assert lora["method_params"] == 294_912 and lora["trainable_params"] == 1_870_471
+    assert lora["method_share"] == pytest.approx(294_912 / 24_288_775)
+    assert lora["trainable_share"] == pytest.approx(1_870_471 / 24_288_775)     # not of the PEFT model's total
+    md = s.read("summary.md")
+    row = next(line for line in md.splitlines() if line.startswith("| lora |")).split(" | ")
+    assert row[3:5] == ["295 k (1.2 %)", "1.87 M (7.7 %)"]
+    assert "1.18 MB / 7.48 MB" in row
+    front = next(line for line in md.splitlines() if "Pareto front" in line)
+    assert "the method's own trainable weights" in front
+    assert "head (0, 23.0) → vera (15.4 k, 37.0) → lora (295 k, 47.0) → full (22.7 M, 51.0)" in front
+    assert "1,572,864" in md and "24,288,775" in md
 
 
 def test_stale_files_are_ignored(no_png, study):
@@ -550,12 +582,13 @@ def test_study_json_is_the_compact_metrics_file(no_png, tmp_path):
     summary = s.run()
     metrics = strict_json(s.read("study.json"))
     assert list(metrics) == ["lora", "full", "ghost"]
-    assert all(list(v) == ["f1", "f1_ci95", "delta_f1", "p"] for v in metrics.values())
+    assert all(list(v) == ["f1", "f1_ci95", "delta_f1", "p", "p_holm"] for v in metrics.values())
     lora = summary["variants"]["lora"]
     assert metrics["lora"] == {"f1": lora["f1"]["mean"], "f1_ci95": pytest.approx(T975_DF2 * 0.02 / math.sqrt(3)),
-                               "delta_f1": lora["vs_reference"]["mean_diff"], "p": lora["vs_reference"]["p_value"]}
+                               "delta_f1": lora["vs_reference"]["mean_diff"], "p": lora["vs_reference"]["p_value"],
+                               "p_holm": lora["vs_reference"]["p_value"]}  # a family of one: Holm changes nothing
     assert metrics["full"]["delta_f1"] is None and metrics["full"]["p"] is None      # the reference
-    assert metrics["ghost"] == {"f1": None, "f1_ci95": None, "delta_f1": None, "p": None}
+    assert metrics["ghost"] == {"f1": None, "f1_ci95": None, "delta_f1": None, "p": None, "p_holm": None}
     assert len(s.read("study.json")) < len(s.read("summary.json")) / 10
 
 
@@ -719,3 +752,89 @@ def test_the_table_says_what_model_data_and_schedule_it_comes_from(no_png, study
     summary = study.read("summary.md")
     assert "`microsoft/layoutlm-base-uncased` (layoutlm checkpoint)" in summary
     assert "- Schedules (they differ between runs): up to 100 epochs, batch 16, patience 5; up to 30 epochs" in summary
+
+
+# --------------------------------------------------------------------------- Holm, equivalence, power
+
+def test_holm_by_hand():
+    # sorted p 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, 0.04, made monotone -> 0.03, 0.06, 0.06
+    adjusted = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None})
+    assert adjusted == {"a": pytest.approx(0.03), "b": pytest.approx(0.06), "c": pytest.approx(0.06), "d": None}
+    assert stats.holm({"only": 0.2}) == {"only": pytest.approx(0.2)}
+
+
+def cdf_t2(t: float) -> float:
+    return 0.5 + t / (2 * math.sqrt(2 + t * t))
+
+
+def test_equivalence_two_one_sided_tests_by_hand():
+    # differences 0.01, 0.02, 0.03: mean 0.02, SD 0.01, SE 0.01 / sqrt 3; margin 0.05, df 2
+    a, b = {0: 0.51, 1: 0.52, 2: 0.53}, {0: 0.50, 1: 0.50, 2: 0.50}
+    se = 0.01 / math.sqrt(3)
+    p_upper = cdf_t2((0.02 - 0.05) / se)           # H0: diff >= +margin
+    p_lower = 1 - cdf_t2((0.02 + 0.05) / se)       # H0: diff <= -margin
+    result = stats.equivalence(a, b, 0.05)
+    assert result["p_value"] == pytest.approx(max(p_upper, p_lower), rel=1e-6)
+    assert result["equivalent"] is (max(p_upper, p_lower) < 0.05)
+    assert stats.equivalence(a, b, 0.005)["equivalent"] is False          # the mean itself is outside ±0.5 points
+    assert stats.equivalence({0: 0.5}, {0: 0.4}, 0.05) is None            # one pair: no test
+
+
+def test_power_line_against_the_noncentral_t():
+    """Seeds needed for 80 % power: the smallest n whose power (noncentral t, computed here with scipy
+    directly) reaches 0.8; checked on the reference study's full vs LoRA-all-linear per-seed F1."""
+    from scipy import stats as sps
+
+    full = {0: 0.5256, 1: 0.4955, 2: 0.4878}
+    lora_all = {0: 0.5098, 1: 0.4900, 2: 0.4674}
+    line = stats.power_line(lora_all, full, family=8)
+    diffs = [lora_all[s] - full[s] for s in full]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    effect = abs(mean) / sd
+
+    def power(n, alpha=0.05):
+        crit = sps.t.ppf(1 - alpha / 2, n - 1)
+        nc = effect * math.sqrt(n)
+        return sps.nct.sf(crit, n - 1, nc) + sps.nct.cdf(-crit, n - 1, nc)
+    assert line["sd_diff"] == pytest.approx(sd) and line["power"] == pytest.approx(power(3), abs=1e-6)
+    n = line["seeds_needed"]
+    assert power(n) >= 0.8 > power(n - 1)
+    m = line["seeds_needed_corrected"]
+    assert power(m, 0.05 / 8) >= 0.8 > power(m - 1, 0.05 / 8) and m > n
+
+
+def test_summary_applies_holm_to_every_verdict_and_prints_power_lines(no_png, tmp_path):
+    s = Study(tmp_path, ["full", "a", "b", "c"], [0, 1, 2])
+    ref = [0.50, 0.51, 0.53]
+    for seed in range(3):
+        s.add(make_run("full", seed, ref[seed]))
+        s.add(make_run("a", seed, ref[seed] - [0.10, 0.11, 0.10][seed], params=LORA))   # far below
+        s.add(make_run("b", seed, ref[seed] - [0.03, 0.01, 0.02][seed], params=LORA))   # raw p 0.057
+        s.add(make_run("c", seed, ref[seed] - [0.004, -0.002, 0.001][seed], params=LORA))
+    summary = s.run()
+    vs = {n: summary["variants"][n]["vs_reference"] for n in "abc"}
+    expected = stats.holm({n: v["p_value"] for n, v in vs.items()})
+    assert {n: v["p_holm"] for n, v in vs.items()} == expected
+    assert vs["a"]["verdict"] == "differs" and vs["b"]["verdict"] == vs["c"]["verdict"] == "undecided"
+    md = s.read("summary.md")
+    assert "Holm" in next(line for line in md.splitlines() if line.startswith("| Variant"))
+    assert f"(Holm {vs['b']['p_holm']:.2f})" in md or f"(Holm {vs['b']['p_holm']:.3f})" in md
+    power = [line for line in md.splitlines() if line.startswith("- b vs full:")]
+    assert power and f"takes {vs['b']['power']['seeds_needed']} seeds" in power[0]
+    assert not any(line.startswith("- a vs full:") for line in md.splitlines())    # decided: no power line
+
+
+def test_a_margin_turns_undecided_into_equivalent(no_png, tmp_path):
+    s = Study(tmp_path, ["full", "c"], [0, 1, 2])
+    params = yaml.safe_load(s.params.read_text())
+    params["study"]["margin"] = 2.0            # F1 points
+    s.params.write_text(yaml.safe_dump(params))
+    ref = [0.50, 0.51, 0.53]
+    for seed in range(3):
+        s.add(make_run("full", seed, ref[seed]))
+        s.add(make_run("c", seed, ref[seed] - [0.004, -0.002, 0.001][seed], params=LORA))
+    summary = s.run()
+    vs = summary["variants"]["c"]["vs_reference"]
+    assert vs["equivalence"]["margin_points"] == 2.0 and vs["verdict"] == "equivalent"
+    assert "±2 F1 points" in s.read("summary.md")

@@ -1,7 +1,7 @@
 """Human formats, one family for every table (metrics/summary.md, the stage's stdout, the PR report).
 
 Scores are shown in percent with the half-width of their 95 % interval ("72.0 ± 5.0"),
-differences in percentage points ("+2.0 [+0.1, +3.9], p=0.041"), counts with three significant
+differences in percentage points ("+2.0 [+0.1, +3.9], p=0.041 (Holm 0.12)"), counts with three significant
 digits ("152 k"), durations in s / min / h ("5.2 min"), memory in MB / GB (10^6 / 10^9 bytes).
 A missing value is "–" everywhere.
 """
@@ -83,7 +83,12 @@ def delta(comparison: Mapping | None, with_ci: bool = True, with_p: bool = True)
     text = f"{100 * comparison['mean_diff']:+.1f}"
     if with_ci and comparison.get("ci95_low") is not None:
         text += f" [{100 * comparison['ci95_low']:+.1f}, {100 * comparison['ci95_high']:+.1f}]"
-    return f"{text}, {p_value(comparison.get('p_value'))}" if with_p else text
+    if not with_p:
+        return text
+    text += f", {p_value(comparison.get('p_value'))}"
+    if "p_holm" in comparison:  # the family-wise corrected p every verdict uses (layoutpeft.summary.judge)
+        text += f" (Holm {p_value(comparison['p_holm']).replace('p=', '').replace('p<', '<')})"
+    return text
 
 
 def seeds(entry: Mapping, n_expected: int) -> str:

@@ -4,6 +4,10 @@
 - `paired_comparison`: difference of two sets of runs over the seeds both have (paired t);
 - `welch_comparison` / `welch_interval`: difference of two means from (mean, std, n) alone (Welch t),
   for when the runs cannot be paired;
+- `holm`: Holm's family-wise correction of a set of p-values (statsmodels' multipletests);
+- `equivalence`: two one-sided paired t-tests against a margin (statsmodels' ttost_paired);
+- `power_line`: the power a paired comparison had for its observed difference, and the seeds that
+  80 % would take at its observed paired SD (statsmodels' TTestPower);
 - `pareto_flags`: which (cost, score) points no other point beats.
 
 A comparison is a dict {test, n_pairs, mean_diff, ci95_low, ci95_high, p_value}; CI and p are
@@ -18,6 +22,8 @@ from scipy import stats as sps
 
 PAIRED = "paired t"
 WELCH = "Welch t"
+ALPHA = 0.05
+TARGET_POWER = 0.8
 
 
 Seed = TypeVar("Seed", int, str, "int | str")  # a seed key: int, or str where a summary kept it as text
@@ -106,6 +112,72 @@ def welch_comparison(a: Mapping, n_a: int, b: Mapping, n_b: int) -> dict:
                                                          equal_var=False).pvalue))
     return {"test": WELCH, "n_pairs": None, "mean_diff": diff, "ci95_low": low, "ci95_high": high,
             "p_value": p_value}
+
+
+def holm(p_values: Mapping[str, float | None], alpha: float = ALPHA) -> dict[str, float | None]:
+    """{name: Holm-adjusted p} over the names with a p-value (None stays None): the family is every
+    comparison given, so a variant's adjusted p depends on how many others were compared."""
+    from statsmodels.stats.multitest import multipletests
+
+    named = [(name, p) for name, p in p_values.items() if p is not None]
+    adjusted = dict.fromkeys(p_values)
+    if named:
+        _, corrected, _, _ = multipletests([p for _, p in named], alpha=alpha, method="holm")
+        adjusted.update({name: float(p) for (name, _), p in zip(named, corrected)})
+    return adjusted
+
+
+def _shared(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[list[float], list[float]]:
+    seeds = sorted(set(a) & set(b))
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+def equivalence(a: Mapping[int, float], b: Mapping[int, float], margin: float, alpha: float = ALPHA) -> dict | None:
+    """Two one-sided paired t-tests (TOST) that |a - b| < margin over the shared seeds:
+    {margin, p_value, equivalent}; p is the larger of the two one-sided p-values. None with fewer
+    than two pairs or no spread (no t statistic)."""
+    from statsmodels.stats.weightstats import ttost_paired
+
+    xs, ys = _shared(a, b)
+    diffs = [x - y for x, y in zip(xs, ys)]
+    if len(diffs) < 2 or max(diffs) - min(diffs) <= 1e-12:
+        return None
+    p, _, _ = ttost_paired(_array(xs), _array(ys), -margin, margin)
+    p = _finite(float(p))
+    return {"margin": margin, "p_value": p, "equivalent": p is not None and p < alpha}
+
+
+def _array(values):
+    import numpy as np
+
+    return np.asarray(values, dtype=float)
+
+
+def power_line(a: Mapping[int, float], b: Mapping[int, float], family: int = 1, alpha: float = ALPHA,
+               target: float = TARGET_POWER) -> dict | None:
+    """For a paired comparison a - b: its observed mean difference and paired SD, the power the
+    study's n pairs had to detect that difference at `alpha` (two-sided paired t), and the number
+    of seeds (pairs) that `target` power would take, at `alpha` and at alpha / family (the
+    Bonferroni bound, which Holm never needs more than). None with fewer than two pairs or no spread."""
+    from statsmodels.stats.power import TTestPower
+
+    xs, ys = _shared(a, b)
+    diffs = [x - y for x, y in zip(xs, ys)]
+    stats = seed_stats(diffs)
+    if stats is None or stats["std"] is None or stats["std"] <= 0 or stats["mean"] == 0:
+        return None
+    effect = abs(stats["mean"]) / stats["std"]
+    analysis = TTestPower()
+
+    def seeds_needed(level: float) -> int | None:
+        if analysis.power(effect_size=effect, nobs=2, alpha=level) >= target:
+            return 2  # the fewest pairs a t-test takes (the solver finds no root below)
+        n = float(analysis.solve_power(effect_size=effect, alpha=level, power=target, alternative="two-sided"))
+        return math.ceil(n) if math.isfinite(n) else None
+    return {"n_pairs": len(diffs), "mean_diff": stats["mean"], "sd_diff": stats["std"], "effect_size": effect,
+            "alpha": alpha, "power": float(analysis.power(effect_size=effect, nobs=len(diffs), alpha=alpha)),
+            "target_power": target, "seeds_needed": seeds_needed(alpha),
+            "family": family, "seeds_needed_corrected": seeds_needed(alpha / family) if family > 1 else None}
 
 
 def pareto_flags(points: Sequence[tuple[float, float]]) -> list[bool]:

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 from layoutpeft.study import formatting as fmt
 from layoutpeft.study.decision import which_to_pick
 from layoutpeft.errors import LayoutpeftError
+from layoutpeft.study import stats
 from layoutpeft.study.stats import half_width, paired_comparison, seed_stats
 
 PER_TYPES = ("HEADER", "QUESTION", "ANSWER")
@@ -45,13 +46,23 @@ CONSTANTS: dict[str, str] = {
     "trainable_params": "parameters.trainable",
     "total_params": "parameters.total",
     "trainable_share": "parameters.trainable_share",
-    "saved_bytes": "saved_bytes",
+    # what trains, split (layoutpeft.engine.count_parameters; older records: layoutpeft.recount)
+    "method_params": "parameters.method",           # the method's own weights
+    "head_params": "parameters.head",               # the new classifier, trained by every method
+    "table_params": "parameters.new_tables",        # a BERT checkpoint's new 2-D tables, likewise
+    "full_trainable_params": "parameters.full_trainable",  # full fine-tuning's trainable count: every share's base
+    "method_share": "parameters.method_share",
+    "method_bytes": "parameters.method_bytes",      # the method's own tensors alone
+    "saved_bytes": "saved_bytes",                   # what a user ships: method + head + trained tables
 }
+FRACTIONS = ("trainable_share", "method_share", "lr")
 REQUIRED = ("scores.f1", "scores.precision", "scores.recall")
 # A variant's keys in summary.json, in the order of docs/result-files.md.
 ENTRY_KEYS = ("method", "params", "n_seeds", "seeds", "missing_seeds",
               "f1", "precision", "recall", *(f"f1_{t}" for t in PER_TYPES),
-              "lr", "lr_tuning", "trainable_params", "total_params", "trainable_share", "saved_bytes",
+              "lr", "lr_tuning", "trainable_params", "total_params", "trainable_share",
+              "method_params", "head_params", "table_params", "full_trainable_params", "method_share", "method_bytes",
+              "params_recounted", "saved_bytes",
               "train_time_s", "epoch_time_s", "epochs_run", "best_epoch", "peak_memory_mb", "memory_kind",
               "inference_tokens_per_s", "merged_inference_tokens_per_s", "vs_reference")
 STAT_KEYS = ("mean", "std", "ci95_low", "ci95_high")
@@ -114,28 +125,37 @@ class Study:
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
     reference: str | None
+    extra_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
     runs: dict[str, dict[int, dict]] = field(default_factory=dict)
     problems: dict[str, dict[int, str]] = field(default_factory=dict)
     stale: list[str] = field(default_factory=list)
+
+    def seeds_of(self, variant: str) -> tuple[int, ...]:
+        """The study's seeds and the variant's extra ones (study.extra_runs)."""
+        return (*self.seeds, *self.extra_seeds.get(variant, ()))
 
     def warnings(self) -> list[str]:
         out = []
         for variant, by_seed in self.problems.items():
             if by_seed:
                 files = ", ".join(f"{run_path(self.runs_dir, variant, s)} ({why})" for s, why in sorted(by_seed.items()))
-                out.append(f"{variant}: {len(self.seeds) - len(by_seed)}/{len(self.seeds)} seeds usable; "
+                n = len(self.seeds_of(variant))
+                out.append(f"{variant}: {n - len(by_seed)}/{n} seeds usable; "
                            f"left out: {files}")
         if self.reference is not None and not self.runs.get(self.reference):
             out.append(f"reference {self.reference!r} has no readable run: no paired comparison")
         return out
 
 
-def read_study(runs_dir: Path, variants: Sequence[str], seeds: Sequence[int], reference: str | None) -> Study:
-    """Every run file of variants x seeds; AggregateError (naming the folder) when none is readable."""
-    study = Study(Path(runs_dir), tuple(variants), tuple(seeds), reference)
+def read_study(runs_dir: Path, variants: Sequence[str], seeds: Sequence[int], reference: str | None,
+               extra_seeds: dict[str, Sequence[int]] | None = None) -> Study:
+    """Every run file of variants x seeds (and each variant's extra seeds); AggregateError (naming the
+    folder) when none is readable."""
+    study = Study(Path(runs_dir), tuple(variants), tuple(seeds), reference,
+                  {v: tuple(s) for v, s in (extra_seeds or {}).items()})
     for variant in variants:
         study.runs[variant], study.problems[variant] = {}, {}
-        for seed in seeds:
+        for seed in study.seeds_of(variant):
             run, problem = read_run(run_path(runs_dir, variant, seed), variant, seed)
             if run is None:
                 study.problems[variant][seed] = problem
@@ -146,7 +166,7 @@ def read_study(runs_dir: Path, variants: Sequence[str], seeds: Sequence[int], re
                              f"x {len(seeds)} seeds (expected e.g. {run_path(runs_dir, variants[0], seeds[0])}; "
                              "run the evaluate stages first)")
     if study.runs_dir.is_dir():
-        expected = {run_path(runs_dir, v, s).name for v in variants for s in seeds}
+        expected = {run_path(runs_dir, v, s).name for v in variants for s in study.seeds_of(v)}
         study.stale = sorted(p.name for p in study.runs_dir.glob("*.json") if p.name not in expected)
     return study
 
@@ -183,9 +203,10 @@ def summarise_variant(runs: dict[int, dict], seeds: Sequence[int]) -> dict:
         entry[key] = per_seed_stats({s: None if v is None else v * scale for s, v in values.items()})
     for key, path in CONSTANTS.items():
         value = number(first, path)
-        if value is not None and key not in ("trainable_share", "lr"):
+        if value is not None and key not in FRACTIONS:
             value = int(round(value))
         entry[key] = value
+    entry["params_recounted"] = bool(dig(first, "parameters.recounted"))
     entry["lr_tuning"] = None
     entry["vs_reference"] = None
     return {key: entry[key] for key in ENTRY_KEYS}
@@ -222,17 +243,71 @@ def read_tuning(lr_dir: Path, variants: Sequence[str]) -> dict[str, dict]:
 
 
 def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], reference: str | None,
-                  tuning: dict[str, dict] | None = None) -> dict:
-    """The summary.json dict (NaN-free) from {variant: {seed: run}}, variants in study order."""
-    variants = {name: summarise_variant(by_seed, seeds) for name, by_seed in runs.items()}
+                  tuning: dict[str, dict] | None = None, margin: float | None = None,
+                  extra_seeds: dict[str, Sequence[int]] | None = None) -> dict:
+    """The summary.json dict (NaN-free) from {variant: {seed: run}}, variants in study order.
+
+    Every comparison with the reference is paired over the seeds both have (a variant given extra
+    seeds is compared over the shared ones), Holm-corrected across the family of comparisons, tested
+    for equivalence within ±`margin` (F1 points) when one is given, and carries a power line."""
+    extra = extra_seeds or {}
+    variants = {name: summarise_variant(by_seed, [*seeds, *extra.get(name, ())]) for name, by_seed in runs.items()}
     for name, entry in variants.items():
         entry["lr_tuning"] = tuning_entry((tuning or {}).get(name))
     ref_f1 = {s: number(r, "scores.f1") for s, r in runs.get(reference, {}).items()}
+    f1 = {name: {s: number(r, "scores.f1") for s, r in by_seed.items()} for name, by_seed in runs.items()}
     for name, entry in variants.items():
         if name != reference and ref_f1:
-            mine = {s: number(r, "scores.f1") for s, r in runs[name].items()}
-            entry["vs_reference"] = compare_with_reference(mine, ref_f1)
-    return without_nan({"reference": reference, "seeds": list(seeds), "trained": trained_on(runs), "variants": variants})
+            entry["vs_reference"] = compare_with_reference(f1[name], ref_f1)
+    judge(variants, f1, ref_f1, margin)
+    add_shares(variants, reference)
+    return without_nan({"reference": reference, "seeds": list(seeds), "extra_seeds": {k: list(v) for k, v in extra.items()},
+                        "statistics": {"alpha": stats.ALPHA, "correction": "holm", "margin_points": margin,
+                                       "target_power": stats.TARGET_POWER},
+                        "trained": trained_on(runs), "variants": variants})
+
+
+def judge(variants: dict[str, dict], f1: dict[str, dict[int, float]], ref_f1: dict[int, float],
+          margin: float | None) -> None:
+    """Add to each comparison with the reference: `p_holm` (Holm over all of them), `equivalence`
+    (TOST within ±margin points, its p Holm-corrected over the family too), `verdict` ("differs",
+    "equivalent" or "undecided") and `power` (layoutpeft.stats.power_line)."""
+    compared = {n: e["vs_reference"] for n, e in variants.items() if e.get("vs_reference")}
+    adjusted = stats.holm({n: c.get("p_value") for n, c in compared.items()})
+    tests = {n: stats.equivalence(f1[n], ref_f1, margin / 100) if margin else None for n in compared}
+    tost_adjusted = stats.holm({n: t["p_value"] if t else None for n, t in tests.items()})
+    family = sum(1 for c in compared.values() if c.get("p_value") is not None)
+    for name, comparison in compared.items():
+        comparison["p_holm"] = adjusted[name]
+        if tests[name]:
+            p = tost_adjusted[name]
+            tests[name] = {**tests[name], "margin_points": margin, "p_holm": p,
+                           "equivalent": p is not None and p < stats.ALPHA}
+        comparison["equivalence"] = tests[name]
+        comparison["verdict"] = verdict(comparison)
+        comparison["power"] = stats.power_line(f1[name], ref_f1, family=max(family, 1))
+
+
+def verdict(comparison: dict) -> str | None:
+    """"differs" (Holm p < alpha), "equivalent" (TOST within the margin, Holm-corrected), else
+    "undecided"; None without a p-value."""
+    if comparison.get("p_holm") is None:
+        return None
+    if comparison["p_holm"] < stats.ALPHA:
+        return "differs"
+    return "equivalent" if (comparison.get("equivalence") or {}).get("equivalent") else "undecided"
+
+
+def add_shares(variants: dict[str, dict], reference: str | None) -> None:
+    """Shares of full fine-tuning's trainable count: from the records' own base where they hold it,
+    else from the reference's trainable count when the reference is full fine-tuning."""
+    full = next((e["trainable_params"] for e in variants.values() if e.get("method") == "full"), None)
+    for entry in variants.values():
+        base = entry.get("full_trainable_params") or full
+        if base and entry.get("trainable_params") is not None:
+            entry["trainable_share"] = entry["trainable_params"] / base
+        if base and entry.get("method_params") is not None:
+            entry["method_share"] = entry["method_params"] / base
 
 
 def without_nan(node: Any) -> Any:
@@ -257,7 +332,7 @@ def study_metrics(summary: dict) -> dict:
     for name, e in summary["variants"].items():
         vs = e["vs_reference"] or {}
         out[name] = {"f1": (e["f1"] or {}).get("mean"), "f1_ci95": half_width(e["f1"]),
-                     "delta_f1": vs.get("mean_diff"), "p": vs.get("p_value")}
+                     "delta_f1": vs.get("mean_diff"), "p": vs.get("p_value"), "p_holm": vs.get("p_holm")}
     return out
 
 
@@ -392,17 +467,22 @@ def markdown_table(summary: dict, study: Study) -> str:
     """metrics/summary.md: the study's table, notes and the runs left out."""
     seeds, reference = summary["seeds"], summary["reference"]
     env = environment_line(study.runs)
-    header = ["Variant", "Method", "lr", "Trainable params", "P (%)", "R (%)", "F1 (%)",
-              f"Δ F1 vs {reference or 'reference'} (pts, 95 % CI, p)", "Best epoch / run", "Train time",
-              "Inference (tokens/s)", "Peak memory", "Saved", "Seeds"]
+    header = ["Variant", "Method", "lr", "Own params (% of full FT)", "Trainable in all", "P (%)", "R (%)", "F1 (%)",
+              f"Δ F1 vs {reference or 'reference'} (pts, 95 % CI, p (Holm p))", "Best epoch / run", "Train time",
+              "Inference (tokens/s)", "Peak memory", "Saved: adapter / to ship", "Seeds"]
     lines = ["# Seed study: LayoutLM PEFT methods on FUNSD", "",
              "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * 11 + ["---"]) + "|"]
+             "|" + "|".join(["---"] * 2 + ["---:"] * 12 + ["---"]) + "|"]
     for name in sorted_variants(summary):
         e = summary["variants"][name]
         params = fmt.count(e["trainable_params"])
         if e["trainable_share"] is not None:
             params += f" ({fmt.share(e['trainable_share'])})"
+        own = fmt.count(e["method_params"])
+        if e["method_share"] is not None:
+            own += f" ({fmt.share(e['method_share'])})"
+        saved = fmt.size(e["saved_bytes"]) if e["method"] == "full" else \
+            f"{fmt.size(e['method_bytes'])} / {fmt.size(e['saved_bytes'])}"
         tuned = e.get("lr_tuning") or {}
         lr = fmt.DASH if e.get("lr") is None else f"{e['lr']:.3g}" + (" (tuned)" if tuned.get("tuned") else "")
         if tuned.get("extended_by"):
@@ -414,17 +494,20 @@ def markdown_table(summary: dict, study: Study) -> str:
         mixed = e.get("memory_kind") is None and e.get("n_seeds") and e.get("peak_memory_mb") is None
         memory = "mixed kinds" if mixed and _has_memory(study.runs.get(name, {})) else fmt.megabytes(_mean(e["peak_memory_mb"]))
         lines.append("| " + " | ".join([
-            f"**{name}**" if name == reference else name, str(e["method"] or fmt.DASH), lr, params,
+            f"**{name}**" if name == reference else name, str(e["method"] or fmt.DASH), lr, own, params,
             fmt.percent(e["precision"]), fmt.percent(e["recall"]), fmt.percent(e["f1"]), _delta(summary, name),
             epochs, fmt.seconds(_mean(e["train_time_s"])), inference_cell(e), memory,
-            fmt.size(e["saved_bytes"]), fmt.seeds(e, len(seeds))]) + " |")
+            saved, fmt.seeds(e, len(seeds) + len((summary.get("extra_seeds") or {}).get(name, ())))]) + " |")
     lines.append("")
     lines += which_to_pick(summary)
     notes = [f"Seeds: {', '.join(map(str, seeds))}. Mean over seeds ± half-width of the 95 % t-interval "
              f"(n − 1 degrees of freedom)."]
     if reference in summary["variants"] and summary["variants"][reference]["n_seeds"]:
+        family = sum(1 for e in summary["variants"].values() if (e.get("vs_reference") or {}).get("p_value") is not None)
         notes.append(f"Δ F1: paired difference with **{reference}** over shared seeds, 95 % t-interval, "
-                     f"paired t-test p-value.")
+                     f"paired t-test p-value and, in brackets, its Holm-adjusted value over the {family} comparisons "
+                     f"with {reference} (statsmodels `multipletests`); every verdict above uses the Holm value."
+                     + equivalence_note(summary))
     elif reference:
         notes.append(f"Reference {reference} has no readable run in this study: no paired comparison.")
     else:
@@ -449,8 +532,10 @@ def markdown_table(summary: dict, study: Study) -> str:
                  + (f" ({'; '.join(timed)})" if timed else "") + "; merged: the same with the adapter folded into "
                  "the weights (`merge_and_unload`), for methods that allow it. It is timed on the machine that "
                  "evaluated, under whatever else ran there: compare runs evaluated under equal load.")
-    notes.append("Saved: what a run stores to be used (the adapter, or the trained tensors, or the whole model for "
-                 "full fine-tuning; the classifier head and trained new 2-D tables included).")
+    notes.append(parameters_note(summary))
+    notes.append("Saved: the adapter alone (the method's own tensors) / what a user must ship beside the base "
+                 "checkpoint (the run's saved files: adapter, classifier head and trained new 2-D tables); full "
+                 "fine-tuning ships the whole model.")
     notes.append(f"Peak memory: {', '.join(env.get('memory', ['unknown']))} (MB = 10^6 bytes); "
                  "cpu_peak_rss_training is the process's RSS peak during training (imports and loading excluded), "
                  "cuda_peak_allocated the GPU tensor peak; kinds are never averaged together."
@@ -474,14 +559,43 @@ def markdown_table(summary: dict, study: Study) -> str:
     return "\n".join(lines) + "\n"
 
 
+def equivalence_note(summary: dict) -> str:
+    margin = (summary.get("statistics") or {}).get("margin_points")
+    if not margin:
+        return " No equivalence margin (`study.margin`): a comparison is either shown to differ or undecided."
+    return (f" Equivalence: two one-sided paired t-tests that the difference lies within ±{margin:g} F1 points "
+            "(statsmodels `ttost_paired`, study.margin), Holm-adjusted over the same family.")
+
+
+def parameters_note(summary: dict) -> str:
+    """Where the parameter columns come from, and what every method trains alike."""
+    entries = [e for e in summary["variants"].values() if e.get("n_seeds")]
+    split = [e for e in entries if e.get("method_params") is not None]
+    if not split:
+        return ("Trainable: every trainable weight (the method's, the head's and any new 2-D tables'); these records "
+                "do not split them (`python -m layoutpeft.recount <runs folder>` adds the split).")
+    heads = sorted({e["head_params"] for e in split if e.get("head_params") is not None})
+    tables = sorted({e["table_params"] for e in split if e.get("table_params")})
+    base = sorted({e["full_trainable_params"] for e in split if e.get("full_trainable_params")})
+    shared = f"the classifier head ({', '.join(f'{h:,}' for h in heads)} weights)"
+    if tables:
+        shared += f" and the new 2-D position tables of the BERT checkpoint ({', '.join(f'{t:,}' for t in tables)})"
+    return (f"Own params: the method's own trainable weights; every method also trains {shared}, which "
+            f"\"Trainable in all\" adds. Shares are of full fine-tuning's trainable count"
+            + (f" ({', '.join(f'{b:,}' for b in base)})" if base else "") + ". The Pareto front uses the own weights."
+            + (" Split recounted from the records' model and variant settings on an untrained rebuild "
+               "(layoutpeft.recount)." if any(e.get("params_recounted") for e in split) else ""))
+
+
 def stdout_table(summary: dict) -> str:
     """A short plain-text table for the stage's output."""
     n = len(summary["seeds"])
-    rows = [("variant", "F1 %", "ΔF1 vs ref", "trainable", "train", "seeds")]
+    rows = [("variant", "F1 %", "ΔF1 vs ref", "own params", "train", "seeds")]
     for name in sorted_variants(summary):
         e = summary["variants"][name]
         rows.append((name, fmt.percent(e["f1"]), _delta(summary, name, with_ci=False, reference="ref"),
-                     fmt.count(e["trainable_params"]), fmt.seconds(_mean(e["train_time_s"])), fmt.seeds(e, n)))
+                     fmt.count(e["method_params"] if e["method_params"] is not None else e["trainable_params"]),
+                     fmt.seconds(_mean(e["train_time_s"])), fmt.seeds(e, n)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -501,20 +615,22 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
-VS_KEYS = ("n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value")
+VS_KEYS = ("n_pairs", "mean_diff", "ci95_low", "ci95_high", "p_value", "p_holm", "verdict")
 
 
 def summary_csv(summary: dict) -> str:
     """metrics/summary.csv: one flat row per variant (study order), for tools."""
     header = ["variant", "method", "is_reference", "n_seeds", "n_expected", "missing_seeds",
-              "trainable_params", "total_params", "trainable_share", "saved_bytes"]
+              "trainable_params", "total_params", "trainable_share", "method_params", "head_params", "table_params",
+              "full_trainable_params", "method_share", "method_bytes", "saved_bytes"]
     header += [f"{key}_{s}" for key in SEED_METRICS for s in STAT_KEYS]
     header += [f"vs_ref_{k}" for k in VS_KEYS]
     rows = []
     for name, e in summary["variants"].items():
         row = [name, e["method"], name == summary["reference"], e["n_seeds"], len(summary["seeds"]),
                " ".join(map(str, e["missing_seeds"])),
-               e["trainable_params"], e["total_params"], e["trainable_share"], e["saved_bytes"]]
+               e["trainable_params"], e["total_params"], e["trainable_share"], e["method_params"], e["head_params"],
+               e["table_params"], e["full_trainable_params"], e["method_share"], e["method_bytes"], e["saved_bytes"]]
         row += [(e[key] or {}).get(s) for key in SEED_METRICS for s in STAT_KEYS]
         row += [(e["vs_reference"] or {}).get(k) for k in VS_KEYS]
         rows.append(row)
