@@ -231,7 +231,9 @@ class StudyConfig(_Section):
     margin: float | None = None  # study.margin: equivalence margin in F1 points (two one-sided tests)
 
     @classmethod
-    def from_params(cls, params: dict) -> "StudyConfig":
+    def from_params(cls, params: dict, summary_keys: bool = False) -> "StudyConfig":
+        """summary_keys: also read study.extra_runs and study.margin (the aggregate stage's keys, left
+        unread elsewhere so that adding a seed to one variant reruns nothing but its runs and aggregate)."""
         names = get(params, "study.variants", list)
         seeds = get(params, "study.seeds", list)
         reference = get(params, "study.reference", str, default=None)
@@ -248,6 +250,8 @@ class StudyConfig(_Section):
                               "(DVC would merge the duplicate runs)")
         if reference is not None and reference not in names:
             raise ParamsError(f"params.yaml: study.reference {reference!r} is not in study.variants {names}")
+        if not summary_keys:
+            return cls(tuple(names), tuple(seeds), reference)
         margin = get(params, "study.margin", (float, type(None)), default=None)
         if margin is not None and not 0 < margin < 100:
             raise ParamsError(f"params.yaml: key 'study.margin' must be F1 points in (0, 100), got {margin!r}")

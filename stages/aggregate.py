@@ -29,7 +29,7 @@ from layoutpeft.study.summary import build_summary, json_text, markdown_table, r
 
 def read_params(params: dict) -> StudyConfig:
     """What aggregate reads: the `study:` section (variants, seeds, reference, extra_runs, margin)."""
-    return StudyConfig.from_params(params)
+    return StudyConfig.from_params(params, summary_keys=True)
 
 
 def main(argv: list[str]) -> None:

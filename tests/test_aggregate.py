@@ -293,7 +293,7 @@ def test_plot_csvs_columns_and_values(no_png, study):
     study.run()
     folder = study.root / "plots"
     pareto = read_csv(folder / "pareto.csv")
-    assert list(pareto[0]) == ["variant", "method", "trainable_params", "f1_mean", "f1_ci95_low",
+    assert list(pareto[0]) == ["variant", "method", "method_params", "trainable_params", "f1_mean", "f1_ci95_low",
                                "f1_ci95_high", "pareto"]
     # lora is both cheaper and better than full: full is dominated
     assert {r["variant"]: r["pareto"] for r in pareto} == {"full": "False", "lora": "True"}
@@ -838,3 +838,62 @@ def test_a_margin_turns_undecided_into_equivalent(no_png, tmp_path):
     vs = summary["variants"]["c"]["vs_reference"]
     assert vs["equivalence"]["margin_points"] == 2.0 and vs["verdict"] == "equivalent"
     assert "±2 F1 points" in s.read("summary.md")
+
+
+# --------------------------------------------------------------------------- seeds added to some variants
+
+def test_extra_seeds_for_one_variant_are_summarised_and_paired_over_the_shared_seeds(no_png, tmp_path):
+    s = Study(tmp_path, ["full", "lora"], [0, 1, 2])
+    params = yaml.safe_load(s.params.read_text())
+    params["study"]["extra_runs"] = {"lora-3": {"variant": "lora", "seed": 3}, "lora-4": {"variant": "lora", "seed": 4}}
+    s.params.write_text(yaml.safe_dump(params))
+    for seed, f1 in enumerate([0.69, 0.70, 0.71]):
+        s.add(make_run("full", seed, f1))
+    for seed, f1 in enumerate([0.70, 0.72, 0.74, 0.60, 0.62]):
+        s.add(make_run("lora", seed, f1, params=LORA))
+    summary = s.run()
+    lora = summary["variants"]["lora"]
+    assert lora["n_seeds"] == 5 and lora["seeds"] == [0, 1, 2, 3, 4] and lora["missing_seeds"] == []
+    assert lora["f1"]["mean"] == pytest.approx(0.676)                    # all five seeds
+    vs = lora["vs_reference"]
+    assert vs["n_pairs"] == 3 and vs["mean_diff"] == pytest.approx(0.02)   # paired over seeds 0-2 only
+    assert summary["extra_seeds"] == {"lora": [3, 4]}
+    row = next(line for line in s.read("summary.md").splitlines() if line.startswith("| lora |"))
+    assert row.endswith("| 5/5 |")
+    (s.runs / "lora-4.json").unlink()
+    assert s.run()["variants"]["lora"]["missing_seeds"] == [4]
+
+
+@pytest.mark.parametrize("runs, message", [
+    ({"lora-3": {"variant": "lora", "seed": 3}}, None),
+    ({"lora-1": {"variant": "lora", "seed": 1}}, "already in study.seeds"),
+    ({"lora3": {"variant": "lora", "seed": 3}}, "the key must be lora-3"),
+    ({"ghost-3": {"variant": "ghost", "seed": 3}}, "not in study.variants"),
+    ({"lora-3": {"variant": "lora"}}, "must be {variant: <name>, seed: <int>}"),
+])
+def test_extra_runs_are_checked(runs, message):
+    from layoutpeft.config import StudyConfig
+
+    params = {"study": {"variants": ["full", "lora"], "seeds": [0, 1, 2], "reference": "full", "extra_runs": runs}}
+    if message is None:
+        assert StudyConfig.from_params(params, summary_keys=True).extra_seeds == {"lora": (3,)}
+        assert StudyConfig.from_params(params).extra_seeds == {}      # other stages do not read them
+    else:
+        with pytest.raises(ParamsError, match=message.replace("{", r"\{").replace("}", r"\}")):
+            StudyConfig.from_params(params, summary_keys=True)
+
+
+def test_dvc_runs_extra_seeds_as_their_own_stages(tmp_path):
+    """DVC's matrix only crosses lists: dvc.yaml runs study.extra_runs with foreach, named like the matrix runs."""
+    import shutil
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"].update(variants=["full", "lora"], seeds=[0, 1], extra_runs={"lora-7": {"variant": "lora", "seed": 7}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True).stdout.split()
+    assert {"train_extra@lora-7", "evaluate_extra@lora-7", "train@lora-1"} <= set(listed)
+    assert not any(name.endswith("-7") and name.startswith(("train@", "evaluate@")) for name in listed)

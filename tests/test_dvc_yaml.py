@@ -66,7 +66,9 @@ def closure(module: str, neutral: set[str] = NEUTRAL) -> set[str]:
 
 
 def stages():
-    return sorted(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items())
+    """(name, definition) of every stage; a foreach stage's definition is its `do:` body."""
+    found = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return sorted((name, stage.get("do", stage)) for name, stage in found.items())
 
 
 IDS = [name for name, _ in stages()]
@@ -75,7 +77,8 @@ IDS = [name for name, _ in stages()]
 @pytest.mark.parametrize("name,stage", stages(), ids=IDS)
 def test_code_deps_are_exactly_the_imported_modules(name, stage):
     module = stage["cmd"].split("-m ", 1)[1].split()[0]
-    assert module == f"stages.{name}", f"stage {name!r} should run stages/{name}.py, runs {module}"
+    runs = name.removesuffix("_extra")  # train_extra / evaluate_extra: train@ / evaluate@ for study.extra_runs
+    assert module == f"stages.{runs}", f"stage {name!r} should run stages/{runs}.py, runs {module}"
     neutral = NEUTRAL if name == "variants" else NEUTRAL | READS_RESOLVED_VARIANTS
     needed = closure(module_file(module), neutral) - neutral
     listed = {d for d in stage.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
@@ -178,7 +181,7 @@ def test_params_are_exactly_what_the_stage_reads(name, stage, monkeypatch):
     monkeypatch.setattr(layoutpeft.modeling, "check_checkpoint", lambda spec: None)  # no hub/disk lookups
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     log: set[str] = set()
-    importlib.import_module(f"stages.{name}").read_params(Recording(params, log))
+    importlib.import_module(f"stages.{name.removesuffix('_extra')}").read_params(Recording(params, log))
     keys = {p for p in log if not p.endswith(WHOLE)}
     deepest = {p for p in keys if not any(q.startswith(p + ".") for q in keys)}
     read = leaves(params, deepest | {p[:-len(WHOLE)] for p in log if p.endswith(WHOLE)})

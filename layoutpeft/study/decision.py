@@ -131,7 +131,8 @@ def power_lines(summary: dict) -> list[str]:
         needed = power["seeds_needed"]
         corrected = power.get("seeds_needed_corrected")
         lines.append(f"- {name} vs {reference}: {100 * power['mean_diff']:+.2f} points, paired SD "
-                     f"{100 * power['sd_diff']:.2f} over {power['n_pairs']} seeds: {power['power']:.0%} power to detect "
+                     f"{100 * power['sd_diff']:.2f} over {power['n_pairs']} seeds: "
+                     f"{'?' if power['power'] is None else format(power['power'], '.0%')} power to detect "
                      f"that difference (α {power['alpha']:g}, paired t); {power['target_power']:.0%} power takes "
                      f"{needed if needed is not None else '?'} seeds"
                      + (f" ({corrected} at α {power['alpha']:g}/{power['family']}, the Bonferroni bound of Holm's "

@@ -72,14 +72,21 @@ def rank_rows(summary: dict) -> list[list]:
     return rows
 
 
+def own_params(entry: dict) -> float | None:
+    """The method's own trainable weights (what the Pareto front ranks), else every trainable weight."""
+    return entry["method_params"] if entry.get("method_params") is not None else entry.get("trainable_params")
+
+
 def pareto_rows(summary: dict) -> list[list]:
-    """plots/pareto.csv rows: variant, method, trainable_params, f1_mean, f1_ci95_low, f1_ci95_high, pareto."""
-    names = [n for n, e in summary["variants"].items() if e["f1"] and e["trainable_params"] is not None]
-    points = [(summary["variants"][n]["trainable_params"], summary["variants"][n]["f1"]["mean"]) for n in names]
+    """plots/pareto.csv rows: variant, method, method_params, trainable_params, f1_mean, f1_ci95_low,
+    f1_ci95_high, pareto (on the method's own weights: the head and new 2-D tables every method
+    trains alike are left out)."""
+    names = [n for n, e in summary["variants"].items() if e["f1"] and own_params(e) is not None]
+    points = [(own_params(summary["variants"][n]), summary["variants"][n]["f1"]["mean"]) for n in names]
     rows = []
     for name, flag in zip(names, pareto_flags(points)):
         e = summary["variants"][name]
-        rows.append([name, e["method"], e["trainable_params"], e["f1"]["mean"], e["f1"]["ci95_low"],
+        rows.append([name, e["method"], own_params(e), e["trainable_params"], e["f1"]["mean"], e["f1"]["ci95_low"],
                      e["f1"]["ci95_high"], flag])
     return rows
 
@@ -113,8 +120,8 @@ def curve_rows(runs: dict[str, dict[int, dict]]) -> list[list]:
 
 PLOT_CSVS = {
     "f1_vs_rank.csv": (["series", "variant", "r", "f1_mean", "f1_ci95_low", "f1_ci95_high"], rank_rows),
-    "pareto.csv": (["variant", "method", "trainable_params", "f1_mean", "f1_ci95_low", "f1_ci95_high",
-                    "pareto"], pareto_rows),
+    "pareto.csv": (["variant", "method", "method_params", "trainable_params", "f1_mean", "f1_ci95_low",
+                    "f1_ci95_high", "pareto"], pareto_rows),
     "cost.csv": (["variant", "method", "train_time_s", "peak_memory_mb", "trainable_params", "saved_mb",
                   "tokens_per_s"], cost_rows),
 }
@@ -172,29 +179,32 @@ def figures(folder: Path, summary: dict, curves: list[list]) -> None:
         ax.legend(fontsize=8)
     save(fig, "f1_vs_rank.png")
 
-    # Pareto: F1 vs trainable params
+    # Pareto: F1 vs the method's own trainable weights (head has none: a symmetric log axis shows 0)
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    rows = [r for r in pareto_rows(summary) if r[2] > 0]
+    rows = [r for r in pareto_rows(summary) if r[2] >= 0]
     for row in rows:
         stat = variants[row[0]]["f1"]
         is_ref = row[0] == reference
-        ax.errorbar([row[2]], [100 * row[3]], yerr=[[100 * e[0]] for e in _ci_err([stat])],
+        ax.errorbar([row[2]], [100 * row[4]], yerr=[[100 * e[0]] for e in _ci_err([stat])],
                     fmt="*" if is_ref else "o", markersize=12 if is_ref else 5,
-                    color="crimson" if is_ref else ("tab:blue" if row[6] else "tab:grey"), capsize=2)
-        ax.annotate(row[0], (row[2], 100 * row[3]), textcoords="offset points", xytext=(4, 3),
-                    fontsize=7 if row[6] or is_ref else 6, color="black" if row[6] or is_ref else "dimgrey")
-    front = sorted((r[2], 100 * r[3]) for r in rows if r[6])
+                    color="crimson" if is_ref else ("tab:blue" if row[7] else "tab:grey"), capsize=2)
+        ax.annotate(row[0], (row[2], 100 * row[4]), textcoords="offset points", xytext=(4, 3),
+                    fontsize=7 if row[7] or is_ref else 6, color="black" if row[7] or is_ref else "dimgrey")
+    front = sorted((r[2], 100 * r[4]) for r in rows if r[7])
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue",
                 alpha=0.6, label="Pareto front")
         ax.plot([], [], "o", color="tab:grey", label="dominated")
-        ax.set_xscale("log")
+        ax.set_xscale("symlog", linthresh=1000)
         ax.legend(fontsize=8)
     else:
         empty(ax, "no variant with F1 and parameter counts")
-    ax.set_xlabel("trainable parameters (log)")
+    split = all(variants[r[0]].get("method_params") is not None for r in rows)
+    ax.set_xlabel("the method's own trainable weights (symlog; head and new 2-D tables left out)" if split
+                  else "trainable parameters (symlog)")
     ax.set_ylabel("test F1 (%)")
-    ax.set_title("F1 vs trainable parameters" + (f" (★ = {reference})" if ref_f1 else ""))
+    ax.set_title(("F1 vs the method's own weights" if split else "F1 vs trainable parameters")
+                 + (f" (★ = {reference})" if ref_f1 else ""))
     save(fig, "pareto.png")
 
     # Cost bars

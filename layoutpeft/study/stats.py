@@ -16,6 +16,7 @@ None where they are undefined (one value, no spread), never NaN.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, Mapping, Sequence, TypeVar
 
 from scipy import stats as sps
@@ -170,12 +171,16 @@ def power_line(a: Mapping[int, float], b: Mapping[int, float], family: int = 1, 
     analysis = TTestPower()
 
     def seeds_needed(level: float) -> int | None:
-        if analysis.power(effect_size=effect, nobs=2, alpha=level) >= target:
+        at_two = float(analysis.power(effect_size=effect, nobs=2, alpha=level))
+        if not math.isfinite(at_two) or at_two >= target:  # nan: the noncentral t overflows at huge effects
             return 2  # the fewest pairs a t-test takes (the solver finds no root below)
-        n = float(analysis.solve_power(effect_size=effect, alpha=level, power=target, alternative="two-sided"))
+        with warnings.catch_warnings():  # no root (a tiny effect): statsmodels warns and answers nan, kept as None
+            warnings.simplefilter("ignore")
+            n = float(analysis.solve_power(effect_size=effect, alpha=level, power=target, alternative="two-sided"))
         return math.ceil(n) if math.isfinite(n) else None
+    power = float(analysis.power(effect_size=effect, nobs=len(diffs), alpha=alpha))
     return {"n_pairs": len(diffs), "mean_diff": stats["mean"], "sd_diff": stats["std"], "effect_size": effect,
-            "alpha": alpha, "power": float(analysis.power(effect_size=effect, nobs=len(diffs), alpha=alpha)),
+            "alpha": alpha, "power": power if math.isfinite(power) else None,
             "target_power": target, "seeds_needed": seeds_needed(alpha),
             "family": family, "seeds_needed_corrected": seeds_needed(alpha / family) if family > 1 else None}
 

@@ -500,8 +500,11 @@ def markdown_table(summary: dict, study: Study) -> str:
             saved, fmt.seeds(e, len(seeds) + len((summary.get("extra_seeds") or {}).get(name, ())))]) + " |")
     lines.append("")
     lines += which_to_pick(summary)
-    notes = [f"Seeds: {', '.join(map(str, seeds))}. Mean over seeds ± half-width of the 95 % t-interval "
-             f"(n − 1 degrees of freedom)."]
+    extra = summary.get("extra_seeds") or {}
+    notes = [f"Seeds: {', '.join(map(str, seeds))}"
+             + ("; added to some variants only (study.extra_runs): "
+                + "; ".join(f"{v} {', '.join(map(str, s))}" for v, s in extra.items()) if extra else "")
+             + ". Mean over seeds ± half-width of the 95 % t-interval (n − 1 degrees of freedom)."]
     if reference in summary["variants"] and summary["variants"][reference]["n_seeds"]:
         family = sum(1 for e in summary["variants"].values() if (e.get("vs_reference") or {}).get("p_value") is not None)
         notes.append(f"Δ F1: paired difference with **{reference}** over shared seeds, 95 % t-interval, "
