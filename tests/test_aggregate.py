@@ -259,7 +259,7 @@ def test_main_summary_numbers(no_png, study):
                           "method_share", "method_bytes", "params_recounted", "saved_bytes", "train_time_s",
                           "epoch_time_s", "epochs_run", "best_epoch",
                           "peak_memory_mb", "memory_kind", "inference_tokens_per_s", "merged_inference_tokens_per_s",
-                          "vs_reference"]
+                          "f1_bootstrap", "vs_reference"]
 
 
 def test_main_writes_every_file(study):
@@ -897,3 +897,36 @@ def test_dvc_runs_extra_seeds_as_their_own_stages(tmp_path):
                             capture_output=True, text=True).stdout.split()
     assert {"train_extra@lora-7", "evaluate_extra@lora-7", "train@lora-1"} <= set(listed)
     assert not any(name.endswith("-7") and name.startswith(("train@", "evaluate@")) for name in listed)
+
+
+# --------------------------------------------------------------------------- test-set variance
+
+def with_forms(run: dict, hits: list[int]) -> dict:
+    """A run whose per-form counts are one QUESTION entity per form, found (1) or missed (0)."""
+    run["scores"]["per_form"] = {f"form{i}": {"QUESTION": [h, 1 - h, 1 - h], "ANSWER": [0, 0, 0], "HEADER": [0, 0, 0]}
+                                 for i, h in enumerate(hits)}
+    return run
+
+
+def test_bootstrap_over_forms_and_seeds_beside_the_seed_intervals(no_png, tmp_path):
+    s = Study(tmp_path, ["full", "lora"], [0, 1, 2])
+    for seed, f1 in enumerate([0.69, 0.70, 0.71]):
+        s.add(with_forms(make_run("full", seed, f1), [1, 1, 1, 0]))
+    for seed, f1 in enumerate([0.70, 0.72, 0.74]):
+        s.add(with_forms(make_run("lora", seed, f1, params=LORA), [1, 1, 0, 0]))
+    summary = s.run()
+    boot = summary["variants"]["lora"]["f1_bootstrap"]
+    assert boot["mean"] == pytest.approx(2 * 2 / (2 * 2 + 2 + 2))           # recomputed from the forms' counts
+    assert "two-level percentile bootstrap" in boot["method"]
+    diff = summary["variants"]["lora"]["vs_reference"]["bootstrap"]
+    assert diff["n_pairs"] == 3 and diff["mean_diff"] == pytest.approx(0.5 - 6 / 8)
+    assert diff["ci95_low"] < diff["mean_diff"] < diff["ci95_high"] <= 0      # lora never finds more here
+    md = s.read("summary.md")
+    assert "Test-set variance (seeds and test forms; two-level percentile bootstrap" in md
+
+
+def test_records_without_per_form_counts_say_the_intervals_cover_seeds_only(no_png, study):
+    summary = study.run()
+    assert summary["variants"]["lora"]["f1_bootstrap"] is None
+    assert summary["variants"]["lora"]["vs_reference"]["bootstrap"] is None
+    assert "Test-set variance: not estimated" in study.read("summary.md")

@@ -112,6 +112,15 @@ def test_run_file_is_self_describing(workspace):
     assert saved["scores"]["words"] == sum(
         1 for w in __import__("layoutpeft.data.batching", fromlist=["x"]).load_windows("test") for l in w["labels"] if l != -100)
     assert saved["parameters"]["trainable"] < saved["parameters"]["total"]
+    parts = saved["parameters"]
+    assert parts["method"] + parts["head"] + parts["new_tables"] == parts["trainable"] and parts["method"] > 0
+    assert parts["trainable_share"] == parts["trainable"] / parts["full_trainable"]
+    # per test form entity counts that add up to the run's F1 (the bootstrap over forms resamples them)
+    per_form = saved["scores"]["per_form"]
+    test_docs = {w["doc_id"] for w in __import__("layoutpeft.batching", fromlist=["x"]).load_windows("test")}
+    assert set(per_form) == test_docs
+    tp, fp, fn = (sum(c[k][i] for c in per_form.values() for k in c) for i in range(3))
+    assert (2 * tp / (2 * tp + fp + fn) if tp else 0.0) == pytest.approx(saved["scores"]["f1"])
     assert saved["saved_bytes"] > 0 and (root / "models" / "lora-0-x" / "adapter" / "adapter_model.safetensors").is_file()
     assert 1 <= saved["training"]["best_epoch"] <= saved["training"]["epochs_run"] <= 3
     assert saved["memory"]["kind"] in ("cpu_peak_rss_training", "cpu_peak_rss_process") and saved["memory"]["peak_bytes"] > 0

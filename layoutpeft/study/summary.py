@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 from layoutpeft.study import formatting as fmt
 from layoutpeft.study.decision import which_to_pick
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.study import stats
+from layoutpeft.study import bootstrap, stats
 from layoutpeft.study.stats import half_width, paired_comparison, seed_stats
 
 PER_TYPES = ("HEADER", "QUESTION", "ANSWER")
@@ -64,7 +64,7 @@ ENTRY_KEYS = ("method", "params", "n_seeds", "seeds", "missing_seeds",
               "method_params", "head_params", "table_params", "full_trainable_params", "method_share", "method_bytes",
               "params_recounted", "saved_bytes",
               "train_time_s", "epoch_time_s", "epochs_run", "best_epoch", "peak_memory_mb", "memory_kind",
-              "inference_tokens_per_s", "merged_inference_tokens_per_s", "vs_reference")
+              "inference_tokens_per_s", "merged_inference_tokens_per_s", "f1_bootstrap", "vs_reference")
 STAT_KEYS = ("mean", "std", "ci95_low", "ci95_high")
 LIBRARIES = ("python", "torch", "transformers", "peft", "bitsandbytes", "seqeval")
 
@@ -208,6 +208,7 @@ def summarise_variant(runs: dict[int, dict], seeds: Sequence[int]) -> dict:
         entry[key] = value
     entry["params_recounted"] = bool(dig(first, "parameters.recounted"))
     entry["lr_tuning"] = None
+    entry["f1_bootstrap"] = None
     entry["vs_reference"] = None
     return {key: entry[key] for key in ENTRY_KEYS}
 
@@ -260,6 +261,7 @@ def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], refere
         if name != reference and ref_f1:
             entry["vs_reference"] = compare_with_reference(f1[name], ref_f1)
     judge(variants, f1, ref_f1, margin)
+    add_bootstrap(variants, runs, reference)
     add_shares(variants, reference)
     return without_nan({"reference": reference, "seeds": list(seeds), "extra_seeds": {k: list(v) for k, v in extra.items()},
                         "statistics": {"alpha": stats.ALPHA, "correction": "holm", "margin_points": margin,
@@ -296,6 +298,24 @@ def verdict(comparison: dict) -> str | None:
     if comparison["p_holm"] < stats.ALPHA:
         return "differs"
     return "equivalent" if (comparison.get("equivalence") or {}).get("equivalent") else "undecided"
+
+
+def per_form(by_seed: dict[int, dict]) -> dict[int, dict] | None:
+    """{seed: scores.per_form} when every run of the variant recorded per-form counts, else None."""
+    found = {s: dig(run, "scores.per_form") for s, run in by_seed.items()}
+    return found if found and all(isinstance(v, dict) and v for v in found.values()) else None
+
+
+def add_bootstrap(variants: dict[str, dict], runs: dict[str, dict[int, dict]], reference: str | None) -> None:
+    """`f1_bootstrap` per variant and `bootstrap` in its comparison with the reference (layoutpeft.bootstrap),
+    where the runs recorded per-form counts; None otherwise."""
+    forms = {name: per_form(by_seed) for name, by_seed in runs.items()}
+    for name, entry in variants.items():
+        entry["f1_bootstrap"] = bootstrap.f1_interval(forms[name]) if forms[name] else None
+        vs = entry.get("vs_reference")
+        if vs is not None:
+            ref = forms.get(reference)
+            vs["bootstrap"] = bootstrap.paired_difference(forms[name], ref) if forms[name] and ref else None
 
 
 def add_shares(variants: dict[str, dict], reference: str | None) -> None:
@@ -515,6 +535,7 @@ def markdown_table(summary: dict, study: Study) -> str:
         notes.append(f"Reference {reference} has no readable run in this study: no paired comparison.")
     else:
         notes.append("No study.reference: no paired comparison.")
+    notes.append(test_variance_note(summary))
     trained = summary.get("trained") or {}
     if trained.get("model"):
         notes.append("Model: " + "; ".join(trained["model"]) + ". Data: FUNSD; validation carved from its training "
@@ -560,6 +581,30 @@ def markdown_table(summary: dict, study: Study) -> str:
             lines.append(f"- not (yet) in `{study.runs_dir.as_posix()}/`: " + ", ".join(f"`{p.name}`" for p in absent))
         lines += [f"- `{run_path(study.runs_dir, v, s).as_posix()}`: {why}" for v, s, why in bad if why != ABSENT]
     return "\n".join(lines) + "\n"
+
+
+def test_variance_note(summary: dict) -> str:
+    """Whether the intervals also cover the test forms' sampling variance (the bootstrap), and its figures."""
+    entries = {n: e for n, e in summary["variants"].items() if e.get("n_seeds")}
+    done = {n: e for n, e in entries.items() if e.get("f1_bootstrap")}
+    if not done:
+        return ("Test-set variance: not estimated. These run records hold no per-form entity counts (evaluation "
+                "records them from this version on), so the intervals above cover seed variance only, not the "
+                "sampling of the 50 test forms; the study's models are not kept with its published records, so the "
+                "bootstrap over forms and seeds applies to the next study.")
+    parts = []
+    for name, e in done.items():
+        b = e["f1_bootstrap"]
+        text = f"{name} {100 * b['mean']:.1f} [{100 * b['ci95_low']:.1f}, {100 * b['ci95_high']:.1f}]"
+        diff = (e.get("vs_reference") or {}).get("bootstrap")
+        if diff:
+            text += (f", Δ {100 * diff['mean_diff']:+.1f} [{100 * diff['ci95_low']:+.1f}, "
+                     f"{100 * diff['ci95_high']:+.1f}]")
+        parts.append(text)
+    missing = sorted(set(entries) - set(done))
+    return ("Test-set variance (seeds and test forms; " + bootstrap.METHOD + "), F1 and Δ F1 with 95 % intervals: "
+            + "; ".join(parts) + "."
+            + (f" No per-form counts for {', '.join(missing)}: seed intervals only." if missing else ""))
 
 
 def equivalence_note(summary: dict) -> str:

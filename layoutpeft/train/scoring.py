@@ -3,6 +3,10 @@
 Each word is scored exactly once: its label sits on its first sub-token, in exactly one
 window (the tokenize stage guarantees it). Scores are seqeval's default (conlleval) mode,
 the one the LayoutLM paper reports; strict IOB2 F1 is given beside it.
+
+`per_form` keeps each test form's entity counts per type, [true positives, false positives,
+false negatives] (seqeval's entities, conlleval mode), so F1 can be recomputed for any subset of
+forms: the bootstrap over forms (layoutpeft.bootstrap) resamples them.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from layoutpeft.funsd import ENTITY_TYPES, LABELS
 SCHEME = {"scheme": "IOB2", "mode": "conlleval (seqeval default)"}
 
 
-def word_labels(windows: list[dict], predictions: list[torch.Tensor]) -> tuple[list[list[str]], list[list[str]]]:
-    """Gold and predicted label sequences per document, words in reading order.
+def word_labels(windows: list[dict], predictions: list[torch.Tensor], with_docs: bool = False):
+    """Gold and predicted label sequences per document, words in reading order (documents sorted
+    by id; with_docs: their ids as a third item).
 
     `predictions[i]` holds predicted label ids for the tokens of `windows[i]` (same length).
     """
@@ -31,11 +36,25 @@ def word_labels(windows: list[dict], predictions: list[torch.Tensor]) -> tuple[l
             gold[window["doc_id"]][word] = LABELS[label]
             pred[window["doc_id"]][word] = LABELS[guess]
     docs = sorted(gold)
-    return ([[gold[d][w] for w in sorted(gold[d])] for d in docs],
-            [[pred[d][w] for w in sorted(pred[d])] for d in docs])
+    sequences = ([[gold[d][w] for w in sorted(gold[d])] for d in docs],
+                 [[pred[d][w] for w in sorted(pred[d])] for d in docs])
+    return (*sequences, docs) if with_docs else sequences
 
 
-def score(y_true: list[list[str]], y_pred: list[list[str]]) -> dict:
+def form_counts(y_true: list[str], y_pred: list[str]) -> dict[str, list[int]]:
+    """One form's {entity type: [tp, fp, fn]} for every type of ENTITY_TYPES, from seqeval's entities
+    (default mode: an entity counts when its type, start and end all match)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    true, pred = set(get_entities(y_true)), set(get_entities(y_pred))
+    counts = {}
+    for kind in ENTITY_TYPES:
+        t, p = {e for e in true if e[0] == kind}, {e for e in pred if e[0] == kind}
+        counts[kind] = [len(t & p), len(p - t), len(t - p)]
+    return counts
+
+
+def score(y_true: list[list[str]], y_pred: list[list[str]], docs: list[str] | None = None) -> dict:
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
     from seqeval.scheme import IOB2
 
@@ -50,4 +69,5 @@ def score(y_true: list[list[str]], y_pred: list[list[str]]) -> dict:
             "f1": float(f1_score(y_true, y_pred, zero_division=0)),
             "f1_strict": float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2, zero_division=0)),
             "words": sum(len(s) for s in y_true),
-            "per_type": per_type}
+            "per_type": per_type,
+            **({"per_form": {doc: form_counts(t, p) for doc, t, p in zip(docs, y_true, y_pred)}} if docs else {})}
