@@ -259,7 +259,7 @@ def test_main_summary_numbers(no_png, study):
                           "method_share", "method_bytes", "params_recounted", "saved_bytes", "train_time_s",
                           "epoch_time_s", "epochs_run", "best_epoch",
                           "peak_memory_mb", "memory_kind", "inference_tokens_per_s", "merged_inference_tokens_per_s",
-                          "f1_bootstrap", "vs_reference"]
+                          "quiet_costs", "f1_bootstrap", "vs_reference"]
 
 
 def test_main_writes_every_file(study):
@@ -930,3 +930,30 @@ def test_records_without_per_form_counts_say_the_intervals_cover_seeds_only(no_p
     assert summary["variants"]["lora"]["f1_bootstrap"] is None
     assert summary["variants"]["lora"]["vs_reference"]["bootstrap"] is None
     assert "Test-set variance: not estimated" in study.read("summary.md")
+
+
+# --------------------------------------------------------------------------- costs under load, quiet costs
+
+def test_costs_are_marked_as_measured_under_load_and_quiet_figures_take_their_columns(tmp_path):
+    runs = {"full": {}, "lora": {}}
+    for seed, wall in enumerate([1200.0, 1300.0, 1250.0]):
+        runs["full"][seed] = make_run("full", seed, 0.70 + seed / 100, wall=wall)
+    for seed, wall in enumerate([1300.0, 1750.0, 1570.0]):
+        run = make_run("lora", seed, 0.72 + seed / 100, params=LORA, wall=wall)
+        run["training"]["load_average"] = {"start": 1.5 + seed, "end": 2.0}
+        runs["lora"][seed] = run
+    study = summ.Study(tmp_path, ("full", "lora"), (0, 1, 2), "full", runs=runs)
+    summary = summ.build_summary(runs, [0, 1, 2], "full")
+    md = summ.markdown_table(summary, study)
+    assert "| Train time † |" in md and "Train step (quiet)" not in md
+    note = next(line for line in md.splitlines() if line.startswith("- † Train time"))
+    assert "1-minute load average training 1.5–3.5 on this machine (3 of 6 runs recorded it)" in note
+    assert "up to 1.35x (lora 21.7 min–29.2 min)" in note and "quiet_costs.py" in note
+    quiet = {"path": "benchmarks/results/x/costs.json", "date": "2026-12-07", "load_average": [0.9, 1.1],
+             "method": "quiet interleaved benchmark", "variants": {
+                 "full": {"step_time_s": 1.234, "tokens_per_s": 3100.0, "tensor_peak_bytes": 900e6},
+                 "lora": {"step_time_s": 0.95, "tokens_per_s": 4020.0, "tensor_peak_bytes": 610e6}}}
+    md = summ.markdown_table(summ.build_summary(runs, [0, 1, 2], "full", quiet_costs=quiet), study)
+    row = next(line for line in md.splitlines() if line.startswith("| lora |")).split(" | ")
+    assert row[-4:-1] == ["0.95 s", "4.02 k", "610 MB"]
+    assert "Quiet columns: quiet interleaved benchmark (`benchmarks/results/x/costs.json`" in md

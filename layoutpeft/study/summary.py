@@ -64,7 +64,7 @@ ENTRY_KEYS = ("method", "params", "n_seeds", "seeds", "missing_seeds",
               "method_params", "head_params", "table_params", "full_trainable_params", "method_share", "method_bytes",
               "params_recounted", "saved_bytes",
               "train_time_s", "epoch_time_s", "epochs_run", "best_epoch", "peak_memory_mb", "memory_kind",
-              "inference_tokens_per_s", "merged_inference_tokens_per_s", "f1_bootstrap", "vs_reference")
+              "inference_tokens_per_s", "merged_inference_tokens_per_s", "quiet_costs", "f1_bootstrap", "vs_reference")
 STAT_KEYS = ("mean", "std", "ci95_low", "ci95_high")
 LIBRARIES = ("python", "torch", "transformers", "peft", "bitsandbytes", "seqeval")
 
@@ -208,6 +208,7 @@ def summarise_variant(runs: dict[int, dict], seeds: Sequence[int]) -> dict:
         entry[key] = value
     entry["params_recounted"] = bool(dig(first, "parameters.recounted"))
     entry["lr_tuning"] = None
+    entry["quiet_costs"] = None
     entry["f1_bootstrap"] = None
     entry["vs_reference"] = None
     return {key: entry[key] for key in ENTRY_KEYS}
@@ -245,7 +246,7 @@ def read_tuning(lr_dir: Path, variants: Sequence[str]) -> dict[str, dict]:
 
 def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], reference: str | None,
                   tuning: dict[str, dict] | None = None, margin: float | None = None,
-                  extra_seeds: dict[str, Sequence[int]] | None = None) -> dict:
+                  extra_seeds: dict[str, Sequence[int]] | None = None, quiet_costs: dict | None = None) -> dict:
     """The summary.json dict (NaN-free) from {variant: {seed: run}}, variants in study order.
 
     Every comparison with the reference is paired over the seeds both have (a variant given extra
@@ -255,6 +256,7 @@ def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], refere
     variants = {name: summarise_variant(by_seed, [*seeds, *extra.get(name, ())]) for name, by_seed in runs.items()}
     for name, entry in variants.items():
         entry["lr_tuning"] = tuning_entry((tuning or {}).get(name))
+        entry["quiet_costs"] = ((quiet_costs or {}).get("variants") or {}).get(name)
     ref_f1 = {s: number(r, "scores.f1") for s, r in runs.get(reference, {}).items()}
     f1 = {name: {s: number(r, "scores.f1") for s, r in by_seed.items()} for name, by_seed in runs.items()}
     for name, entry in variants.items():
@@ -266,7 +268,32 @@ def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], refere
     return without_nan({"reference": reference, "seeds": list(seeds), "extra_seeds": {k: list(v) for k, v in extra.items()},
                         "statistics": {"alpha": stats.ALPHA, "correction": "holm", "margin_points": margin,
                                        "target_power": stats.TARGET_POWER},
-                        "trained": trained_on(runs), "variants": variants})
+                        "trained": trained_on(runs), "load": load_record(runs),
+                        "quiet_costs": quiet_source(quiet_costs), "variants": variants})
+
+
+def load_record(runs: dict[str, dict[int, dict]]) -> dict:
+    """The 1-minute load averages the runs recorded (training start/end, evaluation start/end): the
+    range, and how many runs recorded any."""
+    training, evaluation, recorded = [], [], 0
+    for by_seed in runs.values():
+        for run in by_seed.values():
+            t = [number(run, f"training.load_average.{k}") for k in ("start", "end")]
+            e = [number(run, f"inference.load_average.{k}") for k in ("start", "end")]
+            training += [v for v in t if v is not None]
+            evaluation += [v for v in e if v is not None]
+            recorded += any(v is not None for v in t + e)
+    return {"runs": sum(len(b) for b in runs.values()), "recorded": recorded,
+            "training": [min(training), max(training)] if training else None,
+            "evaluation": [min(evaluation), max(evaluation)] if evaluation else None}
+
+
+def quiet_source(quiet_costs: dict | None) -> dict | None:
+    """What summary.json keeps of a quiet cost benchmark besides its per-variant figures."""
+    if not quiet_costs:
+        return None
+    return {k: quiet_costs.get(k) for k in ("path", "command", "date", "environment", "load_average", "steps",
+                                            "rounds", "method")}
 
 
 def judge(variants: dict[str, dict], f1: dict[str, dict[int, float]], ref_f1: dict[int, float],
@@ -488,11 +515,14 @@ def markdown_table(summary: dict, study: Study) -> str:
     seeds, reference = summary["seeds"], summary["reference"]
     env = environment_line(study.runs)
     header = ["Variant", "Method", "lr", "Own params (% of full FT)", "Trainable in all", "P (%)", "R (%)", "F1 (%)",
-              f"Δ F1 vs {reference or 'reference'} (pts, 95 % CI, p (Holm p))", "Best epoch / run", "Train time",
-              "Inference (tokens/s)", "Peak memory", "Saved: adapter / to ship", "Seeds"]
+              f"Δ F1 vs {reference or 'reference'} (pts, 95 % CI, p (Holm p))", "Best epoch / run", "Train time †",
+              "Inference (tokens/s) †", "Peak memory †", "Saved: adapter / to ship", "Seeds"]
+    quiet = summary.get("quiet_costs") is not None
+    if quiet:
+        header[-1:-1] = ["Train step (quiet)", "Train tokens/s (quiet)", "Step tensors (quiet)"]
     lines = ["# Seed study: LayoutLM PEFT methods on FUNSD", "",
              "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * 12 + ["---"]) + "|"]
+             "|" + "|".join(["---"] * 2 + ["---:"] * (15 if quiet else 12) + ["---"]) + "|"]
     for name in sorted_variants(summary):
         e = summary["variants"][name]
         params = fmt.count(e["trainable_params"])
@@ -513,11 +543,17 @@ def markdown_table(summary: dict, study: Study) -> str:
                   if e.get("best_epoch") and e.get("epochs_run") else fmt.DASH)
         mixed = e.get("memory_kind") is None and e.get("n_seeds") and e.get("peak_memory_mb") is None
         memory = "mixed kinds" if mixed and _has_memory(study.runs.get(name, {})) else fmt.megabytes(_mean(e["peak_memory_mb"]))
-        lines.append("| " + " | ".join([
+        cells = [
             f"**{name}**" if name == reference else name, str(e["method"] or fmt.DASH), lr, own, params,
             fmt.percent(e["precision"]), fmt.percent(e["recall"]), fmt.percent(e["f1"]), _delta(summary, name),
             epochs, fmt.seconds(_mean(e["train_time_s"])), inference_cell(e), memory,
-            saved, fmt.seeds(e, len(seeds) + len((summary.get("extra_seeds") or {}).get(name, ())))]) + " |")
+            saved, fmt.seeds(e, len(seeds) + len((summary.get("extra_seeds") or {}).get(name, ())))]
+        if quiet:
+            q = e.get("quiet_costs") or {}
+            step = q.get("step_time_s")
+            cells[-1:-1] = [fmt.DASH if step is None else f"{step:.2f} s", fmt.count(q.get("tokens_per_s")),
+                            fmt.megabytes(None if q.get("tensor_peak_bytes") is None else q["tensor_peak_bytes"] / MB)]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += which_to_pick(summary)
     extra = summary.get("extra_seeds") or {}
@@ -556,6 +592,7 @@ def markdown_table(summary: dict, study: Study) -> str:
                  + (f" ({'; '.join(timed)})" if timed else "") + "; merged: the same with the adapter folded into "
                  "the weights (`merge_and_unload`), for methods that allow it. It is timed on the machine that "
                  "evaluated, under whatever else ran there: compare runs evaluated under equal load.")
+    notes.append(cost_note(summary))
     notes.append(parameters_note(summary))
     notes.append("Saved: the adapter alone (the method's own tensors) / what a user must ship beside the base "
                  "checkpoint (the run's saved files: adapter, classifier head and trained new 2-D tables); full "
@@ -581,6 +618,44 @@ def markdown_table(summary: dict, study: Study) -> str:
             lines.append(f"- not (yet) in `{study.runs_dir.as_posix()}/`: " + ", ".join(f"`{p.name}`" for p in absent))
         lines += [f"- `{run_path(study.runs_dir, v, s).as_posix()}`: {why}" for v, s, why in bad if why != ABSENT]
     return "\n".join(lines) + "\n"
+
+
+def spread(summary: dict, key: str) -> tuple[str, float] | None:
+    """(variant, max/min over its seeds) of the variant whose per-seed values of `key` spread most."""
+    found = []
+    for name, e in summary["variants"].items():
+        values = [v for v in ((e.get(key) or {}).get("per_seed") or {}).values() if v]
+        if len(values) > 1:
+            found.append((max(values) / min(values), name, min(values), max(values)))
+    return max(found) if found else None
+
+
+def cost_note(summary: dict) -> str:
+    """† costs: measured during the study's runs under whatever else ran, with the load they recorded."""
+    load = summary.get("load") or {}
+    if load.get("recorded"):
+        parts = [f"{what} {lo:g}–{hi:g}" for what, span in (("training", load.get("training")),
+                                                             ("evaluation", load.get("evaluation"))) if span
+                 for lo, hi in [span]]
+        measured = (f"1-minute load average {', '.join(parts)} on this machine ({load['recorded']} of {load['runs']} "
+                    "runs recorded it)")
+    else:
+        measured = "load average not recorded by these runs"
+    text = (f"† Train time, inference and peak memory were measured during the study's runs, not in a quiet "
+            f"benchmark ({measured}).")
+    widest = spread(summary, "train_time_s")
+    if widest:
+        ratio, name, low, high = widest
+        text += (f" Across seeds of one variant train time varies up to {ratio:.2f}x ({name} "
+                 f"{fmt.seconds(low)}–{fmt.seconds(high)}): read these columns as rough, and only within-run ratios "
+                 "(merged vs unmerged throughput) as measured.")
+    source = summary.get("quiet_costs")
+    if source:
+        text += (f" Quiet columns: {source.get('method') or 'quiet interleaved benchmark'} "
+                 f"(`{source.get('path')}`, {source.get('date')}, load average {source.get('load_average')}).")
+    else:
+        text += " For comparable costs run the quiet interleaved benchmark (benchmarks/quiet_costs.py)."
+    return text
 
 
 def test_variance_note(summary: dict) -> str:

@@ -9,6 +9,7 @@ the record, not params.yaml, so it always rebuilds the model exactly as it was t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +54,14 @@ def save_trained(model, variant: dict, source_type: str, model_cfg: ModelConfig,
                   out / TABLES_FILE)
     files = [saved] if saved.is_file() else [p for p in saved.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files)
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def read_train_log(run_dir: Path) -> dict:
@@ -120,6 +129,7 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
           f"{device}, {PRECISION_NAMES[dtype]}", flush=True)
 
     with staged_dir(out_dir) as staged:
+        load_start = load_average()
         window = start_memory_window(device)
         tables_lr = engine.new_tables_lr(variant, model_cfg, source_type)
         result = engine.fit(model, variant, cfg, train_windows, val_windows, meta["pad_token_id"], device, seed,
@@ -143,7 +153,9 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
                          "selected_on": result.selected_on, "stopped_early": result.stopped_early,
                          "stop_reason": result.stop_reason,
                          "optimizer_steps": result.optimizer_steps, "best_val_loss": result.best_val_loss,
-                         "best_val_f1": result.best_val_f1, "train_tokens": result.train_tokens},
+                         "best_val_f1": result.best_val_f1, "train_tokens": result.train_tokens,
+                         # what else ran: the summary marks costs measured under load with it
+                         "load_average": {"start": load_start, "end": load_average()}},
             "memory": memory, "history": result.history, "environment": describe(device),
         }
         write_json(staged / TRAIN_LOG, log)
@@ -163,6 +175,7 @@ def evaluate(run_dir: Path, cfg: EvaluateConfig, tokenized: Path, out_path: Path
     n_virtual = n_virtual_tokens(variant)
 
     engine.seed_everything(log["seed"])
+    load_start = load_average()
     model = load_trained(run_dir, device)
     result = engine.evaluate_windows(model, test, cfg.batch_size, meta["pad_token_id"], device, n_virtual, dtype)
     speed = inference_speed(model, test, cfg.batch_size, meta["pad_token_id"], device, n_virtual, dtype,
@@ -184,7 +197,7 @@ def evaluate(run_dir: Path, cfg: EvaluateConfig, tokenized: Path, out_path: Path
         "parameters": log["parameters"], "saved_bytes": log["saved_bytes"],
         "training": log["training"], "memory": log["memory"],
         "inference": {**speed, "merged_tokens_per_s": merged_speed["tokens_per_s"] if merged_speed else None,
-                      "batch_size": cfg.batch_size},
+                      "batch_size": cfg.batch_size, "load_average": {"start": load_start, "end": load_average()}},
         "history": log["history"], "environment": describe(device), "train_environment": log["environment"],
     }
     write_json(out_path, record)
