@@ -150,3 +150,30 @@ def test_runs_over_several_commits_say_whether_their_code_agreed(tmp_path):
     (tmp_path / "dvc.lock").write_text(lock("bbb"))
     text = (publish("ref", "cmd", root=tmp_path) / "README.md").read_text()
     assert "- **Code:** runs made at 2 commits (abc, def); their code differs between runs (see dvc.lock)" in text
+
+
+def test_rerender_rebuilds_the_summary_from_the_committed_records_only(tmp_path):
+    """The reference study's own records (copied): Holm-adjusted p and the method-only counts, no retraining."""
+    import shutil
+    from pathlib import Path
+
+    from layoutpeft.study.publish import rerender
+
+    source = Path(__file__).resolve().parents[1] / "results" / "reference-minilm"
+    target = tmp_path / "results" / "ref"
+    target.mkdir(parents=True)
+    for name in ("runs", "lr"):
+        shutil.copytree(source / name, target / name)
+    shutil.copyfile(source / "params.yaml", target / "params.yaml")
+    rerender("ref", results_dir=tmp_path / "results")
+    summary = json.loads((target / "summary.json").read_text())
+    lora = summary["variants"]["lora"]
+    assert lora["vs_reference"]["p_value"] == pytest.approx(0.0462, abs=1e-4)
+    assert lora["vs_reference"]["p_holm"] == pytest.approx(0.1385, abs=1e-4)    # 3 x 0.0462, the third smallest
+    assert lora["method_params"] == 294_912 and summary["variants"]["vera"]["method_params"] == 15_360
+    power = summary["variants"]["lora_qkvo_ffn"]["vs_reference"]["power"]
+    assert (power["seeds_needed"], power["seeds_needed_corrected"]) == (6, 10)
+    assert "(Holm 0.14)" in (target / "summary.md").read_text()
+    assert sorted(p.name for p in (target / "plots").iterdir())[:2] == ["f1_vs_rank.png", "learning_curves.png"]
+    with pytest.raises(LayoutpeftError, match="not a published study"):
+        rerender("missing", results_dir=tmp_path / "results")

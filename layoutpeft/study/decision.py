@@ -34,7 +34,9 @@ def efficient(entry: dict) -> bool:
 
 
 def describe(name: str, entry: dict) -> str:
-    if entry.get("method_params") is not None:
+    if entry.get("method") == "full":
+        costs = f"all {fmt.count(entry.get('trainable_params'))} weights trained"
+    elif entry.get("method_params") is not None:
         costs = f"{fmt.count(entry['method_params'])} own trainable weights"
         if entry.get("method_share") is not None:
             costs += f", {fmt.share(entry['method_share'])} of full fine-tuning's"

@@ -69,6 +69,39 @@ def folder_readme(name: str, generated: str, old: str) -> str:
     return kept if kept is not None else f"<!-- results:{name} -->\n{generated.rstrip()}\n<!-- /results:{name} -->\n"
 
 
+def rerender(name: str, results_dir: Path = RESULTS_DIR, quiet_costs: Path | None = None) -> Path:
+    """Rebuild results/<name>/'s summary files and plot images from its committed run records, lr
+    tuning and params.yaml (no retraining): what changes when the statistics or the tables do. Its
+    README.md, runs/, lr/, params.yaml and dvc.lock stay as they are."""
+    import tempfile
+
+    from layoutpeft.config import StudyConfig, load_yaml
+    from layoutpeft.study.plots import write_plots
+    from layoutpeft.study.summary import build_summary, json_text, markdown_table, read_study, read_tuning, study_metrics, \
+        summary_csv
+
+    target = Path(results_dir) / name
+    if not (target / "params.yaml").is_file() or not (target / "runs").is_dir():
+        raise LayoutpeftError(f"{target}: not a published study (needs params.yaml and runs/)")
+    config = StudyConfig.from_params(load_yaml(target / "params.yaml"), summary_keys=True)
+    costs = None
+    if quiet_costs is not None:
+        costs = {**json.loads(Path(quiet_costs).read_text()), "path": Path(quiet_costs).as_posix()}
+    study = read_study(target / "runs", config.variants, config.seeds, config.reference, config.extra_seeds)
+    summary = build_summary(study.runs, config.seeds, config.reference, read_tuning(target / "lr", config.variants),
+                            margin=config.margin, extra_seeds=config.extra_seeds, quiet_costs=costs)
+    files = {SUMMARY_MD.name: markdown_table(summary, study), SUMMARY_JSON.name: json_text(summary),
+             SUMMARY_CSV.name: summary_csv(summary), STUDY_METRICS.name: json_text(study_metrics(summary))}
+    with tempfile.TemporaryDirectory() as scratch:
+        write_plots(Path(scratch) / "plots", summary, study.runs)
+        with staged_dir(target / "plots") as images:
+            for png in sorted((Path(scratch) / "plots" / "images").glob("*.png")):
+                shutil.copyfile(png, images / png.name)
+        for file_name, text in files.items():
+            write_text(target / file_name, text)
+    return target
+
+
 def readme(name: str, command: str, note: str, summary: dict, runs: list[dict], lock: Path | None = None) -> str:
     """The folder's README from the summary and the run records (parsed once, by the caller)."""
     first = runs[0] if runs else {}
