@@ -1,0 +1,170 @@
+"""How much the new 2-D tables' lr (model.tables_lr) moves each method, on validation, tuning seed.
+
+    python benchmarks/tables_lr.py --study results/reference-minilm --tokenized data/tokenized \
+        --variants head vera lora --arms 5e-5 1.5e-4 4.5e-4 frozen --out benchmarks/results/<date>-tables-lr
+    python benchmarks/tables_lr.py --out benchmarks/results/<date>-tables-lr --report
+
+On a BERT checkpoint every method trains the new x/y/h/w position tables, at model.tables_lr for
+all (the reference study: 1.5e-4, set once); for head, prompt tuning, IA3, VeRA and BitFit they
+are 98-99.8 % of what trains. Each arm trains the variant at the lr its study's tune@ chose, on
+the study's tuning seed, with the study's params.yaml, the tables at the arm's lr ("frozen":
+model.new_tables frozen, zero-initialised tables that never train), and records its best
+validation entity F1 (test is never looked at: this decides a setting).
+
+The arm equal to the study's own tables_lr is exactly the tune@ trial at the chosen lr: its
+result is taken from the study's lr/<variant>.json when this machine would train it the same way
+(no --every-arm, the study's CPU flags, library versions and training code unchanged since the
+study's runs), else trained. Every finished (variant, arm) is one JSON in --out: the script is
+resumable, and processes with disjoint --variants or --arms share the work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from defaults_seeds import LIBRARIES, arm_overrides, same_cpu_as_earlier, same_every_arm_as_earlier, \
+    train_config, training_code_unchanged  # noqa: E402
+from layoutpeft import runs  # noqa: E402
+from layoutpeft.atomic import write_json  # noqa: E402
+from layoutpeft.config import ModelConfig, load_params  # noqa: E402
+from layoutpeft.hardware import simd_flags  # noqa: E402
+from layoutpeft.provenance import describe  # noqa: E402
+from layoutpeft.tuning import environment_key  # noqa: E402
+from layoutpeft.variants import studied_variants  # noqa: E402
+
+FROZEN = "frozen"
+
+
+def arm_model(params: dict, arm: str) -> ModelConfig:
+    """The study's model settings with the tables at the arm's lr, or frozen."""
+    model = dict(params["model"])
+    if arm == FROZEN:
+        model.update(new_tables="frozen", tables_lr=None)
+    else:
+        model.update(new_tables="train", tables_lr=float(arm))
+    return ModelConfig.from_params({**params, "model": model}, check_source=False)
+
+
+def study_trial(study: Path, variant: str, params: dict, arm: str, every_arm: dict) -> dict | None:
+    """The study's tune@ trial that is exactly this arm, when this machine would train it the same way."""
+    if every_arm or arm == FROZEN or params["model"].get("new_tables", "train") != "train" \
+            or float(arm) != params["model"].get("tables_lr"):
+        return None
+    tuned = json.loads((study / "lr" / f"{variant}.json").read_text())
+    trial = next((t for t in tuned["trials"] if t["lr"] == tuned["chosen_lr"]), None)
+    record_path = study / "runs" / f"{variant}-{study_seeds(params)[0]}.json"
+    if trial is None or not record_path.is_file():
+        return None
+    env = (json.loads(record_path.read_text()).get("train_environment") or {})
+    here = environment_key()
+    same = (env.get("cpu_flags") == simd_flags() and all(env.get(lib) == here[lib] for lib in LIBRARIES)
+            and training_code_unchanged(env.get("git_commit")))
+    return {**trial, "reused_from": f"{study / 'lr' / f'{variant}.json'} (trial at lr {trial['lr']:g})",
+            "environment": env} if same else None
+
+
+def study_seeds(params: dict) -> list[int]:
+    return list(params["study"]["seeds"])
+
+
+def run_arm(args, params: dict, name: str, variant: dict, arm: str, out: Path) -> None:
+    import torch
+
+    seed = params["study"]["tuning_seed"]
+    common = {"variant": name, "arm": arm, "lr": variant["lr"], "seed": seed, "every_arm": args.every_arm_overrides}
+    reused = study_trial(Path(args.study), name, params, arm, args.every_arm_overrides)
+    if reused is not None:
+        write_json(out, {**common, "best_val_f1": reused["best_val_f1"], "best_epoch": reused["best_epoch"],
+                         "epochs_run": reused["epochs_run"], "wall_time_s": reused["wall_time_s"],
+                         "history": reused.get("history"), "reused_from": reused["reused_from"],
+                         "environment": reused["environment"]})
+        print(f"{name} tables {arm}: reused {reused['reused_from']}", flush=True)
+        return
+    cfg = train_config(params, {})
+    with tempfile.TemporaryDirectory(prefix="tables-lr-") as tmp:
+        start = time.perf_counter()
+        log = runs.train(f"{name}[tables {arm}]", seed, variant, arm_model(params, arm), cfg, Path(tmp) / "run",
+                         Path(args.tokenized))
+    t = log["training"]
+    write_json(out, {**common, "best_val_f1": t["best_val_f1"], "best_epoch": t["best_epoch"],
+                     "epochs_run": t["epochs_run"], "wall_time_s": time.perf_counter() - start,
+                     "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss")} for r in log["history"]],
+                     "parameters": log["parameters"], "environment": describe(torch.device("cpu"))})
+    print(f"{name} tables {arm}: validation F1 {t['best_val_f1']:.4f} (epoch {t['best_epoch']})", flush=True)
+
+
+def report(out: Path) -> str:
+    rows: dict[str, dict[str, dict]] = {}
+    for path in sorted(out.glob("*.json")):
+        r = json.loads(path.read_text())
+        rows.setdefault(r["variant"], {})[r["arm"]] = r
+    arms = sorted({a for by_arm in rows.values() for a in by_arm}, key=lambda a: (a == FROZEN, a != FROZEN and float(a)))
+    lines = ["| Variant | " + " | ".join(f"tables {a}" for a in arms) + " | spread (points) |",
+             "|---|" + "---:|" * (len(arms) + 1)]
+    for name, by_arm in rows.items():
+        f1 = [by_arm[a]["best_val_f1"] for a in arms if a in by_arm]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{100 * by_arm[a]['best_val_f1']:.1f}" + (" (reused)" if by_arm[a].get("reused_from") else "")
+            if a in by_arm else "–" for a in arms) + f" | {100 * (max(f1) - min(f1)):.1f} |")
+    return "\n".join(["Best validation entity F1 (%) on the tuning seed, each variant at its tuned lr:", "", *lines,
+                      "", "One seed: differences within about 1-2 points are within seed noise (the study's "
+                      "validation F1 spread across seeds)."])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
+    parser.add_argument("--variants", nargs="+", default=["head", "vera", "lora"])
+    parser.add_argument("--arms", nargs="+", default=["5e-5", "1.5e-4", "4.5e-4", FROZEN],
+                        help="model.tables_lr values, or 'frozen'")
+    parser.add_argument("--every-arm", default="", help="train.* overrides for all arms (e.g. precision=fp32)")
+    parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
+    parser.add_argument("--out", required=True, help="folder of per-(variant, arm) results")
+    parser.add_argument("--report", action="store_true", help="only print the table of what has finished")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.report:
+        print(report(out))
+        return
+    study = Path(args.study)
+    params = load_params(study / "params.yaml")
+    variants = studied_variants(params, check_runtime=False)
+    for arm in args.arms:
+        if arm != FROZEN:
+            try:
+                float(arm)
+            except ValueError:
+                raise SystemExit(f"--arms: {arm!r} is neither a learning rate nor {FROZEN!r}") from None
+    chosen = {}
+    for name in args.variants:
+        lr_file = study / "lr" / f"{name}.json"
+        if name not in variants or not lr_file.is_file():
+            raise SystemExit(f"{lr_file}: missing (no tuned lr for {name!r} in {study})")
+        chosen[name] = {**variants[name], "lr": json.loads(lr_file.read_text())["chosen_lr"]}
+    args.every_arm_overrides = arm_overrides(args.every_arm)
+    train_config(params, args.every_arm_overrides)
+    params = {**params, "train": {**params["train"], **args.every_arm_overrides}}
+    out.mkdir(parents=True, exist_ok=True)
+    same_cpu_as_earlier(out)
+    same_every_arm_as_earlier(out, args.every_arm_overrides)
+    for name, variant in chosen.items():
+        for arm in args.arms:
+            path = out / f"{name}-tables-{arm}.json"
+            if path.is_file():
+                print(f"{name} tables {arm}: finished earlier ({path})")
+                continue
+            run_arm(args, params, name, variant, arm, path)
+    print(report(out))
+
+
+if __name__ == "__main__":
+    main()
