@@ -528,11 +528,11 @@ def markdown_table(summary: dict, study: Study) -> str:
         params = fmt.count(e["trainable_params"])
         if e["trainable_share"] is not None:
             params += f" ({fmt.share(e['trainable_share'])})"
-        own = fmt.count(e["method_params"])
-        if e["method_share"] is not None:
-            own += f" ({fmt.share(e['method_share'])})"
-        saved = fmt.size(e["saved_bytes"]) if e["method"] == "full" else \
-            f"{fmt.size(e['method_bytes'])} / {fmt.size(e['saved_bytes'])}"
+        own = fmt.count(e.get("method_params"))
+        if e.get("method_share") is not None:
+            own += f" ({fmt.share(e.get('method_share'))})"
+        saved = fmt.size(e["saved_bytes"]) if e["method"] == "full" or e.get("method_bytes") is None else \
+            f"{fmt.size(e.get('method_bytes'))} / {fmt.size(e['saved_bytes'])}"
         tuned = e.get("lr_tuning") or {}
         lr = fmt.DASH if e.get("lr") is None else f"{e['lr']:.3g}" + (" (tuned)" if tuned.get("tuned") else "")
         if tuned.get("extended_by"):
@@ -697,9 +697,9 @@ def parameters_note(summary: dict) -> str:
     if not split:
         return ("Trainable: every trainable weight (the method's, the head's and any new 2-D tables'); these records "
                 "do not split them (`python -m layoutpeft.recount <runs folder>` adds the split).")
-    heads = sorted({e["head_params"] for e in split if e.get("head_params") is not None})
-    tables = sorted({e["table_params"] for e in split if e.get("table_params")})
-    base = sorted({e["full_trainable_params"] for e in split if e.get("full_trainable_params")})
+    heads = sorted({e.get("head_params") for e in split if e.get("head_params") is not None})
+    tables = sorted({e.get("table_params") for e in split if e.get("table_params")})
+    base = sorted({e.get("full_trainable_params") for e in split if e.get("full_trainable_params")})
     shared = f"the classifier head ({', '.join(f'{h:,}' for h in heads)} weights)"
     if tables:
         shared += f" and the new 2-D position tables of the BERT checkpoint ({', '.join(f'{t:,}' for t in tables)})"
@@ -717,7 +717,7 @@ def stdout_table(summary: dict) -> str:
     for name in sorted_variants(summary):
         e = summary["variants"][name]
         rows.append((name, fmt.percent(e["f1"]), _delta(summary, name, with_ci=False, reference="ref"),
-                     fmt.count(e["method_params"] if e["method_params"] is not None else e["trainable_params"]),
+                     fmt.count(e.get("method_params") if e.get("method_params") is not None else e["trainable_params"]),
                      fmt.seconds(_mean(e["train_time_s"])), fmt.seeds(e, n)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -752,8 +752,9 @@ def summary_csv(summary: dict) -> str:
     for name, e in summary["variants"].items():
         row = [name, e["method"], name == summary["reference"], e["n_seeds"], len(summary["seeds"]),
                " ".join(map(str, e["missing_seeds"])),
-               e["trainable_params"], e["total_params"], e["trainable_share"], e["method_params"], e["head_params"],
-               e["table_params"], e["full_trainable_params"], e["method_share"], e["method_bytes"], e["saved_bytes"]]
+               e["trainable_params"], e["total_params"], e["trainable_share"],
+               *(e.get(k) for k in ("method_params", "head_params", "table_params", "full_trainable_params",
+                                    "method_share", "method_bytes")), e["saved_bytes"]]
         row += [(e[key] or {}).get(s) for key in SEED_METRICS for s in STAT_KEYS]
         row += [(e["vs_reference"] or {}).get(k) for k in VS_KEYS]
         rows.append(row)
