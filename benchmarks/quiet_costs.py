@@ -4,21 +4,22 @@ memory of one training step, per variant, on the study's own windows, in one pro
     OMP_NUM_THREADS=1 python benchmarks/quiet_costs.py --params results/reference-minilm/params.yaml \
         --steps 3 --rounds 2 --out benchmarks/results/<date>-quiet-costs
 
-Every variant's model is built once (seed 0, the study's model settings and tables_lr) and takes
-one untimed warm-up step, on which its tensor memory is measured: weights + gradients + AdamW
-state + the activations autograd saves for backward (counted by torch.autograd.graph's
-saved_tensors_hooks, each storage once). That is what differs between methods; the process RSS
-(also recorded) holds all models and the allocator's slack, so it cannot. Then each round runs
-every variant for `--steps` optimizer steps on the same real training batches (the study's batch
-size, dynamic padding, length groups, seed 0's first batches), variants in rotating order, so
-background load hits all alike. Reported: the median step time and real tokens/s over all timed
-steps, with the load average before and after, the CPU flags and the command. `layoutpeft publish
+In each round every variant's model is built (seed 0, the study's model settings and tables_lr;
+one model in memory at a time) and takes one untimed warm-up step, on which its tensor memory is
+measured: weights + gradients + AdamW state + the activations autograd saves for backward
+(torch.autograd.graph's saved_tensors_hooks, each storage once, weights excluded). That is what
+differs between methods; the process RSS (also recorded) holds the allocator's slack, so it cannot.
+Then the variant runs `--steps` timed optimizer steps on the same real training batches (the
+study's batch size, dynamic padding, length groups, seed 0's first batches), variants in rotating
+order, so background load hits all alike. Reported: the median step time and real tokens/s over
+all timed steps, with the load average before and after, the CPU flags and the command. `layoutpeft publish
 NAME --rerender --quiet-costs <out>/costs.json` puts these figures into a study's table.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import statistics
 import sys
 import time
@@ -68,15 +69,9 @@ class Variant:
 
     def __init__(self, name: str, settings: dict, params: dict, cfg: TrainConfig, windows: list[dict],
                  pad: int, steps: int, device: torch.device):
-        self.name, self.cfg, self.device = name, cfg, device
-        model_cfg = ModelConfig.from_params(params)
+        self.name, self.settings, self.cfg, self.device = name, settings, cfg, device
+        self.model_cfg = ModelConfig.from_params(params)
         self.n_virtual = n_virtual_tokens(settings)
-        engine.seed_everything(0)
-        self.model, source = engine.build_model(model_cfg, settings, device, Schedule(1000, 8), cfg.attention)
-        self.model.train()
-        self.optimizer = engine.make_optimizer(self.model, settings["lr"], cfg.weight_decay, cfg.adamw,
-                                               engine.new_tables_lr(settings, model_cfg, source))
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.dtype = engine.resolve_precision(cfg.precision, device)
         self.batches = [b for _, b in batches(windows, cfg.batch_size, pad, shuffle=True,
                                               group_by_length=cfg.group_by_length, seed=0,
@@ -85,12 +80,32 @@ class Variant:
         self.tokens: list[int] = []
         self.memory: dict = {}
 
+    def build(self) -> None:
+        """The model (seed 0, so every round starts from the same weights) and its AdamW; one untimed
+        warm-up step, on which the tensor memory is measured."""
+        engine.seed_everything(0)
+        self.model, source = engine.build_model(self.model_cfg, self.settings, self.device, Schedule(1000, 8),
+                                                self.cfg.attention)
+        self.model.train()
+        self.optimizer = engine.make_optimizer(self.model, self.settings["lr"], self.cfg.weight_decay, self.cfg.adamw,
+                                               engine.new_tables_lr(self.settings, self.model_cfg, source))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.step(self.batches[0], count_saved=True)
+
+    def drop(self) -> None:
+        """One model in memory at a time: several grow the process by gigabytes of freed heap."""
+        del self.model, self.optimizer, self.trainable
+        gc.collect()
+        release_freed_heap()
+
     def step(self, batch: dict, count_saved: bool = False) -> None:
         saved: dict[int, int] = {}
+        weights = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
 
-        def pack(t):
+        def pack(t):  # activations only: weights saved for backward are counted once, as weights
             storage = t.untyped_storage()
-            saved[storage.data_ptr()] = storage.nbytes()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
             return t
 
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if count_saved else _nothing()
@@ -102,12 +117,13 @@ class Variant:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss.item()
+        release_freed_heap()
         if count_saved:
-            weights = tensor_bytes(self.model.parameters())
+            weight_bytes = tensor_bytes(self.model.parameters())
             state = tensor_bytes(t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t))
-            self.memory = {"weights_bytes": weights, "gradient_bytes": grads, "optimizer_state_bytes": state,
+            self.memory = {"weights_bytes": weight_bytes, "gradient_bytes": grads, "optimizer_state_bytes": state,
                            "saved_activation_bytes": sum(saved.values()),
-                           "tensor_peak_bytes": weights + grads + state + sum(saved.values())}
+                           "tensor_peak_bytes": weight_bytes + grads + state + sum(saved.values())}
 
     def timed_steps(self, steps: int) -> None:
         for batch in self.batches[1:steps + 1]:
@@ -120,6 +136,17 @@ class Variant:
         rates = [n / t for n, t in zip(self.tokens, self.times)]
         return {"step_time_s": statistics.median(self.times), "tokens_per_s": statistics.median(rates),
                 "step_times_s": [round(t, 4) for t in self.times], **self.memory}
+
+
+def release_freed_heap() -> None:
+    """Hand freed heap back to the OS (glibc malloc_trim): several models in one process otherwise
+    keep every step's freed activations resident, and the process RSS grows by gigabytes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _nothing:
@@ -179,18 +206,18 @@ def main(argv: list[str]) -> None:
     all_variants = expand_sweeps(params["variants"], params.get("sweeps") or {})
     names = args.variants or list(study.variants)
     load_start = loadavg()
-    built = []
-    for name in names:
-        settings = validate_variant(name, resolve(name, all_variants), params["data"]["prompt_reserve"])
-        variant = Variant(name, settings, params, cfg, windows, pad, args.steps, device)
-        variant.step(variant.batches[0], count_saved=True)   # warm-up, and the tensor memory of one step
-        built.append(variant)
-        print(f"quiet_costs: {name}: built, one step {variant.memory['tensor_peak_bytes'] / 1e6:.0f} MB of tensors",
-              flush=True)
+    built = [Variant(name, validate_variant(name, resolve(name, all_variants), params["data"]["prompt_reserve"]),
+                     params, cfg, windows, pad, args.steps, device) for name in names]
     for round_index in range(args.rounds):
         order = built[round_index % len(built):] + built[:round_index % len(built)]
         for variant in order:
+            variant.build()
             variant.timed_steps(args.steps)
+            variant.drop()
+            print(f"quiet_costs: round {round_index + 1} {variant.name}: one step "
+                  f"{variant.memory['tensor_peak_bytes'] / 1e6:.0f} MB of tensors, step times "
+                  f"{[round(t, 2) for t in variant.times[-args.steps:]]} s, RSS {(vm_kib('VmRSS') or 0) / 1e6:.2f} GB",
+                  flush=True)
         print(f"quiet_costs: round {round_index + 1}/{args.rounds} done, load {loadavg()}", flush=True)
     env = describe(device)
     result = {"date": datetime.date.today().isoformat(), "command": "python benchmarks/quiet_costs.py " + " ".join(argv),
