@@ -419,3 +419,13 @@ def test_a_refused_stage_does_no_work(monkeypatch, capsys):
     assert run_main("train", called.append, []) == 3 and not called
     assert capsys.readouterr().err.startswith("layoutpeft train: refused")
     assert run_main("aggregate", called.append, []) == 0 and called == [[]]  # the collector's own stage runs
+
+
+def test_extra_runs_are_planned_beside_their_variant():
+    params = repo_params(variants=["full", "lora"], reference="full", seeds=[0, 1],
+                        extra_runs={"lora-5": {"variant": "lora", "seed": 5}})
+    plan = shards.plan(params, 2)
+    seen = [stage for shard in plan for stage in shard.stages]
+    assert sorted(seen) == sorted(stage_names(params) | {"train_extra@lora-5", "evaluate_extra@lora-5"})
+    lora = next(shard for shard in plan if "tune@lora" in shard.stages)
+    assert "train_extra@lora-5" in lora.stages  # where its lr is tuned

@@ -95,7 +95,7 @@ class Shard:
     def stages(self) -> list[str]:
         """The shard's stages in pipeline order (tune@, then train@, then evaluate@), no repeats."""
         seen = dict.fromkeys(s for u in self.units for s in u.stages)
-        return sorted(seen, key=lambda s: (["tune", "train", "evaluate"].index(s.split("@")[0])
+        return sorted(seen, key=lambda s: (["tune", "train", "evaluate"].index(s.split("@")[0].removesuffix("_extra"))
                                            if "@" in s else -1))
 
     @property
@@ -120,7 +120,7 @@ def method_cost(method: str) -> float:
 
 def units(params: dict) -> list[Unit]:
     """The study's units of work (see the module docstring), in study order."""
-    study = StudyConfig.from_params(params)
+    study = StudyConfig.from_params(params, summary_keys=True)
     tuning = TuningConfig.from_params(params)
     variants = expand_sweeps(get(params, "variants", dict), get(params, "sweeps", dict, default={}) or {})
     out = []
@@ -129,12 +129,14 @@ def units(params: dict) -> list[Unit]:
         step = method_cost(str(spec.get("method")))
         run = step * (1 + EVALUATE_COST)
         tune = f"tune@{name}"
+        # study.extra_runs: seeds added to this variant only, run by dvc.yaml's train_extra@/evaluate_extra@
+        seeds = [(s, "") for s in study.seeds] + [(s, "_extra") for s in study.extra_seeds.get(name, ())]
         if tuning.enabled:
-            steps = [[tune]] + [[f"train@{run_key(name, s)}", f"evaluate@{run_key(name, s)}"] for s in study.seeds]
-            out.append(Unit(name, steps, step * len(lr_grid(spec, tuning)) + run * len(study.seeds)))
+            steps = [[tune]] + [[f"train{x}@{run_key(name, s)}", f"evaluate{x}@{run_key(name, s)}"] for s, x in seeds]
+            out.append(Unit(name, steps, step * len(lr_grid(spec, tuning)) + run * len(seeds)))
         else:
-            out += [Unit(run_key(name, s), [[tune, f"train@{run_key(name, s)}", f"evaluate@{run_key(name, s)}"]], run)
-                    for s in study.seeds]
+            out += [Unit(run_key(name, s), [[tune, f"train{x}@{run_key(name, s)}", f"evaluate{x}@{run_key(name, s)}"]],
+                         run) for s, x in seeds]
     return out
 
 
