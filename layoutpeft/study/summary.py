@@ -594,9 +594,10 @@ def markdown_table(summary: dict, study: Study) -> str:
                  "evaluated, under whatever else ran there: compare runs evaluated under equal load.")
     notes.append(cost_note(summary))
     notes.append(parameters_note(summary))
-    notes.append("Saved: the adapter alone (the method's own tensors) / what a user must ship beside the base "
-                 "checkpoint (the run's saved files: adapter, classifier head and trained new 2-D tables); full "
-                 "fine-tuning ships the whole model.")
+    notes.append("Saved: the adapter alone (the method's own trained tensors) / what a user must ship beside the base "
+                 "checkpoint (the run's saved files: adapter, classifier head and trained new 2-D tables, and whatever "
+                 "else the method stores, e.g. VeRA's frozen random projections); full fine-tuning ships the whole "
+                 "model.")
     notes.append(f"Peak memory: {', '.join(env.get('memory', ['unknown']))} (MB = 10^6 bytes); "
                  "cpu_peak_rss_training is the process's RSS peak during training (imports and loading excluded), "
                  "cuda_peak_allocated the GPU tensor peak; kinds are never averaged together."
