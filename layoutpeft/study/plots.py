@@ -6,6 +6,7 @@ plots/ and swaps it in once complete). The CSV columns are what dvc.yaml's `plot
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Sequence
@@ -196,6 +197,8 @@ def figures(folder: Path, summary: dict, curves: list[list]) -> None:
                 alpha=0.6, label="Pareto front")
         ax.plot([], [], "o", color="tab:grey", label="dominated")
         ax.set_xscale("symlog", linthresh=1000)
+        top = max(1000, max(r[2] for r in rows))
+        ax.set_xticks([0] + [10 ** k for k in range(3, math.ceil(math.log10(top)) + 1)])
         ax.legend(fontsize=8)
     else:
         empty(ax, "no variant with F1 and parameter counts")
