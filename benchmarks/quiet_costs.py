@@ -17,7 +17,6 @@ NAME --rerender --quiet-costs <out>/costs.json` puts these figures into a study'
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import statistics
@@ -26,18 +25,17 @@ import time
 from pathlib import Path
 
 import torch
+from _common import ROOT, argument_parser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from layoutpeft.atomic import write_json, write_text
+from layoutpeft.config import DataConfig, ModelConfig, StudyConfig, TrainConfig, load_params
+from layoutpeft.data.batching import batches, load_meta, load_windows
+from layoutpeft.provenance import describe
+from layoutpeft.train import engine
+from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
+from layoutpeft.train.variants import expand_sweeps, resolve
 
-from layoutpeft import engine  # noqa: E402
-from layoutpeft.atomic import write_json, write_text  # noqa: E402
-from layoutpeft.batching import batches, load_meta, load_windows  # noqa: E402
-from layoutpeft.config import DataConfig, ModelConfig, StudyConfig, TrainConfig, load_params  # noqa: E402
-from layoutpeft.methods import Schedule, n_virtual_tokens, validate_variant  # noqa: E402
-from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.variants import expand_sweeps, resolve  # noqa: E402
-
-FUNSD_ZIP = Path(__file__).resolve().parents[2] / "shared" / "funsd" / "dataset.zip"
+FUNSD_ZIP = ROOT.parent / "shared" / "funsd" / "dataset.zip"
 
 
 def loadavg() -> list[float]:
@@ -46,8 +44,8 @@ def loadavg() -> list[float]:
 
 def tokenized(params: dict, cache: Path, zip_path: Path) -> Path:
     """The study's windows (its data and checkpoint settings), tokenized once into `cache`."""
-    from layoutpeft.download import download
-    from layoutpeft.windows import tokenize
+    from layoutpeft.data.download import download
+    from layoutpeft.data.windows import tokenize
     from stages.tokenize import read_params
 
     folder = cache / "tokenized"
@@ -133,7 +131,7 @@ class Variant:
             self.tokens.append(int(batch["attention_mask"].sum()))
 
     def result(self) -> dict:
-        rates = [n / t for n, t in zip(self.tokens, self.times)]
+        rates = [n / t for n, t in zip(self.tokens, self.times, strict=True)]
         return {"step_time_s": statistics.median(self.times), "tokens_per_s": statistics.median(rates),
                 "step_times_s": [round(t, 4) for t in self.times], **self.memory}
 
@@ -183,7 +181,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--params", default="results/reference-minilm/params.yaml")
     parser.add_argument("--variants", nargs="*", help="default: the params' study.variants")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")

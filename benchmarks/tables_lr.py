@@ -19,27 +19,23 @@ resumable, and processes with disjoint --variants or --arms share the work.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
+from _common import argument_parser
 from defaults_seeds import LIBRARIES, arm_overrides, same_cpu_as_earlier, same_every_arm_as_earlier, \
-    train_config, training_code_unchanged  # noqa: E402
-from layoutpeft import runs  # noqa: E402
-from layoutpeft.atomic import write_json  # noqa: E402
-from layoutpeft.config import ModelConfig, load_params  # noqa: E402
-from layoutpeft.hardware import simd_flags  # noqa: E402
-from layoutpeft.provenance import describe  # noqa: E402
-from layoutpeft.tuning import environment_key  # noqa: E402
-from layoutpeft.variants import studied_variants  # noqa: E402
+    train_config, training_code_unchanged
+
+from layoutpeft.atomic import write_json
+from layoutpeft.config import ModelConfig, load_params
+from layoutpeft.hardware import simd_flags
+from layoutpeft.provenance import describe
+from layoutpeft.train import runs
+from layoutpeft.train.tuning import environment_key
+from layoutpeft.train.variants import studied_variants
 
 FROZEN = "frozen"
 
@@ -121,7 +117,7 @@ def report(out: Path) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
     parser.add_argument("--variants", nargs="+", default=["head", "vera", "lora"])
     parser.add_argument("--arms", nargs="+", default=["5e-5", "1.5e-4", "4.5e-4", FROZEN],

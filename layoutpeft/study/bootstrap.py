@@ -11,7 +11,7 @@ and forms crossed, so the draws are made here and only the percentiles are taken
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def interval(values: np.ndarray, estimate: float) -> dict:
     return {"mean": estimate, "ci95_low": float(low), "ci95_high": float(high), "method": METHOD}
 
 
-def forms_of(per_seed: Mapping[int, PerForm]) -> list[str] | None:
+def forms_of(per_seed: Mapping[Any, PerForm]) -> list[str] | None:
     """The forms every seed scored (None when they differ: not the same test split)."""
     sets = {tuple(sorted(p)) for p in per_seed.values()}
     return list(sets.pop()) if len(sets) == 1 else None

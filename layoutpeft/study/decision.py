@@ -97,9 +97,9 @@ def which_to_pick(summary: dict) -> list[str]:
                          f"{len(cheap) - 1} comparisons with {top}; not the same as equal): {'; '.join(close)}.")
         if unknown:
             lines.append(f"- Too few shared seeds to compare with {top}: {', '.join(unknown)}.")
-    points = [n for n in by_f1 if own_weights(found[n]) is not None]
-    flags = pareto_flags([(own_weights(found[n]), found[n]["f1"]["mean"]) for n in points])
-    front = sorted((n for n, on in zip(points, flags, strict=True) if on), key=lambda n: own_weights(found[n]))
+    weights = {n: w for n in by_f1 if (w := own_weights(found[n])) is not None}
+    flags = pareto_flags([(weights[n], found[n]["f1"]["mean"]) for n in weights])
+    front = sorted((n for n, on in zip(weights, flags, strict=True) if on), key=lambda n: weights[n])
     if len(front) > 1:
         basis = ("the method's own trainable weights (the head and new 2-D tables every method trains are left out)"
                  if has_split(found) else "trainable parameters")
@@ -114,7 +114,7 @@ def verdict_text(comparison: dict | None, reference: str) -> str:
     if verdict == "differs":
         return f": differs from {reference} after Holm's correction"
     if verdict == "equivalent":
-        margin = comparison["equivalence"]["margin_points"]
+        margin = ((comparison or {}).get("equivalence") or {}).get("margin_points")
         return f": equivalent to {reference} within ±{margin:g} points (two one-sided tests, Holm-adjusted)"
     if verdict == "undecided":
         return f": not shown to differ from {reference} after Holm's correction (see the power line)"

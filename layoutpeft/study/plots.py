@@ -85,7 +85,7 @@ def pareto_rows(summary: dict) -> list[list]:
     names = [n for n, e in summary["variants"].items() if e["f1"] and own_params(e) is not None]
     points = [(own_params(summary["variants"][n]), summary["variants"][n]["f1"]["mean"]) for n in names]
     rows = []
-    for name, flag in zip(names, pareto_flags(points)):
+    for name, flag in zip(names, pareto_flags(points), strict=True):
         e = summary["variants"][name]
         rows.append([name, e["method"], own_params(e), e["trainable_params"], e["f1"]["mean"], e["f1"]["ci95_low"],
                      e["f1"]["ci95_high"], flag])

@@ -124,7 +124,7 @@ def holm(p_values: Mapping[str, float | None], alpha: float = ALPHA) -> dict[str
     adjusted = dict.fromkeys(p_values)
     if named:
         _, corrected, _, _ = multipletests([p for _, p in named], alpha=alpha, method="holm")
-        adjusted.update({name: float(p) for (name, _), p in zip(named, corrected)})
+        adjusted.update({name: float(p) for (name, _), p in zip(named, corrected, strict=True)})
     return adjusted
 
 
@@ -140,7 +140,7 @@ def equivalence(a: Mapping[int, float], b: Mapping[int, float], margin: float, a
     from statsmodels.stats.weightstats import ttost_paired
 
     xs, ys = _shared(a, b)
-    diffs = [x - y for x, y in zip(xs, ys)]
+    diffs = [x - y for x, y in zip(xs, ys, strict=True)]
     if len(diffs) < 2 or max(diffs) - min(diffs) <= 1e-12:
         return None
     p, _, _ = ttost_paired(_array(xs), _array(ys), -margin, margin)
@@ -163,7 +163,7 @@ def power_line(a: Mapping[int, float], b: Mapping[int, float], family: int = 1, 
     from statsmodels.stats.power import TTestPower
 
     xs, ys = _shared(a, b)
-    diffs = [x - y for x, y in zip(xs, ys)]
+    diffs = [x - y for x, y in zip(xs, ys, strict=True)]
     stats = seed_stats(diffs)
     if stats is None or stats["std"] is None or stats["std"] <= 0 or stats["mean"] == 0:
         return None

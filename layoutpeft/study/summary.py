@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from layoutpeft.study import formatting as fmt
 from layoutpeft.study.decision import which_to_pick
@@ -46,7 +46,7 @@ CONSTANTS: dict[str, str] = {
     "trainable_params": "parameters.trainable",
     "total_params": "parameters.total",
     "trainable_share": "parameters.trainable_share",
-    # what trains, split (layoutpeft.engine.count_parameters; older records: layoutpeft.recount)
+    # what trains, split (layoutpeft.train.probes.count_parameters; older records: layoutpeft.study.recount)
     "method_params": "parameters.method",           # the method's own weights
     "head_params": "parameters.head",               # the new classifier, trained by every method
     "table_params": "parameters.new_tables",        # a BERT checkpoint's new 2-D tables, likewise
@@ -148,7 +148,7 @@ class Study:
 
 
 def read_study(runs_dir: Path, variants: Sequence[str], seeds: Sequence[int], reference: str | None,
-               extra_seeds: dict[str, Sequence[int]] | None = None) -> Study:
+               extra_seeds: Mapping[str, Sequence[int]] | None = None) -> Study:
     """Every run file of variants x seeds (and each variant's extra seeds); AggregateError (naming the
     folder) when none is readable."""
     study = Study(Path(runs_dir), tuple(variants), tuple(seeds), reference,
@@ -246,7 +246,7 @@ def read_tuning(lr_dir: Path, variants: Sequence[str]) -> dict[str, dict]:
 
 def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], reference: str | None,
                   tuning: dict[str, dict] | None = None, margin: float | None = None,
-                  extra_seeds: dict[str, Sequence[int]] | None = None, quiet_costs: dict | None = None) -> dict:
+                  extra_seeds: Mapping[str, Sequence[int]] | None = None, quiet_costs: dict | None = None) -> dict:
     """The summary.json dict (NaN-free) from {variant: {seed: run}}, variants in study order.
 
     Every comparison with the reference is paired over the seeds both have (a variant given extra
@@ -308,11 +308,11 @@ def judge(variants: dict[str, dict], f1: dict[str, dict[int, float]], ref_f1: di
     family = sum(1 for c in compared.values() if c.get("p_value") is not None)
     for name, comparison in compared.items():
         comparison["p_holm"] = adjusted[name]
-        if tests[name]:
+        test = tests[name]
+        if test is not None:
             p = tost_adjusted[name]
-            tests[name] = {**tests[name], "margin_points": margin, "p_holm": p,
-                           "equivalent": p is not None and p < stats.ALPHA}
-        comparison["equivalence"] = tests[name]
+            test = {**test, "margin_points": margin, "p_holm": p, "equivalent": p is not None and p < stats.ALPHA}
+        comparison["equivalence"] = test
         comparison["verdict"] = verdict(comparison)
         comparison["power"] = stats.power_line(f1[name], ref_f1, family=max(family, 1))
 
@@ -334,7 +334,7 @@ def per_form(by_seed: dict[int, dict]) -> dict[int, dict] | None:
 
 
 def add_bootstrap(variants: dict[str, dict], runs: dict[str, dict[int, dict]], reference: str | None) -> None:
-    """`f1_bootstrap` per variant and `bootstrap` in its comparison with the reference (layoutpeft.bootstrap),
+    """`f1_bootstrap` per variant and `bootstrap` in its comparison with the reference (layoutpeft.study.bootstrap),
     where the runs recorded per-form counts; None otherwise."""
     forms = {name: per_form(by_seed) for name, by_seed in runs.items()}
     for name, entry in variants.items():
@@ -621,8 +621,8 @@ def markdown_table(summary: dict, study: Study) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spread(summary: dict, key: str) -> tuple[str, float] | None:
-    """(variant, max/min over its seeds) of the variant whose per-seed values of `key` spread most."""
+def spread(summary: dict, key: str) -> tuple[float, str, float, float] | None:
+    """(max/min over its seeds, variant, min, max) of the variant whose per-seed values of `key` spread most."""
     found = []
     for name, e in summary["variants"].items():
         values = [v for v in ((e.get(key) or {}).get("per_seed") or {}).values() if v]
@@ -697,7 +697,7 @@ def parameters_note(summary: dict) -> str:
     split = [e for e in entries if e.get("method_params") is not None]
     if not split:
         return ("Trainable: every trainable weight (the method's, the head's and any new 2-D tables'); these records "
-                "do not split them (`python -m layoutpeft.recount <runs folder>` adds the split).")
+                "do not split them (`python -m layoutpeft.study.recount <runs folder>` adds the split).")
     heads = sorted({e.get("head_params") for e in split if e.get("head_params") is not None})
     tables = sorted({e.get("table_params") for e in split if e.get("table_params")})
     base = sorted({e.get("full_trainable_params") for e in split if e.get("full_trainable_params")})
@@ -708,7 +708,7 @@ def parameters_note(summary: dict) -> str:
             f"\"Trainable in all\" adds. Shares are of full fine-tuning's trainable count"
             + (f" ({', '.join(f'{b:,}' for b in base)})" if base else "") + ". The Pareto front uses the own weights."
             + (" Split recounted from the records' model and variant settings on an untrained rebuild "
-               "(layoutpeft.recount)." if any(e.get("params_recounted") for e in split) else ""))
+               "(layoutpeft.study.recount)." if any(e.get("params_recounted") for e in split) else ""))
 
 
 def stdout_table(summary: dict) -> str:

@@ -6,7 +6,7 @@ the one the LayoutLM paper reports; strict IOB2 F1 is given beside it.
 
 `per_form` keeps each test form's entity counts per type, [true positives, false positives,
 false negatives] (seqeval's entities, conlleval mode), so F1 can be recomputed for any subset of
-forms: the bootstrap over forms (layoutpeft.bootstrap) resamples them.
+forms: the bootstrap over forms (layoutpeft.study.bootstrap) resamples them.
 """
 from __future__ import annotations
 
@@ -70,4 +70,4 @@ def score(y_true: list[list[str]], y_pred: list[list[str]], docs: list[str] | No
             "f1_strict": float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2, zero_division=0)),
             "words": sum(len(s) for s in y_true),
             "per_type": per_type,
-            **({"per_form": {doc: form_counts(t, p) for doc, t, p in zip(docs, y_true, y_pred)}} if docs else {})}
+            **({"per_form": {doc: form_counts(t, p) for doc, t, p in zip(docs, y_true, y_pred, strict=True)}} if docs else {})}
