@@ -117,7 +117,7 @@ def test_run_file_is_self_describing(workspace):
     assert parts["trainable_share"] == parts["trainable"] / parts["full_trainable"]
     # per test form entity counts that add up to the run's F1 (the bootstrap over forms resamples them)
     per_form = saved["scores"]["per_form"]
-    test_docs = {w["doc_id"] for w in __import__("layoutpeft.batching", fromlist=["x"]).load_windows("test")}
+    test_docs = {w["doc_id"] for w in __import__("layoutpeft.data.batching", fromlist=["x"]).load_windows("test")}
     assert set(per_form) == test_docs
     tp, fp, fn = (sum(c[k][i] for c in per_form.values() for k in c) for i in range(3))
     assert (2 * tp / (2 * tp + fp + fn) if tp else 0.0) == pytest.approx(saved["scores"]["f1"])

@@ -127,8 +127,8 @@ def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, devi
 
 def evaluate_windows(model, windows, batch_size, pad_token_id, device, n_virtual=0, dtype=None) -> dict:
     result = predict(model, windows, batch_size, pad_token_id, device, n_virtual, dtype)
-    y_true, y_pred = word_labels(windows, result["predictions"])
-    return {**result, "scores": score(y_true, y_pred)}
+    y_true, y_pred, docs = word_labels(windows, result["predictions"], with_docs=True)
+    return {**result, "scores": score(y_true, y_pred, docs)}
 
 
 def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
