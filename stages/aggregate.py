@@ -23,8 +23,8 @@ from layoutpeft.config import StudyConfig, load_params
 from layoutpeft.errors import run_main
 from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
 from layoutpeft.study.plots import write_plots
-from layoutpeft.study.summary import build_summary, json_text, markdown_table, read_study, read_tuning, stdout_table, \
-    study_metrics, summary_csv
+from layoutpeft.study.summary import build_summary, json_text, read_study, read_tuning, study_metrics
+from layoutpeft.study.tables import markdown_table, stdout_table, summary_csv
 
 
 def read_params(params: dict) -> StudyConfig:

@@ -21,6 +21,7 @@ import yaml
 from layoutpeft.study import formatting as fmt
 from layoutpeft.study import plots, stats
 from layoutpeft.study import summary as summ
+from layoutpeft.study import tables
 from layoutpeft.atomic import _umask
 from layoutpeft.config import ParamsError
 from layoutpeft.errors import run_main
@@ -944,7 +945,7 @@ def test_costs_are_marked_as_measured_under_load_and_quiet_figures_take_their_co
         runs["lora"][seed] = run
     study = summ.Study(tmp_path, ("full", "lora"), (0, 1, 2), "full", runs=runs)
     summary = summ.build_summary(runs, [0, 1, 2], "full")
-    md = summ.markdown_table(summary, study)
+    md = tables.markdown_table(summary, study)
     assert "| Train time † |" in md and "Train step (quiet)" not in md
     note = next(line for line in md.splitlines() if line.startswith("- † Train time"))
     assert "1-minute load average training 1.5–3.5 on this machine (3 of 6 runs recorded it)" in note
@@ -953,7 +954,7 @@ def test_costs_are_marked_as_measured_under_load_and_quiet_figures_take_their_co
              "method": "quiet interleaved benchmark", "variants": {
                  "full": {"step_time_s": 1.234, "tokens_per_s": 3100.0, "tensor_peak_bytes": 900e6},
                  "lora": {"step_time_s": 0.95, "tokens_per_s": 4020.0, "tensor_peak_bytes": 610e6}}}
-    md = summ.markdown_table(summ.build_summary(runs, [0, 1, 2], "full", quiet_costs=quiet), study)
+    md = tables.markdown_table(summ.build_summary(runs, [0, 1, 2], "full", quiet_costs=quiet), study)
     row = next(line for line in md.splitlines() if line.startswith("| lora |")).split(" | ")
     assert row[-4:-1] == ["0.95 s", "4.02 k", "610 MB"]
     assert "Quiet columns: quiet interleaved benchmark (`benchmarks/results/x/costs.json`" in md

@@ -15,6 +15,7 @@ import yaml
 
 from layoutpeft.study import formatting as fmt
 from layoutpeft.study import summary as summ
+from layoutpeft.study import tables
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.study.formatting import change as fmt_change
 from layoutpeft.study.comparison import (compare_summaries, compare_variant, group_params_diff, render_report,
@@ -435,7 +436,7 @@ def test_summary_and_report_format_the_same_numbers_the_same_way():
     """summary.md and the report show 300 s, 2100 MB, 152000 params, an F1 the same way."""
     head = load("head_summary.json")
     study = summ.Study(Path("metrics/runs"), tuple(head["variants"]), tuple(head["seeds"]), head["reference"])
-    table = summ.markdown_table(head, study)
+    table = tables.markdown_table(head, study)
     full_md = next(line for line in table.splitlines() if line.startswith("| **full** |"))
     report = render_report(base_label="b", head_label="h", comparison=compare_summaries(None, head),
                            params_grouped={}, shared_changes=[])

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from layoutpeft.study.stats import pareto_flags
-from layoutpeft.study.summary import MB, csv_text, number
+from layoutpeft.study.summary import MB, number
+from layoutpeft.study.tables import csv_text
 
 _RANK_SUFFIX = re.compile(r"_r\d+$")
 

@@ -77,8 +77,8 @@ def rerender(name: str, results_dir: Path = RESULTS_DIR, quiet_costs: Path | Non
 
     from layoutpeft.config import StudyConfig, load_yaml
     from layoutpeft.study.plots import write_plots
-    from layoutpeft.study.summary import build_summary, json_text, markdown_table, read_study, read_tuning, study_metrics, \
-        summary_csv
+    from layoutpeft.study.summary import build_summary, json_text, read_study, read_tuning, study_metrics
+    from layoutpeft.study.tables import markdown_table, summary_csv
 
     target = Path(results_dir) / name
     if not (target / "params.yaml").is_file() or not (target / "runs").is_dir():
