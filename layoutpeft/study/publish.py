@@ -25,7 +25,7 @@ from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY
 
 RESULTS_DIR = Path("results")
 # The main README's short table: the answer and its cost; summary.md has every column.
-SHORT_COLUMNS = ("Variant", "Trainable params", "F1 (%)", "Δ F1", "Saved")
+SHORT_COLUMNS = ("Variant", "Own params", "F1 (%)", "Δ F1", "Saved")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
