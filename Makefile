@@ -18,8 +18,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
+# With a GPU params.yaml's study, without one the reference profile; PROFILE=<name> (or params.yaml)
+# chooses. It prints its plan (layoutpeft plan) before it trains, then progress per epoch.
 study: setup
-	$(RUN) $(BIN)/dvc repro
+	$(RUN) $(BIN)/layoutpeft study $(if $(PROFILE),--profile $(PROFILE))
 
 # Everything: lint, type check, every test (the end-to-end DVC studies included). CI runs this.
 test: setup

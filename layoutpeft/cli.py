@@ -1,5 +1,7 @@
 """The `layoutpeft` command: what is not a DVC stage (stages run with `dvc repro` / `dvc exp run`).
 
+    layoutpeft plan laptop              what a study would run and cost here, before it starts
+    layoutpeft study                    run a study this machine can finish (make study)
     layoutpeft report --base main       compare this study with another revision's (PR comment)
     layoutpeft profile laptop+offline   run a smaller study from profiles.yaml
     layoutpeft predict / export         use a trained run
@@ -19,6 +21,8 @@ from layoutpeft.errors import run_main
 # name -> (module under layoutpeft.commands, one-line help). Add a command here and in its module.
 COMMANDS = {
     "report": "compare this study's summary with a base revision's (Markdown, for a PR comment)",
+    "study": "run a study this machine can finish (make study): its plan first, then progress while it trains",
+    "plan": "what a study would run (DVC's status) and its estimated time here, per number of workers",
     "profile": "run a named smaller study from profiles.yaml (dvc exp run -S ...)",
     "predict": "label FUNSD-format forms with a trained run",
     "export": "export a trained run as a Hugging Face folder (merged or PEFT adapter) with a model card",
