@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from layoutpeft.hardware import cpu_has_bf16
-    from layoutpeft.profiles import run_env
+    from layoutpeft.study.profiles import run_env
 
     args = parse(argv)
     profile, sets, why = choose(args.profile, torch.cuda.is_available(), cpu_has_bf16())

@@ -97,6 +97,16 @@ def sandbox(root: Path, overrides: list[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def working_dir(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def cache_dir(root: Path) -> str | None:
     """The workspace's DVC cache folder (its config's cache.dir, else .dvc/cache)."""
     from dvc.repo import Repo
@@ -117,7 +127,7 @@ def predicted_files(family: str, item: str, params: dict) -> dict[str, str] | No
 
     None: unknown until it runs (a training, the tokenized data)."""
     if family == "variants":
-        from layoutpeft.variants import studied_variants, write_variants
+        from layoutpeft.train.variants import studied_variants, write_variants
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "variants"
@@ -125,9 +135,9 @@ def predicted_files(family: str, item: str, params: dict) -> dict[str, str] | No
             return {f"data/variants/{p.name}": md5_bytes(p.read_bytes()) for p in out.glob("*.json")}
     if family == "tune":
         from layoutpeft.atomic import write_json
-        from layoutpeft.tuning import TuningConfig, tune
+        from layoutpeft.train.tuning import TuningConfig, tune
         from layoutpeft.config import ModelConfig, TrainConfig
-        from layoutpeft.variants import studied_variants
+        from layoutpeft.train.variants import studied_variants
 
         tuning = TuningConfig.from_params(params)
         if tuning.enabled:
@@ -151,7 +161,7 @@ def dvc_plan(root: str | Path = ".", overrides: list[str] | None = None) -> DvcP
     with sandbox(Path(root), overrides or []) as tmp:
         params = load_params(tmp / "params.yaml")
         # DVC resolves stage paths against the working directory, as when `dvc` runs in a project.
-        with contextlib.chdir(tmp), contextlib.closing(Repo(str(tmp))) as repo:
+        with working_dir(tmp), contextlib.closing(Repo(str(tmp))) as repo:
             return DvcPlan(decide(repo, tmp, params), params)
 
 
@@ -241,7 +251,7 @@ def locked_md5(entry) -> str | None:
     return entry.hash_info.value if entry.hash_info else None
 
 
-def run_cached(repo, stage, inputs: dict[str, str], tmp: Path) -> dict[str, str] | None:
+def run_cached(repo, stage, inputs: dict[str, str | None], tmp: Path) -> dict[str, str | None] | None:
     """{output path: md5} when DVC's run cache holds this stage with these inputs and its outputs
     are in the cache (dvc repro restores it then), else None."""
     from dvc.dependency.param import ParamsDependency

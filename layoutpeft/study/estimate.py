@@ -6,7 +6,7 @@ pass) at the study's model, method, batch, precision and device:
 - recorded: run records (metrics/runs/*.json, results/*/runs/*.json) of the same model, train
   settings that decide speed (SPEED_KEYS), device and CPU threads. The same variant settings give
   its recorded seconds per epoch (and with the same schedule, its recorded time exactly); another
-  method is scaled from the recorded ones by the relative step cost (layoutpeft.shards.METHOD_COST);
+  method is scaled from the recorded ones by the relative step cost (layoutpeft.scale.shards.METHOD_COST);
 - probed: otherwise a few timed training steps of full fine-tuning on this device, at the study's
   batch and precision, on the tokenized windows (or, before tokenization, windows of FUNSD's
   measured mean length), scaled by the method cost.
@@ -79,12 +79,13 @@ class Device:
 def this_device(train_device: str = "auto", precision: str = "auto") -> Device:
     import torch
 
-    from layoutpeft import engine, hardware
+    from layoutpeft import hardware
     from layoutpeft.provenance import cpu_model
-    from layoutpeft.runs import PRECISION_NAMES
+    from layoutpeft.train.device import resolve_device, resolve_precision
+    from layoutpeft.train.runs import PRECISION_NAMES
 
-    device = engine.resolve_device(train_device)
-    dtype = PRECISION_NAMES[engine.resolve_precision(precision, device)]
+    device = resolve_device(train_device)
+    dtype = PRECISION_NAMES[resolve_precision(precision, device)]
     if device.type == "cuda":
         return Device("cuda", torch.cuda.get_device_name(0), torch.cuda.device_count(), dtype)
     flags = " ".join(hardware.simd_flags())
@@ -174,7 +175,7 @@ class Probe:
 
 def probe_data(tokenized: Path, val_fraction: float) -> tuple[dict[str, int], dict[str, int], str, int]:
     """(windows, tokens, source, pad id) per split: the tokenized data, else FUNSD's measured sizes."""
-    from layoutpeft.batching import load_meta
+    from layoutpeft.data.batching import load_meta
 
     if (tokenized / "meta.json").is_file():
         from datasets import load_from_disk
@@ -220,9 +221,10 @@ def run_probe(checkpoint: str, train_cfg, device, threads: int, tokenized: Path 
     import torch
     from transformers import LayoutLMForTokenClassification
 
-    from layoutpeft import engine
-    from layoutpeft.batching import collate
-    from layoutpeft.runs import PRECISION_NAMES
+    from layoutpeft.data.batching import collate, to_device
+    from layoutpeft.train.device import autocast, resolve_precision
+    from layoutpeft.train.engine import logits_of, make_optimizer, token_loss
+    from layoutpeft.train.runs import PRECISION_NAMES
 
     start = time.perf_counter()
     before = torch.get_num_threads()
@@ -234,7 +236,7 @@ def run_probe(checkpoint: str, train_cfg, device, threads: int, tokenized: Path 
         config._attn_implementation = train_cfg.attention
         torch.manual_seed(0)
         model = LayoutLMForTokenClassification(config).to(device)
-        dtype = engine.resolve_precision(train_cfg.precision, device)
+        dtype = resolve_precision(train_cfg.precision, device)
         generator = torch.Generator().manual_seed(0)
 
         def window():
@@ -245,13 +247,13 @@ def run_probe(checkpoint: str, train_cfg, device, threads: int, tokenized: Path 
 
         # On a CPU a few windows per step (memory; a step's time grows with its windows), scaled to the batch.
         probe_batch = train_cfg.batch_size if device.type == "cuda" else min(train_cfg.batch_size, CPU_PROBE_BATCH)
-        batch = engine.to_device(collate([window() for _ in range(probe_batch)], pad_id), device)
-        optimizer = engine.make_optimizer(model, 1e-5, train_cfg.weight_decay, train_cfg.adamw)
+        batch = to_device(collate([window() for _ in range(probe_batch)], pad_id), device)
+        optimizer = make_optimizer(model, 1e-5, train_cfg.weight_decay, train_cfg.adamw)
         model.train()
 
         def step():
-            with engine.autocast(device, dtype):
-                loss = engine.token_loss(engine.logits_of(model, batch, 0), batch["labels"])
+            with autocast(device, dtype):
+                loss = token_loss(logits_of(model, batch, 0), batch["labels"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -264,8 +266,8 @@ def run_probe(checkpoint: str, train_cfg, device, threads: int, tokenized: Path 
         model.eval()
 
         def forward():
-            with torch.no_grad(), engine.autocast(device, dtype):
-                engine.logits_of(model, batch, 0)
+            with torch.no_grad(), autocast(device, dtype):
+                logits_of(model, batch, 0)
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
@@ -340,7 +342,7 @@ class Timings:
         return self.probes[threads]
 
     def epoch(self, variant: dict, threads: int) -> EpochTime:
-        from layoutpeft.shards import method_cost
+        from layoutpeft.scale.shards import method_cost
 
         key = (json.dumps(method_settings(variant), sort_keys=True, default=str), threads)
         if key in self._memo:
@@ -400,7 +402,7 @@ def training_seconds(training: Training, timing: EpochTime) -> float:
 
 
 def evaluate_seconds(settings: dict, timing: EpochTime, repeats: int) -> float:
-    from layoutpeft.methods import method_of
+    from layoutpeft.train.methods import method_of
 
     passes = (2 + repeats) * (2 if method_of(settings).mergeable else 1)
     return passes * timing.test_pass_s + STAGE_START_S

@@ -55,7 +55,7 @@ def profile_overrides(profile: str | None, root: Path, sets: list[str] | None = 
     key=value` texts; params.yaml's own study (`dvc repro`) without either."""
     if not profile and not sets:
         return [], [sys.executable, "-m", "dvc", "repro"]
-    from layoutpeft.profiles import build_command
+    from layoutpeft.study.profiles import build_command
 
     extra = [arg for text in sets or [] for arg in ("-S", text)]
     if profile:
@@ -68,8 +68,8 @@ def profile_overrides(profile: str | None, root: Path, sets: list[str] | None = 
 def trainings_of(status: DvcPlan) -> tuple[list[Training], dict]:
     """The trainings each tune@/train@ stage to run will do, and the studied variants' settings."""
     from layoutpeft.config import TrainConfig
-    from layoutpeft.tuning import TuningConfig, lr_grid
-    from layoutpeft.variants import studied_variants
+    from layoutpeft.train.tuning import TuningConfig, lr_grid
+    from layoutpeft.train.variants import studied_variants
 
     params = status.params
     variants = studied_variants(params, check_runtime=False)
@@ -89,9 +89,9 @@ def trainings_of(status: DvcPlan) -> tuple[list[Training], dict]:
 def plan_study(root: str | Path = ".", profile: str | None = None, sets: list[str] | None = None,
                workers: list[int] | None = None, probe_steps: int = 3, timings_cache: dict | None = None) -> StudyPlan:
     """The plan of params.yaml's study (or `profile`'s, with extra `-S key=value` `sets`) in the workspace `root`."""
-    from layoutpeft import engine
+    from layoutpeft.train.device import emulated_bf16_warning, resolve_device
     from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, get
-    from layoutpeft.tuning import TuningConfig
+    from layoutpeft.train.tuning import TuningConfig
 
     root = Path(root)
     overrides, command = profile_overrides(profile, root, sets)
@@ -108,21 +108,22 @@ def plan_study(root: str | Path = ".", profile: str | None = None, sets: list[st
     cache = timings_cache if timings_cache is not None else {}
     if key not in cache:
         cache[key] = Timings(load_records(root), model_cfg.checkpoint, train_cfg, device,
-                             engine.resolve_device(train_cfg.device), root / "data" / "tokenized",
+                             resolve_device(train_cfg.device), root / "data" / "tokenized",
                              get(params, "data.val_fraction", float, default=0.15), probe_steps)
     timings: Timings = cache[key]
     estimates, threads, costs = {}, {}, {}
     for n in counts:
         threads[n] = device.threads(n, train_cfg.threads)
         costs[n] = stage_costs(status, trainings, variants, timings, threads[n], train_cfg.max_epochs, repeats)
-        units: dict[str, float] = Counter()
+        units: dict[str, float] = {}
         for cost in costs[n]:
             name = cost.stage.split("@", 1)[1]
             variant = name if cost.stage.startswith("tune@") else name.rsplit("-", 1)[0]
-            units[variant if tuning.enabled else name] += cost.seconds  # a shard's unit of work (shards.units)
+            unit = variant if tuning.enabled else name  # a shard's unit of work (shards.units)
+            units[unit] = units.get(unit, 0.0) + cost.seconds
         estimates[n] = pack(list(units.values()), n)
     notes = timing_notes(timings, variants, {t.variant for t in trainings} | evaluated(status), threads)
-    if warning := engine.emulated_bf16_warning(train_cfg.precision, engine.resolve_device(train_cfg.device)):
+    if warning := emulated_bf16_warning(train_cfg.precision, resolve_device(train_cfg.device)):
         notes.append(f"note: {warning}")
     name = " ".join([f"profile {profile}"] * bool(profile) + [f"-S {t}" for t in sets or []]) or "params.yaml"
     return StudyPlan(name=name, command=command, status=status,
@@ -149,9 +150,9 @@ def stage_costs(status: DvcPlan, trainings: list[Training], variants: dict, timi
             continue
         seconds, source = STAGE_START_S, ""
         for training in mine:
-            timing: EpochTime = timings.epoch(training.settings, threads)
-            seconds += training_seconds(training, timing)
-            source = timing.source
+            each: EpochTime = timings.epoch(training.settings, threads)
+            seconds += training_seconds(training, each)
+            source = each.source
         out.append(StageCost(stage.name, mine, seconds, source))
     return out
 
@@ -259,7 +260,7 @@ def describe_stages(plan: StudyPlan) -> str:
 def suggest(budget_s: float, profiles: list[str] | None = None, sets: list[str] | None = None,
             workers: list[int] | None = None, probe_steps: int = 3, root: Path = Path(".")) -> str:
     """Every profile (or those named) with its estimate here; those within the budget suggested."""
-    from layoutpeft.profiles import load_profiles
+    from layoutpeft.study.profiles import load_profiles
 
     names = profiles or list(load_profiles(root / "profiles.yaml"))
     cache: dict = {}

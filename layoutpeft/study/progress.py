@@ -59,17 +59,17 @@ class Progress:
         if m := SKIPPED.match(line):
             self._drop(m[1])
             return None
-        if self.stage is None:
+        stage = self.stage
+        if stage is None:
             return None
-        if m := TRIAL_REUSED.match(line):
+        one_trial = self.epoch_estimate.get(stage, 0.0) * self.max_epochs
+        if TRIAL_REUSED.match(line):
             self.total -= 1  # a tuning trial memoised earlier: no training
-            self.stage_seconds[self.stage] = self.stage_seconds.get(self.stage, 0.0) - \
-                self.epoch_estimate.get(self.stage, 0.0) * self.max_epochs
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) - one_trial
             return None
         if EXTENDED.search(line):
             self.total += 1
-            self.stage_seconds[self.stage] = self.stage_seconds.get(self.stage, 0.0) + \
-                self.epoch_estimate.get(self.stage, 0.0) * self.max_epochs
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + one_trial
             return None
         m, trial = TRAIN_EPOCH.match(line), None
         if not m and (t := TUNE_EPOCH.match(line)):
@@ -87,7 +87,7 @@ class Progress:
         self.epochs_seen = epoch
         if self.last_epoch_at is not None:
             self.measured += now - self.last_epoch_at
-            self.expected += self.epoch_estimate.get(self.stage, now - self.last_epoch_at)
+            self.expected += self.epoch_estimate.get(stage, now - self.last_epoch_at)
         self.last_epoch_at = now
         return self.line(epoch)
 
@@ -105,13 +105,14 @@ class Progress:
         return self.measured / self.expected if self.expected > 0 else 1.0
 
     def seconds_left(self) -> float:
-        later = sum(s for name, s in self.stage_seconds.items() if name not in self.done_stages and name != self.stage)
-        per_epoch = self.epoch_estimate.get(self.stage, 0.0)
+        stage = self.stage or ""
+        later = sum(s for name, s in self.stage_seconds.items() if name not in self.done_stages and name != stage)
+        per_epoch = self.epoch_estimate.get(stage, 0.0)
         epochs_done = max(0, self.in_stage - 1) * self.max_epochs + self.epochs_seen
-        current_left = max(0.0, self.stage_seconds.get(self.stage, 0.0) - per_epoch * epochs_done)
+        current_left = max(0.0, self.stage_seconds.get(stage, 0.0) - per_epoch * epochs_done)
         return (later + current_left) * self.pace()
 
     def line(self, epoch: int) -> str:
-        what = self.stage + (f" lr {self.trial}" if self.trial else "")
+        what = (self.stage or "") + (f" lr {self.trial}" if self.trial else "")
         return (f"[study] training {min(self.started, max(self.total, self.started))}/{max(self.total, self.started)} "
                 f"({what}), epoch {epoch}/{self.max_epochs}, {duration(self.seconds_left())} left (est.)")
