@@ -116,16 +116,20 @@ class DataConfig(_Section):
     split_seed: int
     max_length: int
     prompt_reserve: int
+    labels: dict | None = None  # data.labels: {dataset type: new type | null}, renamed/merged/dropped types
 
     @classmethod
     def from_params(cls, params: dict) -> "DataConfig":
+        from layoutpeft.labels import check_label_map
+
         max_length = number_in(params, "data.max_length", 8, 512, kind=int)
         return cls(
             # > 0: model selection needs a validation split; the test split is never used for it.
             val_fraction=number_in(params, "data.val_fraction", 0.01, 0.9),
             split_seed=get(params, "data.split_seed", int),
             max_length=max_length,
-            prompt_reserve=number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int))
+            prompt_reserve=number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int),
+            labels=check_label_map(get(params, "data.labels", (dict, type(None)), default=None)) or None)
 
 
 @dataclass(frozen=True)

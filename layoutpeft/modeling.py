@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.funsd import LABELS
 
 POSITION_INITS = ("zero", "random")
 TABLES_2D = ("x_position_embeddings", "y_position_embeddings", "h_position_embeddings", "w_position_embeddings")
@@ -64,8 +63,8 @@ def load_tokenizer(checkpoint: str):
     return AutoTokenizer.from_pretrained(resolve_checkpoint(checkpoint))
 
 
-def layoutlm_config(checkpoint: str):
-    """A LayoutLMConfig with FUNSD's labels, derived from a LayoutLM or BERT checkpoint."""
+def layoutlm_config(checkpoint: str, labels: list[str]):
+    """A LayoutLMConfig with the data's BIO `labels` (meta.json's schema), from a LayoutLM or BERT checkpoint."""
     from transformers import AutoConfig, LayoutLMConfig
 
     path = resolve_checkpoint(checkpoint)
@@ -77,21 +76,31 @@ def layoutlm_config(checkpoint: str):
         config = LayoutLMConfig(**fields, max_2d_position_embeddings=1024)
     else:
         raise ModelSourceError(f"model.checkpoint: {checkpoint} is a {base.model_type!r} model; expected layoutlm or bert")
-    config.num_labels = len(LABELS)
-    config.id2label = dict(enumerate(LABELS))
-    config.label2id = {label: i for i, label in enumerate(LABELS)}
+    set_labels(config, labels)
     return config, base.model_type
 
 
+def set_labels(config, labels: list[str]) -> None:
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+
+
+def label_names(model) -> list[str]:
+    """The BIO labels a model predicts, by id (from its config: what it was built or saved with)."""
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
 def load_model(checkpoint: str, position_init: str = "zero", quantization_config=None,
-               attn_implementation: str | None = None, dtype=None):
+               attn_implementation: str | None = None, dtype=None, *, labels: list[str]):
     """LayoutLMForTokenClassification from `checkpoint`; returns (model, source_model_type)."""
     from transformers import LayoutLMForTokenClassification
     from transformers.utils import logging as hf_logging
 
     if position_init not in POSITION_INITS:
         raise ModelSourceError(f"model.position_init must be one of {POSITION_INITS}, got {position_init!r}")
-    config, source_type = layoutlm_config(checkpoint)
+    config, source_type = layoutlm_config(checkpoint, labels)
     kwargs = {"config": config}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config

@@ -150,6 +150,17 @@ def default_forms() -> dict:
     return {"training_data": training, "testing_data": testing}
 
 
+def forms_with_signature() -> dict:
+    """default_forms() with a fourth entity type: a `signature` entity ("john smith") on every form."""
+    forms = default_forms()
+    for split_forms in forms.values():
+        for spec in split_forms.values():
+            entities = spec["form"]
+            entities.append(entity(len(entities), "signature", [("john", [100, 80, 130, 90]),
+                                                              ("smith", [132, 80, 160, 90])]))
+    return forms
+
+
 def png_bytes(size: tuple[int, int]) -> bytes:
     from PIL import Image
 

@@ -10,15 +10,17 @@ from collections import defaultdict
 
 import torch
 
-from layoutpeft.funsd import ENTITY_TYPES, LABELS
+from layoutpeft.labels import entity_types
 
 SCHEME = {"scheme": "IOB2", "mode": "conlleval (seqeval default)"}
 
 
-def word_labels(windows: list[dict], predictions: list[torch.Tensor]) -> tuple[list[list[str]], list[list[str]]]:
+def word_labels(windows: list[dict], predictions: list[torch.Tensor],
+                labels: list[str]) -> tuple[list[list[str]], list[list[str]]]:
     """Gold and predicted label sequences per document, words in reading order.
 
-    `predictions[i]` holds predicted label ids for the tokens of `windows[i]` (same length).
+    `predictions[i]` holds predicted label ids for the tokens of `windows[i]` (same length);
+    `labels`: the BIO label of each id (the data's schema).
     """
     gold: dict[str, dict[int, str]] = defaultdict(dict)
     pred: dict[str, dict[int, str]] = defaultdict(dict)
@@ -28,14 +30,15 @@ def word_labels(windows: list[dict], predictions: list[torch.Tensor]) -> tuple[l
                                       predicted[labelled].tolist(), strict=True):
             if word in gold[window["doc_id"]]:
                 raise ValueError(f"{window['doc_id']}: word {word} is labelled in more than one window")
-            gold[window["doc_id"]][word] = LABELS[label]
-            pred[window["doc_id"]][word] = LABELS[guess]
+            gold[window["doc_id"]][word] = labels[label]
+            pred[window["doc_id"]][word] = labels[guess]
     docs = sorted(gold)
     return ([[gold[d][w] for w in sorted(gold[d])] for d in docs],
             [[pred[d][w] for w in sorted(pred[d])] for d in docs])
 
 
-def score(y_true: list[list[str]], y_pred: list[list[str]]) -> dict:
+def score(y_true: list[list[str]], y_pred: list[list[str]], labels: list[str]) -> dict:
+    """Entity scores, overall and per type of the schema `labels` (every type, even one never found)."""
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
     from seqeval.scheme import IOB2
 
@@ -43,7 +46,7 @@ def score(y_true: list[list[str]], y_pred: list[list[str]]) -> dict:
     per_type = {kind: {"precision": float(report.get(kind, {}).get("precision", 0.0)),
                        "recall": float(report.get(kind, {}).get("recall", 0.0)),
                        "f1": float(report.get(kind, {}).get("f1-score", 0.0)),
-                       "support": int(report.get(kind, {}).get("support", 0))} for kind in ENTITY_TYPES}
+                       "support": int(report.get(kind, {}).get("support", 0))} for kind in entity_types(labels)}
     return {**SCHEME,
             "precision": float(precision_score(y_true, y_pred, zero_division=0)),
             "recall": float(recall_score(y_true, y_pred, zero_division=0)),

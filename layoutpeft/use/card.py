@@ -11,7 +11,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from layoutpeft.funsd import LABELS
+from layoutpeft.labels import entity_types, labels_of_record
 
 FUNSD_CITATION = """@inproceedings{jaume2019funsd,
   title     = {FUNSD: A Dataset for Form Understanding in Noisy Scanned Documents},
@@ -230,15 +230,16 @@ def model_card(log: dict, info: dict, *, runs_dir: Path, summary: Path, tokenize
         except metadata.PackageNotFoundError:
             pass
     commit = env.get("git_commit")
+    labels = labels_of_record(log)
     body = [
         f"# {info['run']}: LayoutLM + {variant['method']} on FUNSD",
         "",
-        f"Token classification of form words (BIO over HEADER / QUESTION / ANSWER, {len(LABELS)} labels) with "
+        f"Token classification of form words (BIO over {' / '.join(entity_types(labels))}, {len(labels)} labels) with "
         f"LayoutLM, fine-tuned with **{variant['method']}** ({info['method_summary']}). Run `{info['run']}` "
         f"(variant `{log['variant']}`, seed {log['seed']}) of a layoutpeft study comparing PEFT methods; "
         f"exported as {'a PEFT adapter' if adapter else 'a plain (merged) Transformers model'}.",
         "",
-        "Labels: " + ", ".join(f"{i} `{label}`" for i, label in enumerate(LABELS)) + ".",
+        "Labels: " + ", ".join(f"{i} `{label}`" for i, label in enumerate(labels)) + ".",
         "",
         "## How to use",
         "",
