@@ -100,13 +100,23 @@ class _Section:
 
 @dataclass(frozen=True)
 class SourceConfig(_Section):
-    """`data.url`, `data.md5` — read by the download stage."""
+    """`data.url`, `data.md5`, `data.dataset.path`, `data.dataset.splits` — read by the download stage.
+    A dataset path (a Hugging Face dataset) replaces the FUNSD zip."""
     url: str
     md5: str
+    dataset_path: str | None = None
+    dataset_splits: dict | None = None
 
     @classmethod
     def from_params(cls, params: dict) -> "SourceConfig":
-        return cls(get(params, "data.url", str), get(params, "data.md5", str))
+        path = get(params, "data.dataset.path", (str, type(None)), default=None)
+        if path is not None and not path.strip():
+            raise ParamsError("params.yaml: key 'data.dataset.path' is empty (null: the FUNSD zip of data.url)")
+        splits = get(params, "data.dataset.splits", dict, default={"train": "train", "test": "test"})
+        if sorted(splits) != ["test", "train"] or not all(isinstance(v, str) and v for v in splits.values()):
+            raise ParamsError(f"params.yaml: key 'data.dataset.splits' must map train and test to split names, "
+                              f"got {splits!r}")
+        return cls(get(params, "data.url", str), get(params, "data.md5", str), path, splits)
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,8 @@ class DataConfig(_Section):
     max_length: int
     prompt_reserve: int
     labels: dict | None = None  # data.labels: {dataset type: new type | null}, renamed/merged/dropped types
+    dataset_columns: dict | None = None  # data.dataset.columns: words, boxes, tags (+ id, width, height)
+    dataset_boxes: str = "normalized"    # data.dataset.boxes: normalized (0-1000) | pixels
 
     @classmethod
     def from_params(cls, params: dict) -> "DataConfig":
@@ -129,7 +141,27 @@ class DataConfig(_Section):
             split_seed=get(params, "data.split_seed", int),
             max_length=max_length,
             prompt_reserve=number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int),
-            labels=check_label_map(get(params, "data.labels", (dict, type(None)), default=None)) or None)
+            labels=check_label_map(get(params, "data.labels", (dict, type(None)), default=None)) or None,
+            dataset_columns=dataset_columns(params),
+            dataset_boxes=choice(params, "data.dataset.boxes", ("normalized", "pixels"), default="normalized"))
+
+
+DEFAULT_COLUMNS = {"words": "words", "boxes": "bboxes", "tags": "ner_tags"}
+
+
+def dataset_columns(params: dict) -> dict:
+    """data.dataset.columns: the dataset's column per role (words, boxes, tags required; id, width, height)."""
+    columns = get(params, "data.dataset.columns", dict, default=DEFAULT_COLUMNS)
+    roles = ("words", "boxes", "tags", "id", "width", "height")
+    for role, name in columns.items():
+        if role not in roles:
+            raise ParamsError(f"params.yaml: key 'data.dataset.columns.{role}': unknown role (roles: {', '.join(roles)})")
+        if not (isinstance(name, str) and name) and name is not None:
+            raise ParamsError(f"params.yaml: key 'data.dataset.columns.{role}' must be a column name, got {name!r}")
+    missing = [r for r in roles[:3] if not columns.get(r)]
+    if missing:
+        raise ParamsError(f"params.yaml: key 'data.dataset.columns' has no {missing[0]!r} column")
+    return {role: name for role, name in columns.items() if name}
 
 
 @dataclass(frozen=True)

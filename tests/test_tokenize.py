@@ -240,7 +240,9 @@ DELETE = object()
 
 def test_read_settings():
     assert tokenize_stage.read_params(GOOD) == {"checkpoint": "x", "val_fraction": 0.15, "split_seed": 0,
-                                      "max_length": 64, "prompt_reserve": 8, "labels": None}
+                                      "max_length": 64, "prompt_reserve": 8, "labels": None,
+                                      "dataset_columns": {"words": "words", "boxes": "bboxes", "tags": "ner_tags"},
+                                      "dataset_boxes": "normalized"}
     merged = tokenize_stage.read_params(with_value("data.labels", {"header": "question", "Other": None}))
     assert merged["labels"] == {"HEADER": "QUESTION", "OTHER": None}
     with pytest.raises(ParamsError, match="data.val_fraction' must be in"):

@@ -14,7 +14,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+from layoutpeft.data import hfdata
 from layoutpeft.atomic import staged_dir, write_json
+from layoutpeft.config import DEFAULT_COLUMNS
 from layoutpeft.errors import LayoutpeftError, ParamsError
 from layoutpeft.funsd import Document, load_split
 from layoutpeft.labels import check_label_map, entity_types, schema_of
@@ -131,15 +133,22 @@ def split_report(documents: list[Document], records: list[dict], unk_id: int, ma
 def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) -> dict:
     """Tokenize FUNSD's two splits (+ the carved validation split) into `out_dir` (Arrow + meta.json).
 
-    settings: checkpoint, val_fraction, split_seed, max_length, prompt_reserve, labels (data.labels)."""
+    settings: checkpoint, val_fraction, split_seed, max_length, prompt_reserve, labels (data.labels),
+    dataset_columns and dataset_boxes (data.dataset.*, for a dataset snapshot in raw_dir/dataset)."""
     from datasets import Dataset, DatasetDict
 
     from layoutpeft.modeling import load_tokenizer
 
     label_map = check_label_map(settings.get("labels"))
-    train_docs = load_split(raw_dir / "training_data", label_map)
-    test_docs = load_split(raw_dir / "testing_data", label_map)
-    labels = schema_of(train_docs, test_docs, str(raw_dir / "testing_data"))
+    if (Path(raw_dir) / hfdata.SNAPSHOT).is_dir():  # a Hugging Face dataset (data.dataset.path)
+        train_docs, test_docs, test_source = hfdata.load_splits(
+            raw_dir, settings.get("dataset_columns") or DEFAULT_COLUMNS, settings.get("dataset_boxes", "normalized"),
+            label_map)
+    else:
+        train_docs = load_split(raw_dir / "training_data", label_map)
+        test_docs = load_split(raw_dir / "testing_data", label_map)
+        test_source = str(raw_dir / "testing_data")
+    labels = schema_of(train_docs, test_docs, test_source)
     tokenizer = load_tokenizer(settings["checkpoint"])
     # [CLS] + [SEP], and room for prompt-tuning's virtual tokens, inside LayoutLM's 512 positions.
     max_tokens = settings["max_length"] - 2 - settings["prompt_reserve"]
