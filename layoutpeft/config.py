@@ -171,6 +171,7 @@ class ModelConfig(_Section):
     position_init: str = "zero"
     new_tables: str = "train"
     tables_lr: float | None = None  # None: each method's own lr
+    architecture: str = "auto"  # the backbone: auto (from the checkpoint's config) | layoutlm | lilt | layoutlmv3
 
     @staticmethod
     def checkpoint_from_params(params: dict, check_source: bool = True) -> str:
@@ -185,13 +186,14 @@ class ModelConfig(_Section):
 
     @classmethod
     def from_params(cls, params: dict, check_source: bool = True) -> "ModelConfig":
-        from layoutpeft.modeling import POSITION_INITS
+        from layoutpeft.modeling import ARCHITECTURES, POSITION_INITS
 
         tables_lr = get(params, "model.tables_lr", (float, type(None)), default=None)
         if tables_lr is not None and tables_lr <= 0:
             raise ParamsError(f"params.yaml: key 'model.tables_lr' must be positive or null, got {tables_lr!r}")
         return cls(cls.checkpoint_from_params(params, check_source), choice(params, "model.position_init", POSITION_INITS),
-                   choice(params, "model.new_tables", ("train", "frozen")), tables_lr)
+                   choice(params, "model.new_tables", ("train", "frozen")), tables_lr,
+                   choice(params, "model.architecture", ARCHITECTURES, default="auto"))
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -432,3 +432,24 @@ def save_funsd_dataset(raw_dir: Path, out: Path, kind: str = "disk", boxes: str 
     if kind == "disk":
         DatasetDict(splits).save_to_disk(str(out))
     return out
+
+
+def make_backbone_checkpoint(folder: Path, architecture: str, seed: int = 0) -> Path:
+    """A tiny random LiLT or LayoutLMv3 (text + layout) model with the tiny tokenizer, saved in `folder`."""
+    import torch
+    from transformers import LayoutLMv3Config, LayoutLMv3Model, LiltConfig, LiltModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    shared = dict(vocab_size=len(tokenizer), pad_token_id=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=128, max_position_embeddings=514, max_2d_position_embeddings=1024)
+    torch.manual_seed(seed)
+    if architecture == "lilt":
+        # LiLT splits its layout embedding in 6 (4 coordinates + 2 sizes): a hidden size divisible by 6
+        model = LiltModel(LiltConfig(**{**shared, "hidden_size": 96}, channel_shrink_ratio=4), add_pooling_layer=False)
+    else:  # 4 coordinates x 8 + 2 sizes x 16 = the hidden size
+        model = LayoutLMv3Model(LayoutLMv3Config(**shared, coordinate_size=8, shape_size=16, visual_embed=False))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -67,7 +67,7 @@ def test_other_model_types_are_refused(tmp_path):
     from transformers import RobertaConfig
 
     RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
-    with pytest.raises(ModelSourceError, match="'roberta' model; expected layoutlm or bert"):
+    with pytest.raises(ModelSourceError, match="'roberta' model; expected one of bert, layoutlm, layoutlmv3, lilt"):
         layoutlm_config(str(tmp_path), LEGACY_LABELS)
 
 

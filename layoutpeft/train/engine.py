@@ -38,7 +38,8 @@ def build_model(model_cfg: ModelConfig, variant: dict, device: torch.device, sch
     method = method_of(variant)
     quant = quantization_config(device.type) if method.quantized else None
     model, source_type = load_model(model_cfg.checkpoint, model_cfg.position_init,
-                                    quantization_config=quant, attn_implementation=attention, labels=labels)
+                                    quantization_config=quant, attn_implementation=attention, labels=labels,
+                                    architecture=model_cfg.architecture)
     new_modules = TABLES_2D if trains_new_tables(model_cfg, source_type) else ()
     model = apply_method(model, variant, schedule, new_modules)
     if method.quantized and device.type == "cpu":

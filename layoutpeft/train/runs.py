@@ -65,7 +65,7 @@ def read_train_log(run_dir: Path) -> dict:
 
 def load_trained(run_dir: Path, device: torch.device | None = None):
     """The trained model as `train` left it, on `device` (default: the device it was trained on)."""
-    from transformers import LayoutLMForTokenClassification
+    from transformers import AutoModelForTokenClassification
 
     run_dir = Path(run_dir)
     log = read_train_log(run_dir)
@@ -73,12 +73,12 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
     method = method_of(variant)
     device = device or resolve_device(log["device"])
     if (run_dir / "model").is_dir():
-        return LayoutLMForTokenClassification.from_pretrained(run_dir / "model").to(device)  # type: ignore[arg-type]  # transformers types .to() for models only
+        return AutoModelForTokenClassification.from_pretrained(run_dir / "model").to(device)  # type: ignore[arg-type]  # transformers types .to() for models only
     from layoutpeft.train.methods import quantization_config
 
     quant = quantization_config(device.type) if method.quantized else None
     base, _ = load_model(log["model"]["checkpoint"], log["model"]["position_init"], quantization_config=quant,
-                         labels=labels_of_record(log))
+                         labels=labels_of_record(log), architecture=log["model"].get("architecture", "auto"))
     if (run_dir / TABLES_FILE).is_file():
         embeddings = base.layoutlm.embeddings
         with torch.no_grad():
@@ -108,6 +108,10 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
     dtype = resolve_precision(cfg.precision, device)
     if warning := emulated_bf16_warning(cfg.precision, device):
         print(f"train: WARNING: {warning}", file=sys.stderr, flush=True)
+    from layoutpeft.train.methods import check_backbone
+    from layoutpeft.modeling import backbone_of
+
+    check_backbone(name, variant, backbone_of(model_cfg.checkpoint, model_cfg.architecture))  # before any work
     meta = load_meta(tokenized)
     train_windows, val_windows = load_windows("train", tokenized), load_windows("validation", tokenized)
     per_epoch = engine.steps_per_epoch(len(train_windows), cfg.batch_size)

@@ -99,19 +99,20 @@ def export_kind(variant: dict, merge: bool, run: str) -> str:
 # ----------------------------------------------------------------------------- loading as the card says
 def plain_base(checkpoint: str, config_path: Path, quantized: bool):
     """The base as a user builds it from the card: from_pretrained with base_config.json, nothing else."""
-    from transformers import LayoutLMConfig, LayoutLMForTokenClassification
+    from transformers import AutoConfig, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
     from layoutpeft.train.methods import quantization_config
     from layoutpeft.modeling import resolve_checkpoint
 
-    kwargs: dict[str, Any] = {"config": LayoutLMConfig.from_json_file(str(config_path))}
+    config = AutoConfig.for_model(**json.loads(Path(config_path).read_text()))
+    kwargs: dict[str, Any] = {"config": config}
     if quantized:
         kwargs["quantization_config"] = quantization_config("cpu")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized" tables/classifier: base_tensors and the adapter fill them
     try:
-        return LayoutLMForTokenClassification.from_pretrained(resolve_checkpoint(checkpoint), **kwargs)
+        return AutoModelForTokenClassification.from_pretrained(resolve_checkpoint(checkpoint), **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
 
