@@ -6,18 +6,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures import make_backbone_checkpoint
+from fixtures import TINY_DATA_SETTINGS, make_backbone_checkpoint
 from layoutpeft.errors import ParamsError
 from trained_runs import FULL, LORA, make_workspace
 
 
 @pytest.fixture(scope="module", params=["layoutlm", "lilt", "layoutlmv3"])
-def backbone(request, tmp_path_factory, tiny_tokenized, tiny_checkpoint):
+def backbone(request, tmp_path_factory, tiny_tokenized, tiny_funsd_zip, tiny_checkpoint):
     """(architecture, workspace with lora-0 and full-0 trained and evaluated on it)."""
+    from layoutpeft.download import download
+    from layoutpeft.windows import tokenize
+
     arch = request.param
-    checkpoint = tiny_checkpoint if arch == "layoutlm" else \
-        make_backbone_checkpoint(tmp_path_factory.mktemp(arch) / "model", arch)
-    root = make_workspace(tmp_path_factory.mktemp(f"{arch}_ws"), tiny_tokenized, checkpoint,
+    source = tiny_tokenized
+    checkpoint = tiny_checkpoint
+    if arch != "layoutlm":  # the tiny fixture tokenized for this backbone's checkpoint (same vocabulary)
+        checkpoint = make_backbone_checkpoint(tmp_path_factory.mktemp(arch) / "model", arch)
+        source = tmp_path_factory.mktemp(f"{arch}_data")
+        download(str(tiny_funsd_zip[0]), tiny_funsd_zip[1], source / "data" / "raw")
+        tokenize(source / "data" / "raw", source / "data" / "tokenized", source / "metrics" / "data.json",
+                 {**TINY_DATA_SETTINGS, "checkpoint": str(checkpoint)})
+    root = make_workspace(tmp_path_factory.mktemp(f"{arch}_ws"), source, checkpoint,
                           {"lora": (LORA, "zero"), "full": (FULL, "zero")})
     return arch, root
 
@@ -88,3 +97,15 @@ def test_what_a_backbone_cannot_do_is_refused_before_training(tmp_path, tiny_tok
     with pytest.raises(ModelSourceError, match=r"^model.architecture: layoutlmv3, but model.checkpoint .* is a "
                                                r"'lilt' model"):
         backbone_of(str(lilt), "layoutlmv3")
+
+
+def test_predict_labels_forms_with_each_backbone(backbone):
+    from layoutpeft.predict import predict_forms
+
+    arch, root = backbone
+    record = predict_forms(root / "models" / "lora-0", [root / "data/raw/testing_data/annotations/test_01.json"],
+                           root / "data" / "tokenized", device="cpu")
+    (doc,) = record["documents"]
+    assert doc["windows"] == 2 and len(doc["words"]) == 59  # the long test form: every word labelled once
+    assert {w["label"] for w in doc["words"]} <= set(record["labels"])
+    assert record["scores"]["words"] == 59
