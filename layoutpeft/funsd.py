@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.labels import map_type
+from layoutpeft.labels import has_bio_prefix, map_type
 
 NO_ENTITY = "other"  # FUNSD's label for words outside any entity
 
@@ -76,7 +76,7 @@ def parse_annotation(annotation: dict, width: int, height: int, source: str, lab
             if key not in entity:
                 raise AnnotationError(f"{where}: missing '{key}'")
         label = entity["label"]
-        if not (isinstance(label, str) and label.strip() and label.strip() == label and "-" not in label[:2]):
+        if not (isinstance(label, str) and label.strip() and label.strip() == label and not has_bio_prefix(label)):
             raise AnnotationError(f"{where}: label {label!r} is not an entity type name")
         words = entity["words"]
         if not isinstance(words, list):

@@ -39,6 +39,10 @@ def order_types(found: Iterable[str]) -> list[str]:
     return [t for t in FUNSD_ORDER if t in found] + sorted(found - set(FUNSD_ORDER))
 
 
+def has_bio_prefix(name: str) -> bool:
+    return name[:2].upper() in ("B-", "I-")
+
+
 def check_label_map(mapping) -> dict[str, str | None]:
     """`data.labels` ({dataset type: new type, or null / "O" to drop it}) with names upper-cased."""
     if mapping is None:
@@ -49,7 +53,7 @@ def check_label_map(mapping) -> dict[str, str | None]:
     for key, value in mapping.items():
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise ParamsError(f"{LABEL_MAP_KEY}: {key!r} must map to a type name or null (drop), got {value!r}")
-        if value is not None and ("-" in value[:2] or value.strip() != value):
+        if value is not None and (has_bio_prefix(value) or value.strip() != value):
             raise ParamsError(f"{LABEL_MAP_KEY}: {key!r} -> {value!r}: give the type name without B-/I- or spaces")
         new = None if value is None or value.upper() == OUTSIDE else value.upper()
         checked[str(key).upper()] = new
