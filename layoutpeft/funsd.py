@@ -31,13 +31,13 @@ class Document:
     n_entities: int = 0
 
 
-def normalize_box(box, width: int, height: int) -> list[int]:
+def normalize_box(box, width: float, height: float) -> list[int]:
     """Pixels -> LayoutLM's 0..1000 grid, clamped: its 2-D tables have 1024 rows, so 1001+ would pass silently."""
     x0, y0, x1, y1 = (float(v) for v in box)
     x0, x1 = sorted((x0, x1))
     y0, y1 = sorted((y0, y1))
 
-    def scale(value: float, size: int) -> int:
+    def scale(value: float, size: float) -> int:
         return int(min(1000, max(0, round(1000 * value / size))))
 
     return [scale(x0, width), scale(y0, height), scale(x1, width), scale(y1, height)]

@@ -20,7 +20,7 @@ def read_params(params: dict) -> SourceConfig:
 
 def main(argv: list[str]) -> None:
     source = read_params(load_params())
-    if source.dataset_path:
+    if source.dataset_path and source.dataset_splits:
         out = snapshot(source.dataset_path, source.dataset_splits, RAW_DIR)
         print(f"download: saved splits {source.dataset_splits} of {source.dataset_path} to {out}")
         return

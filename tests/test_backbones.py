@@ -14,8 +14,8 @@ from trained_runs import FULL, LORA, make_workspace
 @pytest.fixture(scope="module", params=["layoutlm", "lilt", "layoutlmv3"])
 def backbone(request, tmp_path_factory, tiny_tokenized, tiny_funsd_zip, tiny_checkpoint):
     """(architecture, workspace with lora-0 and full-0 trained and evaluated on it)."""
-    from layoutpeft.download import download
-    from layoutpeft.windows import tokenize
+    from layoutpeft.data.download import download
+    from layoutpeft.data.windows import tokenize
 
     arch = request.param
     source = tiny_tokenized
@@ -100,7 +100,7 @@ def test_what_a_backbone_cannot_do_is_refused_before_training(tmp_path, tiny_tok
 
 
 def test_predict_labels_forms_with_each_backbone(backbone):
-    from layoutpeft.predict import predict_forms
+    from layoutpeft.use.predict import predict_forms
 
     arch, root = backbone
     record = predict_forms(root / "models" / "lora-0", [root / "data/raw/testing_data/annotations/test_01.json"],

@@ -73,7 +73,7 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
     method = method_of(variant)
     device = device or resolve_device(log["device"])
     if (run_dir / "model").is_dir():
-        return AutoModelForTokenClassification.from_pretrained(run_dir / "model").to(device)  # type: ignore[arg-type]  # transformers types .to() for models only
+        return AutoModelForTokenClassification.from_pretrained(run_dir / "model").to(device)
     from layoutpeft.train.methods import quantization_config
 
     quant = quantization_config(device.type) if method.quantized else None

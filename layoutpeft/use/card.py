@@ -237,7 +237,7 @@ def model_card(log: dict, info: dict, *, runs_dir: Path, summary: Path, tokenize
     commit = env.get("git_commit")
     labels = labels_of_record(log)
     backbone = {"lilt": "LiLT", "layoutlmv3": "LayoutLMv3 (text + layout)"}.get(
-        (log.get("model") or {}).get("source_type"), "LayoutLM")
+        str((log.get("model") or {}).get("source_type")), "LayoutLM")
     data_name = "FUNSD" if entity_types(labels) == list(FUNSD_ORDER) else "forms"
     body = [
         f"# {info['run']}: {backbone} + {variant['method']} on {data_name}",
