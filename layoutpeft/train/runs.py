@@ -23,8 +23,8 @@ from layoutpeft.data.batching import load_meta, load_windows
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.labels import labels_of_record
-from layoutpeft.train.methods import Schedule, method_of, n_virtual_tokens
-from layoutpeft.modeling import TABLES_2D, load_model
+from layoutpeft.train.methods import Schedule, check_backbone, method_of, n_virtual_tokens
+from layoutpeft.modeling import TABLES_2D, backbone_of, load_model
 from layoutpeft.provenance import describe
 
 TRAIN_LOG = "train_log.json"
@@ -108,9 +108,6 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
     dtype = resolve_precision(cfg.precision, device)
     if warning := emulated_bf16_warning(cfg.precision, device):
         print(f"train: WARNING: {warning}", file=sys.stderr, flush=True)
-    from layoutpeft.train.methods import check_backbone
-    from layoutpeft.modeling import backbone_of
-
     check_backbone(name, variant, backbone_of(model_cfg.checkpoint, model_cfg.architecture))  # before any work
     meta = load_meta(tokenized)
     train_windows, val_windows = load_windows("train", tokenized), load_windows("validation", tokenized)
