@@ -27,6 +27,7 @@ from layoutpeft.data.batching import batches, load_meta, load_windows
 from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
 from layoutpeft.train.variants import expand_sweeps, resolve
+from layoutpeft.labels import LEGACY_LABELS  # the benchmarks measure FUNSD's three types
 
 
 def parse_arm(text: str) -> dict:
@@ -59,7 +60,8 @@ def new_arm(text: str, base: TrainConfig, variant: dict, checkpoint: str, device
     """One arm: the settings `text` (key=value,...) over `base`, its model (seed 0) and AdamW."""
     cfg = dataclasses.replace(base, **parse_arm(text))
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(checkpoint, "zero"), variant, device, Schedule(1000, 8), cfg.attention)
+    model, _ = engine.build_model(ModelConfig(checkpoint, "zero"), variant, device, Schedule(1000, 8), cfg.attention,
+                                   labels=LEGACY_LABELS)
     model.train()
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -83,7 +83,9 @@ def reusable(record: dict, variant: dict, cfg: TrainConfig, model_cfg: ModelConf
     here = {lib: key[lib] for lib in LIBRARIES}
     same_variant = {k: v for k, v in record["variant_params"].items() if k != "lr_grid"} == \
         {k: v for k, v in variant.items() if k != "lr_grid"}
-    same_model = all(record["model"].get(k) == v for k, v in model_cfg.as_dict().items())
+    # a record from before model.architecture existed was built as auto (from the checkpoint) does now
+    same_model = all(record["model"].get(k, "auto" if k == "architecture" else None) == v
+                     for k, v in model_cfg.as_dict().items())
     # read back as params.yaml is, so a key added later with a neutral default still compares equal
     same_train = TrainConfig.from_params({"train": record["train_params"]}) == cfg
     return (same_variant and same_model and same_train

@@ -30,6 +30,7 @@ from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
 from layoutpeft.provenance import describe
 from layoutpeft.train.variants import expand_sweeps, resolve
+from layoutpeft.labels import LEGACY_LABELS  # the benchmarks measure FUNSD's three types
 
 KINDS = [  # (kind, substrings of aten op names), first match wins
     ("attention", ("scaled_dot_product", "flash_attention", "softmax")),
@@ -77,7 +78,8 @@ def profile_one(method, precision, args, params, mp, cfg, train, val, pad_id, de
     n_virtual = n_virtual_tokens(variant)
     dtype = resolve_precision(precision, device)
     engine.seed_everything(0)
-    model, _ = engine.build_model(mp, variant, device, Schedule(1000, 8), cfg.attention)
+    model, _ = engine.build_model(mp, variant, device, Schedule(1000, 8), cfg.attention,
+                                   labels=LEGACY_LABELS)
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay)
     scheduler = engine.linear_schedule(optimizer, 0, 1000)
     trainable = [p for p in model.parameters() if p.requires_grad]

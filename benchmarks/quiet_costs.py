@@ -66,8 +66,8 @@ class Variant:
     """One variant's model, optimizer and batches, and its measurements."""
 
     def __init__(self, name: str, settings: dict, params: dict, cfg: TrainConfig, windows: list[dict],
-                 pad: int, steps: int, device: torch.device):
-        self.name, self.settings, self.cfg, self.device = name, settings, cfg, device
+                 pad: int, steps: int, device: torch.device, labels: list[str]):
+        self.name, self.settings, self.cfg, self.device, self.labels = name, settings, cfg, device, labels
         self.model_cfg = ModelConfig.from_params(params)
         self.n_virtual = n_virtual_tokens(settings)
         self.dtype = engine.resolve_precision(cfg.precision, device)
@@ -83,7 +83,7 @@ class Variant:
         warm-up step, on which the tensor memory is measured."""
         engine.seed_everything(0)
         self.model, source = engine.build_model(self.model_cfg, self.settings, self.device, Schedule(1000, 8),
-                                                self.cfg.attention)
+                                                self.cfg.attention, labels=self.labels)
         self.model.train()
         self.optimizer = engine.make_optimizer(self.model, self.settings["lr"], self.cfg.weight_decay, self.cfg.adamw,
                                                engine.new_tables_lr(self.settings, self.model_cfg, source))
@@ -199,13 +199,14 @@ def main(argv: list[str]) -> None:
     if args.precision:
         cfg = __import__("dataclasses").replace(cfg, precision=args.precision)
     folder = tokenized(params, args.cache, args.zip)
-    pad, windows = load_meta(folder)["pad_token_id"], load_windows("train", folder)
+    meta, windows = load_meta(folder), load_windows("train", folder)
+    pad = meta["pad_token_id"]
     device = torch.device("cpu")
     all_variants = expand_sweeps(params["variants"], params.get("sweeps") or {})
     names = args.variants or list(study.variants)
     load_start = loadavg()
     built = [Variant(name, validate_variant(name, resolve(name, all_variants), params["data"]["prompt_reserve"]),
-                     params, cfg, windows, pad, args.steps, device) for name in names]
+                     params, cfg, windows, pad, args.steps, device, meta["labels"]) for name in names]
     for round_index in range(args.rounds):
         order = built[round_index % len(built):] + built[:round_index % len(built)]
         for variant in order:

@@ -60,6 +60,7 @@ from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_varian
 from layoutpeft.provenance import describe
 from layoutpeft.train.runs import save_trained
 from layoutpeft.train.variants import expand_sweeps, resolve
+from layoutpeft.labels import LEGACY_LABELS  # the benchmarks measure FUNSD's three types
 
 METHOD_VARIANTS = ["full", "head", "bitfit", "lora", "dora", "qlora", "loha", "lokr", "adalora", "vera", "ia3",
                    "prompt_tuning", "p_tuning"]
@@ -142,7 +143,7 @@ def variant_of(name: str, params: dict) -> dict:
 def measure_peaks(model_cfg: ModelConfig, device: torch.device, tokens: int) -> dict:
     from layoutpeft.modeling import layoutlm_config
 
-    config, _ = layoutlm_config(model_cfg.checkpoint)
+    config, _ = layoutlm_config(model_cfg.checkpoint, LEGACY_LABELS)
     shape = (tokens, config.hidden_size, config.intermediate_size)
     peaks: dict[str, Any] = {"shape": list(shape), "load": loadavg()}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -217,7 +218,7 @@ def compare_recipes(args, model_cfg, params, cfg, device, train, test, pad_id, p
             engine.seed_everything(repeat)
             per_epoch = engine.steps_per_epoch(len(train), recipe.batch_size)
             model, _ = engine.build_model(model_cfg, variant, device, Schedule(args.epochs * per_epoch, per_epoch),
-                                          recipe.attention)
+                                          recipe.attention, labels=LEGACY_LABELS)
             load = loadavg()
             with PeakMemory(device) as memory:
                 lengths, epoch_times = train_epochs(model, variant, recipe, train, pad_id, device, epochs=args.epochs,
@@ -250,7 +251,8 @@ def method_cost(name, args, model_cfg, params, cfg, device, train, pad_id, peaks
     n_virtual = n_virtual_tokens(variant)
     dtype = resolve_precision(cfg.precision, device)
     engine.seed_everything(0)
-    model, source = engine.build_model(model_cfg, variant, device, Schedule(100, 10), cfg.attention)
+    model, source = engine.build_model(model_cfg, variant, device, Schedule(100, 10), cfg.attention,
+                                       labels=LEGACY_LABELS)
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
     trainable = [p for p in model.parameters() if p.requires_grad]
     hook = engine.after_step_hook(model, variant)

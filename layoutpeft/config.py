@@ -100,13 +100,23 @@ class _Section:
 
 @dataclass(frozen=True)
 class SourceConfig(_Section):
-    """`data.url`, `data.md5` — read by the download stage."""
+    """`data.url`, `data.md5`, `data.dataset.path`, `data.dataset.splits` — read by the download stage.
+    A dataset path (a Hugging Face dataset) replaces the FUNSD zip."""
     url: str
     md5: str
+    dataset_path: str | None = None
+    dataset_splits: dict | None = None
 
     @classmethod
     def from_params(cls, params: dict) -> "SourceConfig":
-        return cls(get(params, "data.url", str), get(params, "data.md5", str))
+        path = get(params, "data.dataset.path", (str, type(None)), default=None)
+        if path is not None and not path.strip():
+            raise ParamsError("params.yaml: key 'data.dataset.path' is empty (null: the FUNSD zip of data.url)")
+        splits = get(params, "data.dataset.splits", dict, default={"train": "train", "test": "test"})
+        if sorted(splits) != ["test", "train"] or not all(isinstance(v, str) and v for v in splits.values()):
+            raise ParamsError(f"params.yaml: key 'data.dataset.splits' must map train and test to split names, "
+                              f"got {splits!r}")
+        return cls(get(params, "data.url", str), get(params, "data.md5", str), path, splits)
 
 
 @dataclass(frozen=True)
@@ -116,16 +126,42 @@ class DataConfig(_Section):
     split_seed: int
     max_length: int
     prompt_reserve: int
+    labels: dict | None = None  # data.labels: {dataset type: new type | null}, renamed/merged/dropped types
+    dataset_columns: dict | None = None  # data.dataset.columns: words, boxes, tags (+ id, width, height)
+    dataset_boxes: str = "normalized"    # data.dataset.boxes: normalized (0-1000) | pixels
 
     @classmethod
     def from_params(cls, params: dict) -> "DataConfig":
+        from layoutpeft.labels import check_label_map
+
         max_length = number_in(params, "data.max_length", 8, 512, kind=int)
         return cls(
             # > 0: model selection needs a validation split; the test split is never used for it.
             val_fraction=number_in(params, "data.val_fraction", 0.01, 0.9),
             split_seed=get(params, "data.split_seed", int),
             max_length=max_length,
-            prompt_reserve=number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int))
+            prompt_reserve=number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int),
+            labels=check_label_map(get(params, "data.labels", (dict, type(None)), default=None)) or None,
+            dataset_columns=dataset_columns(params),
+            dataset_boxes=choice(params, "data.dataset.boxes", ("normalized", "pixels"), default="normalized"))
+
+
+DEFAULT_COLUMNS = {"words": "words", "boxes": "bboxes", "tags": "ner_tags"}
+
+
+def dataset_columns(params: dict) -> dict:
+    """data.dataset.columns: the dataset's column per role (words, boxes, tags required; id, width, height)."""
+    columns = get(params, "data.dataset.columns", dict, default=DEFAULT_COLUMNS)
+    roles = ("words", "boxes", "tags", "id", "width", "height")
+    for role, name in columns.items():
+        if role not in roles:
+            raise ParamsError(f"params.yaml: key 'data.dataset.columns.{role}': unknown role (roles: {', '.join(roles)})")
+        if not (isinstance(name, str) and name) and name is not None:
+            raise ParamsError(f"params.yaml: key 'data.dataset.columns.{role}' must be a column name, got {name!r}")
+    missing = [r for r in roles[:3] if not columns.get(r)]
+    if missing:
+        raise ParamsError(f"params.yaml: key 'data.dataset.columns' has no {missing[0]!r} column")
+    return {role: name for role, name in columns.items() if name}
 
 
 @dataclass(frozen=True)
@@ -135,6 +171,7 @@ class ModelConfig(_Section):
     position_init: str = "zero"
     new_tables: str = "train"
     tables_lr: float | None = None  # None: each method's own lr
+    architecture: str = "auto"  # the backbone: auto (from the checkpoint's config) | layoutlm | lilt | layoutlmv3
 
     @staticmethod
     def checkpoint_from_params(params: dict, check_source: bool = True) -> str:
@@ -149,13 +186,14 @@ class ModelConfig(_Section):
 
     @classmethod
     def from_params(cls, params: dict, check_source: bool = True) -> "ModelConfig":
-        from layoutpeft.modeling import POSITION_INITS
+        from layoutpeft.modeling import ARCHITECTURES, POSITION_INITS
 
         tables_lr = get(params, "model.tables_lr", (float, type(None)), default=None)
         if tables_lr is not None and tables_lr <= 0:
             raise ParamsError(f"params.yaml: key 'model.tables_lr' must be positive or null, got {tables_lr!r}")
         return cls(cls.checkpoint_from_params(params, check_source), choice(params, "model.position_init", POSITION_INITS),
-                   choice(params, "model.new_tables", ("train", "frozen")), tables_lr)
+                   choice(params, "model.new_tables", ("train", "frozen")), tables_lr,
+                   choice(params, "model.architecture", ARCHITECTURES, default="auto"))
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -15,11 +15,12 @@ from layoutpeft.data.windows import tokenize
 
 
 def read_params(params: dict, check_source: bool = False) -> dict:
-    """What tokenize reads: data.* (but url/md5) and model.checkpoint."""
+    """What tokenize reads: data.* (but url/md5; data.labels when set) and model.checkpoint."""
     data = DataConfig.from_params(params)
     return {"checkpoint": ModelConfig.checkpoint_from_params(params, check_source),
             "val_fraction": data.val_fraction, "split_seed": data.split_seed, "max_length": data.max_length,
-            "prompt_reserve": data.prompt_reserve}
+            "prompt_reserve": data.prompt_reserve, "labels": data.labels,
+            "dataset_columns": data.dataset_columns, "dataset_boxes": data.dataset_boxes}
 
 
 def main(argv: list[str]) -> None:

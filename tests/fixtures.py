@@ -150,6 +150,17 @@ def default_forms() -> dict:
     return {"training_data": training, "testing_data": testing}
 
 
+def forms_with_signature() -> dict:
+    """default_forms() with a fourth entity type: a `signature` entity ("john smith") on every form."""
+    forms = default_forms()
+    for split_forms in forms.values():
+        for spec in split_forms.values():
+            entities = spec["form"]
+            entities.append(entity(len(entities), "signature", [("john", [100, 80, 130, 90]),
+                                                              ("smith", [132, 80, 160, 90])]))
+    return forms
+
+
 def png_bytes(size: tuple[int, int]) -> bytes:
     from PIL import Image
 
@@ -353,3 +364,92 @@ def step_budget(windows, batch_size: int, pad_token_id: int, steps: int, n_virtu
             yield batch
 
     return epoch_batches
+
+
+# --------------------------------------------------------------------------------------------
+# The same forms as a Hugging Face dataset
+# --------------------------------------------------------------------------------------------
+
+FUNSD_TAGS = ["O", "B-HEADER", "I-HEADER", "B-QUESTION", "I-QUESTION", "B-ANSWER", "I-ANSWER"]
+
+
+def funsd_rows(split_dir: Path, boxes: str = "pixels") -> list[dict]:
+    """Rows (id, words, bboxes, ner_tags as BIO strings, width, height) read straight from a FUNSD split
+    folder (annotations/*.json + images/*.png), as the published FUNSD datasets are built: every word
+    of every entity, `other` as O. boxes: pixels as annotated, or normalized to 0-1000 (clamped)."""
+    import json
+
+    from PIL import Image
+
+    rows = []
+    for path in sorted((Path(split_dir) / "annotations").glob("*.json")):
+        with Image.open(Path(split_dir) / "images" / f"{path.stem}.png") as image:
+            width, height = image.size
+        row = {"id": path.stem, "words": [], "bboxes": [], "ner_tags": [], "width": width, "height": height}
+        for item in json.loads(path.read_text(encoding="utf-8"))["form"]:
+            for index, word in enumerate(item["words"]):
+                kind = item["label"].upper()
+                row["words"].append(word["text"])
+                box = [float(v) for v in word["box"]]
+                if boxes == "normalized":
+                    x0, x1 = sorted((box[0], box[2]))
+                    y0, y1 = sorted((box[1], box[3]))
+                    box = [int(min(1000, max(0, round(1000 * v / size))))
+                           for v, size in ((x0, width), (y0, height), (x1, width), (y1, height))]
+                row["bboxes"].append(box)
+                row["ner_tags"].append("O" if kind == "OTHER" else f"{'B' if index == 0 else 'I'}-{kind}")
+        rows.append(row)
+    return rows
+
+
+def save_funsd_dataset(raw_dir: Path, out: Path, kind: str = "disk", boxes: str = "pixels",
+                       split_names: tuple[str, str] = ("train", "test")) -> Path:
+    """The FUNSD splits under raw_dir (training_data, testing_data) as a dataset at `out`:
+    kind disk (save_to_disk, ner_tags a Sequence(ClassLabel)), parquet or jsonl (BIO strings)."""
+    import json
+
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+
+    out = Path(out)
+    splits = {}
+    for name, folder in zip(split_names, ("training_data", "testing_data")):
+        rows = funsd_rows(Path(raw_dir) / folder, boxes)
+        if kind == "disk":
+            number = Value("float32") if boxes == "pixels" else Value("int64")
+            features = Features({"id": Value("string"), "words": Sequence(Value("string")),
+                                 "bboxes": Sequence(Sequence(number, length=4)),
+                                 "ner_tags": Sequence(ClassLabel(names=FUNSD_TAGS)),
+                                 "width": Value("int64"), "height": Value("int64")})
+            for row in rows:
+                row["ner_tags"] = [FUNSD_TAGS.index(t) for t in row["ner_tags"]]
+            splits[name] = Dataset.from_list(rows, features=features)
+        elif kind == "parquet":
+            out.mkdir(parents=True, exist_ok=True)
+            Dataset.from_list(rows).to_parquet(str(out / f"{name}.parquet"))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if kind == "disk":
+        DatasetDict(splits).save_to_disk(str(out))
+    return out
+
+
+def make_backbone_checkpoint(folder: Path, architecture: str, seed: int = 0) -> Path:
+    """A tiny random LiLT or LayoutLMv3 (text + layout) model with the tiny tokenizer, saved in `folder`."""
+    import torch
+    from transformers import LayoutLMv3Config, LayoutLMv3Model, LiltConfig, LiltModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    shared = dict(vocab_size=len(tokenizer), pad_token_id=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=128, max_position_embeddings=514, max_2d_position_embeddings=1024)
+    torch.manual_seed(seed)
+    if architecture == "lilt":
+        # LiLT splits its layout embedding in 6 (4 coordinates + 2 sizes): a hidden size divisible by 6
+        model = LiltModel(LiltConfig(**{**shared, "hidden_size": 96}, channel_shrink_ratio=4), add_pooling_layer=False)
+    else:  # 4 coordinates x 8 + 2 sizes x 16 = the hidden size
+        model = LayoutLMv3Model(LayoutLMv3Config(**shared, coordinate_size=8, shape_size=16, visual_embed=False))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

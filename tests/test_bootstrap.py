@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.study import bootstrap
 from layoutpeft.train.scoring import form_counts, score
 
@@ -15,14 +16,15 @@ MISS = {"QUESTION": [0, 1, 1], "ANSWER": [0, 0, 0], "HEADER": [0, 0, 0]}    # fo
 def test_per_form_counts_add_up_to_seqeval_micro_f1():
     y_true = [["B-QUESTION", "I-QUESTION", "O", "B-ANSWER"], ["B-HEADER", "O", "B-ANSWER", "I-ANSWER"], ["O"]]
     y_pred = [["B-QUESTION", "I-QUESTION", "O", "B-QUESTION"], ["B-HEADER", "O", "B-ANSWER", "O"], ["B-ANSWER"]]
-    scores = score(y_true, y_pred, ["f1", "f2", "f3"])
+    scores = score(y_true, y_pred, LEGACY_LABELS, ["f1", "f2", "f3"])
     assert scores["per_form"]["f1"] == {"HEADER": [0, 0, 0], "QUESTION": [1, 1, 0], "ANSWER": [0, 0, 1]}
     assert scores["per_form"]["f2"] == {"HEADER": [1, 0, 0], "QUESTION": [0, 0, 0], "ANSWER": [0, 1, 1]}
     assert scores["per_form"]["f3"]["ANSWER"] == [0, 1, 0]
     tp, fp, fn = np.sum([c for form in scores["per_form"].values() for c in form.values()], axis=0)
     assert (tp, fp, fn) == (2, 3, 2)
     assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(scores["f1"])              # seqeval's own micro F1
-    assert form_counts(["O"], ["O"]) == {"HEADER": [0, 0, 0], "QUESTION": [0, 0, 0], "ANSWER": [0, 0, 0]}
+    types = ["HEADER", "QUESTION", "ANSWER"]
+    assert form_counts(["O"], ["O"], types) == {"HEADER": [0, 0, 0], "QUESTION": [0, 0, 0], "ANSWER": [0, 0, 0]}
 
 
 def test_forms_resampled_one_seed_by_hand():

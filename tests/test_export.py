@@ -9,7 +9,7 @@ import torch
 
 from layoutpeft.commands import export as export_cmd
 from layoutpeft.errors import run_main
-from layoutpeft.funsd import LABELS
+from layoutpeft.labels import LEGACY_LABELS as LABELS
 from trained_runs import FULL, LORA, labels_of, make_workspace, pipeline_labels
 
 
@@ -41,7 +41,7 @@ def rewindowed(tokenizer, root):
     stored = load_windows("test", tokenized)
     max_tokens = load_meta(tokenized)["window_length"] - 2
     records = [r for doc in load_split(root / "data" / "raw" / "testing_data")
-               for r in windows_for(doc, tokenizer, max_tokens)]
+               for r in windows_for(doc, tokenizer, max_tokens, {label: i for i, label in enumerate(LABELS)})]
     windows = [{**r, **{k: torch.tensor(r[k]) for k in ("input_ids", "bbox", "labels", "word_ids")}} for r in records]
     assert [w["input_ids"].tolist() for w in windows] == [w["input_ids"].tolist() for w in stored]
     return windows

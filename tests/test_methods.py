@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.train import engine
 from layoutpeft.train.probes import count_parameters
 from layoutpeft.data.batching import load_windows
@@ -60,7 +61,7 @@ def build(tiny_checkpoint, settings):
     variant = validate_variant("t", settings, prompt_reserve=8)
     engine.seed_everything(0)
     model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero"), variant, torch.device("cpu"),
-                                  Schedule(total_steps=20, steps_per_epoch=2))
+                                  Schedule(total_steps=20, steps_per_epoch=2), labels=LEGACY_LABELS)
     return model, variant
 
 
@@ -131,7 +132,7 @@ def test_target_names_map_to_distinct_modules(tiny_checkpoint):
     import re
     from layoutpeft.modeling import load_model
 
-    model, _ = load_model(str(tiny_checkpoint))
+    model, _ = load_model(str(tiny_checkpoint), labels=LEGACY_LABELS)
     names = [n for n, _ in model.named_modules()]
     for target in TARGET_MODULES:
         hits = [n for n in names if re.fullmatch(target_regex([target]), n)]
@@ -195,7 +196,7 @@ def test_new_2d_tables_train_and_are_saved_with_every_method(case, tiny_checkpoi
 def test_frozen_tables_option_keeps_them_frozen(tiny_checkpoint):
     variant = validate_variant("t", CASES["lora"][0], prompt_reserve=8)
     model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero", "frozen"), variant, torch.device("cpu"),
-                                  Schedule(total_steps=20, steps_per_epoch=2))
+                                  Schedule(total_steps=20, steps_per_epoch=2), labels=LEGACY_LABELS)
     assert not [n for n, p in model.named_parameters() if "x_position_embeddings" in n and p.requires_grad]
 
 
@@ -207,7 +208,7 @@ def test_layoutlm_checkpoint_keeps_its_pretrained_tables_frozen_for_peft(tmp_pat
     AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
     variant = validate_variant("t", CASES["lora"][0], prompt_reserve=8)
     model, source = engine.build_model(ModelConfig(str(tmp_path / "layoutlm"), "zero", "train"), variant,
-                                       torch.device("cpu"), Schedule(total_steps=20, steps_per_epoch=2))
+                                       torch.device("cpu"), Schedule(total_steps=20, steps_per_epoch=2), labels=LEGACY_LABELS)
     assert source == "layoutlm"
     assert count_parameters(model)["trainable"] == CASES["lora"][1] - TABLES
     tables = [p for n, p in model.named_parameters() if "x_position_embeddings" in n]
@@ -228,7 +229,8 @@ def test_model_tables_lr_applies_to_new_tables_only(tmp_path, tiny_checkpoint):
     LayoutLMModel(config).save_pretrained(tmp_path / "layoutlm")
     AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
     layoutlm = ModelConfig(str(tmp_path / "layoutlm"), "zero", "train", tables_lr=2e-5)
-    model, source = engine.build_model(layoutlm, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2))
+    model, source = engine.build_model(layoutlm, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2),
+                                       labels=LEGACY_LABELS)
     assert source == "layoutlm" and engine.new_tables_lr(full, layoutlm, source) is None
     optimizer = engine.make_optimizer(model, full["lr"], 0.01, "foreach", engine.new_tables_lr(full, layoutlm, source))
     assert {g["lr"] for g in optimizer.param_groups} == {1e-3}

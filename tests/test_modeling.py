@@ -8,6 +8,7 @@ import pytest
 import torch
 from fixtures import TINY_BERT, VOCAB
 
+from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.modeling import ModelSourceError, layoutlm_config, load_model, load_tokenizer, resolve_checkpoint
 
 TABLES = ("x_position_embeddings", "y_position_embeddings", "h_position_embeddings", "w_position_embeddings")
@@ -52,7 +53,7 @@ def test_tiny_checkpoint_is_a_bert_with_its_tokenizer(tiny_checkpoint):
 
 
 def test_layoutlm_config_from_bert(tiny_checkpoint):
-    config, source = layoutlm_config(str(tiny_checkpoint))
+    config, source = layoutlm_config(str(tiny_checkpoint), LEGACY_LABELS)
     assert source == "bert"
     assert config.model_type == "layoutlm"
     assert config.max_2d_position_embeddings == 1024
@@ -66,8 +67,8 @@ def test_other_model_types_are_refused(tmp_path):
     from transformers import RobertaConfig
 
     RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
-    with pytest.raises(ModelSourceError, match="'roberta' model; expected layoutlm or bert"):
-        layoutlm_config(str(tmp_path))
+    with pytest.raises(ModelSourceError, match="'roberta' model; expected one of bert, layoutlm, layoutlmv3, lilt"):
+        layoutlm_config(str(tmp_path), LEGACY_LABELS)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def bert(tiny_checkpoint):
 def test_bert_becomes_layoutlm_with_zero_tables(tiny_checkpoint, bert):
     from transformers import LayoutLMForTokenClassification
 
-    model, source = load_model(str(tiny_checkpoint), position_init="zero")
+    model, source = load_model(str(tiny_checkpoint), position_init="zero", labels=LEGACY_LABELS)
     assert source == "bert"
     assert isinstance(model, LayoutLMForTokenClassification)
     embeddings = model.layoutlm.embeddings
@@ -101,7 +102,7 @@ def test_bert_becomes_layoutlm_with_zero_tables(tiny_checkpoint, bert):
 
 
 def test_zero_tables_start_from_exactly_the_bert_model(tiny_checkpoint, bert):
-    model, _ = load_model(str(tiny_checkpoint), position_init="zero")
+    model, _ = load_model(str(tiny_checkpoint), position_init="zero", labels=LEGACY_LABELS)
     model.eval()
     ids = torch.tensor([[2, 141, 142, 33, 99, 3]])
     bbox = torch.tensor([[[0, 0, 0, 0]] + [[50, 50, 300, 150]] * 4 + [[1000] * 4]])
@@ -113,7 +114,7 @@ def test_zero_tables_start_from_exactly_the_bert_model(tiny_checkpoint, bert):
 
 def test_random_tables(tiny_checkpoint):
     torch.manual_seed(0)
-    model, _ = load_model(str(tiny_checkpoint), position_init="random")
+    model, _ = load_model(str(tiny_checkpoint), position_init="random", labels=LEGACY_LABELS)
     for name in TABLES:
         table = getattr(model.layoutlm.embeddings, name).weight
         assert torch.count_nonzero(table) > 0.99 * table.numel(), name
@@ -122,4 +123,4 @@ def test_random_tables(tiny_checkpoint):
 
 def test_bad_position_init(tiny_checkpoint):
     with pytest.raises(ModelSourceError, match="position_init"):
-        load_model(str(tiny_checkpoint), position_init="ones")
+        load_model(str(tiny_checkpoint), position_init="ones", labels=LEGACY_LABELS)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fixtures import cpu_train_config
+from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.train import engine
 from layoutpeft.train.probes import peak_memory, start_memory_window
 from layoutpeft.data.batching import batch_order, load_windows
@@ -40,7 +41,7 @@ def adalora(tiny_checkpoint, total_steps):
                                        "lr": 1e-2}, prompt_reserve=8)
     engine.seed_everything(0)
     model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
-                                  Schedule(total_steps=total_steps, steps_per_epoch=2))
+                                  Schedule(total_steps=total_steps, steps_per_epoch=2), labels=LEGACY_LABELS)
     return model, variant
 
 
@@ -206,7 +207,7 @@ def test_tables_lr_gives_the_new_2d_tables_their_own_learning_rate(tiny_checkpoi
     variant = validate_variant("v", {**method, "lr": 1e-3, "tables_lr": 2e-5}, prompt_reserve=8)
     engine.seed_everything(0)
     model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
-                                  Schedule(total_steps=4, steps_per_epoch=2))
+                                  Schedule(total_steps=4, steps_per_epoch=2), labels=LEGACY_LABELS)
     optimizer = engine.make_optimizer(model, variant["lr"], 0.01, "foreach", variant["tables_lr"])
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -235,7 +236,7 @@ def test_a_run_whose_validation_f1_stays_zero_stops_as_collapsed(tiny_checkpoint
     steps = cfg.max_epochs * engine.steps_per_epoch(len(train), cfg.batch_size)
     engine.seed_everything(0)
     model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
-                                  Schedule(total_steps=steps, steps_per_epoch=steps // cfg.max_epochs))
+                                  Schedule(total_steps=steps, steps_per_epoch=steps // cfg.max_epochs), labels=LEGACY_LABELS)
     result = engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=steps)
     assert (result.epochs_run, result.stop_reason, result.stopped_early) == (epochs_run, reason, reason is not None)
     assert result.best_epoch == 4 and result.best_val_f1 == 0.2  # the epoch before the collapse is the one kept

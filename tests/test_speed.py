@@ -9,6 +9,7 @@ from layoutpeft.train.device import emulated_bf16_warning, precision_path, resol
 import flops
 from layoutpeft import hardware
 from layoutpeft.config import ModelConfig, ParamsError, TrainConfig
+from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.train.methods import Schedule, validate_variant
 
 from fixtures import TINY_BERT
@@ -22,7 +23,7 @@ def build(tiny_checkpoint, settings, new_tables="train"):
     variant = validate_variant("v", settings)
     engine.seed_everything(0)
     model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), new_tables=new_tables), variant,
-                                  torch.device("cpu"), Schedule(10, 5))
+                                  torch.device("cpu"), Schedule(10, 5), labels=LEGACY_LABELS)
     return model
 
 

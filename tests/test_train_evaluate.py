@@ -7,8 +7,10 @@ import shutil
 import pytest
 import torch
 
-from layoutpeft.funsd import LABEL2ID
+from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.train.scoring import score, word_labels
+
+LABEL2ID = {label: i for i, label in enumerate(LEGACY_LABELS)}
 
 
 def window(doc, words, labels, first_only=True):
@@ -36,10 +38,10 @@ def test_split_document_scores_each_word_once():
                window("b", [0], ["B-HEADER"])]
     predictions = [prediction(["B-QUESTION", "I-QUESTION"]), prediction(["B-HEADER", "O"]),
                    prediction(["B-HEADER"])]
-    y_true, y_pred = word_labels(windows, predictions)
+    y_true, y_pred = word_labels(windows, predictions, LEGACY_LABELS)
     assert y_true == [["B-QUESTION", "I-QUESTION", "B-ANSWER", "O"], ["B-HEADER"]]
     assert y_pred == [["B-QUESTION", "I-QUESTION", "B-HEADER", "O"], ["B-HEADER"]]
-    result = score(y_true, y_pred)
+    result = score(y_true, y_pred, LEGACY_LABELS)
     # gold: Q, A, H; predicted: Q, H(wrong), H -> 2 correct of 3 predicted, 2 of 3 gold.
     assert result["precision"] == pytest.approx(2 / 3)
     assert result["recall"] == pytest.approx(2 / 3)
@@ -53,7 +55,7 @@ def test_split_document_scores_each_word_once():
 def test_word_labelled_in_two_windows_is_an_error():
     windows = [window("a", [0], ["O"]), window("a", [0], ["O"])]
     with pytest.raises(ValueError, match="more than one window"):
-        word_labels(windows, [prediction(["O"]), prediction(["O"])])
+        word_labels(windows, [prediction(["O"]), prediction(["O"])], LEGACY_LABELS)
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ def pipeline_labels(run_dir: Path, tokenized: Path) -> dict[str, list[str]]:
     from layoutpeft.data.batching import load_meta, load_windows
     from layoutpeft.train.methods import n_virtual_tokens
     from layoutpeft.train.runs import load_trained, read_train_log
+    from layoutpeft.modeling import label_names
     from layoutpeft.train.scoring import word_labels
 
     log = read_train_log(run_dir)
@@ -52,7 +53,7 @@ def pipeline_labels(run_dir: Path, tokenized: Path) -> dict[str, list[str]]:
     model = load_trained(run_dir, cpu)
     result = engine.predict(model, windows, 8, load_meta(tokenized)["pad_token_id"], cpu,
                             n_virtual_tokens(log["variant_params"]))
-    _, predicted = word_labels(windows, result["predictions"])
+    _, predicted = word_labels(windows, result["predictions"], label_names(model))
     return dict(zip(sorted({w["doc_id"] for w in windows}), predicted, strict=True))
 
 
@@ -60,6 +61,7 @@ def labels_of(model, windows: list[dict], n_virtual: int = 0) -> list[list[str]]
     """Word labels per document from `model` run one window at a time (no layoutpeft batching)."""
     import torch
 
+    from layoutpeft.modeling import label_names
     from layoutpeft.train.scoring import word_labels
 
     predictions = []
@@ -71,4 +73,4 @@ def labels_of(model, windows: list[dict], n_virtual: int = 0) -> list[list[str]]
             out = model(input_ids=ids, bbox=bbox, attention_mask=torch.ones_like(ids),
                         token_type_ids=torch.zeros_like(ids))
             predictions.append(out.logits[0, n_virtual:].argmax(-1))
-    return word_labels(windows, predictions)[1]
+    return word_labels(windows, predictions, label_names(model))[1]

@@ -68,10 +68,11 @@ def main(argv: list[str]) -> int:
     record = predict_forms(run_dir, args.inputs, args.tokenized, device=args.device, batch_size=args.batch_size)
 
     if args.png:
+        from layoutpeft.labels import entity_types
         from layoutpeft.use.draw import draw_entities, save_png, shrink
 
         for doc, name in zip(record["documents"], png_names(record["documents"]), strict=True):
-            page = shrink(draw_entities(doc["image"], doc["entities"]), args.png_width)
+            page = shrink(draw_entities(doc["image"], doc["entities"], entity_types(record["labels"])), args.png_width)
             doc["png"] = str(save_png(page, Path(args.png) / name))
     if args.out:
         write_json(args.out, record)

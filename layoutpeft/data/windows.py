@@ -1,6 +1,7 @@
 """FUNSD documents -> windows of token ids, 0-1000 boxes and BIO labels (what the tokenize stage writes).
 
-- Labels: BIO over HEADER/QUESTION/ANSWER on the first sub-token of each word; other tokens -100.
+- Labels: BIO over the data's entity types (layoutpeft.labels: the schema, written to meta.json)
+  on the first sub-token of each word; other tokens -100.
 - Long documents are split into several windows at word boundaries, so no word is lost;
   `check_lossless` proves every non-empty word is labelled exactly once.
 - A validation split is carved from the training documents (document level, fixed seed):
@@ -13,9 +14,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from layoutpeft.data import hfdata
 from layoutpeft.atomic import staged_dir, write_json
+from layoutpeft.config import DEFAULT_COLUMNS
 from layoutpeft.errors import LayoutpeftError, ParamsError
-from layoutpeft.funsd import LABEL2ID, LABELS, Document, load_split
+from layoutpeft.funsd import Document, load_split
+from layoutpeft.labels import check_label_map, entity_types, schema_of
 
 SEP_BOX = [1000, 1000, 1000, 1000]
 PAD_BOX = [0, 0, 0, 0]
@@ -51,7 +55,7 @@ def word_pieces(tokenizer, words: list[str]) -> list[list[int]]:
     return [ids if ids else [tokenizer.unk_token_id] for ids in pieces]
 
 
-def windows_for(doc: Document, tokenizer, max_tokens: int) -> list[dict]:
+def windows_for(doc: Document, tokenizer, max_tokens: int, label2id: dict[str, int]) -> list[dict]:
     """Split one document into windows of at most `max_tokens` content tokens (+ [CLS], [SEP])."""
     pieces = word_pieces(tokenizer, doc.words)
     windows: list[list[int]] = []  # word indices per window
@@ -76,7 +80,7 @@ def windows_for(doc: Document, tokenizer, max_tokens: int) -> list[dict]:
             for position, token_id in enumerate(pieces[w]):
                 input_ids.append(token_id)
                 bbox.append(doc.boxes[w])
-                labels.append(LABEL2ID[doc.labels[w]] if position == 0 else -100)
+                labels.append(label2id[doc.labels[w]] if position == 0 else -100)
                 word_ids.append(w)
         input_ids.append(tokenizer.sep_token_id)
         bbox.append(SEP_BOX)
@@ -100,10 +104,11 @@ def check_lossless(doc: Document, records: list[dict]) -> None:
         raise WindowingError(f"{doc.doc_id}: words lost {lost[:10]} / labelled more than once {twice[:10]}")
 
 
-def tokenize_split(documents: list[Document], tokenizer, max_tokens: int) -> list[dict]:
+def tokenize_split(documents: list[Document], tokenizer, max_tokens: int, labels: list[str]) -> list[dict]:
+    label2id = {label: index for index, label in enumerate(labels)}
     records = []
     for doc in documents:
-        doc_records = windows_for(doc, tokenizer, max_tokens)
+        doc_records = windows_for(doc, tokenizer, max_tokens, label2id)
         check_lossless(doc, doc_records)
         records.extend(doc_records)
     return records
@@ -128,19 +133,28 @@ def split_report(documents: list[Document], records: list[dict], unk_id: int, ma
 def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) -> dict:
     """Tokenize FUNSD's two splits (+ the carved validation split) into `out_dir` (Arrow + meta.json).
 
-    settings: checkpoint, val_fraction, split_seed, max_length, prompt_reserve."""
+    settings: checkpoint, val_fraction, split_seed, max_length, prompt_reserve, labels (data.labels),
+    dataset_columns and dataset_boxes (data.dataset.*, for a dataset snapshot in raw_dir/dataset)."""
     from datasets import Dataset, DatasetDict
 
     from layoutpeft.modeling import load_tokenizer
 
-    train_docs = load_split(raw_dir / "training_data")
-    test_docs = load_split(raw_dir / "testing_data")
+    label_map = check_label_map(settings.get("labels"))
+    if (Path(raw_dir) / hfdata.SNAPSHOT).is_dir():  # a Hugging Face dataset (data.dataset.path)
+        train_docs, test_docs, test_source = hfdata.load_splits(
+            raw_dir, settings.get("dataset_columns") or DEFAULT_COLUMNS, settings.get("dataset_boxes", "normalized"),
+            label_map)
+    else:
+        train_docs = load_split(raw_dir / "training_data", label_map)
+        test_docs = load_split(raw_dir / "testing_data", label_map)
+        test_source = str(raw_dir / "testing_data")
+    labels = schema_of(train_docs, test_docs, test_source)
     tokenizer = load_tokenizer(settings["checkpoint"])
     # [CLS] + [SEP], and room for prompt-tuning's virtual tokens, inside LayoutLM's 512 positions.
     max_tokens = settings["max_length"] - 2 - settings["prompt_reserve"]
     train_docs, val_docs = split_validation(train_docs, settings["val_fraction"], settings["split_seed"])
     splits = {"train": train_docs, "validation": val_docs, "test": test_docs}
-    records = {name: tokenize_split(docs, tokenizer, max_tokens) for name, docs in splits.items()}
+    records = {name: tokenize_split(docs, tokenizer, max_tokens, labels) for name, docs in splits.items()}
     window_length = max_tokens + 2
     report: dict[str, Any] = {name: split_report(splits[name], records[name], tokenizer.unk_token_id, window_length)
               for name in splits}
@@ -153,7 +167,8 @@ def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) ->
         raise WindowingError(f"{report['unk_share']:.1%} of tokens are [UNK]: the tokenizer of "
                              f"{settings['checkpoint']} looks broken (vocabulary of {len(tokenizer)})")
 
-    meta = {"labels": list(LABELS), "checkpoint": settings["checkpoint"], "window_length": window_length,
+    meta = {"labels": labels, "entity_types": entity_types(labels), "label_map": label_map,
+            "checkpoint": settings["checkpoint"], "window_length": window_length,
             "pad_token_id": tokenizer.pad_token_id, "val_documents": sorted(d.doc_id for d in val_docs)}
     # The data report is a metrics file of the same stage: written after the data, both atomically.
     with staged_dir(out_dir) as staged:

@@ -197,10 +197,11 @@ def probe_config(checkpoint: str):
     architecture of its name (timing needs shapes, not weights)."""
     from transformers import LayoutLMConfig
 
-    from layoutpeft.modeling import LABELS, layoutlm_config
+    from layoutpeft.labels import LEGACY_LABELS
+    from layoutpeft.modeling import layoutlm_config
 
     try:
-        return layoutlm_config(checkpoint)[0]
+        return layoutlm_config(checkpoint, LEGACY_LABELS)[0]  # FUNSD's 7 labels: the head is a rounding error
     except Exception as err:  # noqa: BLE001 - offline hub id, missing package: fall back below
         name = checkpoint.lower()
         if "layoutlm-base" in name:
@@ -211,7 +212,7 @@ def probe_config(checkpoint: str):
         else:
             raise EstimateError(f"model.checkpoint {checkpoint}: cannot read its configuration to probe it "
                                 f"({' '.join(str(err).split())[:160]})") from err
-        config.num_labels = len(LABELS)
+        config.num_labels = len(LEGACY_LABELS)
         return config
 
 

@@ -22,6 +22,7 @@ import torch
 from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig
 from layoutpeft.errors import LayoutpeftError, run_main
+from layoutpeft.labels import labels_of_record
 from layoutpeft.provenance import describe
 from layoutpeft.train import engine
 from layoutpeft.train.methods import Schedule
@@ -39,7 +40,8 @@ def recount(record: dict) -> dict:
     schedule = Schedule(total_steps=steps, steps_per_epoch=max(1, steps // epochs))  # AdaLoRA's budget only
     engine.seed_everything(int(record.get("seed", 0)))
     model, source_type = engine.build_model(model_cfg, record["variant_params"], torch.device("cpu"), schedule,
-                                            (record.get("train_params") or {}).get("attention", "sdpa"))
+                                            (record.get("train_params") or {}).get("attention", "sdpa"),
+                                            labels=labels_of_record(record))
     counts = count_parameters(model, engine.trains_new_tables(model_cfg, source_type), model.full_trainable)
     recorded = (record.get("parameters") or {}).get("trainable")
     if recorded != counts["trainable"]:

@@ -14,21 +14,20 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.study import bootstrap, stats
 from layoutpeft.study.stats import half_width, paired_comparison, seed_stats
 
-PER_TYPES = ("HEADER", "QUESTION", "ANSWER")
 MB = 1e6
 
-# summary key -> dotted path inside a run file; averaged over seeds, per-seed values kept.
+# summary key -> dotted path inside a run file; averaged over seeds, per-seed values kept. Per entity
+# type, f1_<type> follows recall: the types are the data's (seed_metrics).
 SEED_METRICS: dict[str, str] = {
     "f1": "scores.f1",
     "precision": "scores.precision",
     "recall": "scores.recall",
-    **{f"f1_{t}": f"scores.per_type.{t}.f1" for t in PER_TYPES},
     "train_time_s": "training.wall_time_s",
     "epoch_time_s": "training.epoch_time_s",
     "epochs_run": "training.epochs_run",
@@ -56,7 +55,7 @@ FRACTIONS = ("trainable_share", "method_share", "lr")
 REQUIRED = ("scores.f1", "scores.precision", "scores.recall")
 # A variant's keys in summary.json, in the order of docs/result-files.md.
 ENTRY_KEYS = ("method", "params", "n_seeds", "seeds", "missing_seeds",
-              "f1", "precision", "recall", *(f"f1_{t}" for t in PER_TYPES),
+              "f1", "precision", "recall",
               "lr", "lr_tuning", "trainable_params", "total_params", "trainable_share",
               "method_params", "head_params", "table_params", "full_trainable_params", "method_share", "method_bytes",
               "params_recounted", "saved_bytes",
@@ -179,8 +178,29 @@ def per_seed_stats(values: dict[int, float | None]) -> dict | None:
     return {**stats, "per_seed": {str(seed): v for seed, v in kept.items()}}
 
 
-def summarise_variant(runs: dict[int, dict], seeds: Sequence[int]) -> dict:
-    """One variant's summary entry (vs_reference still None) from its readable runs."""
+def entity_types_of(runs: Iterable[dict]) -> list[str]:
+    """The entity types the runs were scored on (their per_type keys: the data's schema), first seen first."""
+    types: list[str] = []
+    for run in runs:
+        types += [t for t in (dig(run, "scores.per_type") or {}) if t not in types]
+    return types
+
+
+def seed_metrics(types: Sequence[str]) -> dict[str, str]:
+    """SEED_METRICS with f1_<type> for each entity type after recall."""
+    keys = list(SEED_METRICS.items())
+    return dict(keys[:3] + [(f"f1_{t}", f"scores.per_type.{t}.f1") for t in types] + keys[3:])
+
+
+def entry_keys(types: Sequence[str]) -> tuple[str, ...]:
+    at = ENTRY_KEYS.index("recall") + 1
+    return ENTRY_KEYS[:at] + tuple(f"f1_{t}" for t in types) + ENTRY_KEYS[at:]
+
+
+def summarise_variant(runs: dict[int, dict], seeds: Sequence[int], types: Sequence[str] | None = None) -> dict:
+    """One variant's summary entry (vs_reference still None) from its readable runs; `types`: the
+    entity types reported per type (default: those the runs were scored on)."""
+    types = entity_types_of(runs.values()) if types is None else types
     present = [s for s in seeds if s in runs]
     first = runs[present[0]] if present else {}
     entry: dict[str, Any] = {
@@ -192,7 +212,7 @@ def summarise_variant(runs: dict[int, dict], seeds: Sequence[int]) -> dict:
     measured = [s for s in present if number(runs[s], "memory.peak_bytes") is not None]
     kinds = sorted({str(dig(runs[s], "memory.kind")) for s in measured})
     entry["memory_kind"] = kinds[0] if len(kinds) == 1 else None  # never average different kinds
-    for key, path in SEED_METRICS.items():
+    for key, path in seed_metrics(types).items():
         scale = 1 / MB if key == "peak_memory_mb" else 1.0
         values = {s: number(runs[s], path) for s in present}
         if key == "peak_memory_mb" and entry["memory_kind"] is None:
@@ -208,7 +228,7 @@ def summarise_variant(runs: dict[int, dict], seeds: Sequence[int]) -> dict:
     entry["quiet_costs"] = None
     entry["f1_bootstrap"] = None
     entry["vs_reference"] = None
-    return {key: entry[key] for key in ENTRY_KEYS}
+    return {key: entry[key] for key in entry_keys(types)}
 
 
 def compare_with_reference(mine: dict[int, float], reference: dict[int, float]) -> dict | None:
@@ -250,7 +270,8 @@ def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], refere
     seeds is compared over the shared ones), Holm-corrected across the family of comparisons, tested
     for equivalence within ±`margin` (F1 points) when one is given, and carries a power line."""
     extra = extra_seeds or {}
-    variants = {name: summarise_variant(by_seed, [*seeds, *extra.get(name, ())]) for name, by_seed in runs.items()}
+    types = entity_types_of(run for by_seed in runs.values() for run in by_seed.values())
+    variants = {name: summarise_variant(by_seed, [*seeds, *extra.get(name, ())], types) for name, by_seed in runs.items()}
     for name, entry in variants.items():
         entry["lr_tuning"] = tuning_entry((tuning or {}).get(name))
         entry["quiet_costs"] = ((quiet_costs or {}).get("variants") or {}).get(name)

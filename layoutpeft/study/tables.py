@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 from layoutpeft.study import bootstrap
 from layoutpeft.study import formatting as fmt
 from layoutpeft.study.decision import which_to_pick
-from layoutpeft.study.summary import ABSENT, LIBRARIES, MB, SEED_METRICS, STAT_KEYS, Study, environment_line, \
+from layoutpeft.study.summary import ABSENT, LIBRARIES, MB, STAT_KEYS, Study, environment_line, seed_metrics, \
     number, run_path
 
 def _mean(stat: dict | None) -> float | None:
@@ -294,7 +294,9 @@ def summary_csv(summary: dict) -> str:
     header = ["variant", "method", "is_reference", "n_seeds", "n_expected", "missing_seeds",
               "trainable_params", "total_params", "trainable_share", "method_params", "head_params", "table_params",
               "full_trainable_params", "method_share", "method_bytes", "saved_bytes"]
-    header += [f"{key}_{s}" for key in SEED_METRICS for s in STAT_KEYS]
+    types = [key[3:] for key in next(iter(summary["variants"].values()), {}) if key.startswith("f1_")]
+    metrics = seed_metrics(types)
+    header += [f"{key}_{s}" for key in metrics for s in STAT_KEYS]
     header += [f"vs_ref_{k}" for k in VS_KEYS]
     rows = []
     for name, e in summary["variants"].items():
@@ -303,7 +305,7 @@ def summary_csv(summary: dict) -> str:
                e["trainable_params"], e["total_params"], e["trainable_share"],
                *(e.get(k) for k in ("method_params", "head_params", "table_params", "full_trainable_params",
                                     "method_share", "method_bytes")), e["saved_bytes"]]
-        row += [(e[key] or {}).get(s) for key in SEED_METRICS for s in STAT_KEYS]
+        row += [(e[key] or {}).get(s) for key in metrics for s in STAT_KEYS]
         row += [(e["vs_reference"] or {}).get(k) for k in VS_KEYS]
         rows.append(row)
     return csv_text(header, rows)

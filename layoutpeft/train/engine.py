@@ -16,7 +16,7 @@ import torch
 
 from layoutpeft.config import ModelConfig, TrainConfig
 from layoutpeft.data.batching import batches, to_device
-from layoutpeft.modeling import TABLES_2D, load_model
+from layoutpeft.modeling import TABLES_2D, label_names, load_model
 from layoutpeft.train.device import autocast, resolve_precision
 from layoutpeft.train.methods import (Method, Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens,
                                       quantization_config)
@@ -32,12 +32,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(model_cfg: ModelConfig, variant: dict, device: torch.device, schedule: Schedule,
-                attention: str = "sdpa"):
-    """Base model from model.checkpoint with the variant's method applied; returns (model, source_type)."""
+                attention: str = "sdpa", *, labels: list[str]):
+    """Base model from model.checkpoint with the variant's method applied, predicting the data's BIO
+    `labels` (meta.json); returns (model, source_type)."""
     method = method_of(variant)
     quant = quantization_config(device.type) if method.quantized else None
     model, source_type = load_model(model_cfg.checkpoint, model_cfg.position_init,
-                                    quantization_config=quant, attn_implementation=attention)
+                                    quantization_config=quant, attn_implementation=attention, labels=labels,
+                                    architecture=model_cfg.architecture)
     from layoutpeft.train.probes import model_size  # probes imports this module
 
     new_modules = TABLES_2D if trains_new_tables(model_cfg, source_type) else ()
@@ -127,8 +129,9 @@ def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, devi
 
 def evaluate_windows(model, windows, batch_size, pad_token_id, device, n_virtual=0, dtype=None) -> dict:
     result = predict(model, windows, batch_size, pad_token_id, device, n_virtual, dtype)
-    y_true, y_pred, docs = word_labels(windows, result["predictions"], with_docs=True)
-    return {**result, "scores": score(y_true, y_pred, docs)}
+    labels = label_names(model)  # the schema the model was built with (its config's id2label)
+    y_true, y_pred, docs = word_labels(windows, result["predictions"], labels, with_docs=True)
+    return {**result, "scores": score(y_true, y_pred, labels, docs)}
 
 
 def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",

@@ -28,9 +28,39 @@ TARGET_MODULES = {
 }
 
 
+# Per backbone: LayoutLM (BERT), LayoutLMv3 (RoBERTa-like) and LiLT's text stream share these paths, so
+# `targets: [query, value]` means the same matrices everywhere; LiLT adds its layout stream's.
+BACKBONE_TARGETS = {
+    "layoutlm": TARGET_MODULES,
+    "layoutlmv3": TARGET_MODULES,
+    "lilt": {**TARGET_MODULES,
+             "layout_query": r"attention\.self\.layout_query",
+             "layout_key": r"attention\.self\.layout_key",
+             "layout_value": r"attention\.self\.layout_value",
+             "layout_attention_output": r"attention\.layout_output\.dense",
+             "layout_intermediate": r"layout_intermediate\.dense",
+             "layout_output": r"layout_output\.dense"},
+}
+ALL_TARGETS = {name: path for targets in BACKBONE_TARGETS.values() for name, path in targets.items()}
+# Methods that feed the model virtual-token embeddings: built and measured on LayoutLM only.
+LAYOUTLM_ONLY = ("prompt_tuning", "p_tuning")
+
+
 def target_regex(names: list[str]) -> str:
     """A PEFT `target_modules` regex (matched with re.fullmatch) for readable target names."""
-    return r".*\.layer\.\d+\.(" + "|".join(TARGET_MODULES[n] for n in names) + r")"
+    return r".*\.layer\.\d+\.(" + "|".join(ALL_TARGETS[n] for n in names) + r")"
+
+
+def check_backbone(name: str, settings: dict, backbone: str) -> None:
+    """A variant that cannot apply to `backbone`: a target name it lacks, or a LayoutLM-only method."""
+    if settings["method"] in LAYOUTLM_ONLY and backbone != "layoutlm":
+        raise ParamsError(f"variant {name!r}: method {settings['method']} cannot apply to {backbone} "
+                          "(virtual tokens are built for LayoutLM only)")
+    for key in ("targets", "feedforward"):
+        lacking = [t for t in settings.get(key) or [] if t not in BACKBONE_TARGETS[backbone]]
+        if lacking:
+            raise ParamsError(f"variant {name!r}: {key} {lacking[0]!r}: {backbone} has no such module (its targets: "
+                              f"{', '.join(BACKBONE_TARGETS[backbone])})")
 
 
 @dataclass(frozen=True)
@@ -52,8 +82,8 @@ def probability(value):
 def known_targets(value):
     if not value:
         return "must list at least one module"
-    unknown = [v for v in value if v not in TARGET_MODULES]
-    return f"unknown module(s) {unknown}; choose from {sorted(TARGET_MODULES)}" if unknown else None
+    unknown = [v for v in value if v not in ALL_TARGETS]
+    return f"unknown module(s) {unknown}; choose from {sorted(ALL_TARGETS)}" if unknown else None
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from layoutpeft.atomic import staged_dir, write_json
 from layoutpeft.data.batching import load_meta, load_windows
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.train.methods import Schedule, method_of, n_virtual_tokens
-from layoutpeft.modeling import TABLES_2D, load_model
+from layoutpeft.labels import labels_of_record
+from layoutpeft.train.methods import Schedule, check_backbone, method_of, n_virtual_tokens
+from layoutpeft.modeling import TABLES_2D, backbone_of, load_model
 from layoutpeft.provenance import describe
 
 TRAIN_LOG = "train_log.json"
@@ -73,7 +74,7 @@ def read_train_log(run_dir: Path) -> dict:
 
 def load_trained(run_dir: Path, device: torch.device | None = None):
     """The trained model as `train` left it, on `device` (default: the device it was trained on)."""
-    from transformers import LayoutLMForTokenClassification
+    from transformers import AutoModelForTokenClassification
 
     run_dir = Path(run_dir)
     log = read_train_log(run_dir)
@@ -81,11 +82,12 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
     method = method_of(variant)
     device = device or resolve_device(log["device"])
     if (run_dir / "model").is_dir():
-        return LayoutLMForTokenClassification.from_pretrained(run_dir / "model").to(device)  # type: ignore[arg-type]  # transformers types .to() for models only
+        return AutoModelForTokenClassification.from_pretrained(run_dir / "model").to(device)
     from layoutpeft.train.methods import quantization_config
 
     quant = quantization_config(device.type) if method.quantized else None
-    base, _ = load_model(log["model"]["checkpoint"], log["model"]["position_init"], quantization_config=quant)
+    base, _ = load_model(log["model"]["checkpoint"], log["model"]["position_init"], quantization_config=quant,
+                         labels=labels_of_record(log), architecture=log["model"].get("architecture", "auto"))
     if (run_dir / TABLES_FILE).is_file():
         embeddings = base.layoutlm.embeddings
         with torch.no_grad():
@@ -115,13 +117,15 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
     dtype = resolve_precision(cfg.precision, device)
     if warning := emulated_bf16_warning(cfg.precision, device):
         print(f"train: WARNING: {warning}", file=sys.stderr, flush=True)
+    check_backbone(name, variant, backbone_of(model_cfg.checkpoint, model_cfg.architecture))  # before any work
     meta = load_meta(tokenized)
     train_windows, val_windows = load_windows("train", tokenized), load_windows("validation", tokenized)
     per_epoch = engine.steps_per_epoch(len(train_windows), cfg.batch_size)
     schedule = Schedule(total_steps=cfg.max_epochs * per_epoch, steps_per_epoch=per_epoch)
 
     engine.seed_everything(seed)  # classifier, adapters and 2-D tables are initialised from this seed
-    model, source_type = engine.build_model(model_cfg, variant, device, schedule, cfg.attention)
+    model, source_type = engine.build_model(model_cfg, variant, device, schedule, cfg.attention,
+                                            labels=meta["labels"])
     counts = count_parameters(model, engine.trains_new_tables(model_cfg, source_type),
                               getattr(model, "full_trainable", None))
     print(f"train: {name}-{seed}: {variant['method']}, {counts['trainable']:,} parameters trainable "
@@ -145,7 +149,8 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
             "variant": name, "seed": seed, "method": variant["method"], "variant_params": variant,
             "model": {**model_cfg.as_dict(), "source_type": source_type, "new_tables_lr": tables_lr},
             "train_params": cfg.as_dict(), "device": device.type, "precision": PRECISION_NAMES[dtype],
-            "data": {"window_length": meta["window_length"], "pad_token_id": meta["pad_token_id"]},
+            "data": {"window_length": meta["window_length"], "pad_token_id": meta["pad_token_id"],
+                     "labels": meta["labels"]},
             "precision_path": precision_path(device) if cfg.precision == "auto" else "set in params.yaml",
             "parameters": counts, "saved_bytes": saved_bytes,
             "training": {"wall_time_s": result.wall_time_s, "epoch_time_s": sum(epoch_times) / len(epoch_times),
@@ -171,6 +176,9 @@ def evaluate(run_dir: Path, cfg: EvaluateConfig, tokenized: Path, out_path: Path
     device = resolve_device(log["device"])
     dtype = resolve_precision(log["precision"], device)
     meta = load_meta(tokenized)
+    if labels_of_record(log) != meta["labels"]:
+        raise LayoutpeftError(f"{run_dir / TRAIN_LOG}: trained with labels {labels_of_record(log)}, but "
+                              f"{tokenized}/meta.json has {meta['labels']}: retrain it on this data")
     test = load_windows("test", tokenized)
     n_virtual = n_virtual_tokens(variant)
 
@@ -194,7 +202,7 @@ def evaluate(run_dir: Path, cfg: EvaluateConfig, tokenized: Path, out_path: Path
         "variant": log["variant"], "seed": log["seed"], "method": variant["method"], "variant_params": variant,
         "train_params": log["train_params"], "model": log["model"], "device": log["device"],
         "precision": log["precision"], "scores": result["scores"], "test_loss": result["loss"],
-        "parameters": log["parameters"], "saved_bytes": log["saved_bytes"],
+        "labels": labels_of_record(log), "parameters": log["parameters"], "saved_bytes": log["saved_bytes"],
         "training": log["training"], "memory": log["memory"],
         "inference": {**speed, "merged_tokens_per_s": merged_speed["tokens_per_s"] if merged_speed else None,
                       "batch_size": cfg.batch_size, "load_average": {"start": load_start, "end": load_average()}},

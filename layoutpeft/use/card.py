@@ -11,7 +11,10 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from layoutpeft.funsd import LABELS
+from layoutpeft.labels import FUNSD_ORDER, entity_types, labels_of_record
+
+# The transformers class names of each backbone (train_log's model.source_type; bert becomes LayoutLM).
+CLASS_PREFIX = {"layoutlm": "LayoutLM", "bert": "LayoutLM", "lilt": "Lilt", "layoutlmv3": "LayoutLMv3"}
 
 FUNSD_CITATION = """@inproceedings{jaume2019funsd,
   title     = {FUNSD: A Dataset for Form Understanding in Noisy Scanned Documents},
@@ -82,23 +85,25 @@ def usage(info: dict, log: dict) -> str:
         lines = (["import torch"] if info["quantized"] else []) + ["from peft import PeftModel"]
         if info["base_tensors"]:
             lines.append("from safetensors.torch import load_file")
+        prefix = CLASS_PREFIX[(log.get("model") or {}).get("source_type") or "layoutlm"]
+        classes = f"{prefix}Config, {prefix}ForTokenClassification"
         if info["quantized"]:
-            lines.append("from transformers import AutoTokenizer, BitsAndBytesConfig, LayoutLMConfig, "
-                         "LayoutLMForTokenClassification")
+            lines.append(f"from transformers import AutoTokenizer, BitsAndBytesConfig, {classes}")
         else:
-            lines.append("from transformers import AutoTokenizer, LayoutLMConfig, LayoutLMForTokenClassification")
+            lines.append(f"from transformers import AutoTokenizer, {classes}")
         base = "path/to/the/base/checkpoint" if checkpoint.startswith("package:") else checkpoint
         lines += ["", "FOLDER = \"path/to/this/folder\"", f"BASE = {json.dumps(base)}",
-                  "config = LayoutLMConfig.from_json_file(f\"{FOLDER}/base_config.json\")  # FUNSD's 7 labels"]
+                  f"config = {prefix}Config.from_json_file(f\"{{FOLDER}}/base_config.json\")  # the run's "
+                  f"{len(labels_of_record(log))} labels"]
         if info["quantized"]:
             lines += ["quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
                       "bnb_4bit_use_double_quant=True,",
                       "                           bnb_4bit_compute_dtype=torch.bfloat16,  # torch.float32 on CPU",
                       "                           llm_int8_skip_modules=[\"classifier\"])",
-                      "base = LayoutLMForTokenClassification.from_pretrained(BASE, config=config, "
+                      f"base = {prefix}ForTokenClassification.from_pretrained(BASE, config=config, "
                       "quantization_config=quant)"]
         else:
-            lines.append("base = LayoutLMForTokenClassification.from_pretrained(BASE, config=config)")
+            lines.append(f"base = {prefix}ForTokenClassification.from_pretrained(BASE, config=config)")
         if info["base_tensors"]:
             lines.append("base.load_state_dict(load_file(f\"{FOLDER}/base_tensors.safetensors\"), strict=False)")
         lines += ["model = PeftModel.from_pretrained(base, FOLDER)",
@@ -230,15 +235,19 @@ def model_card(log: dict, info: dict, *, runs_dir: Path, summary: Path, tokenize
         except metadata.PackageNotFoundError:
             pass
     commit = env.get("git_commit")
+    labels = labels_of_record(log)
+    backbone = {"lilt": "LiLT", "layoutlmv3": "LayoutLMv3 (text + layout)"}.get(
+        str((log.get("model") or {}).get("source_type")), "LayoutLM")
+    data_name = "FUNSD" if entity_types(labels) == list(FUNSD_ORDER) else "forms"
     body = [
-        f"# {info['run']}: LayoutLM + {variant['method']} on FUNSD",
+        f"# {info['run']}: {backbone} + {variant['method']} on {data_name}",
         "",
-        f"Token classification of form words (BIO over HEADER / QUESTION / ANSWER, {len(LABELS)} labels) with "
-        f"LayoutLM, fine-tuned with **{variant['method']}** ({info['method_summary']}). Run `{info['run']}` "
+        f"Token classification of form words (BIO over {' / '.join(entity_types(labels))}, {len(labels)} labels) with "
+        f"{backbone}, fine-tuned with **{variant['method']}** ({info['method_summary']}). Run `{info['run']}` "
         f"(variant `{log['variant']}`, seed {log['seed']}) of a layoutpeft study comparing PEFT methods; "
         f"exported as {'a PEFT adapter' if adapter else 'a plain (merged) Transformers model'}.",
         "",
-        "Labels: " + ", ".join(f"{i} `{label}`" for i, label in enumerate(LABELS)) + ".",
+        "Labels: " + ", ".join(f"{i} `{label}`" for i, label in enumerate(labels)) + ".",
         "",
         "## How to use",
         "",

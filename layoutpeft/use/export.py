@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.funsd import LABELS
+from layoutpeft.labels import labels_of_record
 
 BASE_CONFIG = "base_config.json"
 BASE_TENSORS = "base_tensors.safetensors"
@@ -99,19 +99,20 @@ def export_kind(variant: dict, merge: bool, run: str) -> str:
 # ----------------------------------------------------------------------------- loading as the card says
 def plain_base(checkpoint: str, config_path: Path, quantized: bool):
     """The base as a user builds it from the card: from_pretrained with base_config.json, nothing else."""
-    from transformers import LayoutLMConfig, LayoutLMForTokenClassification
+    from transformers import AutoConfig, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
     from layoutpeft.train.methods import quantization_config
     from layoutpeft.modeling import resolve_checkpoint
 
-    kwargs: dict[str, Any] = {"config": LayoutLMConfig.from_json_file(str(config_path))}
+    config = AutoConfig.for_model(**json.loads(Path(config_path).read_text()))
+    kwargs: dict[str, Any] = {"config": config}
     if quantized:
         kwargs["quantization_config"] = quantization_config("cpu")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized" tables/classifier: base_tensors and the adapter fill them
     try:
-        return LayoutLMForTokenClassification.from_pretrained(resolve_checkpoint(checkpoint), **kwargs)
+        return AutoModelForTokenClassification.from_pretrained(resolve_checkpoint(checkpoint), **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -185,7 +186,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, fo
     from layoutpeft.use import card
     from layoutpeft.atomic import staged_dir
     from layoutpeft.train.methods import method_of, n_virtual_tokens
-    from layoutpeft.modeling import layoutlm_config, load_tokenizer
+    from layoutpeft.modeling import layoutlm_config, load_tokenizer, set_labels
     from layoutpeft.train.runs import load_trained, read_train_log
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -198,6 +199,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, fo
     checkpoint = log["model"]["checkpoint"]
     cpu = torch.device("cpu")
     n_virtual = n_virtual_tokens(variant)
+    labels = labels_of_record(log)  # the schema it was trained with
 
     torch.manual_seed(0)
     model = load_trained(run_dir, cpu)  # THE trained model, as evaluate scores it
@@ -212,8 +214,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, fo
             from transformers import AutoModelForTokenClassification
 
             plain = model.merge_and_unload() if method.peft else model
-            plain.config.id2label = dict(enumerate(LABELS))
-            plain.config.label2id = {label: i for i, label in enumerate(LABELS)}
+            set_labels(plain.config, labels)
             plain.save_pretrained(staged)
             tokenizer.save_pretrained(staged)
             exported = AutoModelForTokenClassification.from_pretrained(staged)
@@ -230,7 +231,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, fo
             adapter_config = json.loads(config_path.read_text())
             adapter_config["base_model_name_or_path"] = checkpoint
             config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-            layoutlm_config(checkpoint)[0].to_json_file(str(staged / BASE_CONFIG))
+            layoutlm_config(checkpoint, labels)[0].to_json_file(str(staged / BASE_CONFIG))
             tokenizer.save_pretrained(staged)
             base = plain_base(checkpoint, staged / BASE_CONFIG, method.quantized)
             tensors = differing_base_tensors(model, base)

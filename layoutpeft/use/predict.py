@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.funsd import LABELS, AnnotationError, Document, parse_annotation
+from layoutpeft.funsd import AnnotationError, Document, parse_annotation
+from layoutpeft.labels import entity_types, labels_of_record
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -94,8 +95,9 @@ def _image_size(image: Path, annotation: Path) -> tuple[int, int]:
         raise PredictInputError(f"{annotation}: page image {image} cannot be read ({err})") from err
 
 
-def read_form(annotation: Path) -> Form:
-    """Read and check one input; PredictInputError names the file and what is wrong."""
+def read_form(annotation: Path, label_map: dict | None = None) -> Form:
+    """Read and check one input; PredictInputError names the file and what is wrong. Gold labels are
+    mapped by the data.labels the run's data was tokenized with (`label_map`)."""
     try:
         data = json.loads(annotation.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -120,7 +122,7 @@ def read_form(annotation: Path) -> Form:
             if isinstance(e, dict):
                 e["label"] = "other"
     try:
-        doc = parse_annotation(data, width, height, str(annotation))
+        doc = parse_annotation(data, width, height, str(annotation), label_map if has_gold else None)
     except AnnotationError as err:
         raise PredictInputError(str(err)) from err
 
@@ -212,9 +214,16 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
     log = read_train_log(run_dir)
     checkpoint = log["model"]["checkpoint"]
     meta = window_settings(tokenized, checkpoint)
-    forms = [read_form(p) for p in expand_inputs(inputs)]
+    labels = labels_of_record(log)
+    label2id = {label: index for index, label in enumerate(labels)}
+    forms = [read_form(p, meta.get("label_map")) for p in expand_inputs(inputs)]
     if not forms:
         raise PredictInputError("no input forms given")
+    for form in forms:
+        unknown = sorted({t for t in entity_types(form.doc.labels)} - set(entity_types(labels)))
+        if form.has_gold and unknown:
+            raise PredictInputError(f"{form.annotation}: entity type {unknown[0]} is not one the run predicts "
+                                    f"({', '.join(entity_types(labels))})")
 
     tokenizer = load_tokenizer(checkpoint)
     max_tokens = meta["window_length"] - 2
@@ -222,7 +231,7 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
     for index, form in enumerate(forms):
         form.doc.doc_id = str(index)  # unique even when two inputs share a stem
         try:
-            records = windows_for(form.doc, tokenizer, max_tokens)
+            records = windows_for(form.doc, tokenizer, max_tokens, label2id if form.has_gold else {"O": 0})
             check_lossless(form.doc, records)
         except WindowingError as err:
             raise PredictInputError(f"{form.annotation}: {err}") from err
@@ -236,23 +245,24 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
     guesses = label_windows(model, windows, batch_size, meta["pad_token_id"], torch_device, n_virtual, dtype)
 
     documents, all_gold, all_pred = [], [], []
+    all_docs: list[str] = []
     position = 0
     for form, ws in zip(forms, doc_windows, strict=True):
         results = guesses[position:position + len(ws)]
         position += len(ws)
-        labels: dict[int, str] = {}
+        by_word: dict[int, str] = {}
         scores: dict[int, float] = {}
         for window, (ids, probs) in zip(ws, results, strict=True):
             first = window["labels"] != -100
             for word, label_id, prob in zip(window["word_ids"][first].tolist(), ids[first].tolist(),
                                             probs[first].tolist(), strict=True):
-                if word in labels:
+                if word in by_word:
                     raise PredictInputError(f"{form.annotation}: word {word} labelled twice (windowing bug)")
-                labels[word], scores[word] = LABELS[label_id], prob
+                by_word[word], scores[word] = labels[label_id], prob
         n = len(form.doc.words)
-        if sorted(labels) != list(range(n)):
-            raise PredictInputError(f"{form.annotation}: {n - len(labels)} words left unlabelled (windowing bug)")
-        predicted = [labels[i] for i in range(n)]
+        if sorted(by_word) != list(range(n)):
+            raise PredictInputError(f"{form.annotation}: {n - len(by_word)} words left unlabelled (windowing bug)")
+        predicted = [by_word[i] for i in range(n)]
         probabilities = [scores[i] for i in range(n)]
         words = []
         for i in range(n):
@@ -266,17 +276,18 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
                     "width": form.width, "height": form.height, "windows": len(ws), "words": words,
                     "entities": entities_of(predicted, form.pixel_boxes, probabilities, form.doc.words)}
         if form.has_gold:
-            gold_seq, pred_seq = word_labels(ws, [ids for ids, _ in results])
-            document["scores"] = score(gold_seq, pred_seq)
+            gold_seq, pred_seq = word_labels(ws, [ids for ids, _ in results], labels)
+            document["scores"] = score(gold_seq, pred_seq, labels)
             all_gold += gold_seq
             all_pred += pred_seq
+            all_docs += [Path(form.annotation).stem] * len(gold_seq)  # one form: its file name, as tokenize names it
         documents.append(document)
 
     record = {"run": run_dir.name, "variant": log["variant"], "seed": log["seed"], "method": log["method"],
               "checkpoint": checkpoint, "window_length": meta["window_length"], "device": torch_device.type,
-              "labels": list(LABELS), "documents": documents, "scores": None}
+              "labels": labels, "documents": documents, "scores": None}
     if forms and all(f.has_gold for f in forms):
-        record["scores"] = score(all_gold, all_pred)
+        record["scores"] = score(all_gold, all_pred, labels, all_docs)  # as evaluate scores: per-form counts too
     return record
 
 
