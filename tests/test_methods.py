@@ -43,6 +43,12 @@ CASES = {
     "lokr": ({"method": "lokr", "r": 4, "targets": ["query"], "lr": 1e-3}, None),
     "bitfit": ({"method": "bitfit", "lr": 1e-3}, None),
     "p_tuning": ({"method": "p_tuning", "virtual_tokens": 4, "encoder_hidden": 16, "lr": 1e-3}, None),
+    # a key and a value prefix of 4 tokens x hidden in every layer: layers x 2 x virtual_tokens x hidden
+    "prefix_tuning": ({"method": "prefix_tuning", "virtual_tokens": 4, "lr": 1e-2}, LAYERS * 2 * 4 * H + NEW),
+    # reparameterised (PEFT's MLP): 4 token embeddings of H, then H -> 16 -> layers x 2 x H
+    "prefix_projection": ({"method": "prefix_tuning", "virtual_tokens": 4, "prefix_projection": True,
+                           "encoder_hidden": 16, "lr": 1e-2},
+                          4 * H + (H * 16 + 16) + (16 * LAYERS * 2 * H + LAYERS * 2 * H) + NEW),
 }
 
 
@@ -153,7 +159,7 @@ def test_target_names_map_to_distinct_modules(tiny_checkpoint):
     ({"method": "ia3", "lr": 1e-3, "targets": ["key"], "feedforward": ["output"]}, "must be a subset"),
     ({"method": "prompt_tuning", "lr": 1e-3, "virtual_tokens": 30}, "exceeds data.prompt_reserve = 8"),
     ({"method": "adalora", "r": 8, "init_r": 4, "lr": 1e-3}, "must be >= r"),
-    ({"method": "prefix_tuning", "lr": 1e-3}, "past_key_values"),
+    ({"method": "prefix_tuning", "lr": 1e-3, "encoder_hidden": 32}, "needs prefix_projection: true"),
 ])
 def test_bad_variant_is_named(settings, message):
     with pytest.raises(ParamsError) as err:
@@ -178,7 +184,7 @@ def test_alpha_defaults_to_twice_the_rank():
     assert validate_variant("v", {"method": "lora", "r": 8, "alpha": 4, "lr": 1e-3})["alpha"] == 4.0
 
 
-@pytest.mark.parametrize("case", ["head", "bitfit", "lora", "ia3", "prompt_tuning", "adalora"])
+@pytest.mark.parametrize("case", ["head", "bitfit", "lora", "ia3", "prompt_tuning", "adalora", "prefix_tuning"])
 def test_new_2d_tables_train_and_are_saved_with_every_method(case, tiny_checkpoint, tmp_path):
     from layoutpeft.train.runs import save_trained
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from layoutpeft.errors import ParamsError
+from layoutpeft.train.prefix_attention import enable_kv_prefix
 
 # Readable target names -> the exact LayoutLM module paths. Anchored at `layer.N.` so that
 # attention_output (attention.output.dense) and output (the FFN's output.dense) never overlap.
@@ -81,6 +82,10 @@ class Method:
     mergeable: bool = False          # adapter folds into the base weights for inference
     quantized: bool = False          # base loaded in 4-bit NF4
     virtual_tokens: bool = False     # prepends `virtual_tokens` trained tokens (prompt methods)
+    # model -> None: what the method does to the base by hand, before PEFT wraps it (training) or loads the
+    # adapter onto it (evaluate, predict, export, the exported card's recipe). Must not change any weight.
+    prepare_base: Callable[[Any], None] | None = None
+    merge_refused: str | None = None  # why `export --merge` refuses the method (not mergeable, with the reason)
     unsupported: str | None = None   # why the method cannot run on LayoutLM
 
     @property
@@ -226,6 +231,21 @@ def _p_tuning(s, schedule):
 
 VIRTUAL = {"virtual_tokens": Key(int, default=20, check=positive)}
 
+
+def _prefix(s, schedule):
+    from peft import PrefixTuningConfig, TaskType
+
+    return PrefixTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=s["virtual_tokens"],
+                              prefix_projection=s["prefix_projection"], encoder_hidden_size=s["encoder_hidden"])
+
+
+def _prefix_finish(s: dict, where: str) -> None:
+    if s["prefix_projection"]:
+        s["encoder_hidden"] = s["encoder_hidden"] or 128
+    elif s["encoder_hidden"] is not None:
+        raise ParamsError(f"{where}: key 'encoder_hidden' is the reparameterisation MLP's width: it needs "
+                          "prefix_projection: true")
+
 for _method in [
     Method("full", "all weights", LR, trains=lambda name: True),
     Method("head", "classifier only (linear probe)", LR, trains=head),
@@ -258,9 +278,17 @@ for _method in [
     Method("p_tuning", "virtual tokens from a small prompt encoder",
            {**LR, **VIRTUAL, "encoder_hidden": Key(int, default=128, check=positive)}, peft_config=_p_tuning,
            virtual_tokens=True),
-    Method("prefix_tuning", "trained key/value prefixes", LR,
-           unsupported="LayoutLM's forward takes no past_key_values, so PEFT cannot inject the prefixes "
-                       "(prefix tuning needs a model whose attention accepts a KV cache)"),
+    # PEFT: the config, the prefix encoder (and its MLP), the mask extension, the cache of per-layer prefixes,
+    # saving and loading. By hand (layoutpeft/train/prefix_attention.py): LayoutLM takes no past_key_values, so its
+    # backbone gets that argument and its attention prepends each layer's prefix keys/values. The prefixes
+    # take no input positions: no bbox padding, no data.prompt_reserve.
+    Method("prefix_tuning", "trained key/value prefixes in every self-attention layer (PEFT's prefix encoder; "
+           "fed to LayoutLM's attention by layoutpeft)",
+           {**LR, **VIRTUAL, "prefix_projection": Key(bool, default=False),
+            "encoder_hidden": Key(int, default=None, check=positive)},
+           peft_config=_prefix, finish=_prefix_finish, prepare_base=enable_kv_prefix,
+           merge_refused="prefixes are extra keys and values every layer attends to, not a change of any weight, "
+                         "so there is nothing to fold into the base"),
 ]:
     register(_method)
 
@@ -295,7 +323,7 @@ def validate_variant(name: str, settings: dict, prompt_reserve: int | None = Non
             continue
         value = settings[key]
         kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-        ok = isinstance(value, kinds) and not isinstance(value, bool)
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             ok, value = True, float(value)
         if not ok:
@@ -356,6 +384,8 @@ def apply_method(model, settings: dict, schedule: Schedule, new_modules: tuple[s
         # No gradient checkpointing: it trades time for memory we do not need at this size.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     assert method.peft_config is not None
+    if method.prepare_base:
+        method.prepare_base(model)
     config = method.peft_config(settings, schedule)
     if new_modules:  # PEFT adds the head itself (TOKEN_CLS); these train and save alongside it
         config.modules_to_save = sorted(set(config.modules_to_save or []) | set(new_modules))
