@@ -29,6 +29,10 @@ TARGET_MODULES = {
 }
 
 
+# ... and their one-letter codes in generated variant names (lora_t-qkvo; o = Wo, f = the FFN's output).
+TARGET_SHORT = {"query": "q", "key": "k", "value": "v", "attention_output": "o", "intermediate": "i", "output": "f"}
+
+
 def target_regex(names: list[str]) -> str:
     """A PEFT `target_modules` regex (matched with re.fullmatch) for readable target names."""
     return r".*\.layer\.\d+\.(" + "|".join(TARGET_MODULES[n] for n in names) + r")"
@@ -132,6 +136,36 @@ def alpha_2r(s: dict, where: str) -> None:
         s["alpha"] = float(2 * s["r"])  # the common alpha = 2r, so rank sweeps keep the scale
 
 
+# How LoRA's update scale follows the rank: the `rank_scaling` key of lora, dora and qlora. PEFT
+# scales the update B A x by alpha / r, or by alpha / sqrt(r) with use_rslora (rsLoRA). Each
+# convention's default alpha gives the scale 2 at r = 16 (ANCHOR_RANK), so they differ only away
+# from r 16 (an explicit `alpha` replaces the default under every convention):
+#   alpha_2r     alpha = 2r   scale 2 at every rank (the default, unchanged until measured: issue #29)
+#   alpha_fixed  alpha = 32   scale 32 / r
+#   rslora       alpha = 8    scale 8 / sqrt(r)
+RANK_SCALINGS = ("alpha_2r", "alpha_fixed", "rslora")  # plots.scaling_note says each in words
+ANCHOR_RANK = 16
+FIXED_ALPHA, RSLORA_ALPHA = 2.0 * ANCHOR_RANK, 2.0 * ANCHOR_RANK ** 0.5
+
+
+def known_scaling(value):
+    return None if value in RANK_SCALINGS else f"must be one of {list(RANK_SCALINGS)}"
+
+
+LORA_RANKED = {**RANKED, "rank_scaling": Key(str, default="alpha_2r", check=known_scaling)}
+
+
+def lora_alpha(s: dict, where: str) -> None:
+    """Fill alpha by the variant's rank_scaling (see RANK_SCALINGS)."""
+    if s.get("alpha") is not None:
+        return
+    rule = s["rank_scaling"]
+    if rule == "alpha_2r":
+        alpha_2r(s, where)
+    else:
+        s["alpha"] = FIXED_ALPHA if rule == "alpha_fixed" else RSLORA_ALPHA
+
+
 def head(name: str) -> bool:
     return name.startswith("classifier.")
 
@@ -140,7 +174,8 @@ def lora_config(s: dict, schedule: Schedule, use_dora: bool = False):
     from peft import LoraConfig, TaskType
 
     return LoraConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], lora_alpha=s["alpha"], lora_dropout=s["dropout"],
-                      target_modules=target_regex(s["targets"]), use_dora=use_dora)
+                      target_modules=target_regex(s["targets"]), use_dora=use_dora,
+                      use_rslora=s["rank_scaling"] == "rslora")
 
 
 def _loha(s, schedule):
@@ -251,12 +286,12 @@ for _method in [
     Method("head", "classifier only (linear probe)", LR, trains=head),
     Method("bitfit", "all biases + classifier (by hand: PEFT has no BitFit)", LR,
            trains=lambda name: head(name) or name.endswith(".bias")),
-    Method("lora", "low-rank adapters", {**LR, **RANKED, **TARGETS}, peft_config=lora_config, finish=alpha_2r,
-           mergeable=True),
-    Method("dora", "LoRA with weight decomposition", {**LR, **RANKED, **TARGETS},
-           peft_config=lambda s, sch: lora_config(s, sch, use_dora=True), finish=alpha_2r, mergeable=True),
-    Method("qlora", "LoRA on a 4-bit NF4 base (double quantisation)", {**LR, **RANKED, **TARGETS},
-           peft_config=lora_config, finish=alpha_2r, quantized=True),
+    Method("lora", "low-rank adapters", {**LR, **LORA_RANKED, **TARGETS}, peft_config=lora_config,
+           finish=lora_alpha, mergeable=True),
+    Method("dora", "LoRA with weight decomposition", {**LR, **LORA_RANKED, **TARGETS},
+           peft_config=lambda s, sch: lora_config(s, sch, use_dora=True), finish=lora_alpha, mergeable=True),
+    Method("qlora", "LoRA on a 4-bit NF4 base (double quantisation)", {**LR, **LORA_RANKED, **TARGETS},
+           peft_config=lora_config, finish=lora_alpha, quantized=True),
     Method("loha", "low-rank Hadamard product", {**LR, **HADAMARD, **TARGETS}, peft_config=_loha, finish=alpha_2r,
            mergeable=True),
     Method("lokr", "low-rank Kronecker product", {**LR, **HADAMARD, **TARGETS}, peft_config=_lokr, finish=alpha_2r,
