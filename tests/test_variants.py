@@ -12,9 +12,9 @@ import torch
 
 from layoutpeft.config import ModelConfig, load_params
 from layoutpeft.errors import ParamsError
-from layoutpeft.train.methods import TARGET_MODULES, TARGET_SHORT, Schedule, lora_config, validate_variant
 from layoutpeft.study.plots import rank_series, scaling_note
-from layoutpeft.train.variants import expand_sweeps, resolve, studied_variants
+from layoutpeft.train.methods import TARGET_MODULES, Schedule, lora_config, validate_variant
+from layoutpeft.train.variants import TARGET_SHORT, expand_sweeps, resolve, studied_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = {"method": "lora", "r": 16, "targets": ["query", "key", "value", "attention_output"], "lr": 1e-3}

@@ -29,10 +29,6 @@ TARGET_MODULES = {
 }
 
 
-# ... and their one-letter codes in generated variant names (lora_t-qkvo; o = Wo, f = the FFN's output).
-TARGET_SHORT = {"query": "q", "key": "k", "value": "v", "attention_output": "o", "intermediate": "i", "output": "f"}
-
-
 def target_regex(names: list[str]) -> str:
     """A PEFT `target_modules` regex (matched with re.fullmatch) for readable target names."""
     return r".*\.layer\.\d+\.(" + "|".join(TARGET_MODULES[n] for n in names) + r")"

@@ -22,8 +22,10 @@ from layoutpeft.errors import ParamsError
 from layoutpeft.paths import VARIANTS_DIR as OUT_DIR
 
 
-# Short names in generated variant names: `lora_t-qv` is lora with targets [query, value].
+# Short names in generated variant names: `lora_t-qv` is lora with targets [query, value]. Target
+# modules (methods.TARGET_MODULES) by letter, in that order: o = Wo, i/f = the FFN's input/output.
 SHORT_KEYS = {"targets": "t", "feedforward": "ff", "virtual_tokens": "vt"}
+TARGET_SHORT = {"query": "q", "key": "k", "value": "v", "attention_output": "o", "intermediate": "i", "output": "f"}
 GRID = "grid"  # sweeps.<base>.grid: {key: values, ...} expands to the product of its axes
 
 
@@ -31,8 +33,6 @@ def value_text(key: str, value) -> str:
     """How a swept value reads in a variant name: numbers as written (r4), strings and lists after
     a hyphen (t-qv, rank_scaling-rslora); lists of target modules by their short codes, in the
     catalogue's order, so [value, query] and [query, value] name the same set."""
-    from layoutpeft.train.methods import TARGET_SHORT
-
     if isinstance(value, list):
         if all(isinstance(v, str) and v in TARGET_SHORT for v in value):
             order = list(TARGET_SHORT)
@@ -48,7 +48,7 @@ def point_name(base: str, point: dict) -> str:
     return "_".join([base] + [SHORT_KEYS.get(k, k) + value_text(k, v) for k, v in point.items()])
 
 
-def _axis_values(base: str, key, values, where: str) -> list:
+def _axis_values(key, values, where: str) -> list:
     if not isinstance(key, str) or not key:
         raise ParamsError(f"params.yaml: {where}: keys must be variant keys, got {key!r}")
     scalar = (int, float, str)
@@ -74,10 +74,10 @@ def sweep_points(base: str, axes: dict) -> list[dict]:
                 at = f"{where}.{GRID}" + (f".{i}" if isinstance(values, list) else "")
                 if not isinstance(grid, dict) or not grid:
                     raise ParamsError(f"params.yaml: {at} must map keys to lists of values (their product is swept)")
-                lists = [_axis_values(base, k, v, at) for k, v in grid.items()]
+                lists = [_axis_values(k, v, at) for k, v in grid.items()]
                 points += [dict(zip(grid, combo)) for combo in itertools.product(*lists)]
         else:
-            points += [{key: value} for value in _axis_values(base, key, values, where)]
+            points += [{key: value} for value in _axis_values(key, values, where)]
     return points
 
 

@@ -21,7 +21,7 @@ All of them export the adapter (prefix tuning's card names the layoutpeft functi
 LayoutLM's attention take the prefixes, the one part PEFT does not provide).
 
 Before the folder is swapped in, it is loaded back exactly as its README says (no layoutpeft
-code) and must reproduce the run's logits (as `load_trained` gives them) on test windows; the
+code but prefix tuning's enable_kv_prefix) and must reproduce the run's logits (as `load_trained` gives them) on test windows; the
 largest difference is written in the card. Nothing is left in `out_dir` unless all went well.
 """
 from __future__ import annotations
