@@ -17,12 +17,15 @@ _RANK_SUFFIX = re.compile(r"_r\d+$")
 
 
 def scaling_note(settings: dict) -> str:
-    """How a ranked variant's update scale follows r, in words (methods.py, RANK_SCALINGS): every rank
-    curve and table states it, since whether one lr serves every rank depends on it."""
-    rule, alpha, r = settings.get("rank_scaling", "alpha_2r"), settings.get("alpha"), settings.get("r")
+    """How a ranked variant's update scale follows r, in words (train/methods.py, RANK_SCALINGS): every
+    rank curve and table states it, since whether one lr serves every rank depends on it. A variant
+    without alpha (resolved before alpha was recorded) had the default, 2r."""
+    rule, r = settings.get("rank_scaling", "alpha_2r"), settings["r"]
+    alpha = settings.get("alpha")
+    alpha = float(2 * r) if alpha is None else alpha
     if rule == "rslora":
         return f"rsLoRA: alpha {alpha:g}, scale alpha/sqrt(r)"
-    if rule == "alpha_fixed" or (alpha is not None and alpha != 2 * r):
+    if rule == "alpha_fixed" or alpha != 2 * r:
         return f"alpha fixed at {alpha:g}, scale alpha/r"
     return "alpha = 2r, scale 2"
 
