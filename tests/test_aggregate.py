@@ -306,7 +306,7 @@ def test_plot_csvs_columns_and_values(no_png, study):
     assert list(curves[0]) == ["variant", "seed", "epoch", "train_loss", "val_loss", "val_f1"]
     assert len(curves) == 2 * 3 * 3
     rank = (folder / "f1_vs_rank.csv").read_text()
-    assert rank.splitlines() == ["series,variant,r,f1_mean,f1_ci95_low,f1_ci95_high"]   # no sweep here
+    assert rank.splitlines() == ["series,variant,r,f1_mean,f1_ci95_low,f1_ci95_high,scaling"]   # no sweep here
     summary_rows = read_csv(study.root / "metrics" / "summary.csv")
     assert [r["variant"] for r in summary_rows] == ["full", "lora"]
     assert float(summary_rows[1]["f1_mean"]) == pytest.approx(0.72)
@@ -329,6 +329,7 @@ def test_rank_plot_csv_from_runs(tmp_path):
         ("lora", "lora_r1", "1"), ("lora", "lora_r4", "4"), ("lora", "lora", "16"),
         ("qlora", "qlora_r4", "4"), ("qlora", "qlora_r8", "8")]
     assert float(rows[0]["f1_mean"]) == pytest.approx(0.5 + 0.02 + 0.01)      # lora_r1 is the 3rd spec
+    assert {r["scaling"] for r in rows} == {"alpha = 2r, scale 2"}  # the convention beside every rank row
     assert (tmp_path / "plots" / "images" / "f1_vs_rank.png").stat().st_size > 0
 
 

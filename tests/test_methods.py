@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from layoutpeft.config import ModelConfig, ParamsError
+from layoutpeft.data.batching import load_windows
 from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.train import engine
+from layoutpeft.train.methods import CATALOGUE, TARGET_MODULES, Schedule, n_virtual_tokens, validate_variant
 from layoutpeft.train.probes import count_parameters
-from layoutpeft.data.batching import load_windows
-from layoutpeft.train.methods import CATALOGUE, TARGET_MODULES, validate_variant
-from layoutpeft.config import ModelConfig, ParamsError
-from layoutpeft.train.methods import Schedule, n_virtual_tokens
 
 from fixtures import TINY_BERT, cpu_train_config, step_budget
 
@@ -44,6 +43,12 @@ CASES = {
     "lokr": ({"method": "lokr", "r": 4, "targets": ["query"], "lr": 1e-3}, None),
     "bitfit": ({"method": "bitfit", "lr": 1e-3}, None),
     "p_tuning": ({"method": "p_tuning", "virtual_tokens": 4, "encoder_hidden": 16, "lr": 1e-3}, None),
+    # a key and a value prefix of 4 tokens x hidden in every layer: layers x 2 x virtual_tokens x hidden
+    "prefix_tuning": ({"method": "prefix_tuning", "virtual_tokens": 4, "lr": 1e-2}, LAYERS * 2 * 4 * H + NEW),
+    # reparameterised (PEFT's MLP): 4 token embeddings of H, then H -> 16 -> layers x 2 x H
+    "prefix_projection": ({"method": "prefix_tuning", "virtual_tokens": 4, "prefix_projection": True,
+                           "encoder_hidden": 16, "lr": 1e-2},
+                          4 * H + (H * 16 + 16) + (16 * LAYERS * 2 * H + LAYERS * 2 * H) + NEW),
 }
 
 
@@ -128,9 +133,10 @@ def test_qlora_trains_again_after_a_validation_pass(tiny_checkpoint, windows):
 
 
 def test_target_names_map_to_distinct_modules(tiny_checkpoint):
-    from layoutpeft.train.methods import target_regex
     import re
+
     from layoutpeft.modeling import load_model
+    from layoutpeft.train.methods import target_regex
 
     model, _ = load_model(str(tiny_checkpoint), labels=LEGACY_LABELS)
     names = [n for n, _ in model.named_modules()]
@@ -154,7 +160,7 @@ def test_target_names_map_to_distinct_modules(tiny_checkpoint):
     ({"method": "ia3", "lr": 1e-3, "targets": ["key"], "feedforward": ["output"]}, "must be a subset"),
     ({"method": "prompt_tuning", "lr": 1e-3, "virtual_tokens": 30}, "exceeds data.prompt_reserve = 8"),
     ({"method": "adalora", "r": 8, "init_r": 4, "lr": 1e-3}, "must be >= r"),
-    ({"method": "prefix_tuning", "lr": 1e-3}, "past_key_values"),
+    ({"method": "prefix_tuning", "lr": 1e-3, "encoder_hidden": 32}, "needs prefix_projection: true"),
 ])
 def test_bad_variant_is_named(settings, message):
     with pytest.raises(ParamsError) as err:
@@ -179,7 +185,7 @@ def test_alpha_defaults_to_twice_the_rank():
     assert validate_variant("v", {"method": "lora", "r": 8, "alpha": 4, "lr": 1e-3})["alpha"] == 4.0
 
 
-@pytest.mark.parametrize("case", ["head", "bitfit", "lora", "ia3", "prompt_tuning", "adalora"])
+@pytest.mark.parametrize("case", ["head", "bitfit", "lora", "ia3", "prompt_tuning", "adalora", "prefix_tuning"])
 def test_new_2d_tables_train_and_are_saved_with_every_method(case, tiny_checkpoint, tmp_path):
     from layoutpeft.train.runs import save_trained
 
@@ -277,7 +283,8 @@ def test_counts_on_a_layoutlm_checkpoint_leave_its_pretrained_tables_to_the_meth
     AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
     cfg = ModelConfig(str(tmp_path / "layoutlm"), "zero", "train")
     full = validate_variant("t", CASES["full"][0], prompt_reserve=8)
-    model, source = engine.build_model(cfg, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2))
+    model, source = engine.build_model(cfg, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2),
+                                       labels=LEGACY_LABELS)
     counts = count_parameters(model, engine.trains_new_tables(cfg, source), model.full_trainable)
     assert counts["new_tables"] == 0 and counts["head"] == CLASSIFIER
     assert counts["method"] == counts["trainable"] - CLASSIFIER and counts["method_share"] < 1

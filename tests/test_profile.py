@@ -258,7 +258,7 @@ def test_cli_unknown_profile_is_one_line():
     proc = layoutpeft("profile", "nope")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == ["layoutpeft profile: error: profiles.yaml: unknown profile 'nope'; "
-                                        "known: ci, laptop, reference, offline"]
+                                        "known: ci, laptop, reference, ablation, top4, offline"]
     assert "Traceback" not in proc.stderr
 
 

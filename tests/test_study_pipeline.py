@@ -9,6 +9,8 @@ dependencies, so a stage restored from the shared run cache never stands in for 
 - the study itself: every stage ran, summary.json / summary.md / plots;
 - `dvc exp run -S variants.lora.r=8` reruns exactly lora's train/evaluate stages + aggregate,
   then nothing; a changed target list reruns lora and lora_r4 (which inherits it), not full;
+- a joint grid sweep (targets x r) added by one -S line runs only its points; changing one grid
+  value (r 8 -> 16) runs only the new point;
 - the pull-request report (`python -m layoutpeft report --base main`) on a branch holding that
   experiment shows exactly lora as changed.
 """
@@ -210,6 +212,38 @@ def test_exp_run_changing_lora_targets_reruns_lora_and_its_sweep(study, tmp_path
         assert after["variants"][name]["params"]["targets"] == ["query", "value"], name
     assert after["variants"]["lora"]["params"]["r"] == 16 and after["variants"]["lora_r4"]["params"]["r"] == 4
     assert after["variants"]["full"] == before["variants"]["full"]
+
+
+def test_exp_run_on_one_grid_value_reruns_only_its_variants(study, tmp_path):
+    """A joint grid (targets x r) declared in one -S line runs its named points; then one value of the
+    grid changed (r 8 -> 16) runs only the new point: the unchanged point and the rest are not rerun."""
+    from layoutpeft.study.profiles import render_value
+
+    repo = clone(study[0], tmp_path / "grid")
+    grid = {"targets": [["query", "value"]], "r": [4, 8]}
+    points = ["lora_t-qv_r4", "lora_t-qv_r8"]
+    first = run_dvc(repo, "exp", "run", "-S", f"+sweeps.lora.grid={render_value(grid)}",  # + adds a key
+                    "-S", f"study.variants={render_value(VARIANTS + points)}")
+    names = ran(first)
+    print("grid added, ran:", names)
+    assert sorted(names) == sorted(["variants", *stages_of(points), "aggregate"]), names
+    after_first = summary(repo)
+    assert after_first["variants"]["lora_t-qv_r8"]["params"]["targets"] == ["query", "value"]
+    assert after_first["variants"]["lora_t-qv_r8"]["params"]["r"] == 8
+    assert after_first["variants"]["lora_t-qv_r4"]["params"]["alpha"] == 8.0
+
+    points = ["lora_t-qv_r4", "lora_t-qv_r16"]
+    second = run_dvc(repo, "exp", "run", "-S", "sweeps.lora.grid.r=[4,16]",
+                     "-S", f"study.variants={render_value(VARIANTS + points)}")
+    names = ran(second)
+    print("sweeps.lora.grid.r=[4,16], ran:", names)
+    assert sorted(names) == sorted(["variants", *stages_of(["lora_t-qv_r16"]), "aggregate"]), names
+    after = summary(repo)
+    assert list(after["variants"]) == VARIANTS + points
+    for name in (*VARIANTS, "lora_t-qv_r4"):  # not rerun: the same runs, so the same summary entry
+        assert after["variants"][name] == after_first["variants"][name], name
+    assert after["variants"]["lora_t-qv_r16"]["params"]["r"] == 16
+    assert ran(run_dvc(repo, "repro")) == []
 
 
 def test_pr_report_shows_exactly_lora_changed(study, lora_r8):

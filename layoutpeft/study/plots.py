@@ -18,9 +18,23 @@ from layoutpeft.study.tables import csv_text
 _RANK_SUFFIX = re.compile(r"_r\d+$")
 
 
+def scaling_note(settings: dict) -> str:
+    """How a ranked variant's update scale follows r, in words (train/methods.py, RANK_SCALINGS): every
+    rank curve and table states it, since whether one lr serves every rank depends on it. A variant
+    without alpha (resolved before alpha was recorded) had the default, 2r."""
+    rule, r = settings.get("rank_scaling", "alpha_2r"), settings["r"]
+    alpha = settings.get("alpha")
+    alpha = float(2 * r) if alpha is None else alpha
+    if rule == "rslora":
+        return f"rsLoRA: alpha {alpha:g}, scale alpha/sqrt(r)"
+    if rule == "alpha_fixed" or alpha != 2 * r:
+        return f"alpha fixed at {alpha:g}, scale alpha/r"
+    return "alpha = 2r, scale 2"
+
+
 def rank_series(variant_params: dict[str, dict | None]) -> dict[str, list[tuple[str, float]]]:
     """Group variants whose resolved params differ only in `r` (and in `alpha` where it is the
-    default 2r); keep groups with >= 2 distinct ranks.
+    default 2r of rank_scaling alpha_2r); keep groups with >= 2 distinct ranks.
 
     Returns {series name: [(variant, r), ...] sorted by r}. A series is named after its variants
     with any `_r<N>` suffix removed (lora, lora_r4 -> "lora"), else after its method."""
@@ -33,8 +47,9 @@ def rank_series(variant_params: dict[str, dict | None]) -> dict[str, list[tuple[
         if isinstance(r, bool) or not isinstance(r, (int, float)):
             continue
         # alpha left at its default (2r, filled in by methods.validate_variant) follows r: not a difference.
+        follows_r = settings.get("rank_scaling", "alpha_2r") == "alpha_2r"
         key = json.dumps({k: v for k, v in settings.items()
-                          if k != "r" and not (k == "alpha" and v == 2 * r)}, sort_keys=True, default=str)
+                          if k != "r" and not (k == "alpha" and follows_r and v == 2 * r)}, sort_keys=True, default=str)
         groups.setdefault(key, []).append((name, r))
         methods[key] = str(settings.get("method", "?"))
     series: dict[str, list[tuple[str, float]]] = {}
@@ -64,13 +79,13 @@ def _mean(stat: dict | None) -> float | None:
 
 
 def rank_rows(summary: dict) -> list[list]:
-    """plots/f1_vs_rank.csv rows: series, variant, r, f1_mean, f1_ci95_low, f1_ci95_high."""
+    """plots/f1_vs_rank.csv rows: series, variant, r, f1_mean, f1_ci95_low, f1_ci95_high, scaling."""
     with_f1 = {n: comparable_params(e) for n, e in summary["variants"].items() if e["f1"]}
     rows = []
     for series, members in rank_series(with_f1).items():
         for name, r in members:
             f1 = summary["variants"][name]["f1"]
-            rows.append([series, name, r, f1["mean"], f1["ci95_low"], f1["ci95_high"]])
+            rows.append([series, name, r, f1["mean"], f1["ci95_low"], f1["ci95_high"], scaling_note(with_f1[name])])
     return rows
 
 
@@ -121,7 +136,7 @@ def curve_rows(runs: dict[str, dict[int, dict]]) -> list[list]:
 
 
 PLOT_CSVS = {
-    "f1_vs_rank.csv": (["series", "variant", "r", "f1_mean", "f1_ci95_low", "f1_ci95_high"], rank_rows),
+    "f1_vs_rank.csv": (["series", "variant", "r", "f1_mean", "f1_ci95_low", "f1_ci95_high", "scaling"], rank_rows),
     "pareto.csv": (["variant", "method", "method_params", "trainable_params", "f1_mean", "f1_ci95_low",
                     "f1_ci95_high", "pareto"], pareto_rows),
     "cost.csv": (["variant", "method", "train_time_s", "peak_memory_mb", "trainable_params", "saved_mb",
@@ -162,7 +177,7 @@ def figures(folder: Path, summary: dict, curves: list[list]) -> None:
         series.setdefault(row[0], []).append(row)
     for label, rows in series.items():
         rs = [r[2] for r in rows]
-        line, = ax.plot(rs, [100 * r[3] for r in rows], marker="o", label=label)
+        line, = ax.plot(rs, [100 * r[3] for r in rows], marker="o", label=f"{label} ({rows[0][6]})")
         if all(r[4] is not None for r in rows):
             ax.fill_between(rs, [100 * r[4] for r in rows], [100 * r[5] for r in rows],
                             color=line.get_color(), alpha=0.2)

@@ -106,14 +106,14 @@ def check_study(params: dict, values: dict[str, Any], where: dict[str, str]) -> 
     if isinstance(names, list):
         origin = where.get("study.variants", "params.yaml")
         try:
-            from layoutpeft.train.variants import expand_sweeps
+            from layoutpeft.train.variants import did_you_mean, expand_sweeps
             known = expand_sweeps(effective.get("variants") or {}, effective.get("sweeps") or {})
         except ParamsError:  # a broken variants:/sweeps: is the variants stage's to report
             known = None
         unknown = [n for n in names if known is not None and n not in known]
         if unknown:
             raise ProfileError(f"{origin}: study.variants names unknown variant(s) {unknown} "
-                               "(not in params.yaml variants: or sweeps:)")
+                               f"(not in params.yaml variants: or sweeps:){did_you_mean(unknown[0], known)}")
     try:
         StudyConfig.from_params(effective)
     except ParamsError as err:

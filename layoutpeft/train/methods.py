@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from layoutpeft.errors import ParamsError
+from layoutpeft.train.prefix_attention import enable_kv_prefix
 
 # Readable target names -> the exact LayoutLM module paths. Anchored at `layer.N.` so that
 # attention_output (attention.output.dense) and output (the FFN's output.dense) never overlap.
@@ -111,6 +112,10 @@ class Method:
     mergeable: bool = False          # adapter folds into the base weights for inference
     quantized: bool = False          # base loaded in 4-bit NF4
     virtual_tokens: bool = False     # prepends `virtual_tokens` trained tokens (prompt methods)
+    # model -> None: what the method does to the base by hand, before PEFT wraps it (training) or loads the
+    # adapter onto it (evaluate, predict, export, the exported card's recipe). Must not change any weight.
+    prepare_base: Callable[[Any], None] | None = None
+    merge_refused: str | None = None  # why `export --merge` refuses the method (not mergeable, with the reason)
     unsupported: str | None = None   # why the method cannot run on LayoutLM
 
     @property
@@ -157,6 +162,36 @@ def alpha_2r(s: dict, where: str) -> None:
         s["alpha"] = float(2 * s["r"])  # the common alpha = 2r, so rank sweeps keep the scale
 
 
+# How LoRA's update scale follows the rank: the `rank_scaling` key of lora, dora and qlora. PEFT
+# scales the update B A x by alpha / r, or by alpha / sqrt(r) with use_rslora (rsLoRA). Each
+# convention's default alpha gives the scale 2 at r = 16 (ANCHOR_RANK), so they differ only away
+# from r 16 (an explicit `alpha` replaces the default under every convention):
+#   alpha_2r     alpha = 2r   scale 2 at every rank (the default, unchanged until measured: issue #29)
+#   alpha_fixed  alpha = 32   scale 32 / r
+#   rslora       alpha = 8    scale 8 / sqrt(r)
+RANK_SCALINGS = ("alpha_2r", "alpha_fixed", "rslora")  # plots.scaling_note says each in words
+ANCHOR_RANK = 16
+FIXED_ALPHA, RSLORA_ALPHA = 2.0 * ANCHOR_RANK, 2.0 * ANCHOR_RANK ** 0.5
+
+
+def known_scaling(value):
+    return None if value in RANK_SCALINGS else f"must be one of {list(RANK_SCALINGS)}"
+
+
+LORA_RANKED = {**RANKED, "rank_scaling": Key(str, default="alpha_2r", check=known_scaling)}
+
+
+def lora_alpha(s: dict, where: str) -> None:
+    """Fill alpha by the variant's rank_scaling (see RANK_SCALINGS)."""
+    if s.get("alpha") is not None:
+        return
+    rule = s["rank_scaling"]
+    if rule == "alpha_2r":
+        alpha_2r(s, where)
+    else:
+        s["alpha"] = FIXED_ALPHA if rule == "alpha_fixed" else RSLORA_ALPHA
+
+
 def head(name: str) -> bool:
     return name.startswith("classifier.")
 
@@ -165,7 +200,8 @@ def lora_config(s: dict, schedule: Schedule, use_dora: bool = False):
     from peft import LoraConfig, TaskType
 
     return LoraConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], lora_alpha=s["alpha"], lora_dropout=s["dropout"],
-                      target_modules=target_regex(s["targets"]), use_dora=use_dora)
+                      target_modules=target_regex(s["targets"]), use_dora=use_dora,
+                      use_rslora=s["rank_scaling"] == "rslora")
 
 
 def _loha(s, schedule):
@@ -256,17 +292,32 @@ def _p_tuning(s, schedule):
 
 VIRTUAL = {"virtual_tokens": Key(int, default=20, check=positive)}
 
+
+def _prefix(s, schedule):
+    from peft import PrefixTuningConfig, TaskType
+
+    return PrefixTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=s["virtual_tokens"],
+                              prefix_projection=s["prefix_projection"], encoder_hidden_size=s["encoder_hidden"])
+
+
+def _prefix_finish(s: dict, where: str) -> None:
+    if s["prefix_projection"]:
+        s["encoder_hidden"] = s["encoder_hidden"] or 128
+    elif s["encoder_hidden"] is not None:
+        raise ParamsError(f"{where}: key 'encoder_hidden' is the reparameterisation MLP's width: it needs "
+                          "prefix_projection: true")
+
 for _method in [
     Method("full", "all weights", LR, trains=lambda name: True),
     Method("head", "classifier only (linear probe)", LR, trains=head),
     Method("bitfit", "all biases + classifier (by hand: PEFT has no BitFit)", LR,
            trains=lambda name: head(name) or name.endswith(".bias")),
-    Method("lora", "low-rank adapters", {**LR, **RANKED, **TARGETS}, peft_config=lora_config, finish=alpha_2r,
-           mergeable=True),
-    Method("dora", "LoRA with weight decomposition", {**LR, **RANKED, **TARGETS},
-           peft_config=lambda s, sch: lora_config(s, sch, use_dora=True), finish=alpha_2r, mergeable=True),
-    Method("qlora", "LoRA on a 4-bit NF4 base (double quantisation)", {**LR, **RANKED, **TARGETS},
-           peft_config=lora_config, finish=alpha_2r, quantized=True),
+    Method("lora", "low-rank adapters", {**LR, **LORA_RANKED, **TARGETS}, peft_config=lora_config,
+           finish=lora_alpha, mergeable=True),
+    Method("dora", "LoRA with weight decomposition", {**LR, **LORA_RANKED, **TARGETS},
+           peft_config=lambda s, sch: lora_config(s, sch, use_dora=True), finish=lora_alpha, mergeable=True),
+    Method("qlora", "LoRA on a 4-bit NF4 base (double quantisation)", {**LR, **LORA_RANKED, **TARGETS},
+           peft_config=lora_config, finish=lora_alpha, quantized=True),
     Method("loha", "low-rank Hadamard product", {**LR, **HADAMARD, **TARGETS}, peft_config=_loha, finish=alpha_2r,
            mergeable=True),
     Method("lokr", "low-rank Kronecker product", {**LR, **HADAMARD, **TARGETS}, peft_config=_lokr, finish=alpha_2r,
@@ -288,9 +339,17 @@ for _method in [
     Method("p_tuning", "virtual tokens from a small prompt encoder",
            {**LR, **VIRTUAL, "encoder_hidden": Key(int, default=128, check=positive)}, peft_config=_p_tuning,
            virtual_tokens=True),
-    Method("prefix_tuning", "trained key/value prefixes", LR,
-           unsupported="LayoutLM's forward takes no past_key_values, so PEFT cannot inject the prefixes "
-                       "(prefix tuning needs a model whose attention accepts a KV cache)"),
+    # PEFT: the config, the prefix encoder (and its MLP), the mask extension, the cache of per-layer prefixes,
+    # saving and loading. By hand (layoutpeft/train/prefix_attention.py): LayoutLM takes no past_key_values, so its
+    # backbone gets that argument and its attention prepends each layer's prefix keys/values. The prefixes
+    # take no input positions: no bbox padding, no data.prompt_reserve.
+    Method("prefix_tuning", "trained key/value prefixes in every self-attention layer (PEFT's prefix encoder; "
+           "fed to LayoutLM's attention by layoutpeft)",
+           {**LR, **VIRTUAL, "prefix_projection": Key(bool, default=False),
+            "encoder_hidden": Key(int, default=None, check=positive)},
+           peft_config=_prefix, finish=_prefix_finish, prepare_base=enable_kv_prefix,
+           merge_refused="prefixes are extra keys and values every layer attends to, not a change of any weight, "
+                         "so there is nothing to fold into the base"),
 ]:
     register(_method)
 
@@ -325,7 +384,7 @@ def validate_variant(name: str, settings: dict, prompt_reserve: int | None = Non
             continue
         value = settings[key]
         kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-        ok = isinstance(value, kinds) and not isinstance(value, bool)
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             ok, value = True, float(value)
         if not ok:
@@ -386,6 +445,8 @@ def apply_method(model, settings: dict, schedule: Schedule, new_modules: tuple[s
         # No gradient checkpointing: it trades time for memory we do not need at this size.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     assert method.peft_config is not None
+    if method.prepare_base:
+        method.prepare_base(model)
     config = method.peft_config(settings, schedule)
     if new_modules:  # PEFT adds the head itself (TOKEN_CLS); these train and save alongside it
         config.modules_to_save = sorted(set(config.modules_to_save or []) | set(new_modules))

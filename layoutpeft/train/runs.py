@@ -96,6 +96,8 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
     if method.peft:
         from peft import PeftModel
 
+        if method.prepare_base:  # as in training (prefix tuning: the attention that takes the prefixes)
+            method.prepare_base(base)
         model = PeftModel.from_pretrained(base, run_dir / "adapter")
     else:
         weights = load_file(run_dir / "trainable.safetensors")

@@ -106,6 +106,10 @@ def usage(info: dict, log: dict) -> str:
             lines.append(f"base = {prefix}ForTokenClassification.from_pretrained(BASE, config=config)")
         if info["base_tensors"]:
             lines.append("base.load_state_dict(load_file(f\"{FOLDER}/base_tensors.safetensors\"), strict=False)")
+        if info.get("prepare_base"):
+            module, _, function = info["prepare_base"].rpartition(".")
+            lines.insert(0, f"from {module} import {function}")
+            lines.append(f"{function}(base)  # layoutpeft: LayoutLM's attention takes PEFT's key/value prefixes")
         lines += ["model = PeftModel.from_pretrained(base, FOLDER)",
                   "tokenizer = AutoTokenizer.from_pretrained(FOLDER)"]
         code = "\n".join(lines)
@@ -117,6 +121,10 @@ def usage(info: dict, log: dict) -> str:
                       + ("the 2-D position tables a BERT checkpoint lacks, as the run built or trained them. "
                          if log["model"].get("source_type") == "bert" else "trained weights outside the adapter. ")
                       + "Load them before the adapter, as below.")
+        if info.get("prepare_base"):
+            intro += (f"\n\nPrefix tuning: LayoutLM's forward takes no `past_key_values`, so PEFT alone cannot feed "
+                      f"it the prefixes. `{info['prepare_base']}(base)` (layoutpeft, `pip install` this project) "
+                      "gives its attention that input and changes nothing else; call it before loading the adapter.")
         if info["quantized"]:
             intro += ("\n\nQLoRA: load the base in 4-bit NF4 as below (the adapter was trained on that base). "
                       "`layoutpeft export --merge` refuses this run: merging into a 4-bit base would dequantise, "

@@ -16,10 +16,12 @@ Two formats:
 QLoRA cannot be merged: its base is 4-bit NF4, and folding the LoRA update in would mean
 dequantising, adding and re-quantising (the update is mostly lost in the 4-bit rounding), or an
 fp32 model nobody evaluated. Prompt methods cannot be merged either: their virtual tokens are
-inputs, not weights. Both export the adapter.
+inputs, not weights; nor can prefix tuning: its prefixes are extra keys and values, not weights.
+All of them export the adapter (prefix tuning's card names the layoutpeft function that lets
+LayoutLM's attention take the prefixes, the one part PEFT does not provide).
 
 Before the folder is swapped in, it is loaded back exactly as its README says (no layoutpeft
-code) and must reproduce the run's logits (as `load_trained` gives them) on test windows; the
+code but prefix tuning's enable_kv_prefix) and must reproduce the run's logits (as `load_trained` gives them) on test windows; the
 largest difference is written in the card. Nothing is left in `out_dir` unless all went well.
 """
 from __future__ import annotations
@@ -91,6 +93,9 @@ def export_kind(variant: dict, merge: bool, run: str) -> str:
     if method.virtual_tokens:
         raise ExportError(f"run {run} ({name}): --merge refused: virtual tokens are inputs, not weights, so there "
                           "is nothing to merge; export the adapter (without --merge)")
+    if method.merge_refused:
+        raise ExportError(f"run {run} ({name}): --merge refused: {method.merge_refused}; export the adapter "
+                          "(without --merge)")
     if not method.mergeable:
         raise ExportError(f"run {run} ({name}): --merge refused: the method cannot be merged; export the adapter")
     return "merged"
@@ -239,6 +244,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, fo
             if tensors:
                 save_file(tensors, str(staged / BASE_TENSORS))
                 base.load_state_dict(load_file(str(staged / BASE_TENSORS)), strict=False)
+            if method.prepare_base:  # the card's recipe calls it too
+                method.prepare_base(base)
             exported = PeftModel.from_pretrained(base, staged)
             got = logits_on(exported, windows, pad_token_id, n_virtual)
         diff = max_diff(expected, got)
@@ -247,7 +254,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, fo
                               f"up to {diff:.2e} (> {TOLERANCE}) on {len(windows)} {probe_source}; nothing written")
         info = {"run": run, "kind": kind, "checkpoint": checkpoint, "base_tensors": extra,
                 "max_logit_diff": diff, "checked_windows": len(windows), "probe_source": probe_source,
-                "method_summary": method.summary, "n_virtual": n_virtual, "quantized": method.quantized}
+                "method_summary": method.summary, "n_virtual": n_virtual, "quantized": method.quantized,
+                "prepare_base": (f"{method.prepare_base.__module__}.{method.prepare_base.__name__}"
+                                 if method.prepare_base else None)}
         text = card.model_card(log, info, runs_dir=Path(runs_dir), summary=Path(summary),
                                tokenized=Path(tokenized), data_report=Path(data_report))
         (staged / "README.md").write_text(text, encoding="utf-8")
