@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from layoutpeft.train import engine
-from layoutpeft.train.device import emulated_bf16_warning, precision_path, resolve_device, resolve_precision, set_threads
+from layoutpeft.train.device import (emulated_bf16_warning, frozen_weights_dtype, hold_frozen_weights, precision_path,
+                                     resolve_device, resolve_precision, set_threads)
 from layoutpeft.train.probes import count_parameters, inference_speed, peak_memory, start_memory_window
 from layoutpeft.atomic import staged_dir, write_bytes, write_json
 from layoutpeft.data.batching import load_meta, load_windows
@@ -127,6 +128,7 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
 
     engine.seed_everything(seed)  # classifier, adapters and 2-D tables are initialised from this seed
     model, source_type = engine.build_model(model_cfg, variant, device, schedule, cfg.attention)
+    frozen = hold_frozen_weights(model, frozen_weights_dtype(cfg.frozen_weights, variant, device, dtype))
     resume = load_checkpoint(checkpoint, device) if checkpoint is not None and Path(checkpoint).is_file() else None
     counts = count_parameters(model, engine.trains_new_tables(model_cfg, source_type),
                               getattr(model, "full_trainable", None))
@@ -156,6 +158,7 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
             "train_params": cfg.as_dict(), "device": device.type, "precision": PRECISION_NAMES[dtype],
             "data": {"window_length": meta["window_length"], "pad_token_id": meta["pad_token_id"]},
             "precision_path": precision_path(device) if cfg.precision == "auto" else "set in params.yaml",
+            "frozen_weights": f"bf16 ({frozen} frozen Linear tensors)" if frozen else "fp32",
             "parameters": counts, "saved_bytes": saved_bytes,
             "training": {"wall_time_s": result.wall_time_s, "epoch_time_s": sum(epoch_times) / len(epoch_times),
                          "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
