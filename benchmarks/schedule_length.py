@@ -3,6 +3,7 @@
     python benchmarks/schedule_length.py --plan        # trainings, epochs and planned hours; trains nothing
     python benchmarks/schedule_length.py --out benchmarks/results/2026-12-07-schedule-length
     python benchmarks/schedule_length.py --out benchmarks/results/2026-12-07-schedule-length --report
+    python benchmarks/schedule_length.py --variants lora --out ...   # a second process takes lora
 
 Each variant (default full, lora, vera) trains at the lr its study's tune@ chose, with the study's
 params.yaml, once per seed and length: benchmarks/defaults_seeds.py does it (its baseline arm is the
@@ -140,6 +141,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[15, 20, 30])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--margin", type=float, default=1.0, help="largest accepted mean loss, in F1 points")
+    parser.add_argument("--every-arm", default="", help="train.* overrides for every length alike (defaults_seeds.py), "
+                        "e.g. precision=fp32 on a CPU without bf16 units")
     parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
     parser.add_argument("--out", help="folder of per-variant results (resumable)")
     parser.add_argument("--plan", action="store_true", help="only print the planned trainings and hours")
@@ -161,7 +164,7 @@ def main(argv=None) -> None:
     if not args.report:
         for variant in args.variants:
             defaults_seeds.main(["--study", str(study), "--variant", variant, "--tokenized", args.tokenized,
-                                 "--seeds", *map(str, args.seeds), "--out", str(out / variant),
+                                 "--seeds", *map(str, args.seeds), "--out", str(out / variant), "--every-arm", args.every_arm,
                                  "--arms", *(arm_for(length, study_length) for length in lengths)])
     decision = decide({v: results(out / v) for v in args.variants}, lengths, study_length, args.seeds, args.margin)
     write_json(out / "schedule_length.json", {"study": str(study), "study_length": study_length, "lengths": lengths,
