@@ -208,6 +208,7 @@ def main(argv=None) -> None:
         if warning := emulated_bf16_warning(train_cfg.precision, resolve_device(train_cfg.device)):
             raise SystemExit(f"{warning}; measure on a CPU like the reference's, or --set train.precision=fp32")
         torch.set_num_threads(args.threads)
+        out.mkdir(parents=True, exist_ok=True)  # the tune's and the seeds' scratch folders live in it
         os.environ[tuning.TRIAL_CACHE_ENV] = str(out / "trials")
         tokenized = Path(args.tokenized)
         for name in args.variants:

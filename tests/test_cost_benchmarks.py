@@ -53,3 +53,28 @@ def test_plans_use_the_reference_runs_and_the_halving_rule():
     assert params["train"]["max_epochs"] == 20 and params["study"]["halving"] == {"rungs": [10], "keep": 2}
     rows = study_cost.planned(study, study_cost.study_params(study, []), ["full", "vera"])
     assert rows["full"]["epochs"] == 3 * 10 + 2 * 20 + 3 * 30 and rows["vera"]["epochs"] == 5 * 10 + 2 * 20 + 3 * 30
+
+
+def test_study_cost_runs_a_tiny_subset_end_to_end(tiny_checkpoint, tiny_tokenized, tmp_path, monkeypatch):
+    """The reference's records with a tiny model and data: tune (halving on), seeds, the result JSON."""
+    import json
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(REPO_ROOT / "results" / "reference-minilm", study, ignore=shutil.ignore_patterns("plots"))
+    out = tmp_path / "out"
+    study_cost.main(["--study", str(study), "--variants", "head", "--out", str(out),
+                     "--tokenized", str(tiny_tokenized / "data" / "tokenized"),
+                     "--set", "train.max_epochs=2", "--set", "study.halving={rungs: [1], keep: 1}",
+                     "--set", "study.seeds=[0]", "--set", "variants.head.lr_grid=[0.001, 0.01, 0.1]",
+                     "--set", "study.extend_grid=0",
+                     "--set", "train.precision=fp32", "--set", "train.batch_size=4",
+                     "--set", f"model.checkpoint={tiny_checkpoint}", "--set", "model.position_init=zero"])
+    result = json.loads((out / "study_cost.json").read_text())
+    head = result["variants"]["head"]
+    assert result["complete"] and head["tuning_epochs"] == 3 + 1 and head["seeds"] == [0]
+    assert head["committed_lr"] == 0.081 and head["same_lr"] == (head["chosen_lr"] == 0.081)
+    assert result["cpu_hours"] == result["subset_cpu_hours"] * result["reference_cpu_hours"] / head["reference_hours"]
+    assert 25 < result["reference_cpu_hours"] < 26
+    tuned = json.loads((out / "lr" / "head.json").read_text())
+    assert len(tuned["halving"]["stopped"]) == 2
