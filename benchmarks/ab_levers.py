@@ -22,7 +22,7 @@ import torch
 from _common import argument_parser
 
 from layoutpeft.train import engine
-from layoutpeft.train.device import autocast, resolve_precision
+from layoutpeft.train.device import autocast, frozen_weights_dtype, hold_frozen_weights, resolve_precision
 from layoutpeft.data.batching import batches, load_meta, load_windows
 from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
@@ -61,7 +61,9 @@ def new_arm(text: str, base: TrainConfig, variant: dict, checkpoint: str, device
     cfg = dataclasses.replace(base, **parse_arm(text))
     engine.seed_everything(0)
     model, _ = engine.build_model(ModelConfig(checkpoint, "zero"), variant, device, Schedule(1000, 8), cfg.attention,
-                                   labels=LEGACY_LABELS)
+                                  labels=LEGACY_LABELS)
+    dtype = resolve_precision(cfg.precision, device)
+    hold_frozen_weights(model, frozen_weights_dtype(cfg.frozen_weights, variant, device, dtype))
     model.train()
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
     trainable = [p for p in model.parameters() if p.requires_grad]

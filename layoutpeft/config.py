@@ -198,6 +198,7 @@ class ModelConfig(_Section):
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ADAMW_IMPLS = ("fused", "foreach", "for_loop")  # engine.make_optimizer
+FROZEN_WEIGHTS = ("fp32", "auto", "bf16")  # engine.frozen_weights_dtype
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class TrainConfig(_Section):
     threads: int
     adamw: str = "fused"
     collapse_epochs: int = 0
+    frozen_weights: str = "fp32"  # engine.frozen_weights_dtype
 
     @classmethod
     def from_params(cls, params: dict) -> "TrainConfig":
@@ -242,6 +244,8 @@ class TrainConfig(_Section):
             adamw=choice(params, "train.adamw", ADAMW_IMPLS, default="fused"),
             # absent from params written before it existed: those runs never stopped on a collapse
             collapse_epochs=number_in(params, "train.collapse_epochs", 0, 10_000, kind=int, default=0),
+            # absent from params written before it existed: those runs held every weight in fp32
+            frozen_weights=choice(params, "train.frozen_weights", FROZEN_WEIGHTS, default="fp32"),
         )
 
 

@@ -2,7 +2,8 @@
 
 Trains the variant once per lr of its grid on `study.tuning_seed` and keeps the lr with the best
 validation entity F1, extending the grid past its end while the best lr lies there (at most
-study.extend_grid more lrs). Writes data/lr/<variant>.json (the choice and every trial); the
+study.extend_grid more lrs). With study.halving rungs, only the best trials at each rung epoch go
+on to the whole schedule (docs/tuning.md). Writes data/lr/<variant>.json (the choice and every trial); the
 train@<variant>-<seed> stages read the chosen lr from it. With study.tune_lr false it writes
 the variant's own lr without training.
 """
@@ -30,6 +31,11 @@ def progress(lr: float):
     return show
 
 
+def stop_note(trial: dict) -> str:
+    reason = trial.get("stop_reason")
+    return f" ({reason}, stopped at epoch {trial['epochs_run']})" if reason in ("collapsed", "halving") else ""
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variant", required=True)
@@ -38,9 +44,7 @@ def main(argv: list[str]) -> None:
     result = tune(args.variant, load_variant(args.variant), model_cfg, train_cfg, tuning, TOKENIZED_DIR,
                   scratch=LR_DIR.parent, on_epoch=progress)
     write_json(LR_DIR / f"{args.variant}.json", result)
-    trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}"
-                       + (f" (collapsed, stopped at epoch {t['epochs_run']})" if t.get("stop_reason") == "collapsed" else "")
-                       for t in result["trials"]) or "not tuned"
+    trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}" + stop_note(t) for t in result["trials"]) or "not tuned"
     extended = ", ".join(f"{lr:g}" for lr in result.get("extended_by") or [])
     print(f"tune: {args.variant}: lr {result['chosen_lr']:g} (validation F1 per lr: {trials})"
           + (f"; the grid extended by {extended}" if extended else "")

@@ -675,11 +675,12 @@ def test_tuning_shows_in_the_summary_and_lr_plot(tmp_path):
     runs = {"lora": {0: {"variant": "lora", "seed": 0, "method": "lora", "variant_params": {"method": "lora", "lr": 3e-3},
                          "scores": {"f1": 0.6, "precision": 0.6, "recall": 0.6}}}}
     tuned = {"lora": {"tuned": True, "chosen_lr": 3e-3, "seed": 0, "at_grid_edge": "highest", "wall_time_s": 60.0,
-                      "trials": [{"lr": 1e-3, "best_val_f1": 0.5}, {"lr": 3e-3, "best_val_f1": 0.55}]}}
+                      "trials": [{"lr": 1e-3, "best_val_f1": 0.5, "stopped_at_epoch": 10},
+                                 {"lr": 3e-3, "best_val_f1": 0.55}]}}
     summary = build_summary(runs, [0], "lora", tuned)
     entry = summary["variants"]["lora"]
     assert entry["lr"] == 3e-3 and entry["lr_tuning"]["at_grid_edge"] == "highest"
-    assert lr_rows(summary) == [["lora", 1e-3, 0.5, False], ["lora", 3e-3, 0.55, True]]
+    assert lr_rows(summary) == [["lora", 1e-3, 0.5, False, 10], ["lora", 3e-3, 0.55, True, None]]
     assert entry["lr_tuning"]["extended_by"] == []
 
 
@@ -690,6 +691,18 @@ def test_an_extended_grid_is_named_in_the_table(no_png, study):
          "trials": [{"lr": 1e-4, "best_val_f1": 0.4}, {"lr": 3e-4, "best_val_f1": 0.5}, {"lr": 9e-4, "best_val_f1": 0.45}]}))
     study.run()
     assert "(tuned), grid extended 1x |" in study.read("summary.md")
+
+
+def test_trials_stopped_by_halving_are_named_in_the_notes(no_png, study):
+    (study.root / "data" / "lr").mkdir(parents=True, exist_ok=True)
+    (study.root / "data" / "lr" / "lora.json").write_text(json.dumps(
+        {"tuned": True, "chosen_lr": 3e-4, "seed": 100, "at_grid_edge": None, "wall_time_s": 9.0,
+         "halving": {"rungs": [10], "keep": 2, "finalists": [3e-4, 9e-4], "stopped": [1e-4]},
+         "trials": [{"lr": 1e-4, "best_val_f1": 0.4, "epochs_run": 10, "stopped_at_epoch": 10},
+                    {"lr": 3e-4, "best_val_f1": 0.5}, {"lr": 9e-4, "best_val_f1": 0.45}]}))
+    study.run()
+    assert "by successive halving (only the 2 best trials go on past epoch(s) 10; 1 trial(s) stopped there)" \
+        in study.read("summary.md")
 
 
 def test_rank_series_ignore_tuned_learning_rates():

@@ -39,7 +39,7 @@ from layoutpeft.config import StudyConfig, get, load_params
 from layoutpeft.errors import REFUSE_ENV, REFUSED, LayoutpeftError
 from layoutpeft.study.formatting import missing_seeds
 from layoutpeft.paths import RUNS_DIR, run_key
-from layoutpeft.train.tuning import TuningConfig, lr_grid
+from layoutpeft.train.tuning import TuningConfig, lr_grid, planned_epochs
 from layoutpeft.train.variants import expand_sweeps, resolve
 
 # Relative cost of one optimizer step per method (full fine-tuning = 1.0): s/step measured on a
@@ -133,7 +133,12 @@ def units(params: dict) -> list[Unit]:
         seeds = [(s, "") for s in study.seeds] + [(s, "_extra") for s in study.extra_seeds.get(name, ())]
         if tuning.enabled:
             steps = [[tune]] + [[f"train{x}@{run_key(name, s)}", f"evaluate{x}@{run_key(name, s)}"] for s, x in seeds]
-            out.append(Unit(name, steps, step * len(lr_grid(spec, tuning)) + run * len(seeds)))
+            # successive halving trains fewer epochs than one whole schedule per grid lr
+            trials = float(len(lr_grid(spec, tuning)))
+            if tuning.rungs:
+                max_epochs = get(params, "train.max_epochs", int)
+                trials = planned_epochs(len(lr_grid(spec, tuning)), tuning, max_epochs) / max_epochs
+            out.append(Unit(name, steps, step * trials + run * len(seeds)))
         else:
             out += [Unit(run_key(name, s), [[tune, f"train{x}@{run_key(name, s)}", f"evaluate{x}@{run_key(name, s)}"]],
                          run) for s, x in seeds]

@@ -273,6 +273,11 @@ def figures(folder: Path, summary: dict, curves: list[list]) -> None:
         chosen = [r for r in points if r[3]]
         ax.plot([r[1] for r in chosen], [100 * r[2] for r in chosen], marker="*", markersize=12,
                 color=line.get_color(), linestyle="none")
+        for row in points:
+            if row[4]:  # stopped by successive halving: its best F1 up to the rung, marked with that epoch
+                ax.plot([row[1]], [100 * row[2]], marker="o", markersize=9, markerfacecolor="white",
+                        color=line.get_color(), linestyle="none")
+                ax.annotate(f"{row[4]}", (row[1], 100 * row[2]), fontsize=6, ha="center", va="center")
     if by_variant:
         ax.set_xscale("log")
         ax.legend(fontsize=7, ncol=2)
@@ -280,18 +285,20 @@ def figures(folder: Path, summary: dict, curves: list[list]) -> None:
         empty(ax, "no lr tuning in this study (study.tune_lr: false)")
     ax.set_xlabel("learning rate (log)")
     ax.set_ylabel("best validation entity F1 (%)")
-    ax.set_title("lr tuning on validation (★ = chosen)")
+    ax.set_title("lr tuning on validation (★ = chosen; ○ n = stopped at epoch n by successive halving)")
     save(fig, "lr_tuning.png")
 
 
 def lr_rows(summary: dict) -> list[list]:
-    """[variant, lr, best_val_f1, chosen] for every tuning trial."""
+    """[variant, lr, best_val_f1, chosen, stopped_at_epoch] for every tuning trial (stopped_at_epoch: the rung
+    where successive halving stopped it, best_val_f1 then being its best up to there; None: it ran on)."""
     rows = []
     for name, entry in summary["variants"].items():
         tuned = entry.get("lr_tuning") or {}
         for trial in tuned.get("trials") or []:
             if trial.get("best_val_f1") is not None:
-                rows.append([name, trial["lr"], trial["best_val_f1"], trial["lr"] == tuned.get("chosen_lr")])
+                rows.append([name, trial["lr"], trial["best_val_f1"], trial["lr"] == tuned.get("chosen_lr"),
+                             trial.get("stopped_at_epoch")])
     return rows
 
 
@@ -300,7 +307,8 @@ def write_plots(folder: Path, summary: dict, runs: dict[str, dict[int, dict]]) -
     folder.mkdir(parents=True, exist_ok=True)
     for name, (header, make_rows) in PLOT_CSVS.items():
         (folder / name).write_text(csv_text(header, make_rows(summary)))
-    (folder / "lr_tuning.csv").write_text(csv_text(["variant", "lr", "best_val_f1", "chosen"], lr_rows(summary)))
+    (folder / "lr_tuning.csv").write_text(csv_text(["variant", "lr", "best_val_f1", "chosen", "stopped_at_epoch"],
+                                                   lr_rows(summary)))
     curves = curve_rows(runs)
     (folder / "learning_curves.csv").write_text(
         csv_text(["variant", "seed", "epoch", "train_loss", "val_loss", "val_f1"], curves))

@@ -246,8 +246,8 @@ def tuning_entry(tuned: dict | None) -> dict | None:
         return None
     return {"tuned": tuned.get("tuned"), "chosen_lr": tuned.get("chosen_lr"), "seed": tuned.get("seed"),
             "at_grid_edge": tuned.get("at_grid_edge"), "extended_by": tuned.get("extended_by") or [],
-            "wall_time_s": tuned.get("wall_time_s"),
-            "trials": [{k: t.get(k) for k in ("lr", "best_val_f1", "best_epoch", "epochs_run")}
+            "wall_time_s": tuned.get("wall_time_s"), "halving": tuned.get("halving"),
+            "trials": [{k: t.get(k) for k in ("lr", "best_val_f1", "best_epoch", "epochs_run", "stopped_at_epoch")}
                        for t in tuned.get("trials", [])]}
 
 

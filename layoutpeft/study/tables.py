@@ -154,9 +154,15 @@ def markdown_table(summary: dict, study: Study) -> str:
     tuned = [n for n, e in summary["variants"].items() if (e.get("lr_tuning") or {}).get("tuned")]
     if tuned:
         costs = [summary["variants"][n]["lr_tuning"]["wall_time_s"] or 0 for n in tuned]
+        halving = next((e["lr_tuning"]["halving"] for e in summary["variants"].values()
+                        if (e.get("lr_tuning") or {}).get("halving")), None)
+        stopped = sum(1 for n in tuned for t in summary["variants"][n]["lr_tuning"]["trials"] if t.get("stopped_at_epoch"))
         notes.append(f"lr: chosen per variant on validation entity F1 (tuning seed "
-                     f"{summary['variants'][tuned[0]]['lr_tuning']['seed']}) from its grid; tuning cost "
-                     f"{fmt.seconds(sum(costs))} of training in all. Best epoch: chosen on validation, never on test.")
+                     f"{summary['variants'][tuned[0]]['lr_tuning']['seed']}) from its grid"
+                     + (f", by successive halving (only the {halving['keep']} best trials go on past epoch(s) "
+                        f"{', '.join(map(str, halving['rungs']))}; {stopped} trial(s) stopped there)" if halving else "")
+                     + f"; tuning cost {fmt.seconds(sum(costs))} of training in all (stopped trials included). "
+                     "Best epoch: chosen on validation, never on test.")
     lines += [f"- {n}" for n in notes]
     bad = [(v, s, why) for v, by_seed in study.problems.items() for s, why in sorted(by_seed.items())]
     if bad:

@@ -56,6 +56,41 @@ def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
             "than a bf16 study)")
 
 
+# Methods whose adapters leave the frozen Linear layers to compute base_layer(x) (PEFT 0.21): under bf16
+# autocast that product sees the same bf16 weight values whether the weight is held in fp32 (cast at every
+# use: autocast caches casts only of weights that need gradients) or in bf16. DoRA, OFT, BOFT, HRA and
+# FourierFT compute with the weight matrix itself (norms, rotations) in its own dtype: they keep fp32.
+FROZEN_BF16_METHODS = frozenset({"lora", "adalora", "loha", "lokr", "vera", "ia3", "prompt_tuning", "p_tuning",
+                                 "head", "bitfit"})
+
+
+def frozen_weights_dtype(setting: str, variant: dict, device: torch.device, dtype: torch.dtype | None):
+    """train.frozen_weights: the dtype to hold the frozen Linear weights in (None: as loaded, fp32).
+    bf16 only where the run trains under bf16 autocast (bf16 weights under fp32 compute would not
+    match) and the method computes through base_layer(x); auto also needs bf16 units (CUDA, or a CPU
+    with avx512_bf16/amx_bf16), since emulated bf16 is slower; bf16 forces it wherever training is bf16."""
+    if setting == "fp32" or dtype != torch.bfloat16 or variant["method"] not in FROZEN_BF16_METHODS:
+        return None
+    if setting == "auto" and not precision_path(device).startswith("bf16"):
+        return None
+    return torch.bfloat16
+
+
+def hold_frozen_weights(model, dtype: torch.dtype | None) -> int:
+    """Cast the frozen weights and biases of nn.Linear layers to `dtype` once, instead of autocast
+    casting them at every forward; returns how many tensors were cast (0 for dtype None)."""
+    if dtype is None:
+        return 0
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            for param in (module.weight, module.bias):
+                if param is not None and not param.requires_grad and param.dtype != dtype:
+                    param.data = param.data.to(dtype)
+                    cast += 1
+    return cast
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

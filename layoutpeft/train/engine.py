@@ -16,6 +16,7 @@ import torch
 
 from layoutpeft.config import ModelConfig, TrainConfig
 from layoutpeft.data.batching import batches, to_device
+from layoutpeft.errors import LayoutpeftError
 from layoutpeft.modeling import TABLES_2D, label_names, load_model
 from layoutpeft.train.device import autocast, resolve_precision
 from layoutpeft.train.methods import (Method, Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens,
@@ -188,6 +189,7 @@ class FitResult:
     wall_time_s: float
     train_tokens: int  # real (non-padding) tokens seen in training steps
     stop_reason: str | None = None  # patience | collapsed | None (ran every epoch)
+    paused: dict | None = None  # pause_after: everything fit(resume=...) needs to go on exactly (pause_state)
 
 
 @dataclass
@@ -313,10 +315,62 @@ class Selection:
         return self.best[1]
 
 
+# AdaLoRA's RankAllocator (peft 0.21) keeps per-weight sensitivity averages between steps.
+ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
+def rank_allocator(model):
+    return getattr(getattr(model, "base_model", None), "rankallocator", None)
+
+
+def pause_state(model, optimization: Optimization, selection: Selection, loop: dict) -> dict:
+    """A paused training's state: trainable weights, AdamW moments, the schedule's position, the RNG
+    (dropout masks), the best epoch so far and the loop's counters, so that fit(resume=state) goes on
+    with the numbers an uninterrupted training gives. Tensors, numbers and lists only
+    (torch.load(weights_only=True) reads it back)."""
+    state = {**loop, "model": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+             "optimizer": optimization.optimizer.state_dict(), "scheduler": optimization.scheduler.state_dict(),
+             "scaler": optimization.scaler.state_dict() if optimization.scaler else None,
+             "steps": optimization.steps, "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             "selection": {"best": list(selection.best) if selection.best else None, "state": selection.state,
+                           "stale": selection.stale, "zero_f1": selection.zero_f1}}
+    allocator = rank_allocator(model)
+    if allocator is not None:
+        state["rank_allocator"] = {k: dict(getattr(allocator, k)) for k in ALLOCATOR_STATE}
+    return state
+
+
+def restore_state(state: dict, model, optimization: Optimization, selection: Selection) -> None:
+    """Put a pause_state back into a freshly built model, its optimization and selection."""
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        missing = set(state["model"]) - set(params)
+        if missing:
+            raise LayoutpeftError(f"a paused training's weights {sorted(missing)[:3]} are not in this model")
+        for name, value in state["model"].items():
+            params[name].copy_(value)
+    optimization.optimizer.load_state_dict(state["optimizer"])
+    optimization.scheduler.load_state_dict(state["scheduler"])
+    if optimization.scaler and state.get("scaler"):
+        optimization.scaler.load_state_dict(state["scaler"])
+    optimization.steps = state["steps"]
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    allocator = rank_allocator(model)
+    if allocator is not None and state.get("rank_allocator"):
+        for key in ALLOCATOR_STATE:
+            setattr(allocator, key, dict(state["rank_allocator"][key]))
+    chosen = state["selection"]
+    selection.best = tuple(chosen["best"]) if chosen["best"] else None
+    selection.state, selection.stale, selection.zero_f1 = chosen["state"], chosen["stale"], chosen["zero_f1"]
+
+
 def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_windows: list[dict],
         pad_token_id: int, device: torch.device, seed: int, *, total_steps: int,
         epoch_batches: Callable[[int], Iterable[dict]] | None = None, on_epoch=None,
-        tables_lr: float | None = None) -> FitResult:
+        tables_lr: float | None = None, pause_after: int | None = None, resume: dict | None = None) -> FitResult:
     """AdamW, linear warm-up then decay to zero at `total_steps`, grad-norm clipping; one validation pass
     per epoch; the epoch with the best validation metric (`cfg.select_on`: entity F1 or loss) is
     restored at the end. `cfg.patience` > 0 stops after that many epochs without improvement
@@ -327,6 +381,11 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
     `epoch_batches(epoch)` replaces the default batches (dynamic padding, length groups, a new
     order and new batch members each epoch and seed): the benchmark passes its naive recipe or a
     step budget this way, so nothing benchmark-only lives in the training loop.
+
+    `pause_after` (an epoch before the last): stop there and return the state to go on from in
+    FitResult.paused (successive halving in lr tuning stops most trials at a rung and continues a
+    few); `resume`: such a state. Paused and resumed, a training gives the numbers of one that ran
+    straight through (tests/test_halving.py).
     """
     dtype = resolve_precision(cfg.precision, device)
     n_virtual = n_virtual_tokens(variant)
@@ -341,9 +400,16 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
 
     history: list[dict] = []
     selection = Selection(cfg.select_on)
-    stop_reason, tokens = None, 0
+    stop_reason, tokens, earlier_s, first_epoch = None, 0, 0.0, 1
+    if resume is not None:
+        restore_state(resume, model, optimization, selection)
+        history, tokens = list(resume["history"]), resume["tokens"]
+        earlier_s, first_epoch = resume["elapsed_s"], resume["epoch"] + 1
+    # a state already at (or past) the pause epoch stays paused (the trial cache can hold one written
+    # by a run killed before its record was)
+    paused = resume if resume is not None and pause_after is not None and resume["epoch"] >= pause_after else None
     start = time.perf_counter()
-    for epoch in range(1, cfg.max_epochs + 1):
+    for epoch in range(first_epoch, cfg.max_epochs + 1 if paused is None else first_epoch):
         epoch_start = time.perf_counter()
         train_loss, seen = train_epoch(model, epoch_batches(epoch), optimization, device, dtype, loss_of)
         tokens += seen
@@ -351,7 +417,8 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
         val = evaluate_windows(model, val_windows, cfg.batch_size, pad_token_id, device, n_virtual, dtype)
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                   "val_f1": val["scores"]["f1"], "epoch_time_s": train_time,
-                  "lr": optimization.scheduler.get_last_lr()[0]}
+                  "lr": optimization.scheduler.get_last_lr()[0],
+                  "elapsed_s": earlier_s + time.perf_counter() - start}  # training + validation since epoch 1
         history.append(record)
         if on_epoch:
             on_epoch(record)
@@ -359,10 +426,14 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
         stop_reason = selection.stop_reason(cfg.patience, cfg.collapse_epochs)
         if stop_reason:
             break
-    wall = time.perf_counter() - start
+        if pause_after is not None and epoch == pause_after < cfg.max_epochs:
+            paused = pause_state(model, optimization, selection, {
+                "epoch": epoch, "history": history, "tokens": tokens, "elapsed_s": earlier_s + time.perf_counter() - start})
+            break
+    wall = earlier_s + time.perf_counter() - start
     best_epoch = selection.restore(model)
     chosen = history[best_epoch - 1]
     return FitResult(history=history, best_epoch=best_epoch, best_val_loss=chosen["val_loss"],
                      best_val_f1=chosen["val_f1"], selected_on=cfg.select_on, epochs_run=len(history),
                      optimizer_steps=optimization.steps, stopped_early=stop_reason is not None,
-                     stop_reason=stop_reason, wall_time_s=wall, train_tokens=tokens)
+                     stop_reason=stop_reason, wall_time_s=wall, train_tokens=tokens, paused=paused)

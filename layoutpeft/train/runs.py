@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from layoutpeft.train import engine
-from layoutpeft.train.device import emulated_bf16_warning, precision_path, resolve_device, resolve_precision, set_threads
+from layoutpeft.train.device import (emulated_bf16_warning, frozen_weights_dtype, hold_frozen_weights, precision_path,
+                                     resolve_device, resolve_precision, set_threads)
 from layoutpeft.train.probes import count_parameters, inference_speed, peak_memory, start_memory_window
-from layoutpeft.atomic import staged_dir, write_json
+from layoutpeft.atomic import staged_dir, write_bytes, write_json
 from layoutpeft.data.batching import load_meta, load_windows
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig
 from layoutpeft.errors import LayoutpeftError
@@ -112,8 +113,13 @@ def load_trained(run_dir: Path, device: torch.device | None = None):
 
 
 def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path,
-          tokenized: Path, on_epoch=None, live_dir: str = "live") -> dict:
-    """Train one run into `out_dir` (replaced only once complete); returns its train log."""
+          tokenized: Path, on_epoch=None, live_dir: str = "live", pause_after: int | None = None,
+          checkpoint: Path | None = None) -> dict:
+    """Train one run into `out_dir` (replaced only once complete); returns its train log.
+
+    checkpoint: a paused training's state (engine.pause_state) to continue from when the file exists;
+    with pause_after (an epoch before the last) the training stops there and writes its state to it
+    (the log then says training.paused). The tuning's successive halving pauses trials this way."""
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
@@ -128,6 +134,8 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
     engine.seed_everything(seed)  # classifier, adapters and 2-D tables are initialised from this seed
     model, source_type = engine.build_model(model_cfg, variant, device, schedule, cfg.attention,
                                             labels=meta["labels"])
+    frozen = hold_frozen_weights(model, frozen_weights_dtype(cfg.frozen_weights, variant, device, dtype))
+    resume = load_checkpoint(checkpoint, device) if checkpoint is not None and Path(checkpoint).is_file() else None
     counts = count_parameters(model, engine.trains_new_tables(model_cfg, source_type),
                               getattr(model, "full_trainable", None))
     print(f"train: {name}-{seed}: {variant['method']}, {counts['trainable']:,} parameters trainable "
@@ -140,7 +148,10 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
         tables_lr = engine.new_tables_lr(variant, model_cfg, source_type)
         result = engine.fit(model, variant, cfg, train_windows, val_windows, meta["pad_token_id"], device, seed,
                             total_steps=schedule.total_steps, on_epoch=on_epoch(staged / live_dir) if on_epoch else None,
-                            tables_lr=tables_lr)
+                            tables_lr=tables_lr, pause_after=pause_after, resume=resume)
+        if result.paused is not None:
+            assert checkpoint is not None, "pause_after needs a checkpoint file"
+            write_bytes(checkpoint, checkpoint_bytes(result.paused))
         memory = peak_memory(device, window)
         method = method_of(variant)
         if method.effective_trainable:
@@ -154,11 +165,13 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
             "data": {"window_length": meta["window_length"], "pad_token_id": meta["pad_token_id"],
                      "labels": meta["labels"]},
             "precision_path": precision_path(device) if cfg.precision == "auto" else "set in params.yaml",
+            "frozen_weights": f"bf16 ({frozen} frozen Linear tensors)" if frozen else "fp32",
             "parameters": counts, "saved_bytes": saved_bytes,
             "training": {"wall_time_s": result.wall_time_s, "epoch_time_s": sum(epoch_times) / len(epoch_times),
                          "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                          "selected_on": result.selected_on, "stopped_early": result.stopped_early,
-                         "stop_reason": result.stop_reason,
+                         "stop_reason": result.stop_reason, "paused": result.paused is not None,
+                         "resumed_at_epoch": resume["epoch"] if resume else None,
                          "optimizer_steps": result.optimizer_steps, "best_val_loss": result.best_val_loss,
                          "best_val_f1": result.best_val_f1, "train_tokens": result.train_tokens,
                          # what else ran: the summary marks costs measured under load with it
@@ -167,6 +180,22 @@ def train(name: str, seed: int, variant: dict, model_cfg: ModelConfig, cfg: Trai
         }
         write_json(staged / TRAIN_LOG, log)
     return log
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which one
+        raise LayoutpeftError(f"{path}: not a readable paused training ({type(error).__name__}: {error}); "
+                              "delete it to train that trial from its start") from error
 
 
 def evaluate(run_dir: Path, cfg: EvaluateConfig, tokenized: Path, out_path: Path) -> dict:

@@ -15,6 +15,16 @@ it (variant settings and lr, model and train params, tuning seed, the tokenized 
 source of the modules the stage depends on, library versions, device and CPU threads). A rerun of the stage
 after an interruption reuses the finished trials and trains only the rest; any change to that code,
 data or settings gives new fingerprints, so a stale trial is never reused.
+
+Successive halving (`study.halving`, docs/tuning.md): every trial trains to the first rung epoch,
+only the `keep` best (best validation F1 so far, the same key as the final choice) go on to the
+next rung, and the last ones run the whole annealed schedule; the choice is the best of those.
+A stopped trial keeps its record up to the rung (its cost counts in the tuning's) and, in the
+trial cache, its paused state (`<fingerprint>.pt`, engine.pause_state): when a later decision (a
+grid extension, a larger `keep`, halving turned off) needs it further, it continues from there
+with the numbers of an uninterrupted training, instead of training from its start. The rule is
+synchronous, so the choice depends only on the params and the trials' histories, never on what
+the cache held: `replay` runs the same selection over recorded histories (tests/test_halving.py).
 """
 from __future__ import annotations
 
@@ -26,9 +36,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig, ParamsError, TrainConfig, get, number_in
+from layoutpeft.errors import LayoutpeftError
 
 TRIAL_CACHE_ENV = "LAYOUTPEFT_TRIAL_CACHE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,11 +48,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class TuningConfig:
-    """`study.tune_lr`, `study.tuning_seed`, `study.lr_grid`, `study.extend_grid` — read by the tune@ stages."""
+    """`study.tune_lr`, `study.tuning_seed`, `study.lr_grid`, `study.extend_grid`, `study.halving` — read by
+    the tune@ stages."""
     enabled: bool
     seed: int
     multipliers: tuple[float, ...]
     extend: int = 0  # at most this many lrs tried past the end of the grid where the best one lies
+    rungs: tuple[int, ...] = ()  # successive halving: epochs at which the running trials are compared (): off
+    keep: int | float = 2  # how many go on past each rung: a count (int >= 1) or a share of them (0 < float < 1)
 
     @classmethod
     def from_params(cls, params: dict) -> "TuningConfig":
@@ -49,11 +64,49 @@ class TuningConfig:
             raise ParamsError(f"params.yaml: study.lr_grid must be a non-empty list of positive multipliers, got {grid!r}")
         if len(set(grid)) != len(grid):
             raise ParamsError(f"params.yaml: study.lr_grid lists a multiplier twice: {grid!r}")
+        rungs, keep = halving_params(params)
         return cls(get(params, "study.tune_lr", bool), number_in(params, "study.tuning_seed", 0, 2**31, kind=int),
-                   tuple(float(m) for m in grid), number_in(params, "study.extend_grid", 0, 10, kind=int))
+                   tuple(float(m) for m in grid), number_in(params, "study.extend_grid", 0, 10, kind=int), rungs, keep)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def halving_params(params: dict) -> tuple[tuple[int, ...], int | float]:
+    """study.halving: {rungs: [epoch, ...], keep: count or share}; absent or rungs [] = every trial runs
+    the whole schedule. Each rung must lie before train.max_epochs (a rung there would stop nothing)."""
+    halving = get(params, "study.halving", dict, default=None)
+    if halving is None:
+        return (), 2
+    unknown = set(halving) - {"rungs", "keep"}
+    if unknown:
+        raise ParamsError(f"params.yaml: study.halving has unknown keys {sorted(unknown)} (rungs, keep)")
+    rungs = get(params, "study.halving.rungs", list)
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rungs) or rungs != sorted(set(rungs)):
+        raise ParamsError(f"params.yaml: study.halving.rungs must be increasing epochs >= 1, got {rungs!r}")
+    max_epochs = get(params, "train.max_epochs", int, default=None)
+    tuned = get(params, "study.tune_lr", bool, default=False)
+    if tuned and rungs and max_epochs is not None and rungs[-1] >= max_epochs:
+        raise ParamsError(f"params.yaml: study.halving.rungs {rungs} must lie before train.max_epochs ({max_epochs})")
+    keep = get(params, "study.halving.keep", (int, float))
+    if not (isinstance(keep, int) and keep >= 1 or isinstance(keep, float) and 0 < keep < 1):
+        raise ParamsError("params.yaml: study.halving.keep must be a count of trials (an integer >= 1) or a share "
+                          f"of them (0 < share < 1), got {keep!r}")
+    return tuple(rungs), keep
+
+
+def kept(keep: int | float, contestants: int) -> int:
+    """How many of `contestants` trials go on past a rung: the count, or the share rounded up (at least 1)."""
+    return min(contestants, keep if isinstance(keep, int) else max(1, math.ceil(keep * contestants)))
+
+
+def planned_epochs(trials: int, tuning: TuningConfig, max_epochs: int) -> int:
+    """Epochs that `trials` trials train under the halving rule (none stopping on their own, no extension)."""
+    epochs, running, reached = 0, trials, 0
+    for rung in tuning.rungs:
+        epochs += running * (rung - reached)
+        running, reached = kept(tuning.keep, running), rung
+    return epochs + running * (max_epochs - reached)
 
 
 def lr_grid(variant: dict, tuning: TuningConfig) -> list[float]:
@@ -66,19 +119,20 @@ def rounded(lr: float) -> float:
     return float(f"{lr:.3g}")
 
 
-def grid_edge(trials: list[dict]) -> str | None:
-    """'highest' or 'lowest' when the best trial is at that end of the lrs tried (None: interior, or one lr)."""
+def grid_edge(trials: list[dict], best: dict | None = None) -> str | None:
+    """'highest' or 'lowest' when the best trial (default: choose(trials)) is at that end of the lrs tried
+    (None: interior, or one lr)."""
     lrs = sorted(t["lr"] for t in trials)
-    best = choose(trials)["lr"]
+    best = (best or choose(trials))["lr"]
     if len(lrs) < 2 or best not in (lrs[0], lrs[-1]):
         return None
     return "highest" if best == lrs[-1] else "lowest"
 
 
-def next_lr(trials: list[dict]) -> float | None:
+def next_lr(trials: list[dict], best: dict | None = None) -> float | None:
     """One grid step past the end where the best trial lies (the step: the ratio of the two lrs at
     that end), or None when the best is interior."""
-    edge, lrs = grid_edge(trials), sorted(t["lr"] for t in trials)
+    edge, lrs = grid_edge(trials, best), sorted(t["lr"] for t in trials)
     if edge == "highest":
         return rounded(lrs[-1] * lrs[-1] / lrs[-2])
     if edge == "lowest":
@@ -86,9 +140,78 @@ def next_lr(trials: list[dict]) -> float | None:
     return None
 
 
+def search(declared: list[float], tuning: TuningConfig, max_epochs: int, select_on: str,
+           advance: Callable[[float, int], dict]) -> dict:
+    """The lr search of one variant, whatever trains its trials: the declared grid through successive
+    halving (no rungs: every trial to max_epochs), then up to tuning.extend more lrs past the end
+    where the choice lies, each pass of the rule rerun over all lrs tried (trials already trained
+    that far cost nothing). advance(lr, epoch) trains a trial to `epoch` or to where it stops on its
+    own and returns its record (history per epoch; it may hold more epochs, from a cache).
+
+    Returns the trials as far as the rule took each (a trial stopped at a rung has
+    stop_reason 'halving' and its scores up to there), the finalists, the choice and the extension."""
+    reached: dict[float, int] = {}
+    records: dict[float, dict] = {}
+
+    def bring(lr: float, epoch: int) -> dict:
+        reached[lr] = max(reached.get(lr, 0), epoch)
+        records[lr] = advance(lr, epoch)
+        return at_epoch(records[lr], epoch, select_on)
+
+    def halve(lrs: list[float]) -> list[dict]:
+        contestants = list(lrs)
+        for rung in tuning.rungs:
+            standing = sorted((bring(lr, rung) for lr in contestants), key=rank_key)
+            contestants = [t["lr"] for t in standing[:kept(tuning.keep, len(standing))]]
+        return [bring(lr, max_epochs) for lr in contestants]
+
+    lrs, extended = list(declared), list[float]()
+    finalists = halve(lrs)
+    while len(extended) < tuning.extend:
+        trials = [at_epoch(records[lr], reached[lr], select_on) for lr in lrs]
+        lr = next_lr(trials, choose(finalists))
+        if lr is None:
+            break
+        print(f"  best lr at the {grid_edge(trials, choose(finalists))} end of the grid: extending it to {lr:g}",
+              flush=True)
+        lrs.append(lr)
+        extended.append(lr)
+        finalists = halve(lrs)
+    trials = []
+    for lr in sorted(lrs):
+        trial = at_epoch(records[lr], reached[lr], select_on)
+        if reached[lr] < max_epochs and len(records[lr]["history"]) >= reached[lr] and not stopped_itself(trial):
+            trial = {**trial, "stop_reason": "halving", "stopped_at_epoch": reached[lr]}
+        trials.append(trial)
+    best = choose(finalists)
+    return {"trials": trials, "finalists": sorted(t["lr"] for t in finalists), "best": best, "extended_by": extended,
+            "at_grid_edge": grid_edge(trials, best)}
+
+
+def stopped_itself(trial: dict) -> bool:
+    return trial.get("stop_reason") in ("patience", "collapsed")
+
+
+def at_epoch(trial: dict, epoch: int, select_on: str = "f1") -> dict:
+    """A trial's record as it stood after `epoch` (its best epoch so far chosen as engine.fit chooses:
+    the first best validation F1, or loss); the whole record when it holds no more epochs."""
+    if len(trial["history"]) <= epoch:
+        return trial
+    history = trial["history"][:epoch]
+    if select_on == "f1":
+        best = max(range(len(history)), key=lambda i: (history[i]["val_f1"], -i))
+    else:
+        best = min(range(len(history)), key=lambda i: (history[i]["val_loss"], i))
+    wall = history[-1].get("elapsed_s")
+    return {**trial, "history": history, "best_val_f1": history[best]["val_f1"],
+            "best_val_loss": history[best]["val_loss"], "best_epoch": best + 1, "epochs_run": epoch,
+            "stop_reason": None, "wall_time_s": wall if wall is not None else trial.get("wall_time_s")}
+
+
 def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfig, tuning: TuningConfig,
          tokenized: Path, scratch: Path | None = None, on_epoch=None) -> dict:
-    """Train the variant once per grid lr on the tuning seed; return the choice and every trial.
+    """Train the variant once per grid lr on the tuning seed (under successive halving when
+    tuning.rungs); return the choice and every trial.
 
     on_epoch(lr) -> (record -> None): a per-epoch callback for each trial (progress output)."""
     from layoutpeft.train import runs
@@ -96,54 +219,90 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
     if not tuning.enabled:
         return {"variant": name, "chosen_lr": variant["lr"], "tuned": False, "trials": [],
                 "reason": "study.tune_lr is false: the variant's own lr"}
-    trials = []
     cache = trial_cache()
     # A trial trains {**variant, "lr": lr}: its key is that, so a widened grid or a moved centre lr
-    # retrains only the lrs not tried before (the grid itself decides nothing inside a trial).
+    # retrains only the lrs not tried before (the grid itself decides nothing inside a trial), and
+    # the halving rule is not in it either: a trial's epochs are the same whether it stops or not.
     trained_settings = {k: v for k, v in variant.items() if k not in ("lr", "lr_grid")}
     common = {"variant": trained_settings, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "seed": tuning.seed,
               "tokenized": tree_digest(tokenized), "code": code_digest(), "environment": environment_key()}
     declared = lr_grid(variant, tuning)
-    extended: list[float] = []
+    records: dict[float, dict] = {}
     with tempfile.TemporaryDirectory(dir=scratch, prefix=f".tune-{name}-") as tmp:
-        def trial(lr: float) -> None:
-            memo = cache / f"{fingerprint({**common, 'lr': lr})}.json" if cache else None
-            if memo is not None and memo.is_file():
-                trials.append({**json.loads(memo.read_text()), "resumed_from": str(memo)})
-                print(f"  lr {lr:<8g} finished earlier: reused {memo}", flush=True)
-                return
+        def advance(lr: float, epoch: int) -> dict:
+            key = fingerprint({**common, "lr": lr})
+            memo = cache / f"{key}.json" if cache else None
+            paused = (cache or Path(tmp)) / f"{key}.pt"
+            record = records.get(lr)
+            if record is None and memo is not None and memo.is_file():
+                record = {**json.loads(memo.read_text()), "resumed_from": str(memo)}
+                print(f"  lr {lr:<8g} {epochs_text(record)} earlier: reused {memo}", flush=True)
+            if record is not None and (record["ended"] or len(record["history"]) >= epoch):
+                records[lr] = record
+                return record
+            if record is not None and not paused.is_file():
+                print(f"  lr {lr:<8g} its paused state {paused} is gone: trained again from epoch 1", flush=True)
+            elif record is not None:
+                print(f"  lr {lr:<8g} continues from epoch {len(record['history'])}", flush=True)
             start = time.perf_counter()
             log = runs.train(name, tuning.seed, {**variant, "lr": lr}, model_cfg, train_cfg, Path(tmp) / f"lr{lr:g}",
-                             tokenized, on_epoch=(lambda _folder, lr=lr: on_epoch(lr)) if on_epoch else None)
+                             tokenized, on_epoch=(lambda _folder, lr=lr: on_epoch(lr)) if on_epoch else None,
+                             pause_after=epoch if epoch < train_cfg.max_epochs else None, checkpoint=paused)
             t = log["training"]
-            trials.append({"lr": lr, "best_val_f1": t["best_val_f1"], "best_val_loss": t["best_val_loss"],
+            earlier = (record or {}).get("wall_time_s", 0.0) if t.get("resumed_at_epoch") else 0.0
+            records[lr] = {"lr": lr, "best_val_f1": t["best_val_f1"], "best_val_loss": t["best_val_loss"],
                            "best_epoch": t["best_epoch"], "epochs_run": t["epochs_run"],
-                           "stop_reason": t.get("stop_reason"), "wall_time_s": time.perf_counter() - start,
-                           "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss")} for r in log["history"]]})
+                           "stop_reason": t.get("stop_reason"), "ended": not t.get("paused", False),
+                           "wall_time_s": earlier + time.perf_counter() - start,
+                           "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss", "elapsed_s") if k in r}
+                                       for r in log["history"]]}
             if memo is not None:
-                write_json(memo, trials[-1])
+                write_json(memo, records[lr])
+            if records[lr]["ended"]:
+                paused.unlink(missing_ok=True)  # a finished trial answers every later question from its record
+            return records[lr]
 
-        for lr in declared:
-            trial(lr)
-        while len(extended) < tuning.extend and (wider_lr := next_lr(trials)) is not None:
-            print(f"  best lr at the {grid_edge(trials)} end of the grid: extending it to {wider_lr:g}", flush=True)
-            extended.append(wider_lr)
-            trial(wider_lr)
-    trials.sort(key=lambda t: t["lr"])
-    best = choose(trials)
-    return {"variant": name, "chosen_lr": best["lr"], "tuned": True, "seed": tuning.seed, "selected_on": "best_val_f1",
-            "grid": [t["lr"] for t in trials], "declared_grid": declared, "extended_by": extended,
-            "at_grid_edge": grid_edge(trials), "trials": trials,
+        result = search(declared, tuning, train_cfg.max_epochs, train_cfg.select_on, advance)
+    trials = [{k: v for k, v in t.items() if k != "ended"} for t in result["trials"]]
+    halving = {"rungs": list(tuning.rungs), "keep": tuning.keep, "finalists": result["finalists"],
+               "stopped": [t["lr"] for t in trials if t.get("stop_reason") == "halving"]} if tuning.rungs else None
+    return {"variant": name, "chosen_lr": result["best"]["lr"], "tuned": True, "seed": tuning.seed,
+            "selected_on": "best_val_f1", "grid": [t["lr"] for t in trials], "declared_grid": declared,
+            "extended_by": result["extended_by"], "at_grid_edge": result["at_grid_edge"], "halving": halving,
+            "trials": trials, "epochs_trained": sum(t["epochs_run"] for t in trials),
             "wall_time_s": sum(t["wall_time_s"] for t in trials)}
 
 
-def choose(trials: list[dict]) -> dict:
-    """Best validation F1; ties (within 1e-9) go to the lower validation loss, then the smaller lr."""
-    def key(t):
-        f1 = t["best_val_f1"] if math.isfinite(t["best_val_f1"]) else -1.0
-        return (-round(f1, 9), t["best_val_loss"], t["lr"])
+def epochs_text(record: dict) -> str:
+    return "finished" if record["ended"] else f"paused at epoch {len(record['history'])}"
 
-    return min(trials, key=key)
+
+def replay(recorded: list[dict], declared: list[float], tuning: TuningConfig, max_epochs: int,
+           select_on: str = "f1") -> dict:
+    """search() over recorded trials (each ran the whole schedule: lr and history per epoch) instead of
+    training: the choice the halving rule would have made, and the epochs it would have trained.
+    An lr the rule asks for that was never recorded fails (the replay cannot say what it would give)."""
+    by_lr = {rounded(t["lr"]): {**t, "ended": True} for t in recorded}
+
+    def advance(lr: float, epoch: int) -> dict:
+        if lr not in by_lr:
+            raise LayoutpeftError(f"replay: the rule asks for lr {lr:g}, which the recorded trials never tried")
+        return by_lr[lr]
+
+    result = search(declared, tuning, max_epochs, select_on, advance)
+    return {"chosen_lr": result["best"]["lr"], "finalists": result["finalists"],
+            "epochs": sum(t["epochs_run"] for t in result["trials"]), "trials": result["trials"]}
+
+
+def rank_key(trial: dict) -> tuple:
+    """Best validation F1 first; ties (within 1e-9) go to the lower validation loss, then the smaller lr."""
+    f1 = trial["best_val_f1"] if math.isfinite(trial["best_val_f1"]) else -1.0
+    return (-round(f1, 9), trial["best_val_loss"], trial["lr"])
+
+
+def choose(trials: list[dict]) -> dict:
+    """The best trial by rank_key (the rungs of successive halving rank by the same key)."""
+    return min(trials, key=rank_key)
 
 
 def trial_cache() -> Path | None:
