@@ -4,8 +4,9 @@ Files go to a temporary name beside the target and are renamed over it; folders 
 next to the target and swapped in only once complete. The previous output stays intact
 until the swap. A staging folder is named `.<target>.staging.<pid>.<host>.<random>`: an
 interrupted process removes its own (Ctrl-C, or SIGTERM under errors.run_main), and the next
-staged_dir for the same target removes those a dead process of this host left (SIGKILL). Modes follow the umask (0644 files, 0755 folders by default), never the
-0600/0700 of temporary files.
+staged_dir for the same target removes those a dead process of this host left (SIGKILL).
+Modes follow the umask (0644 files, 0755 folders by default), never the 0600/0700 of
+temporary files.
 """
 from __future__ import annotations
 
