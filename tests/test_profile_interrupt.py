@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 BASE = {"study.variants": ["head"], "study.reference": "head", "study.seeds": [0], "train.max_epochs": 1,
         "variants.prompt_tuning.virtual_tokens": 8, "variants.p_tuning.virtual_tokens": 8}
 PROFILES = {
-    "seed1": {"study.seeds": [1]},
+    "seed1": {"study.seeds": [1], "train.max_epochs": 1},  # sets max_epochs too: an interrupted run leaves 3000
     "long": {"train.max_epochs": 3000, "train.patience": 0},  # long enough to be interrupted mid-training
 }
 OUTPUTS = ["data/raw", "data/tokenized", "data/variants", "metrics/data.json", "models/head-1",
