@@ -55,7 +55,11 @@ def terminate_as_interrupt() -> Callable[[], None]:
     if previous not in (signal.SIG_DFL, None):
         return lambda: None
     signal.signal(signal.SIGTERM, _raise_terminated)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def debug_requested(argv: Sequence[str] | None = None) -> bool:

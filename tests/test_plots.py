@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from test_aggregate import LORA, Study, make_run  # noqa: E402
 
-from layoutpeft import plots  # noqa: E402
+from layoutpeft.study import plots  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

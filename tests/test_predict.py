@@ -185,7 +185,7 @@ LINE = [[100, 100, 160, 120], [170, 100, 230, 120]]
 ])
 def test_an_entity_never_spans_a_large_spatial_gap(third, pieces):
     """Consecutive B/I words in input order form one entity only where they are near each other."""
-    from layoutpeft.predict import entities_of
+    from layoutpeft.use.predict import entities_of
 
     labels = ["B-ANSWER", "I-ANSWER", "I-ANSWER", "O"]
     boxes = [*LINE, third, [0, 0, 10, 10]]

@@ -132,10 +132,9 @@ def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) ->
     """Tokenize FUNSD's two splits (+ the carved validation split) into `out_dir` (Arrow + meta.json).
 
     settings: checkpoint, val_fraction, split_seed, max_length, prompt_reserve."""
-    from datasets import Dataset, DatasetDict
-    from datasets.utils.logging import disable_progress_bar
+    from datasets import Dataset, DatasetDict, disable_progress_bars
 
-    disable_progress_bar()  # "Saving the dataset" bars for a sub-second save: noise in a DVC log
+    disable_progress_bars()  # "Saving the dataset" bars for a sub-second save: noise in a DVC log
 
     from layoutpeft.modeling import load_tokenizer
 

@@ -11,6 +11,7 @@ import json
 import re
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from layoutpeft.funsd import LABELS
 
@@ -262,7 +263,7 @@ def data_lines(tokenized: Path, data_report: Path) -> tuple[list[str], int | Non
 def card_metadata(log: dict, info: dict, scores: dict | None) -> dict:
     """The YAML front matter: Hugging Face card fields (base_model only where it is a Hub id)."""
     adapter = info["kind"] == "adapter"
-    meta = {"library_name": "peft" if adapter else "transformers"}
+    meta: dict[str, Any] = {"library_name": "peft" if adapter else "transformers"}
     if hub_id := base_model_id(info["checkpoint"]):
         meta["base_model"] = hub_id
     meta.update({"pipeline_tag": "token-classification",
