@@ -2,15 +2,20 @@
 
 Files go to a temporary name beside the target and are renamed over it; folders are built
 next to the target and swapped in only once complete. The previous output stays intact
-until the swap. Modes follow the umask (0644 files, 0755 folders by default), never the
-0600/0700 of temporary files.
+until the swap. A staging folder is named `.<target>.staging.<pid>.<host>.<random>`: an
+interrupted process removes its own (Ctrl-C, or SIGTERM under errors.run_main), and the next
+staged_dir for the same target removes those a dead process of this host left (SIGKILL).
+Modes follow the umask (0644 files, 0755 folders by default), never the 0600/0700 of
+temporary files.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -77,12 +82,43 @@ def swap_in(staged: Path, target: Path) -> None:
         shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.staging."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove staging folders of `target` left by dead processes of this host; returns them."""
+    prefix, host = _staging_prefix(target), socket.gethostname()
+    removed = []
+    for path in target.parent.glob(glob.escape(prefix) + "*"):
+        pid_text, _, rest = path.name[len(prefix):].partition(".")
+        owner_host = rest.rpartition(".")[0]
+        if not pid_text.isdigit() or owner_host != host or _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | Path) -> Iterator[Path]:
-    """Yield an empty folder beside `target`; on success it replaces `target`, on error it is removed."""
+    """Yield an empty folder beside `target`; on success it replaces `target`, on error or
+    interrupt it is removed. Stale staging folders of `target` (killed processes) go first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    remove_stale_staging(target)
+    prefix = f"{_staging_prefix(target)}{os.getpid()}.{socket.gethostname()}."
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
     try:
         yield tmp
         swap_in(tmp, target)

@@ -29,6 +29,12 @@ class Document:
     labels: list[str] = field(default_factory=list)
     n_words_raw: int = 0  # words in the annotation, empty ones included
     n_entities: int = 0
+    clamped: list[str] = field(default_factory=list)  # where a kept word's box lay outside the page
+
+
+def outside_page(box, width: int, height: int) -> bool:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return min(x0, y0, x1, y1) < 0 or max(x0, x1) > width or max(y0, y1) > height
 
 
 def normalize_box(box, width: float, height: float) -> list[int]:
@@ -91,6 +97,8 @@ def parse_annotation(annotation: dict, width: int, height: int, source: str, lab
             _check_box(word["box"], w_where)
             if str(word["text"]).strip():  # empty words carry nothing to label
                 kept.append(word)
+                if outside_page(word["box"], width, height):
+                    doc.clamped.append(f"{w_where} box {word['box']} on a {width}x{height} page")
         for word, label_text in zip(kept, entity_labels(entity_type(label, label_map or {}), len(kept)), strict=True):
             doc.words.append(str(word["text"]).strip())
             doc.boxes.append(normalize_box(word["box"], width, height))

@@ -143,6 +143,7 @@ def load_model(checkpoint: str, position_init: str = "zero", quantization_config
         kwargs["attn_implementation"] = attn_implementation
     if dtype is not None:
         kwargs["dtype"] = dtype
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: noise in a DVC log
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we say what is new below
     try:

@@ -584,13 +584,15 @@ def test_study_json_is_the_compact_metrics_file(no_png, tmp_path):
     summary = s.run()
     metrics = strict_json(s.read("study.json"))
     assert list(metrics) == ["lora", "full", "ghost"]
-    assert all(list(v) == ["f1", "f1_ci95", "delta_f1", "p", "p_holm"] for v in metrics.values())
+    assert all(list(v) == ["f1_pct", "f1_ci95_pct", "delta_f1_pct", "p", "p_holm"] for v in metrics.values())
     lora = summary["variants"]["lora"]
-    assert metrics["lora"] == {"f1": lora["f1"]["mean"], "f1_ci95": pytest.approx(T975_DF2 * 0.02 / math.sqrt(3)),
-                               "delta_f1": lora["vs_reference"]["mean_diff"], "p": lora["vs_reference"]["p_value"],
+    # F1 points (percent), as summary.md prints them: 72.0 ± 5.0, not 0.72
+    assert metrics["lora"] == {"f1_pct": pytest.approx(72.0), "f1_ci95_pct": pytest.approx(100 * T975_DF2 * 0.02 / math.sqrt(3)),
+                               "delta_f1_pct": pytest.approx(100 * lora["vs_reference"]["mean_diff"]),
+                               "p": lora["vs_reference"]["p_value"],
                                "p_holm": lora["vs_reference"]["p_value"]}  # a family of one: Holm changes nothing
-    assert metrics["full"]["delta_f1"] is None and metrics["full"]["p"] is None      # the reference
-    assert metrics["ghost"] == {"f1": None, "f1_ci95": None, "delta_f1": None, "p": None, "p_holm": None}
+    assert metrics["full"]["delta_f1_pct"] is None and metrics["full"]["p"] is None      # the reference
+    assert metrics["ghost"] == {"f1_pct": None, "f1_ci95_pct": None, "delta_f1_pct": None, "p": None, "p_holm": None}
     assert len(s.read("study.json")) < len(s.read("summary.json")) / 10
 
 
@@ -630,8 +632,9 @@ def test_dvc_exp_show_lists_f1_first(no_png, study):
        "commit", "-q", "-m", "study")
     header = sh(sys.executable, "-m", "dvc", "exp", "show", "--md", "--no-pager").splitlines()[0]
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns[:6] == ["Experiment", "Created", "full.f1", "full.f1_ci95", "lora.f1", "lora.f1_ci95"], columns
-    assert columns.index("lora.delta_f1") < columns.index("train.words")
+    assert columns[:6] == ["Experiment", "Created", "full.f1_pct", "full.f1_ci95_pct", "lora.f1_pct",
+                           "lora.f1_ci95_pct"], columns
+    assert columns.index("lora.delta_f1_pct") < columns.index("train.words")
     shown = json.loads(sh(sys.executable, "-m", "dvc", "metrics", "show", "--json"))
     files = list(next(iter(shown.values()))["data"])
     assert files == ["metrics/study.json", "metrics/data.json"], files

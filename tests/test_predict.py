@@ -170,3 +170,31 @@ def test_same_stem_twice_gets_two_pngs(workspace, tmp_path, capsys):
     assert code == 0, streams.err
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["form-2.png", "form.png"]
     shutil.rmtree(tmp_path / "pngs")
+
+
+# Word boxes (pixels) of one 20-pixel-high text line and what follows it.
+LINE = [[100, 100, 160, 120], [170, 100, 230, 120]]
+
+
+@pytest.mark.parametrize("third, pieces", [
+    ([100, 125, 150, 145], [[0, 1, 2]]),      # the next line of a wrapped block: one entity
+    ([240, 100, 290, 120], [[0, 1, 2]]),      # the next word on the same line
+    ([100, 600, 150, 620], [[0, 1], [2]]),    # half a page below: a new entity
+    ([500, 102, 560, 122], [[0, 1], [2]]),    # same line, across a 270-pixel blank (another column)
+    ([100, 165, 150, 185], [[0, 1], [2]]),    # after a blank line taller than a word
+])
+def test_an_entity_never_spans_a_large_spatial_gap(third, pieces):
+    """Consecutive B/I words in input order form one entity only where they are near each other."""
+    from layoutpeft.use.predict import entities_of
+
+    labels = ["B-ANSWER", "I-ANSWER", "I-ANSWER", "O"]
+    boxes = [*LINE, third, [0, 0, 10, 10]]
+    found = entities_of(labels, boxes, [0.9, 0.8, 0.7, 0.5], ["a", "b", "c", "d"])
+    assert [e["words"] for e in found] == pieces
+    assert {e["type"] for e in found} == {"ANSWER"}
+    for entity in found:  # each piece's own union box, not one covering the gap
+        span = [boxes[i] for i in entity["words"]]
+        assert entity["box"] == [min(b[0] for b in span), min(b[1] for b in span),
+                                 max(b[2] for b in span), max(b[3] for b in span)]
+    if len(pieces) == 2:
+        assert found[1]["box"] == third and found[1]["score"] == 0.7

@@ -1,8 +1,11 @@
 """layoutpeft profile: profiles.yaml -> `dvc exp run -S ...`, checked before dvc runs; the `layoutpeft` command."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
+import signal
 import shutil
 import subprocess
 import sys
@@ -133,14 +136,55 @@ def test_unparsable_extra_value_is_refused(files):
         build_command("tiny", ["-S", "data.url=https://x.example/a?b=1&c=2"], **files)
 
 
-def test_runs_dvc_without_print(files, monkeypatch):
+def test_runs_dvc_without_print(files, monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(profile.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.chdir(tmp_path)  # the successful run is recorded in .dvc/tmp/ here
+    monkeypatch.setattr(profile, "run_forwarding_signals", lambda cmd, env: calls.append((cmd, env)) or (0, None))
     assert main(["tiny", "-n", "t1"], **files) == 0
     [(cmd, env)] = calls
-    assert cmd == DVC + ["-S", "study.variants=[full]", "-S", "train.max_epochs=1", "-n", "t1"]
+    # the same dvc, through layoutpeft.quiet_dvc (DVC's first-run "No file hash info" lines filtered)
+    assert cmd == [sys.executable, "-m", "layoutpeft.quiet_dvc", "exp", "run",
+                   "-S", "study.variants=[full]", "-S", "train.max_epochs=1", "-n", "t1"]
     # dvc runs the stages' `python -m stages.*` through the shell: this interpreter must win
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert json.loads((tmp_path / profile.RECORD).read_text())["experiment"] == "t1"
+
+
+def test_a_workspace_run_is_named_and_others_are_not(files, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(profile, "run_forwarding_signals", lambda cmd, env: calls.append(cmd) or (1, None))
+    assert main(["tiny"], **files) == 1
+    assert main(["tiny", "--temp"], **files) == 1
+    assert calls[0][-2] == "-n" and re.fullmatch(r"tiny-\d{8}-\d{6}", calls[0][-1])
+    assert "-n" not in calls[1]
+    assert not (tmp_path / profile.RECORD).exists()  # a failed run is never recorded
+    assert profile.experiment_name("ci+offline", now=0) == "ci-offline-19700101-000000"
+
+
+def test_a_forwarded_signal_is_one_sigint_to_the_child_group(tmp_path):
+    """SIGTERM to this process reaches the child (its own process group) as SIGINT."""
+    script = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGINT, lambda s, f: sys.exit(7))\n"
+              "open(sys.argv[1], 'w').close()\n"
+              "time.sleep(60)\n")
+    ready = tmp_path / "ready"
+    killer = __import__("threading").Thread(target=lambda: (wait_for(ready), os.kill(os.getpid(), signal.SIGTERM)))
+    before = signal.getsignal(signal.SIGTERM)
+    killer.start()
+    status, received = profile.run_forwarding_signals([sys.executable, "-c", script, str(ready)], dict(os.environ))
+    killer.join()
+    assert (status, received) == (7, signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers put back
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_study_reference_must_be_studied(files, capsys):
@@ -285,3 +329,19 @@ def test_cli_unknown_command():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines()[0] == "layoutpeft: error: unknown command 'profiel'"
     assert "usage: layoutpeft <command>" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_times_in_profiles_yaml_say_when_where_and_in_what_precision():
+    """A time without its date, CPU and precision misleads (12 min here against a documented 6)."""
+    blocks, block = [], []
+    for line in (ROOT / "profiles.yaml").read_text().splitlines() + [""]:
+        if line.startswith("#"):
+            block.append(line)
+        elif block:
+            blocks.append(" ".join(block))
+            block = []
+    timed = [b for b in blocks if re.search(r"\b\d+(\.\d+)? ?(s|min|h)\b", b)]
+    assert len(timed) >= 3
+    for text in timed:
+        assert re.search(r"20\d\d-\d\d-\d\d", text) and re.search(r"Xeon|EPYC|CPU", text) \
+            and re.search(r"fp32|bf16", text), text

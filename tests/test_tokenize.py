@@ -66,9 +66,10 @@ def test_report_counts(tokenized):
     assert train["windows"] + val["windows"] == 9  # train_03 makes two
     assert train["tokens"] + val["tokens"] == 6 * 16 + 17 + 66 + 2 * 9 == 197
     # seed 0 holds out train_04 (a standard form with one [UNK])
-    assert val == {"documents": 1, "words": 9, "words_raw": 9, "entities": 6, "windows": 1, "tokens": 18,
+    assert train["boxes_clamped"] == 1  # train_02's `company` box, [-10, -5, 250, 130] on a 200 x 100 page
+    assert val == {"documents": 1, "words": 9, "words_raw": 9, "entities": 6, "boxes_clamped": 0, "windows": 1, "tokens": 18,
                    "unk_share": pytest.approx(1 / 18), "pad_share_at_max_length": pytest.approx(1 - 18 / 56)}
-    assert test == {"documents": 3, "words": 77, "words_raw": 77, "entities": 19, "windows": 4,
+    assert test == {"documents": 3, "words": 77, "words_raw": 77, "entities": 19, "boxes_clamped": 0, "windows": 4,
                     "tokens": 98 + 2 * 4, "unk_share": 0.0,
                     "pad_share_at_max_length": pytest.approx(1 - 106 / (4 * 56))}
     assert report["window_length"] == 56
@@ -108,6 +109,20 @@ def test_clamped_box_and_unk(tokenized):
     assert row["input_ids"][-2] == UNK and row["labels"][-2] == O
     (row,) = rows_of(dataset, "test_02")  # a 400 x 200 page: every box halves
     assert row["bbox"][1] == [25, 25, 150, 75]
+
+
+def test_clamped_boxes_are_counted_and_named(tmp_path, raw_dir, tiny_checkpoint, capsys):
+    """A box outside its page is clamped (as before) but no longer silently: one line, and a count per split."""
+    report = tk.tokenize(raw_dir, tmp_path / "tokenized", tmp_path / "data.json",
+                         {**SETTINGS, "checkpoint": str(tiny_checkpoint)})
+    assert report["train"]["boxes_clamped"] + report["validation"]["boxes_clamped"] == 1
+    assert json.loads((tmp_path / "data.json").read_text())["train"]["boxes_clamped"] == 1
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("tokenize:")] == [
+        f"tokenize: 1 word box(es) outside their page image clamped to the page edge (counted in "
+        f"{tmp_path / 'data.json'} as boxes_clamped), e.g. {raw_dir / 'training_data' / 'annotations' / 'train_02.json'}: "
+        "form[0].words[0] box [-10, -5, 250, 130] on a 200x100 page"]
+    assert "Saving the dataset" not in err  # datasets' progress bar: noise in a DVC log
 
 
 def test_empty_words_dropped(tokenized):

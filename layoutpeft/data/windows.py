@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,8 @@ def split_report(documents: list[Document], records: list[dict], unk_id: int, ma
         "words": sum(len(d.words) for d in documents),
         "words_raw": sum(d.n_words_raw for d in documents),
         "entities": sum(d.n_entities for d in documents),
+        # Word boxes outside their page image, clamped to it (predict refuses such boxes instead).
+        "boxes_clamped": sum(len(d.clamped) for d in documents),
         "windows": len(records),
         "tokens": tokens,
         "unk_share": unk / tokens if tokens else 0.0,
@@ -135,7 +138,9 @@ def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) ->
 
     settings: checkpoint, val_fraction, split_seed, max_length, prompt_reserve, labels (data.labels),
     dataset_columns and dataset_boxes (data.dataset.*, for a dataset snapshot in raw_dir/dataset)."""
-    from datasets import Dataset, DatasetDict
+    from datasets import Dataset, DatasetDict, disable_progress_bars
+
+    disable_progress_bars()  # "Saving the dataset" bars for a sub-second save: noise in a DVC log
 
     from layoutpeft.modeling import load_tokenizer
 
@@ -166,6 +171,11 @@ def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) ->
         # The tokenizer trap in NOTES.md: a 5-token vocabulary makes everything [UNK].
         raise WindowingError(f"{report['unk_share']:.1%} of tokens are [UNK]: the tokenizer of "
                              f"{settings['checkpoint']} looks broken (vocabulary of {len(tokenizer)})")
+
+    clamped = [where for docs in splits.values() for d in docs for where in d.clamped]
+    if clamped:
+        print(f"tokenize: {len(clamped)} word box(es) outside their page image clamped to the page edge "
+              f"(counted in {report_path} as boxes_clamped), e.g. {clamped[0]}", file=sys.stderr)
 
     meta = {"labels": labels, "entity_types": entity_types(labels), "label_map": label_map,
             "checkpoint": settings["checkpoint"], "window_length": window_length,

@@ -151,40 +151,33 @@ def _ci_err(stats: Sequence[dict | None]) -> list[list[float]]:
     return [low, high]
 
 
-def figures(folder: Path, summary: dict, curves: list[list]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
+def _empty(ax, text: str) -> None:
+    """Say plainly that there is nothing to plot, on a blank panel (no axes to misread)."""
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)
+
+
+def rank_figure(summary: dict):
+    """F1 against rank per rank series, the reference as a band; a plain note when no sweep ran."""
     import matplotlib.pyplot as plt
 
-    images = folder / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    variants = summary["variants"]
-    reference = summary["reference"]
+    variants, reference = summary["variants"], summary["reference"]
     ref_f1 = variants[reference]["f1"] if reference in variants else None
-
-    def empty(ax, text):
-        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(images / name, dpi=120)
-        plt.close(fig)
-
-    # F1 vs rank
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[str, list[list]] = {}
     for row in rank_rows(summary):
         series.setdefault(row[0], []).append(row)
+    if not series:
+        _empty(ax, "No rank sweep ran in this study: no method was trained at two or more ranks\n"
+                   "(add e.g. lora_r4 and lora to study.variants), so there is no F1-vs-rank curve.")
+        return fig
     for label, rows in series.items():
         rs = [r[2] for r in rows]
         line, = ax.plot(rs, [100 * r[3] for r in rows], marker="o", label=f"{label} ({rows[0][6]})")
         if all(r[4] is not None for r in rows):
             ax.fill_between(rs, [100 * r[4] for r in rows], [100 * r[5] for r in rows],
                             color=line.get_color(), alpha=0.2)
-    if series:
-        ax.set_xscale("log", base=2)
-    else:
-        empty(ax, "no rank sweep with 2+ ranks in this study")
+    ax.set_xscale("log", base=2)
     if ref_f1:
         ax.axhline(100 * ref_f1["mean"], color="black", linestyle="--", label=f"{reference} (reference)")
         if ref_f1["ci95_low"] is not None:
@@ -192,81 +185,110 @@ def figures(folder: Path, summary: dict, curves: list[list]) -> None:
     ax.set_xlabel("rank r (log2)")
     ax.set_ylabel("test F1 (%)")
     ax.set_title("F1 vs rank (mean over seeds, 95 % CI)")
-    if series or ref_f1:
-        ax.legend(fontsize=8)
-    save(fig, "f1_vs_rank.png")
+    ax.legend(fontsize=8)
+    return fig
 
-    # Pareto: F1 vs the method's own trainable weights (head has none: a symmetric log axis shows 0)
+
+def pareto_figure(summary: dict):
+    """F1 against the method's own trainable weights (head has none: a symmetric log axis shows 0);
+    the front drawn (and in the legend) only with 2+ optimal points, labels kept inside the axes."""
+    import matplotlib.pyplot as plt
+
+    variants, reference = summary["variants"], summary["reference"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     rows = [r for r in pareto_rows(summary) if r[2] >= 0]
+    if not rows:
+        _empty(ax, "No variant with a test F1 and a parameter count to plot.")
+        return fig
     for row in rows:
-        stat = variants[row[0]]["f1"]
-        is_ref = row[0] == reference
+        stat, is_ref = variants[row[0]]["f1"], row[0] == reference
         ax.errorbar([row[2]], [100 * row[4]], yerr=[[100 * e[0]] for e in _ci_err([stat])],
                     fmt="*" if is_ref else "o", markersize=12 if is_ref else 5,
                     color="crimson" if is_ref else ("tab:blue" if row[7] else "tab:grey"), capsize=2)
-        ax.annotate(row[0], (row[2], 100 * row[4]), textcoords="offset points", xytext=(4, 3),
-                    fontsize=7 if row[7] or is_ref else 6, color="black" if row[7] or is_ref else "dimgrey")
+    # Labels right of each point, but left of the right-most ones so that none leaves the axes.
+    right_most = max(r[2] for r in rows)
+    for row in rows:
+        on_left = row[2] == right_most and len(rows) > 1
+        ax.annotate(row[0], (row[2], 100 * row[4]), textcoords="offset points", xytext=(-6 if on_left else 6, 3),
+                    ha="right" if on_left else "left", annotation_clip=False,
+                    fontsize=7 if row[7] or row[0] == reference else 6,
+                    color="black" if row[7] or row[0] == reference else "dimgrey")
     front = sorted((r[2], 100 * r[4]) for r in rows if r[7])
-    if front:
+    if len(front) >= 2:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue",
                 alpha=0.6, label="Pareto front")
+    ax.plot([], [], "o", color="tab:blue", label="Pareto-optimal")
+    if any(not r[7] for r in rows):
         ax.plot([], [], "o", color="tab:grey", label="dominated")
-        ax.set_xscale("symlog", linthresh=1000)
-        top = max(1000, max(r[2] for r in rows))
-        ax.set_xticks([0] + [10 ** k for k in range(3, math.ceil(math.log10(top)) + 1)])
-        ax.legend(fontsize=8)
-    else:
-        empty(ax, "no variant with F1 and parameter counts")
+    ax.set_xscale("symlog", linthresh=1000)
+    top = max(1000, max(r[2] for r in rows))
+    ax.set_xticks([0] + [10 ** k for k in range(3, math.ceil(math.log10(top)) + 1)])
+    ax.margins(x=0.15, y=0.1)
+    ax.legend(fontsize=8)
     split = all(variants[r[0]].get("method_params") is not None for r in rows)
     ax.set_xlabel("the method's own trainable weights (symlog; head and new 2-D tables left out)" if split
                   else "trainable parameters (symlog)")
     ax.set_ylabel("test F1 (%)")
     ax.set_title(("F1 vs the method's own weights" if split else "F1 vs trainable parameters")
-                 + (f" (★ = {reference})" if ref_f1 else ""))
-    save(fig, "pareto.png")
+                 + (f" (★ = {reference})" if reference in variants else ""))
+    return fig
 
-    # Cost bars
-    for key, name, xlabel in (("train_time_s", "train_time.png", "train time (s)"),
-                              ("peak_memory_mb", "peak_memory.png", "peak memory (MB)")):
-        names = sorted((n for n, e in variants.items() if e[key]), key=lambda n: variants[n][key]["mean"])
-        fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
-        if names:
-            stats_ = [variants[n][key] for n in names]
-            ax.barh(names, [s["mean"] for s in stats_], xerr=_ci_err(stats_), capsize=2,
-                    color=["crimson" if n == reference else "tab:blue" for n in names])
-        else:
-            empty(ax, "no data")
-        ax.set_xlabel(xlabel + ", mean over seeds, 95 % CI")
-        ax.tick_params(axis="y", labelsize=7)
-        save(fig, name)
 
-    # Learning curves: validation loss, mean over seeds per epoch
+def cost_figure(summary: dict, key: str, xlabel: str):
+    """Horizontal bars of a per-variant cost (mean over seeds, 95 % CI)."""
+    import matplotlib.pyplot as plt
+
+    variants, reference = summary["variants"], summary["reference"]
+    names = sorted((n for n, e in variants.items() if e[key]), key=lambda n: variants[n][key]["mean"])
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
+    if not names:
+        _empty(ax, "No run recorded this cost.")
+        return fig
+    stats_ = [variants[n][key] for n in names]
+    ax.barh(names, [s["mean"] for s in stats_], xerr=_ci_err(stats_), capsize=2,
+            color=["crimson" if n == reference else "tab:blue" for n in names])
+    ax.set_xlabel(xlabel + ", mean over seeds, 95 % CI")
+    ax.tick_params(axis="y", labelsize=7)
+    return fig
+
+
+def curves_figure(curves: list[list]):
+    """Validation loss per epoch (mean over seeds), one line per variant; whole-number epoch ticks."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(8, 5))
     by_variant: dict[str, dict[int, list[float]]] = {}
     for variant, _seed, epoch, _train, val_loss, _f1 in curves:
         if val_loss is not None:
             by_variant.setdefault(variant, {}).setdefault(epoch, []).append(val_loss)
-    if by_variant:
-        cmap = plt.get_cmap("tab20")
-        for i, (variant, epochs) in enumerate(by_variant.items()):
-            xs = sorted(epochs)
-            ax.plot(xs, [sum(epochs[x]) / len(epochs[x]) for x in xs], label=variant,
-                    color=cmap(i % 20), linestyle="-" if i < 20 else "--", linewidth=1.2)
-        ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    else:
-        empty(ax, "no history in the run files")
+    if not by_variant:
+        _empty(ax, "No per-epoch history in the run files.")
+        return fig
+    cmap = plt.get_cmap("tab20")
+    for i, (variant, epochs) in enumerate(by_variant.items()):
+        xs = sorted(epochs)
+        ax.plot(xs, [sum(epochs[x]) / len(epochs[x]) for x in xs], label=variant, marker="o", markersize=3,
+                color=cmap(i % 20), linestyle="-" if i < 20 else "--", linewidth=1.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation loss (mean over seeds)")
     ax.set_title("Validation loss")
-    save(fig, "learning_curves.png")
+    return fig
 
-    # lr tuning: validation F1 against lr, one line per variant
+
+def lr_figure(summary: dict):
+    """Validation F1 against lr, one line per tuned variant, the chosen lr starred."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 5))
-    rows = lr_rows(summary)
     by_variant: dict[str, list[list]] = {}
-    for row in rows:
+    for row in lr_rows(summary):
         by_variant.setdefault(row[0], []).append(row)
+    if not by_variant:
+        _empty(ax, "No lr tuning in this study (study.tune_lr: false).")
+        return fig
     for variant, points in by_variant.items():
         points.sort(key=lambda r: r[1])
         line, = ax.plot([r[1] for r in points], [100 * r[2] for r in points], marker="o", label=variant)
@@ -278,15 +300,30 @@ def figures(folder: Path, summary: dict, curves: list[list]) -> None:
                 ax.plot([row[1]], [100 * row[2]], marker="o", markersize=9, markerfacecolor="white",
                         color=line.get_color(), linestyle="none")
                 ax.annotate(f"{row[4]}", (row[1], 100 * row[2]), fontsize=6, ha="center", va="center")
-    if by_variant:
-        ax.set_xscale("log")
-        ax.legend(fontsize=7, ncol=2)
-    else:
-        empty(ax, "no lr tuning in this study (study.tune_lr: false)")
+    ax.set_xscale("log")
+    ax.legend(fontsize=7, ncol=2)
     ax.set_xlabel("learning rate (log)")
     ax.set_ylabel("best validation entity F1 (%)")
     ax.set_title("lr tuning on validation (★ = chosen; ○ n = stopped at epoch n by successive halving)")
-    save(fig, "lr_tuning.png")
+    return fig
+
+
+def figures(folder: Path, summary: dict, curves: list[list]) -> None:
+    """Every PNG under folder/images/."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    made = {"f1_vs_rank.png": rank_figure(summary), "pareto.png": pareto_figure(summary),
+            "train_time.png": cost_figure(summary, "train_time_s", "train time (s)"),
+            "peak_memory.png": cost_figure(summary, "peak_memory_mb", "peak memory (MB)"),
+            "learning_curves.png": curves_figure(curves), "lr_tuning.png": lr_figure(summary)}
+    for name, fig in made.items():
+        fig.tight_layout()
+        fig.savefig(images / name, dpi=120)
+        plt.close(fig)
 
 
 def lr_rows(summary: dict) -> list[list]:

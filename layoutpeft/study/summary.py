@@ -392,12 +392,17 @@ def json_text(data: Any) -> str:
 
 def study_metrics(summary: dict) -> dict:
     """metrics/study.json, the DVC metrics file: per variant (study order) mean test F1, the
-    half-width of its 95 % interval, and the paired difference with the reference and its p."""
+    half-width of its 95 % interval and the paired difference with the reference, in F1 points
+    (percent, as summary.md prints them; the `_pct` names say so in `dvc exp show`), and its p."""
+    def points(value: float | None) -> float | None:
+        return None if value is None else 100 * value
+
     out = {}
     for name, e in summary["variants"].items():
         vs = e["vs_reference"] or {}
-        out[name] = {"f1": (e["f1"] or {}).get("mean"), "f1_ci95": half_width(e["f1"]),
-                     "delta_f1": vs.get("mean_diff"), "p": vs.get("p_value"), "p_holm": vs.get("p_holm")}
+        out[name] = {"f1_pct": points((e["f1"] or {}).get("mean")), "f1_ci95_pct": points(half_width(e["f1"])),
+                     "delta_f1_pct": points(vs.get("mean_diff")), "p": vs.get("p_value"),
+                     "p_holm": vs.get("p_holm")}
     return out
 
 

@@ -170,17 +170,36 @@ def window_settings(tokenized: str | Path, checkpoint: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- predicting
+def detached(a: list[float], b: list[float]) -> bool:
+    """Whether word box `b` lies too far from the word box `a` before it to continue one entity:
+    on the same line (vertical overlap of at least half the lower word's height) a blank wider
+    than 3 word heights (another column), else a blank taller than one word height (not the next
+    line of a wrapped block). FUNSD's multi-line answers and headers wrap onto adjacent lines."""
+    height = max(a[3] - a[1], b[3] - b[1], 1)
+    overlap_y = min(a[3], b[3]) - max(a[1], b[1])
+    if overlap_y >= 0.5 * min(a[3] - a[1], b[3] - b[1]):
+        return max(b[0] - a[2], a[0] - b[2], 0) > 3 * height
+    return max(b[1] - a[3], a[1] - b[3], 0) > height
+
+
 def entities_of(labels: list[str], boxes: list[list[float]], scores: list[float], words: list[str]) -> list[dict]:
-    """Entities as seqeval (conlleval mode, as scored) reads the labels: type, words, union box."""
+    """Entities as seqeval (conlleval mode, as scored) reads the labels, split where a word is
+    detached from the one before it (`detached`): an entity never spans a large spatial gap.
+    Each has its type, words, text, union box and mean score."""
     from seqeval.metrics.sequence_labeling import get_entities
 
     found = []
     for kind, start, end in get_entities(list(labels)):
-        span = range(start, end + 1)
-        box = [min(boxes[i][0] for i in span), min(boxes[i][1] for i in span),
-               max(boxes[i][2] for i in span), max(boxes[i][3] for i in span)]
-        found.append({"type": kind, "words": list(span), "text": " ".join(words[i] for i in span),
-                      "box": box, "score": sum(scores[i] for i in span) / len(span)})
+        pieces = [[start]]
+        for i in range(start + 1, end + 1):
+            if detached(boxes[i - 1], boxes[i]):
+                pieces.append([])
+            pieces[-1].append(i)
+        for span in pieces:
+            box = [min(boxes[i][0] for i in span), min(boxes[i][1] for i in span),
+                   max(boxes[i][2] for i in span), max(boxes[i][3] for i in span)]
+            found.append({"type": kind, "words": span, "text": " ".join(words[i] for i in span),
+                          "box": box, "score": sum(scores[i] for i in span) / len(span)})
     return found
 
 
