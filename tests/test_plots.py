@@ -65,7 +65,7 @@ def test_a_rank_sweep_is_plotted_with_the_reference(tmp_path):
         s.add(make_run("lora", seed, 0.68 + 0.01 * seed, params=LORA))
     fig = plots.rank_figure(s.run())
     (ax,) = fig.axes
-    assert ax.axison and legend_labels(ax) == ["lora", "full (reference)"]
+    assert ax.axison and legend_labels(ax) == ["lora (alpha = 2r, scale 2)", "full (reference)"]  # the rank convention named
     assert list(ax.lines[0].get_xdata()) == [4, 16]
 
 

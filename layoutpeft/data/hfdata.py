@@ -18,7 +18,7 @@ from pathlib import Path
 
 from layoutpeft.atomic import staged_dir
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.funsd import Document, normalize_box
+from layoutpeft.funsd import Document, normalize_box, outside_page
 from layoutpeft.labels import mapped_bio
 
 SNAPSHOT = "dataset"  # data/raw/dataset: the declared splits, saved as train / test
@@ -139,6 +139,8 @@ def documents_of(split, columns: dict[str, str], box_mode: str, label_map: dict,
                 if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0
                         and height > 0):
                     raise DatasetInputError(f"{where}: page size {width!r} x {height!r} is not two positive numbers")
+                if outside_page(box, width, height):
+                    doc.clamped.append(f"{where}: word {w_index} box {list(box)} on a {width}x{height} page")
                 box = normalize_box(box, width, height)
             text = str(word).strip()
             if not text:  # empty words carry nothing to label (as in the zip route)
