@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup study test test-fast lint-strict benchmark ci-study report
+.PHONY: setup study test test-fast benchmark ci-study report
 BASE   ?= main
 # Stages run `python -m stages.<name>` through the shell: put the venv first on PATH.
 # `layoutpeft` is the venv's console script (pyproject [project.scripts]).
@@ -26,6 +26,7 @@ study: setup
 # Everything: lint, type check, every test (the end-to-end DVC studies included). CI runs this.
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
@@ -35,18 +36,10 @@ test: setup
 SMOKE := tests/test_pipeline_data.py::test_dvc_repro_tokenize
 test-fast: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"
 	$(BIN)/python -m pytest -q $(SMOKE)
-
-# Wider lint rules and the formatter, not yet part of `make test`: import order (I), bugbear (B),
-# pyupgrade (UP). To switch on: run `ruff check --extend-select $(STRICT_RULES) --fix .` and
-# `ruff format .` once, move STRICT_RULES into pyproject's [tool.ruff.lint] select, add
-# `ruff format --check .` to `test`.
-STRICT_RULES := I,B,UP
-lint-strict: setup
-	$(BIN)/ruff check --extend-select $(STRICT_RULES) .
-	$(BIN)/ruff format --check .
 
 benchmark: setup
 	$(RUN) $(BIN)/dvc repro tokenize

@@ -4,6 +4,7 @@ A script imports it before layoutpeft (`import _common` works because Python put
 own folder, benchmarks/, first on sys.path), so `python benchmarks/<script>.py` measures this
 checkout's code even where another copy of layoutpeft is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ def argument_parser(doc: str | None, *, training: bool = False) -> argparse.Argu
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if training:
         parser.add_argument("--params", default="params.yaml", help="params.yaml to read train/model settings from")
-        parser.add_argument("--checkpoint", default=OFFLINE_CHECKPOINT,
-                            help="model.checkpoint spec (default: the offline MiniLM package)")
+        parser.add_argument(
+            "--checkpoint", default=OFFLINE_CHECKPOINT, help="model.checkpoint spec (default: the offline MiniLM package)"
+        )
     return parser

@@ -9,6 +9,7 @@ dynamic padding, length groups), arms in rotating order, so background load hits
 alike. Reports the median over rounds of real tokens/s per arm and its ratio to the first arm,
 with the load average before and after. Settings not named in an arm come from params.yaml.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from _common import argument_parser
-
+from layoutpeft.config import ModelConfig, TrainConfig, load_params
+from layoutpeft.data.batching import batches, load_meta, load_windows
+from layoutpeft.labels import LEGACY_LABELS  # the benchmarks measure FUNSD's three types
 from layoutpeft.train import engine
 from layoutpeft.train.device import autocast, frozen_weights_dtype, hold_frozen_weights, resolve_precision
-from layoutpeft.data.batching import batches, load_meta, load_windows
-from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
 from layoutpeft.train.variants import expand_sweeps, resolve
-from layoutpeft.labels import LEGACY_LABELS  # the benchmarks measure FUNSD's three types
+
+from _common import argument_parser
 
 
 def parse_arm(text: str) -> dict:
@@ -47,12 +48,23 @@ def load_setup(params_path: str, method: str) -> tuple[TrainConfig, dict, int, l
     batches one epoch of seed 0 makes (params.yaml's batch size, dynamic padding, length groups)."""
     params = load_params(params_path)
     base = TrainConfig.from_params(params)
-    variant = validate_variant(method, resolve(method, expand_sweeps(params["variants"], params.get("sweeps") or {})),
-                               params["data"]["prompt_reserve"])
+    variant = validate_variant(
+        method, resolve(method, expand_sweeps(params["variants"], params.get("sweeps") or {})), params["data"]["prompt_reserve"]
+    )
     n_virtual = n_virtual_tokens(variant)
     meta, train = load_meta(), load_windows("train")
-    chosen = [b for _, b in batches(train, base.batch_size, meta["pad_token_id"], shuffle=True,
-                                    group_by_length=base.group_by_length, seed=0, n_virtual=n_virtual)]
+    chosen = [
+        b
+        for _, b in batches(
+            train,
+            base.batch_size,
+            meta["pad_token_id"],
+            shuffle=True,
+            group_by_length=base.group_by_length,
+            seed=0,
+            n_virtual=n_virtual,
+        )
+    ]
     return base, variant, n_virtual, chosen
 
 
@@ -60,15 +72,24 @@ def new_arm(text: str, base: TrainConfig, variant: dict, checkpoint: str, device
     """One arm: the settings `text` (key=value,...) over `base`, its model (seed 0) and AdamW."""
     cfg = dataclasses.replace(base, **parse_arm(text))
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(checkpoint, "zero"), variant, device, Schedule(1000, 8), cfg.attention,
-                                  labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(checkpoint, "zero"), variant, device, Schedule(1000, 8), cfg.attention, labels=LEGACY_LABELS
+    )
     dtype = resolve_precision(cfg.precision, device)
     hold_frozen_weights(model, frozen_weights_dtype(cfg.frozen_weights, variant, device, dtype))
     model.train()
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return {"name": text, "cfg": cfg, "model": engine.compiled(model, cfg.compile), "optimizer": optimizer,
-            "trainable": trainable, "dtype": resolve_precision(cfg.precision, device), "rates": [], "cursor": 0}
+    return {
+        "name": text,
+        "cfg": cfg,
+        "model": engine.compiled(model, cfg.compile),
+        "optimizer": optimizer,
+        "trainable": trainable,
+        "dtype": resolve_precision(cfg.precision, device),
+        "rates": [],
+        "cursor": 0,
+    }
 
 
 def train_step(arm: dict, batch: dict, n_virtual: int, device: torch.device) -> None:
@@ -111,22 +132,40 @@ def main(argv=None) -> None:
     for arm in arms:  # warm-up (and, for compile, the compilation) outside the timed rounds
         arm["warmup_s"] = run(arm, 1)[1]
     for round_ in range(args.rounds):
-        order = arms[round_ % len(arms):] + arms[:round_ % len(arms)]
+        order = arms[round_ % len(arms) :] + arms[: round_ % len(arms)]
         for arm in order:
             arm["cursor"] = round_ * args.steps  # every arm sees the same batches in a round
             tokens, seconds = run(arm, args.steps)
             arm["rates"].append(tokens / seconds)
-        print(f"round {round_}: " + "  ".join(f"{a['name']}: {a['rates'][-1]:.0f}" for a in arms)
-              + f"  (load {loadavg()})", flush=True)
+        print(
+            f"round {round_}: " + "  ".join(f"{a['name']}: {a['rates'][-1]:.0f}" for a in arms) + f"  (load {loadavg()})",
+            flush=True,
+        )
     ref = statistics.median(arms[0]["rates"])
-    result = {"method": args.method, "rounds": args.rounds, "steps_per_round": args.steps, "threads":
-              torch.get_num_threads(), "load_start": load_start, "load_end": loadavg(), "arms": [
-                  {"arm": a["name"], "median_tokens_per_s": statistics.median(a["rates"]), "rates": a["rates"],
-                   "vs_first": statistics.median(a["rates"]) / ref, "warmup_s": a["warmup_s"]} for a in arms]}
+    result = {
+        "method": args.method,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "threads": torch.get_num_threads(),
+        "load_start": load_start,
+        "load_end": loadavg(),
+        "arms": [
+            {
+                "arm": a["name"],
+                "median_tokens_per_s": statistics.median(a["rates"]),
+                "rates": a["rates"],
+                "vs_first": statistics.median(a["rates"]) / ref,
+                "warmup_s": a["warmup_s"],
+            }
+            for a in arms
+        ],
+    }
     print(f"{args.method}, {torch.get_num_threads()} threads, load {load_start} -> {result['load_end']}")
     for a in result["arms"]:
-        print(f"  {a['arm']:45s} {a['median_tokens_per_s']:7.0f} real tok/s  {a['vs_first']:.2f}x  "
-              f"(first step {a['warmup_s']:.1f}s)")
+        print(
+            f"  {a['arm']:45s} {a['median_tokens_per_s']:7.0f} real tok/s  {a['vs_first']:.2f}x  "
+            f"(first step {a['warmup_s']:.1f}s)"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

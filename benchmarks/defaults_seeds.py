@@ -19,6 +19,7 @@ the table from whatever is there: per arm the mean validation F1 with its 95 % t
 paired difference with the baseline over shared seeds (CI, p), test F1, best epochs and seconds
 per epoch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,17 +31,17 @@ from pathlib import Path
 
 import yaml
 
-from _common import ROOT, argument_parser
-
-from layoutpeft.train import runs
-from layoutpeft.study import stats
 from layoutpeft.atomic import write_json
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, load_params
-from layoutpeft.study.formatting import p_value
 from layoutpeft.hardware import simd_flags
 from layoutpeft.provenance import describe
+from layoutpeft.study import stats
+from layoutpeft.study.formatting import p_value
+from layoutpeft.train import runs
 from layoutpeft.train.tuning import code_files, environment_key
 from layoutpeft.train.variants import studied_variants
+
+from _common import ROOT, argument_parser
 
 BASELINE = "baseline"
 LIBRARIES = ("torch", "transformers", "peft")
@@ -81,16 +82,21 @@ def reusable(record: dict, variant: dict, cfg: TrainConfig, model_cfg: ModelConf
     env = record.get("train_environment") or record.get("environment") or {}
     key = environment_key()  # the versions a tuning trial's key holds too
     here = {lib: key[lib] for lib in LIBRARIES}
-    same_variant = {k: v for k, v in record["variant_params"].items() if k != "lr_grid"} == \
-        {k: v for k, v in variant.items() if k != "lr_grid"}
+    same_variant = {k: v for k, v in record["variant_params"].items() if k != "lr_grid"} == {
+        k: v for k, v in variant.items() if k != "lr_grid"
+    }
     # a record from before model.architecture existed was built as auto (from the checkpoint) does now
-    same_model = all(record["model"].get(k, "auto" if k == "architecture" else None) == v
-                     for k, v in model_cfg.as_dict().items())
+    same_model = all(record["model"].get(k, "auto" if k == "architecture" else None) == v for k, v in model_cfg.as_dict().items())
     # read back as params.yaml is, so a key added later with a neutral default still compares equal
     same_train = TrainConfig.from_params({"train": record["train_params"]}) == cfg
-    return (same_variant and same_model and same_train
-            and all(env.get(k) == here[k] for k in here) and env.get("cpu_threads") == threads
-            and training_code_unchanged(env.get("git_commit")))
+    return (
+        same_variant
+        and same_model
+        and same_train
+        and all(env.get(k) == here[k] for k in here)
+        and env.get("cpu_threads") == threads
+        and training_code_unchanged(env.get("git_commit"))
+    )
 
 
 def same_cpu_as_earlier(out: Path) -> None:
@@ -101,8 +107,10 @@ def same_cpu_as_earlier(out: Path) -> None:
     for path in sorted(out.glob("*.json")):
         flags = (json.loads(path.read_text()).get("environment") or {}).get("cpu_flags")
         if flags is not None and flags != here:
-            raise SystemExit(f"{path}: trained on a CPU with flags {' '.join(flags)}; this one has "
-                             f"{' '.join(here) or 'none of them'}: continue on such a CPU, or start a new --out")
+            raise SystemExit(
+                f"{path}: trained on a CPU with flags {' '.join(flags)}; this one has "
+                f"{' '.join(here) or 'none of them'}: continue on such a CPU, or start a new --out"
+            )
 
 
 def same_every_arm_as_earlier(out: Path, every_arm: dict) -> None:
@@ -110,8 +118,10 @@ def same_every_arm_as_earlier(out: Path, every_arm: dict) -> None:
     for path in sorted(out.glob("*.json")):
         earlier = json.loads(path.read_text()).get("every_arm", {})
         if earlier != every_arm:
-            raise SystemExit(f"{path}: trained with --every-arm {arm_name(earlier) if earlier else 'none'}, "
-                             f"not {arm_name(every_arm) if every_arm else 'none'}: pass the same, or start a new --out")
+            raise SystemExit(
+                f"{path}: trained with --every-arm {arm_name(earlier) if earlier else 'none'}, "
+                f"not {arm_name(every_arm) if every_arm else 'none'}: pass the same, or start a new --out"
+            )
 
 
 def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: Path) -> None:
@@ -124,29 +134,63 @@ def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: 
         record = json.loads(record_path.read_text())
         if reusable(record, variant, cfg, model_cfg, torch.get_num_threads()):
             t = record["training"]
-            write_json(out, {"arm": name, "overrides": overrides, "every_arm": args.every_arm_overrides, "seed": seed,
-                             "variant": args.variant,
-                             "lr": variant["lr"], "best_val_f1": t["best_val_f1"], "best_epoch": t["best_epoch"],
-                             "epoch_time_s": t["epoch_time_s"], "test_f1": record["scores"]["f1"],
-                             "reused_from": str(record_path), "environment": record.get("environment")})
+            write_json(
+                out,
+                {
+                    "arm": name,
+                    "overrides": overrides,
+                    "every_arm": args.every_arm_overrides,
+                    "seed": seed,
+                    "variant": args.variant,
+                    "lr": variant["lr"],
+                    "best_val_f1": t["best_val_f1"],
+                    "best_epoch": t["best_epoch"],
+                    "epoch_time_s": t["epoch_time_s"],
+                    "test_f1": record["scores"]["f1"],
+                    "reused_from": str(record_path),
+                    "environment": record.get("environment"),
+                },
+            )
             print(f"{name} seed {seed}: reused {record_path}", flush=True)
             return
-        print(f"{name} seed {seed}: {record_path} is not what this arm trains (settings, versions, threads "
-              "or training code differ): training it", flush=True)
+        print(
+            f"{name} seed {seed}: {record_path} is not what this arm trains (settings, versions, threads "
+            "or training code differ): training it",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory(prefix="defaults-seeds-") as tmp:
         run_dir = Path(tmp) / "run"
         start = time.perf_counter()
         log = runs.train(f"{args.variant}[{name}]", seed, variant, model_cfg, cfg, run_dir, Path(args.tokenized))
-        scored = runs.evaluate(run_dir, dataclasses.replace(EvaluateConfig.from_params(params), timing_repeats=1),
-                               Path(args.tokenized), Path(tmp) / "record.json")
+        scored = runs.evaluate(
+            run_dir,
+            dataclasses.replace(EvaluateConfig.from_params(params), timing_repeats=1),
+            Path(args.tokenized),
+            Path(tmp) / "record.json",
+        )
     t = log["training"]
-    write_json(out, {"arm": name, "overrides": overrides, "every_arm": args.every_arm_overrides, "seed": seed,
-                     "variant": args.variant, "lr": variant["lr"],
-                     "best_val_f1": t["best_val_f1"], "best_epoch": t["best_epoch"], "epoch_time_s": t["epoch_time_s"],
-                     "test_f1": scored["scores"]["f1"], "wall_time_s": time.perf_counter() - start,
-                     "environment": describe(torch.device("cpu"))})
-    print(f"{name} seed {seed}: validation F1 {t['best_val_f1']:.4f} (epoch {t['best_epoch']}), "
-          f"test F1 {scored['scores']['f1']:.4f}", flush=True)
+    write_json(
+        out,
+        {
+            "arm": name,
+            "overrides": overrides,
+            "every_arm": args.every_arm_overrides,
+            "seed": seed,
+            "variant": args.variant,
+            "lr": variant["lr"],
+            "best_val_f1": t["best_val_f1"],
+            "best_epoch": t["best_epoch"],
+            "epoch_time_s": t["epoch_time_s"],
+            "test_f1": scored["scores"]["f1"],
+            "wall_time_s": time.perf_counter() - start,
+            "environment": describe(torch.device("cpu")),
+        },
+    )
+    print(
+        f"{name} seed {seed}: validation F1 {t['best_val_f1']:.4f} (epoch {t['best_epoch']}), "
+        f"test F1 {scored['scores']['f1']:.4f}",
+        flush=True,
+    )
 
 
 def report(out_dir: Path) -> str:
@@ -159,12 +203,15 @@ def report(out_dir: Path) -> str:
     base = {r["seed"]: r for r in arms.get(BASELINE, [])}
     first = results[0]
     every_arm = first.get("every_arm") or {}
-    lines = [f"{first['variant']} at lr {first['lr']:g}"
-             + (f" with {arm_name(every_arm)} in every arm" if every_arm else "")
-             + "; validation F1 decides, test F1 for information "
-             "(mean ± 95 % t half-width over seeds; Δ paired with the baseline over shared seeds, in points)", "",
-             "| arm | seeds | val F1 | Δ val F1 vs baseline | test F1 | Δ test F1 | best epochs | s/epoch |",
-             "|---|---|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        f"{first['variant']} at lr {first['lr']:g}"
+        + (f" with {arm_name(every_arm)} in every arm" if every_arm else "")
+        + "; validation F1 decides, test F1 for information "
+        "(mean ± 95 % t half-width over seeds; Δ paired with the baseline over shared seeds, in points)",
+        "",
+        "| arm | seeds | val F1 | Δ val F1 vs baseline | test F1 | Δ test F1 | best epochs | s/epoch |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
 
     def cell(values):
         s = stats.seed_stats(values)
@@ -181,10 +228,12 @@ def report(out_dir: Path) -> str:
 
     for name in sorted(arms, key=lambda a: (a != BASELINE, a)):
         rows = sorted(arms[name], key=lambda r: r["seed"])
-        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in rows)} | {cell([r['best_val_f1'] for r in rows])} | "
-                     f"{delta(rows, 'best_val_f1')} | {cell([r['test_f1'] for r in rows])} | {delta(rows, 'test_f1')} | "
-                     f"{', '.join(str(r['best_epoch']) for r in rows)} | "
-                     f"{sum(r['epoch_time_s'] for r in rows) / len(rows):.0f} |")
+        lines.append(
+            f"| {name} | {', '.join(str(r['seed']) for r in rows)} | {cell([r['best_val_f1'] for r in rows])} | "
+            f"{delta(rows, 'best_val_f1')} | {cell([r['test_f1'] for r in rows])} | {delta(rows, 'test_f1')} | "
+            f"{', '.join(str(r['best_epoch']) for r in rows)} | "
+            f"{sum(r['epoch_time_s'] for r in rows) / len(rows):.0f} |"
+        )
     return "\n".join(lines)
 
 

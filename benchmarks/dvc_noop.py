@@ -10,6 +10,7 @@ times `dvc repro` (and `dvc status`) `--repeats` times. It fails if `dvc repro` 
 
     python benchmarks/dvc_noop.py            # prints the figures, writes benchmarks/results/
 """
+
 from __future__ import annotations
 
 import datetime
@@ -47,8 +48,12 @@ def write_stand_in(path: Path, stage: str) -> int:
         return 1
     path.mkdir(parents=True, exist_ok=True)
     if path.as_posix() == "data/raw":  # the FUNSD zip: 199 forms, one PNG and one JSON each
-        names = [f"dataset/{split}/{kind}/{i:04d}.{ext}" for split, n in (("training_data", 149), ("testing_data", 50))
-                 for i in range(n) for kind, ext in (("annotations", "json"), ("images", "png"))]
+        names = [
+            f"dataset/{split}/{kind}/{i:04d}.{ext}"
+            for split, n in (("training_data", 149), ("testing_data", 50))
+            for i in range(n)
+            for kind, ext in (("annotations", "json"), ("images", "png"))
+        ]
     elif path.as_posix() == "data/tokenized":
         names = [f"{split}/data-00000-of-00001.arrow" for split in ("train", "validation", "test")]
         names += [f"{split}/{f}" for split in ("train", "validation", "test") for f in ("dataset_info.json", "state.json")]
@@ -57,8 +62,14 @@ def write_stand_in(path: Path, stage: str) -> int:
         params = yaml.safe_load(Path("params.yaml").read_text())
         names = [f"{v}.json" for v in params["study"]["variants"]]
     elif path.parts[0] == "models":  # an adapter run: weights, config, logs, DVCLive folder
-        names = ["adapter_model.safetensors", "adapter_config.json", "train_log.json",
-                 "live/metrics.json", "live/plots/metrics/train/loss.tsv", "live/plots/metrics/val/loss.tsv"]
+        names = [
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "train_log.json",
+            "live/metrics.json",
+            "live/plots/metrics/train/loss.tsv",
+            "live/plots/metrics/val/loss.tsv",
+        ]
     else:  # plots/
         names = ["f1_vs_rank.csv", "pareto.csv", "cost.csv", "learning_curves.csv", "images/pareto.png"]
     for name in names:
@@ -110,17 +121,25 @@ def main(argv=None) -> None:
 
     result: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "dvc": dvc_package.__version__},
-        "stages": len(stages), "tracked_outputs": len(outs), "output_files": n_files,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "dvc": dvc_package.__version__,
+        },
+        "stages": len(stages),
+        "tracked_outputs": len(outs),
+        "output_files": n_files,
         "commit_s": commit_s,
         "repro_noop_s": {"median": statistics.median(repro), "min": min(repro), "max": max(repro), "values": repro},
         "status_s": {"median": statistics.median(status), "min": min(status), "max": max(status), "values": status},
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }
     print(f"default study: {result['stages']} stages, {n_files} output files")
-    print(f"dvc repro, nothing changed: median {result['repro_noop_s']['median']:.1f} s "
-          f"(min {min(repro):.1f}, max {max(repro):.1f}, {args.repeats} runs)")
+    print(
+        f"dvc repro, nothing changed: median {result['repro_noop_s']['median']:.1f} s "
+        f"(min {min(repro):.1f}, max {max(repro):.1f}, {args.repeats} runs)"
+    )
     print(f"dvc status:                 median {result['status_s']['median']:.1f} s")
     out = Path(args.out or ROOT / f"benchmarks/results/{result['date']}-dvc-noop.json")
     out.parent.mkdir(parents=True, exist_ok=True)

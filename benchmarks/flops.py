@@ -16,6 +16,7 @@ Approximation: "below" is module registration order, which for a BERT layer list
 value one after another, so the key/value input gradients of the first trained layer count even
 when only the query is trained (a small over-count; LoRA's targets start at layer 0).
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,5 +64,9 @@ def training_flops(model, lengths: list[int], n_virtual: int = 0) -> dict:
         for key, value in layer_flops(model, length, n_virtual).items():
             totals[key] += value
     tokens = sum(lengths)
-    return {**totals, "tokens": tokens, "per_token": totals["total"] / max(tokens, 1),
-            "forward_per_token": totals["forward"] / max(tokens, 1)}
+    return {
+        **totals,
+        "tokens": tokens,
+        "per_token": totals["total"] / max(tokens, 1),
+        "forward_per_token": totals["forward"] / max(tokens, 1),
+    }

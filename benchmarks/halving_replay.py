@@ -9,17 +9,18 @@ epoch; layoutpeft.train.tuning.replay runs them through the selection code tune@
 so the table says which lr the rule would have chosen and how many tuning epochs it would have
 trained. The grid is the one the study declared (its params.yaml), the extension the profile's.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from _common import ROOT, argument_parser
-
 from layoutpeft.atomic import write_json
 from layoutpeft.config import load_params, load_yaml
 from layoutpeft.train.tuning import TuningConfig, lr_grid, replay
 from layoutpeft.train.variants import resolve
+
+from _common import ROOT, argument_parser
 
 
 def replay_study(study: Path, halving: dict, extend: int) -> list[dict]:
@@ -33,26 +34,41 @@ def replay_study(study: Path, halving: dict, extend: int) -> list[dict]:
         declared = lr_grid(resolve(committed["variant"], params["variants"]), tuning)
         result = replay(committed["trials"], declared, tuning, params["train"]["max_epochs"], params["train"]["select_on"])
         exhaustive = sum(t["epochs_run"] for t in committed["trials"])
-        rows.append({"variant": committed["variant"], "committed_lr": committed["chosen_lr"],
-                     "halving_lr": result["chosen_lr"], "finalists": result["finalists"], "trials": len(declared),
-                     "exhaustive_epochs": exhaustive, "halving_epochs": result["epochs"],
-                     "saved_epochs": exhaustive - result["epochs"]})
+        rows.append(
+            {
+                "variant": committed["variant"],
+                "committed_lr": committed["chosen_lr"],
+                "halving_lr": result["chosen_lr"],
+                "finalists": result["finalists"],
+                "trials": len(declared),
+                "exhaustive_epochs": exhaustive,
+                "halving_epochs": result["epochs"],
+                "saved_epochs": exhaustive - result["epochs"],
+            }
+        )
     return rows
 
 
 def table(rows: list[dict], halving: dict) -> str:
-    lines = [f"Successive halving, rungs {halving['rungs']}, keep {halving['keep']}: chosen lr and tuning epochs", "",
-             "| variant | lrs | chosen lr, exhaustive | chosen lr, halving | same | epochs, exhaustive | epochs, halving "
-             "| saved |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        f"Successive halving, rungs {halving['rungs']}, keep {halving['keep']}: chosen lr and tuning epochs",
+        "",
+        "| variant | lrs | chosen lr, exhaustive | chosen lr, halving | same | epochs, exhaustive | epochs, halving | saved |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['trials']} | {r['committed_lr']:g} | {r['halving_lr']:g} | "
-                     f"{'yes' if r['committed_lr'] == r['halving_lr'] else '**no**'} | {r['exhaustive_epochs']} | "
-                     f"{r['halving_epochs']} | {r['saved_epochs']} |")
+        lines.append(
+            f"| {r['variant']} | {r['trials']} | {r['committed_lr']:g} | {r['halving_lr']:g} | "
+            f"{'yes' if r['committed_lr'] == r['halving_lr'] else '**no**'} | {r['exhaustive_epochs']} | "
+            f"{r['halving_epochs']} | {r['saved_epochs']} |"
+        )
     total = sum(r["exhaustive_epochs"] for r in rows)
     saved = sum(r["saved_epochs"] for r in rows)
     same = sum(r["committed_lr"] == r["halving_lr"] for r in rows)
-    lines.append(f"| all | {sum(r['trials'] for r in rows)} | | | {same}/{len(rows)} | {total} | {total - saved} | "
-                 f"{saved} ({100 * saved / total:.0f} %) |")
+    lines.append(
+        f"| all | {sum(r['trials'] for r in rows)} | | | {same}/{len(rows)} | {total} | {total - saved} | "
+        f"{saved} ({100 * saved / total:.0f} %) |"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ Per (method, precision): one warm-up step, then `--steps` steps of the real trai
 pass (what fit() runs after each epoch), then the same steps again under torch.profiler to split
 forward+backward+optimizer time by op kind (self CPU time). Writes a markdown table.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -19,18 +20,18 @@ from pathlib import Path
 
 import torch
 
-from _common import argument_parser
-
+from layoutpeft import hardware
+from layoutpeft.config import ModelConfig, TrainConfig, load_params
+from layoutpeft.data.batching import batches, load_meta, load_windows, to_device
+from layoutpeft.labels import LEGACY_LABELS  # the benchmarks measure FUNSD's three types
+from layoutpeft.provenance import describe
 from layoutpeft.train import engine
 from layoutpeft.train.device import autocast, resolve_precision
-import flops
-from layoutpeft import hardware
-from layoutpeft.data.batching import batches, load_meta, load_windows, to_device
-from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
-from layoutpeft.provenance import describe
 from layoutpeft.train.variants import expand_sweeps, resolve
-from layoutpeft.labels import LEGACY_LABELS  # the benchmarks measure FUNSD's three types
+
+import flops
+from _common import argument_parser
 
 KINDS = [  # (kind, substrings of aten op names), first match wins
     ("attention", ("scaled_dot_product", "flash_attention", "softmax")),
@@ -67,8 +68,7 @@ def step(model, batch, optimizer, scheduler, n_virtual, device, dtype, trainable
     loss.item()
     t4 = time.perf_counter()
     if phases is not None:
-        for key, value in (("forward", t1 - t0), ("backward", t2 - t1), ("grad clipping", t3 - t2),
-                           ("optimizer", t4 - t3)):
+        for key, value in (("forward", t1 - t0), ("backward", t2 - t1), ("grad clipping", t3 - t2), ("optimizer", t4 - t3)):
             phases[key] += value
 
 
@@ -78,8 +78,7 @@ def profile_one(method, precision, args, params, mp, cfg, train, val, pad_id, de
     n_virtual = n_virtual_tokens(variant)
     dtype = resolve_precision(precision, device)
     engine.seed_everything(0)
-    model, _ = engine.build_model(mp, variant, device, Schedule(1000, 8), cfg.attention,
-                                   labels=LEGACY_LABELS)
+    model, _ = engine.build_model(mp, variant, device, Schedule(1000, 8), cfg.attention, labels=LEGACY_LABELS)
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay)
     scheduler = engine.linear_schedule(optimizer, 0, 1000)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -87,8 +86,9 @@ def profile_one(method, precision, args, params, mp, cfg, train, val, pad_id, de
 
     def batch_list(seed):
         out = []
-        for _, b in batches(train, cfg.batch_size, pad_id, shuffle=True, group_by_length=cfg.group_by_length,
-                            seed=seed, n_virtual=n_virtual):
+        for _, b in batches(
+            train, cfg.batch_size, pad_id, shuffle=True, group_by_length=cfg.group_by_length, seed=seed, n_virtual=n_virtual
+        ):
             out.append(b)
             if len(out) == args.steps:
                 break
@@ -122,14 +122,23 @@ def profile_one(method, precision, args, params, mp, cfg, train, val, pad_id, de
         if event.key.startswith("aten::") or event.key.startswith("mkldnn") or event.key.startswith("Optimizer"):
             kinds[kind_of(event.key)] += event.self_cpu_time_total / 1e6
     # Autograd and Python overhead outside any aten op: the rest of the profiled wall time.
-    return {"method": method, "precision": precision, "steps": len(chosen), "real_tokens": real,
-            "train_s": train_s, "val_s": val_s, "phases": dict(phases), "kinds": dict(kinds), "top": top,
-            "flops_per_token": f["per_token"], "achieved_flops": f["total"] / train_s}
+    return {
+        "method": method,
+        "precision": precision,
+        "steps": len(chosen),
+        "real_tokens": real,
+        "train_s": train_s,
+        "val_s": val_s,
+        "phases": dict(phases),
+        "kinds": dict(kinds),
+        "top": top,
+        "flops_per_token": f["per_token"],
+        "achieved_flops": f["total"] / train_s,
+    }
 
 
 def table(results: list[dict], peaks: dict) -> str:
-    lines = ["| | " + " | ".join(f"{r['method']} {r['precision']}" for r in results) + " |",
-             "|---|" + "---:|" * len(results)]
+    lines = ["| | " + " | ".join(f"{r['method']} {r['precision']}" for r in results) + " |", "|---|" + "---:|" * len(results)]
 
     def row(label, values):
         lines.append(f"| {label} | " + " | ".join(values) + " |")
@@ -137,23 +146,32 @@ def table(results: list[dict], peaks: dict) -> str:
     row("steps / real tokens", [f"{r['steps']} / {r['real_tokens']}" for r in results])
     row("train wall s (phases below)", [f"{r['train_s']:.2f}" for r in results])
     for phase in ("collation", "forward", "backward", "grad clipping", "optimizer"):
-        row(f"&nbsp; {phase}", [f"{r['phases'].get(phase, 0):.2f} ({r['phases'].get(phase, 0) / r['train_s']:.0%})"
-                                for r in results])
+        row(
+            f"&nbsp; {phase}",
+            [f"{r['phases'].get(phase, 0):.2f} ({r['phases'].get(phase, 0) / r['train_s']:.0%})" for r in results],
+        )
     row("validation pass s (once per epoch)", [f"{r['val_s']:.2f}" for r in results])
     row("training GFLOP per real token", [f"{r['flops_per_token'] / 1e9:.4f}" for r in results])
     row("achieved GFLOP/s", [f"{r['achieved_flops'] / 1e9:.0f}" for r in results])
-    row("share of bf16 / fp32 matmul peak", [f"{r['achieved_flops'] / peaks['bf16']:.0%} / "
-                                             f"{r['achieved_flops'] / peaks['fp32']:.0%}" for r in results])
+    row(
+        "share of bf16 / fp32 matmul peak",
+        [f"{r['achieved_flops'] / peaks['bf16']:.0%} / {r['achieved_flops'] / peaks['fp32']:.0%}" for r in results],
+    )
     all_kinds = sorted({k for r in results for k in r["kinds"]}, key=lambda k: -sum(r["kinds"].get(k, 0) for r in results))
-    lines += ["", "Op kinds under torch.profiler (self CPU s over the same steps; share of the sum of op times):", "",
-              "| op kind | " + " | ".join(f"{r['method']} {r['precision']}" for r in results) + " |",
-              "|---|" + "---:|" * len(results)]
+    lines += [
+        "",
+        "Op kinds under torch.profiler (self CPU s over the same steps; share of the sum of op times):",
+        "",
+        "| op kind | " + " | ".join(f"{r['method']} {r['precision']}" for r in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
     for kind in all_kinds:
-        row(kind, [f"{r['kinds'].get(kind, 0):.2f} ({r['kinds'].get(kind, 0) / sum(r['kinds'].values()):.0%})"
-                   for r in results])
+        row(kind, [f"{r['kinds'].get(kind, 0):.2f} ({r['kinds'].get(kind, 0) / sum(r['kinds'].values()):.0%})" for r in results])
     for r in results:
-        lines += ["", f"Top ops, {r['method']} {r['precision']} (self CPU s): "
-                  + ", ".join(f"{name} {sec:.2f}" for sec, name in r["top"])]
+        lines += [
+            "",
+            f"Top ops, {r['method']} {r['precision']} (self CPU s): " + ", ".join(f"{name} {sec:.2f}" for sec, name in r["top"]),
+        ]
     return "\n".join(lines)
 
 
@@ -177,21 +195,24 @@ def main(argv=None) -> None:
     results = []
     for method in args.methods:
         for precision in args.precisions:
-            results.append(profile_one(method, precision, args, params, mp, cfg, train, val, meta["pad_token_id"],
-                                       device))
+            results.append(profile_one(method, precision, args, params, mp, cfg, train, val, meta["pad_token_id"], device))
             print(f"done {method} {precision}: {results[-1]['train_s']:.1f}s", flush=True)
     env = describe(device)
-    head = [f"# CPU training profile, {datetime.date.today().isoformat()}", "",
-            f"Command: `python {' '.join(sys.argv)}`  ",
-            f"Versions: torch {torch.__version__}, transformers {env['transformers']}, peft {env['peft']}; "
-            f"git {env['git_commit']} (modified: {env['code_modified']})  ",
-            f"CPU: {env['cpu_model']}, {torch.get_num_threads()} threads, flags {' '.join(hardware.simd_flags())}  ",
-            f"Load average before/after: {' '.join(load_before)} / {' '.join(open('/proc/loadavg').read().split()[:3])}"
-            f" (shared machine: other jobs ran; re-measure on a quiet one)  ",
-            f"Matmul peak measured in this run (2048x384 @ 384x1536): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-            f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s  ",
-            f"Batch {cfg.batch_size}, group_by_length {cfg.group_by_length}, attention {cfg.attention}, "
-            f"{os.cpu_count()} CPUs", "", ""]
+    head = [
+        f"# CPU training profile, {datetime.date.today().isoformat()}",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Versions: torch {torch.__version__}, transformers {env['transformers']}, peft {env['peft']}; "
+        f"git {env['git_commit']} (modified: {env['code_modified']})  ",
+        f"CPU: {env['cpu_model']}, {torch.get_num_threads()} threads, flags {' '.join(hardware.simd_flags())}  ",
+        f"Load average before/after: {' '.join(load_before)} / {' '.join(open('/proc/loadavg').read().split()[:3])}"
+        f" (shared machine: other jobs ran; re-measure on a quiet one)  ",
+        f"Matmul peak measured in this run (2048x384 @ 384x1536): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s  ",
+        f"Batch {cfg.batch_size}, group_by_length {cfg.group_by_length}, attention {cfg.attention}, {os.cpu_count()} CPUs",
+        "",
+        "",
+    ]
     text = "\n".join(head) + table(results, peaks) + "\n"
     print(text)
     out = Path(args.out or f"benchmarks/results/{datetime.date.today().isoformat()}-cpu-profile.md")

@@ -15,6 +15,7 @@ order, so background load hits all alike. Reported: the median step time and rea
 all timed steps, with the load average before and after, the CPU flags and the command. `layoutpeft publish
 NAME --rerender --quiet-costs <out>/costs.json` puts these figures into a study's table.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -25,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, argument_parser
 
 from layoutpeft.atomic import write_json, write_text
 from layoutpeft.config import DataConfig, ModelConfig, StudyConfig, TrainConfig, load_params
@@ -34,6 +34,8 @@ from layoutpeft.provenance import describe
 from layoutpeft.train import engine
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
 from layoutpeft.train.variants import expand_sweeps, resolve
+
+from _common import ROOT, argument_parser
 
 FUNSD_ZIP = ROOT.parent / "shared" / "funsd" / "dataset.zip"
 
@@ -65,15 +67,28 @@ def tensor_bytes(tensors) -> int:
 class Variant:
     """One variant's model, optimizer and batches, and its measurements."""
 
-    def __init__(self, name: str, settings: dict, params: dict, cfg: TrainConfig, windows: list[dict],
-                 pad: int, steps: int, device: torch.device, labels: list[str]):
+    def __init__(
+        self,
+        name: str,
+        settings: dict,
+        params: dict,
+        cfg: TrainConfig,
+        windows: list[dict],
+        pad: int,
+        steps: int,
+        device: torch.device,
+        labels: list[str],
+    ):
         self.name, self.settings, self.cfg, self.device, self.labels = name, settings, cfg, device, labels
         self.model_cfg = ModelConfig.from_params(params)
         self.n_virtual = n_virtual_tokens(settings)
         self.dtype = engine.resolve_precision(cfg.precision, device)
-        self.batches = [b for _, b in batches(windows, cfg.batch_size, pad, shuffle=True,
-                                              group_by_length=cfg.group_by_length, seed=0,
-                                              n_virtual=self.n_virtual)][:steps + 1]
+        self.batches = [
+            b
+            for _, b in batches(
+                windows, cfg.batch_size, pad, shuffle=True, group_by_length=cfg.group_by_length, seed=0, n_virtual=self.n_virtual
+            )
+        ][: steps + 1]
         self.times: list[float] = []
         self.tokens: list[int] = []
         self.memory: dict = {}
@@ -82,11 +97,17 @@ class Variant:
         """The model (seed 0, so every round starts from the same weights) and its AdamW; one untimed
         warm-up step, on which the tensor memory is measured."""
         engine.seed_everything(0)
-        self.model, source = engine.build_model(self.model_cfg, self.settings, self.device, Schedule(1000, 8),
-                                                self.cfg.attention, labels=self.labels)
+        self.model, source = engine.build_model(
+            self.model_cfg, self.settings, self.device, Schedule(1000, 8), self.cfg.attention, labels=self.labels
+        )
         self.model.train()
-        self.optimizer = engine.make_optimizer(self.model, self.settings["lr"], self.cfg.weight_decay, self.cfg.adamw,
-                                               engine.new_tables_lr(self.settings, self.model_cfg, source))
+        self.optimizer = engine.make_optimizer(
+            self.model,
+            self.settings["lr"],
+            self.cfg.weight_decay,
+            self.cfg.adamw,
+            engine.new_tables_lr(self.settings, self.model_cfg, source),
+        )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.step(self.batches[0], count_saved=True)
 
@@ -119,12 +140,16 @@ class Variant:
         if count_saved:
             weight_bytes = tensor_bytes(self.model.parameters())
             state = tensor_bytes(t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t))
-            self.memory = {"weights_bytes": weight_bytes, "gradient_bytes": grads, "optimizer_state_bytes": state,
-                           "saved_activation_bytes": sum(saved.values()),
-                           "tensor_peak_bytes": weight_bytes + grads + state + sum(saved.values())}
+            self.memory = {
+                "weights_bytes": weight_bytes,
+                "gradient_bytes": grads,
+                "optimizer_state_bytes": state,
+                "saved_activation_bytes": sum(saved.values()),
+                "tensor_peak_bytes": weight_bytes + grads + state + sum(saved.values()),
+            }
 
     def timed_steps(self, steps: int) -> None:
-        for batch in self.batches[1:steps + 1]:
+        for batch in self.batches[1 : steps + 1]:
             start = time.perf_counter()
             self.step(batch)
             self.times.append(time.perf_counter() - start)
@@ -132,8 +157,12 @@ class Variant:
 
     def result(self) -> dict:
         rates = [n / t for n, t in zip(self.tokens, self.times, strict=True)]
-        return {"step_time_s": statistics.median(self.times), "tokens_per_s": statistics.median(rates),
-                "step_times_s": [round(t, 4) for t in self.times], **self.memory}
+        return {
+            "step_time_s": statistics.median(self.times),
+            "tokens_per_s": statistics.median(rates),
+            "step_times_s": [round(t, 4) for t in self.times],
+            **self.memory,
+        }
 
 
 def release_freed_heap() -> None:
@@ -163,19 +192,35 @@ def vm_kib(field: str) -> int | None:
 
 
 def report(result: dict) -> str:
-    lines = [f"# Quiet interleaved cost benchmark ({result['date']})", "",
-             f"Command: `{result['command']}`", "",
-             f"{result['method']}. Device: {result['environment']['device_name']}, flags "
-             f"{' '.join(result['environment']['cpu_flags'])}, {result['environment']['cpu_threads']} thread(s); "
-             f"precision {result['precision']}; load average before {result['load_average']['start']}, after "
-             f"{result['load_average']['end']}.", "",
-             "| Variant | Step time (median) | Tokens/s | Weights | Gradients | AdamW state | Saved activations | "
-             "Tensors of one step |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Quiet interleaved cost benchmark ({result['date']})",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"{result['method']}. Device: {result['environment']['device_name']}, flags "
+        f"{' '.join(result['environment']['cpu_flags'])}, {result['environment']['cpu_threads']} thread(s); "
+        f"precision {result['precision']}; load average before {result['load_average']['start']}, after "
+        f"{result['load_average']['end']}.",
+        "",
+        "| Variant | Step time (median) | Tokens/s | Weights | Gradients | AdamW state | Saved activations | "
+        "Tensors of one step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, v in result["variants"].items():
-        lines.append(f"| {name} | {v['step_time_s']:.3f} s | {v['tokens_per_s']:.0f} | "
-                     + " | ".join(f"{v[k] / 1e6:.1f} MB" for k in ("weights_bytes", "gradient_bytes",
-                                                                    "optimizer_state_bytes", "saved_activation_bytes",
-                                                                    "tensor_peak_bytes")) + " |")
+        lines.append(
+            f"| {name} | {v['step_time_s']:.3f} s | {v['tokens_per_s']:.0f} | "
+            + " | ".join(
+                f"{v[k] / 1e6:.1f} MB"
+                for k in (
+                    "weights_bytes",
+                    "gradient_bytes",
+                    "optimizer_state_bytes",
+                    "saved_activation_bytes",
+                    "tensor_peak_bytes",
+                )
+            )
+            + " |"
+        )
     lines += ["", f"Process RSS high-water mark (all models together): {result['rss_hwm_bytes'] / 1e9:.2f} GB.", ""]
     return "\n".join(lines)
 
@@ -205,28 +250,51 @@ def main(argv: list[str]) -> None:
     all_variants = expand_sweeps(params["variants"], params.get("sweeps") or {})
     names = args.variants or list(study.variants)
     load_start = loadavg()
-    built = [Variant(name, validate_variant(name, resolve(name, all_variants), params["data"]["prompt_reserve"]),
-                     params, cfg, windows, pad, args.steps, device, meta["labels"]) for name in names]
+    built = [
+        Variant(
+            name,
+            validate_variant(name, resolve(name, all_variants), params["data"]["prompt_reserve"]),
+            params,
+            cfg,
+            windows,
+            pad,
+            args.steps,
+            device,
+            meta["labels"],
+        )
+        for name in names
+    ]
     for round_index in range(args.rounds):
-        order = built[round_index % len(built):] + built[:round_index % len(built)]
+        order = built[round_index % len(built) :] + built[: round_index % len(built)]
         for variant in order:
             variant.build()
             variant.timed_steps(args.steps)
             variant.drop()
-            print(f"quiet_costs: round {round_index + 1} {variant.name}: one step "
-                  f"{variant.memory['tensor_peak_bytes'] / 1e6:.0f} MB of tensors, step times "
-                  f"{[round(t, 2) for t in variant.times[-args.steps:]]} s, RSS {(vm_kib('VmRSS') or 0) / 1e6:.2f} GB",
-                  flush=True)
+            print(
+                f"quiet_costs: round {round_index + 1} {variant.name}: one step "
+                f"{variant.memory['tensor_peak_bytes'] / 1e6:.0f} MB of tensors, step times "
+                f"{[round(t, 2) for t in variant.times[-args.steps :]]} s, RSS {(vm_kib('VmRSS') or 0) / 1e6:.2f} GB",
+                flush=True,
+            )
         print(f"quiet_costs: round {round_index + 1}/{args.rounds} done, load {loadavg()}", flush=True)
     env = describe(device)
-    result = {"date": datetime.date.today().isoformat(), "command": "python benchmarks/quiet_costs.py " + " ".join(argv),
-              "method": (f"quiet interleaved benchmark: {args.rounds} rounds x {args.steps} optimizer steps per "
-                         "variant, variants alternated, same training batches; tensor memory of one step = weights + "
-                         "gradients + AdamW state + activations saved for backward"),
-              "steps": args.steps, "rounds": args.rounds, "precision": cfg.precision, "params": args.params,
-              "environment": env, "load_average": {"start": load_start, "end": loadavg()},
-              "rss_hwm_bytes": (vm_kib("VmHWM") or 0) * 1024,
-              "variants": {v.name: v.result() for v in built}}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python benchmarks/quiet_costs.py " + " ".join(argv),
+        "method": (
+            f"quiet interleaved benchmark: {args.rounds} rounds x {args.steps} optimizer steps per "
+            "variant, variants alternated, same training batches; tensor memory of one step = weights + "
+            "gradients + AdamW state + activations saved for backward"
+        ),
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "precision": cfg.precision,
+        "params": args.params,
+        "environment": env,
+        "load_average": {"start": load_start, "end": loadavg()},
+        "rss_hwm_bytes": (vm_kib("VmHWM") or 0) * 1024,
+        "variants": {v.name: v.result() for v in built},
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "costs.json", result)
     write_text(args.out / "report.md", report(result))

@@ -5,14 +5,15 @@
 Copies the result's text (without its title) between `<!-- results:<block> -->` and
 `<!-- /results:<block> -->` in benchmarks/README.md (or --readme), with a line naming the file it came from.
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from _common import argument_parser
-
 from layoutpeft.study.publish import update_readme_block
+
+from _common import argument_parser
 
 
 def body_of(result: Path) -> str:

@@ -18,18 +18,19 @@ of its validation F1 difference reaches 0 or above, and the mean difference is n
 Without all seeds of a length and variant, that length is undecided. Writes schedule_length.json
 (the table and the decision) and schedule_length.md beside the per-variant folders.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import defaults_seeds  # benchmarks/, beside this script
-from _common import argument_parser
 
-from layoutpeft.study import stats
 from layoutpeft.atomic import write_json, write_text
 from layoutpeft.config import load_params
+from layoutpeft.study import stats
 
+from _common import argument_parser
 
 
 def arm_for(length: int, study_length: int) -> str:
@@ -51,10 +52,21 @@ def plan(study: Path, variants: list[str], lengths: list[int], seeds: list[int])
     for variant in variants:
         per_epoch = seconds_per_epoch(study, variant)
         epochs = len(seeds) * sum(lengths)
-        rows.append({"variant": variant, "trainings": len(seeds) * len(lengths), "epochs": epochs,
-                     "s_per_epoch": per_epoch, "hours": epochs * per_epoch / 3600})
-    return {"rows": rows, "trainings": sum(r["trainings"] for r in rows), "epochs": sum(r["epochs"] for r in rows),
-            "hours": sum(r["hours"] for r in rows)}
+        rows.append(
+            {
+                "variant": variant,
+                "trainings": len(seeds) * len(lengths),
+                "epochs": epochs,
+                "s_per_epoch": per_epoch,
+                "hours": epochs * per_epoch / 3600,
+            }
+        )
+    return {
+        "rows": rows,
+        "trainings": sum(r["trainings"] for r in rows),
+        "epochs": sum(r["epochs"] for r in rows),
+        "hours": sum(r["hours"] for r in rows),
+    }
 
 
 def results(folder: Path) -> list[dict]:
@@ -65,8 +77,7 @@ def length_of(result: dict, study_length: int) -> int:
     return int(result["overrides"].get("max_epochs", study_length))
 
 
-def decide(by_variant: dict[str, list[dict]], lengths: list[int], study_length: int, seeds: list[int],
-           margin: float) -> dict:
+def decide(by_variant: dict[str, list[dict]], lengths: list[int], study_length: int, seeds: list[int], margin: float) -> dict:
     """The table (per variant and length: validation and test F1 by seed, the paired difference with the
     study's length) and the shortest accepted length (None while a shorter one is undecided)."""
     table: dict[str, dict[str, dict]] = {}
@@ -80,17 +91,25 @@ def decide(by_variant: dict[str, list[dict]], lengths: list[int], study_length: 
         for length in lengths:
             got = by_length.get(length, {})
             val = {s: r["best_val_f1"] for s, r in got.items()}
-            entry: dict = {"seeds": sorted(val), "val_f1": stats.seed_stats(val.values()),
-                           "test_f1": stats.seed_stats(r["test_f1"] for r in got.values()),
-                           "best_epochs": [got[s]["best_epoch"] for s in sorted(got)],
-                           "s_per_epoch": sum(r["epoch_time_s"] for r in got.values()) / len(got) if got else None}
+            entry: dict = {
+                "seeds": sorted(val),
+                "val_f1": stats.seed_stats(val.values()),
+                "test_f1": stats.seed_stats(r["test_f1"] for r in got.values()),
+                "best_epochs": [got[s]["best_epoch"] for s in sorted(got)],
+                "s_per_epoch": sum(r["epoch_time_s"] for r in got.values()) / len(got) if got else None,
+            }
             if length != study_length:
                 c = stats.paired_comparison(val, base)
                 complete = set(seeds) <= set(val) and set(seeds) <= set(base)
-                verdict = ("undecided" if not complete or c is None or c["ci95_high"] is None
-                           else "measurably worse" if c["ci95_high"] < 0
-                           else f"worse by more than {margin:g} points" if 100 * c["mean_diff"] < -margin
-                           else "not measurably worse")
+                verdict = (
+                    "undecided"
+                    if not complete or c is None or c["ci95_high"] is None
+                    else "measurably worse"
+                    if c["ci95_high"] < 0
+                    else f"worse by more than {margin:g} points"
+                    if 100 * c["mean_diff"] < -margin
+                    else "not measurably worse"
+                )
                 entry.update(vs_study_length=c, verdict=verdict)
                 verdicts.setdefault(length, []).append(verdict)
             table[variant][str(length)] = entry
@@ -115,22 +134,36 @@ def report(decision: dict, study_length: int, margin: float) -> str:
         half = stats.half_width(s)
         return f"{100 * s['mean']:.1f}" + (f" ± {100 * half:.1f}" if half is not None else "")
 
-    lines = ["Schedule length on validation (each length a whole annealed schedule; mean ± 95 % t half-width over "
-             f"seeds; Δ paired with {study_length} epochs, in points; test F1 for information only)", "",
-             "| variant | epochs | seeds | val F1 | Δ val F1 [95 % CI] | verdict | test F1 | best epochs | s/epoch |",
-             "|---|---:|---|---:|---:|---|---:|---|---:|"]
+    lines = [
+        "Schedule length on validation (each length a whole annealed schedule; mean ± 95 % t half-width over "
+        f"seeds; Δ paired with {study_length} epochs, in points; test F1 for information only)",
+        "",
+        "| variant | epochs | seeds | val F1 | Δ val F1 [95 % CI] | verdict | test F1 | best epochs | s/epoch |",
+        "|---|---:|---|---:|---:|---|---:|---|---:|",
+    ]
     for variant, by_length in decision["table"].items():
         for length, e in by_length.items():
             c = e.get("vs_study_length")
-            delta = "–" if not c else (f"{100 * c['mean_diff']:+.1f}" + (
-                f" [{100 * c['ci95_low']:+.1f}, {100 * c['ci95_high']:+.1f}]" if c["ci95_low"] is not None else ""))
-            lines.append(f"| {variant} | {length} | {', '.join(map(str, e['seeds'])) or '–'} | {cell(e['val_f1'])} | "
-                         f"{delta} | {e.get('verdict', 'the study length')} | {cell(e['test_f1'])} | "
-                         f"{', '.join(map(str, e['best_epochs'])) or '–'} | "
-                         f"{'–' if e['s_per_epoch'] is None else round(e['s_per_epoch'])} |")
-    lines += ["", f"Rule: the shortest length whose paired validation F1 difference has a 95 % interval reaching 0 "
-              f"and a mean no worse than -{margin:g} points, for every variant. Decision: "
-              f"{decision['max_epochs'] if decision['max_epochs'] is not None else 'undecided'} ({decision['reason']})."]
+            delta = (
+                "–"
+                if not c
+                else (
+                    f"{100 * c['mean_diff']:+.1f}"
+                    + (f" [{100 * c['ci95_low']:+.1f}, {100 * c['ci95_high']:+.1f}]" if c["ci95_low"] is not None else "")
+                )
+            )
+            lines.append(
+                f"| {variant} | {length} | {', '.join(map(str, e['seeds'])) or '–'} | {cell(e['val_f1'])} | "
+                f"{delta} | {e.get('verdict', 'the study length')} | {cell(e['test_f1'])} | "
+                f"{', '.join(map(str, e['best_epochs'])) or '–'} | "
+                f"{'–' if e['s_per_epoch'] is None else round(e['s_per_epoch'])} |"
+            )
+    lines += [
+        "",
+        f"Rule: the shortest length whose paired validation F1 difference has a 95 % interval reaching 0 "
+        f"and a mean no worse than -{margin:g} points, for every variant. Decision: "
+        f"{decision['max_epochs'] if decision['max_epochs'] is not None else 'undecided'} ({decision['reason']}).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -141,8 +174,11 @@ def main(argv=None) -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[15, 20, 30])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--margin", type=float, default=1.0, help="largest accepted mean loss, in F1 points")
-    parser.add_argument("--every-arm", default="", help="train.* overrides for every length alike (defaults_seeds.py), "
-                        "e.g. precision=fp32 on a CPU without bf16 units")
+    parser.add_argument(
+        "--every-arm",
+        default="",
+        help="train.* overrides for every length alike (defaults_seeds.py), e.g. precision=fp32 on a CPU without bf16 units",
+    )
     parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
     parser.add_argument("--out", help="folder of per-variant results (resumable)")
     parser.add_argument("--plan", action="store_true", help="only print the planned trainings and hours")
@@ -154,8 +190,10 @@ def main(argv=None) -> None:
     if args.plan:
         p = plan(study, args.variants, lengths, args.seeds)
         for r in p["rows"]:
-            print(f"{r['variant']}: {r['trainings']} trainings, {r['epochs']} epochs x {r['s_per_epoch']:.1f} s/epoch "
-                  f"(the study's runs) = {r['hours']:.1f} h")
+            print(
+                f"{r['variant']}: {r['trainings']} trainings, {r['epochs']} epochs x {r['s_per_epoch']:.1f} s/epoch "
+                f"(the study's runs) = {r['hours']:.1f} h"
+            )
         print(f"in all: {p['trainings']} trainings, {p['epochs']} epochs, {p['hours']:.1f} h of one-thread training")
         return
     if not args.out:
@@ -163,12 +201,36 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if not args.report:
         for variant in args.variants:
-            defaults_seeds.main(["--study", str(study), "--variant", variant, "--tokenized", args.tokenized,
-                                 "--seeds", *map(str, args.seeds), "--out", str(out / variant), "--every-arm", args.every_arm,
-                                 "--arms", *(arm_for(length, study_length) for length in lengths)])
+            defaults_seeds.main(
+                [
+                    "--study",
+                    str(study),
+                    "--variant",
+                    variant,
+                    "--tokenized",
+                    args.tokenized,
+                    "--seeds",
+                    *map(str, args.seeds),
+                    "--out",
+                    str(out / variant),
+                    "--every-arm",
+                    args.every_arm,
+                    "--arms",
+                    *(arm_for(length, study_length) for length in lengths),
+                ]
+            )
     decision = decide({v: results(out / v) for v in args.variants}, lengths, study_length, args.seeds, args.margin)
-    write_json(out / "schedule_length.json", {"study": str(study), "study_length": study_length, "lengths": lengths,
-                                              "seeds": args.seeds, "margin_points": args.margin, **decision})
+    write_json(
+        out / "schedule_length.json",
+        {
+            "study": str(study),
+            "study_length": study_length,
+            "lengths": lengths,
+            "seeds": args.seeds,
+            "margin_points": args.margin,
+            **decision,
+        },
+    )
     text = report(decision, study_length, args.margin)
     write_text(out / "schedule_length.md", text)
     print(text)

@@ -18,6 +18,7 @@ plus the seeds' trainings; evaluation is not counted, as in the 25.8 h) x torch 
 the nine variants by the subset's share of the reference's hours. Beside it: each variant's chosen lr
 and test F1 against the committed ones (is the new F1 inside the committed 95 % interval?).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,14 +30,14 @@ from pathlib import Path
 
 import yaml
 
-from _common import ROOT, argument_parser
-
-from layoutpeft.train import runs, tuning
-from layoutpeft.train.device import emulated_bf16_warning, resolve_device
 from layoutpeft.atomic import write_json, write_text
 from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, load_params
 from layoutpeft.provenance import describe
+from layoutpeft.train import runs, tuning
+from layoutpeft.train.device import emulated_bf16_warning, resolve_device
 from layoutpeft.train.variants import studied_variants
+
+from _common import ROOT, argument_parser
 
 PROFILE = "reference"
 
@@ -97,11 +98,20 @@ def tune_variant(name: str, variant: dict, params: dict, tokenized: Path, out: P
     if path.is_file():
         print(f"tune {name}: finished earlier ({path})", flush=True)
         return json.loads(path.read_text())
-    result = tuning.tune(name, variant, ModelConfig.from_params(params, check_source=False),
-                         TrainConfig.from_params(params), tuning.TuningConfig.from_params(params), tokenized, scratch=out)
+    result = tuning.tune(
+        name,
+        variant,
+        ModelConfig.from_params(params, check_source=False),
+        TrainConfig.from_params(params),
+        tuning.TuningConfig.from_params(params),
+        tokenized,
+        scratch=out,
+    )
     write_json(path, result)
-    print(f"tune {name}: lr {result['chosen_lr']:g} ({result['epochs_trained']} epochs, "
-          f"{result['wall_time_s'] / 3600:.2f} h)", flush=True)
+    print(
+        f"tune {name}: lr {result['chosen_lr']:g} ({result['epochs_trained']} epochs, {result['wall_time_s'] / 3600:.2f} h)",
+        flush=True,
+    )
     return result
 
 
@@ -110,13 +120,26 @@ def run_seed(name: str, seed: int, variant: dict, params: dict, tokenized: Path,
     if path.is_file():
         return json.loads(path.read_text())
     with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}-{seed}-") as tmp:
-        log = runs.train(name, seed, variant, ModelConfig.from_params(params, check_source=False),
-                         TrainConfig.from_params(params), Path(tmp) / "run", tokenized)
+        log = runs.train(
+            name,
+            seed,
+            variant,
+            ModelConfig.from_params(params, check_source=False),
+            TrainConfig.from_params(params),
+            Path(tmp) / "run",
+            tokenized,
+        )
         # one timed inference pass: the speed is not what this benchmark measures
         evaluate_cfg = dataclasses.replace(EvaluateConfig.from_params(params), timing_repeats=1)
         scored = runs.evaluate(Path(tmp) / "run", evaluate_cfg, tokenized, Path(tmp) / "record.json")
-    record = {"variant": name, "seed": seed, "lr": variant["lr"], "training": log["training"],
-              "test_f1": scored["scores"]["f1"], "environment": scored["environment"]}
+    record = {
+        "variant": name,
+        "seed": seed,
+        "lr": variant["lr"],
+        "training": log["training"],
+        "test_f1": scored["scores"]["f1"],
+        "environment": scored["environment"],
+    }
     write_json(path, record)
     print(f"{name}-{seed}: test F1 {record['test_f1']:.4f} ({log['training']['wall_time_s'] / 3600:.2f} h)", flush=True)
     return record
@@ -137,38 +160,57 @@ def summarise(study: Path, params: dict, names: list[str], out: Path, threads: i
         f1s = [r["test_f1"] for r in seeds]
         ref = committed[name]["f1"]
         mean = sum(f1s) / len(f1s) if f1s else None
-        rows[name] = {"chosen_lr": (tuned or {}).get("chosen_lr"),
-                      "committed_lr": json.loads((study / "lr" / f"{name}.json").read_text())["chosen_lr"],
-                      "tuning_epochs": (tuned or {}).get("epochs_trained"), "seeds": [r["seed"] for r in seeds],
-                      "test_f1_mean": mean, "committed_test_f1": {k: ref[k] for k in ("mean", "ci95_low", "ci95_high")},
-                      "inside_committed_interval": None if mean is None else ref["ci95_low"] <= mean <= ref["ci95_high"],
-                      "cpu_hours": hours * threads, "reference_hours": reference_hours(study, name)}
+        rows[name] = {
+            "chosen_lr": (tuned or {}).get("chosen_lr"),
+            "committed_lr": json.loads((study / "lr" / f"{name}.json").read_text())["chosen_lr"],
+            "tuning_epochs": (tuned or {}).get("epochs_trained"),
+            "seeds": [r["seed"] for r in seeds],
+            "test_f1_mean": mean,
+            "committed_test_f1": {k: ref[k] for k in ("mean", "ci95_low", "ci95_high")},
+            "inside_committed_interval": None if mean is None else ref["ci95_low"] <= mean <= ref["ci95_high"],
+            "cpu_hours": hours * threads,
+            "reference_hours": reference_hours(study, name),
+        }
         rows[name]["same_lr"] = rows[name]["chosen_lr"] == rows[name]["committed_lr"] if tuned else None
     subset_reference = sum(rows[n]["reference_hours"] for n in names)
-    return {"complete": done, "variants": rows, "threads": threads, "subset_cpu_hours": measured,
-            "subset_reference_hours": subset_reference, "reference_cpu_hours": reference_total,
-            # no figure from a subset still running: a partial sum would read as a cheap study
-            "cpu_hours": measured * reference_total / subset_reference if done and subset_reference else None,
-            "extrapolation": "subset CPU-hours x (nine variants' reference hours / the subset's reference hours)",
-            "planned": planned(study, params, all_names), "goal_cpu_hours": reference_total / 3}
+    return {
+        "complete": done,
+        "variants": rows,
+        "threads": threads,
+        "subset_cpu_hours": measured,
+        "subset_reference_hours": subset_reference,
+        "reference_cpu_hours": reference_total,
+        # no figure from a subset still running: a partial sum would read as a cheap study
+        "cpu_hours": measured * reference_total / subset_reference if done and subset_reference else None,
+        "extrapolation": "subset CPU-hours x (nine variants' reference hours / the subset's reference hours)",
+        "planned": planned(study, params, all_names),
+        "goal_cpu_hours": reference_total / 3,
+    }
 
 
 def report(result: dict) -> str:
-    lines = ["| variant | lr (committed) | same lr | tuning epochs | seeds | test F1 (committed 95 % CI) | inside "
-             "| CPU-h (reference) |",
-             "|---|---|---|---:|---|---|---|---:|"]
+    lines = [
+        "| variant | lr (committed) | same lr | tuning epochs | seeds | test F1 (committed 95 % CI) | inside "
+        "| CPU-h (reference) |",
+        "|---|---|---|---:|---|---|---|---:|",
+    ]
     for name, r in result["variants"].items():
         ref = r["committed_test_f1"]
         f1 = "–" if r["test_f1_mean"] is None else f"{100 * r['test_f1_mean']:.1f}"
-        lines.append(f"| {name} | {r['chosen_lr']} ({r['committed_lr']}) | {r['same_lr']} | {r['tuning_epochs']} | "
-                     f"{', '.join(map(str, r['seeds'])) or '–'} | {f1} "
-                     f"({100 * ref['ci95_low']:.1f}–{100 * ref['ci95_high']:.1f}) | "
-                     f"{r['inside_committed_interval']} | {r['cpu_hours']:.2f} ({r['reference_hours']:.2f}) |")
+        lines.append(
+            f"| {name} | {r['chosen_lr']} ({r['committed_lr']}) | {r['same_lr']} | {r['tuning_epochs']} | "
+            f"{', '.join(map(str, r['seeds'])) or '–'} | {f1} "
+            f"({100 * ref['ci95_low']:.1f}–{100 * ref['ci95_high']:.1f}) | "
+            f"{r['inside_committed_interval']} | {r['cpu_hours']:.2f} ({r['reference_hours']:.2f}) |"
+        )
     cpu = result["cpu_hours"]
-    lines += ["", f"Subset: {result['subset_cpu_hours']:.2f} CPU-hours ({result['threads']} thread(s)) against "
-              f"{result['subset_reference_hours']:.2f} h in the reference; nine variants, extrapolated: "
-              f"**{'–' if cpu is None else f'{cpu:.1f}'} CPU-hours** against {result['reference_cpu_hours']:.1f} h "
-              f"(goal ≤ {result['goal_cpu_hours']:.1f})" + ("" if result["complete"] else " — not complete yet") + "."]
+    lines += [
+        "",
+        f"Subset: {result['subset_cpu_hours']:.2f} CPU-hours ({result['threads']} thread(s)) against "
+        f"{result['subset_reference_hours']:.2f} h in the reference; nine variants, extrapolated: "
+        f"**{'–' if cpu is None else f'{cpu:.1f}'} CPU-hours** against {result['reference_cpu_hours']:.1f} h "
+        f"(goal ≤ {result['goal_cpu_hours']:.1f})" + ("" if result["complete"] else " — not complete yet") + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -195,8 +237,10 @@ def main(argv=None) -> None:
             mark = " *" if name in args.variants else ""
             print(f"{name}{mark}: {r['trials']} lrs, {r['epochs']} epochs = {r['hours']:.1f} h")
         subset = sum(rows[n]["hours"] for n in args.variants)
-        print(f"subset (*): {subset:.1f} h of one-thread training; nine variants: {sum(r['hours'] for r in rows.values()):.1f} h "
-              "(s/epoch of the committed runs; no trial stopping on its own, no grid extension)")
+        print(
+            f"subset (*): {subset:.1f} h of one-thread training; nine variants: {sum(r['hours'] for r in rows.values()):.1f} h "
+            "(s/epoch of the committed runs; no trial stopping on its own, no grid extension)"
+        )
         return
     if not args.out:
         raise SystemExit("--out is required (or --plan)")
@@ -217,8 +261,12 @@ def main(argv=None) -> None:
             for seed in params["study"]["seeds"]:
                 run_seed(name, seed, {**variants[name], "lr": chosen}, params, tokenized, out)
             print(f"{name}: done in {(time.perf_counter() - start) / 3600:.2f} h here", flush=True)
-    result = {**summarise(study, params, args.variants, out, args.threads), "overrides": args.overrides,
-              "profile": PROFILE, "environment": describe(resolve_device("cpu"))}
+    result = {
+        **summarise(study, params, args.variants, out, args.threads),
+        "overrides": args.overrides,
+        "profile": PROFILE,
+        "environment": describe(resolve_device("cpu")),
+    }
     write_json(out / "study_cost.json", result)
     text = report(result)
     write_text(out / "study_cost.md", text)

@@ -17,6 +17,7 @@ result is taken from the study's lr/<variant>.json when this machine would train
 study's runs), else trained. Every finished (variant, arm) is one JSON in --out: the script is
 resumable, and processes with disjoint --variants or --arms share the work.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from _common import argument_parser
-from defaults_seeds import LIBRARIES, arm_overrides, same_cpu_as_earlier, same_every_arm_as_earlier, \
-    train_config, training_code_unchanged
+from defaults_seeds import (
+    LIBRARIES,
+    arm_overrides,
+    same_cpu_as_earlier,
+    same_every_arm_as_earlier,
+    train_config,
+    training_code_unchanged,
+)
 
 from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig, load_params
@@ -36,6 +41,8 @@ from layoutpeft.provenance import describe
 from layoutpeft.train import runs
 from layoutpeft.train.tuning import environment_key
 from layoutpeft.train.variants import studied_variants
+
+from _common import argument_parser
 
 FROZEN = "frozen"
 
@@ -52,20 +59,30 @@ def arm_model(params: dict, arm: str) -> ModelConfig:
 
 def study_trial(study: Path, variant: str, params: dict, arm: str, every_arm: dict) -> dict | None:
     """The study's tune@ trial that is exactly this arm, when this machine would train it the same way."""
-    if every_arm or arm == FROZEN or params["model"].get("new_tables", "train") != "train" \
-            or float(arm) != params["model"].get("tables_lr"):
+    if (
+        every_arm
+        or arm == FROZEN
+        or params["model"].get("new_tables", "train") != "train"
+        or float(arm) != params["model"].get("tables_lr")
+    ):
         return None
     tuned = json.loads((study / "lr" / f"{variant}.json").read_text())
     trial = next((t for t in tuned["trials"] if t["lr"] == tuned["chosen_lr"]), None)
     record_path = study / "runs" / f"{variant}-{study_seeds(params)[0]}.json"
     if trial is None or not record_path.is_file():
         return None
-    env = (json.loads(record_path.read_text()).get("train_environment") or {})
+    env = json.loads(record_path.read_text()).get("train_environment") or {}
     here = environment_key()
-    same = (env.get("cpu_flags") == simd_flags() and all(env.get(lib) == here[lib] for lib in LIBRARIES)
-            and training_code_unchanged(env.get("git_commit")))
-    return {**trial, "reused_from": f"{study / 'lr' / f'{variant}.json'} (trial at lr {trial['lr']:g})",
-            "environment": env} if same else None
+    same = (
+        env.get("cpu_flags") == simd_flags()
+        and all(env.get(lib) == here[lib] for lib in LIBRARIES)
+        and training_code_unchanged(env.get("git_commit"))
+    )
+    return (
+        {**trial, "reused_from": f"{study / 'lr' / f'{variant}.json'} (trial at lr {trial['lr']:g})", "environment": env}
+        if same
+        else None
+    )
 
 
 def study_seeds(params: dict) -> list[int]:
@@ -79,22 +96,41 @@ def run_arm(args, params: dict, name: str, variant: dict, arm: str, out: Path) -
     common = {"variant": name, "arm": arm, "lr": variant["lr"], "seed": seed, "every_arm": args.every_arm_overrides}
     reused = study_trial(Path(args.study), name, params, arm, args.every_arm_overrides)
     if reused is not None:
-        write_json(out, {**common, "best_val_f1": reused["best_val_f1"], "best_epoch": reused["best_epoch"],
-                         "epochs_run": reused["epochs_run"], "wall_time_s": reused["wall_time_s"],
-                         "history": reused.get("history"), "reused_from": reused["reused_from"],
-                         "environment": reused["environment"]})
+        write_json(
+            out,
+            {
+                **common,
+                "best_val_f1": reused["best_val_f1"],
+                "best_epoch": reused["best_epoch"],
+                "epochs_run": reused["epochs_run"],
+                "wall_time_s": reused["wall_time_s"],
+                "history": reused.get("history"),
+                "reused_from": reused["reused_from"],
+                "environment": reused["environment"],
+            },
+        )
         print(f"{name} tables {arm}: reused {reused['reused_from']}", flush=True)
         return
     cfg = train_config(params, {})
     with tempfile.TemporaryDirectory(prefix="tables-lr-") as tmp:
         start = time.perf_counter()
-        log = runs.train(f"{name}[tables {arm}]", seed, variant, arm_model(params, arm), cfg, Path(tmp) / "run",
-                         Path(args.tokenized))
+        log = runs.train(
+            f"{name}[tables {arm}]", seed, variant, arm_model(params, arm), cfg, Path(tmp) / "run", Path(args.tokenized)
+        )
     t = log["training"]
-    write_json(out, {**common, "best_val_f1": t["best_val_f1"], "best_epoch": t["best_epoch"],
-                     "epochs_run": t["epochs_run"], "wall_time_s": time.perf_counter() - start,
-                     "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss")} for r in log["history"]],
-                     "parameters": log["parameters"], "environment": describe(torch.device("cpu"))})
+    write_json(
+        out,
+        {
+            **common,
+            "best_val_f1": t["best_val_f1"],
+            "best_epoch": t["best_epoch"],
+            "epochs_run": t["epochs_run"],
+            "wall_time_s": time.perf_counter() - start,
+            "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss")} for r in log["history"]],
+            "parameters": log["parameters"],
+            "environment": describe(torch.device("cpu")),
+        },
+    )
     print(f"{name} tables {arm}: validation F1 {t['best_val_f1']:.4f} (epoch {t['best_epoch']})", flush=True)
 
 
@@ -104,24 +140,41 @@ def report(out: Path) -> str:
         r = json.loads(path.read_text())
         rows.setdefault(r["variant"], {})[r["arm"]] = r
     arms = sorted({a for by_arm in rows.values() for a in by_arm}, key=lambda a: (a == FROZEN, a != FROZEN and float(a)))
-    lines = ["| Variant | " + " | ".join(f"tables {a}" for a in arms) + " | spread (points) |",
-             "|---|" + "---:|" * (len(arms) + 1)]
+    lines = [
+        "| Variant | " + " | ".join(f"tables {a}" for a in arms) + " | spread (points) |",
+        "|---|" + "---:|" * (len(arms) + 1),
+    ]
     for name, by_arm in rows.items():
         f1 = [by_arm[a]["best_val_f1"] for a in arms if a in by_arm]
-        lines.append(f"| {name} | " + " | ".join(
-            f"{100 * by_arm[a]['best_val_f1']:.1f}" + (" (reused)" if by_arm[a].get("reused_from") else "")
-            if a in by_arm else "–" for a in arms) + f" | {100 * (max(f1) - min(f1)):.1f} |")
-    return "\n".join(["Best validation entity F1 (%) on the tuning seed, each variant at its tuned lr:", "", *lines,
-                      "", "One seed: differences within about 1-2 points are within seed noise (the study's "
-                      "validation F1 spread across seeds)."])
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{100 * by_arm[a]['best_val_f1']:.1f}" + (" (reused)" if by_arm[a].get("reused_from") else "")
+                if a in by_arm
+                else "–"
+                for a in arms
+            )
+            + f" | {100 * (max(f1) - min(f1)):.1f} |"
+        )
+    return "\n".join(
+        [
+            "Best validation entity F1 (%) on the tuning seed, each variant at its tuned lr:",
+            "",
+            *lines,
+            "",
+            "One seed: differences within about 1-2 points are within seed noise (the study's "
+            "validation F1 spread across seeds).",
+        ]
+    )
 
 
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
     parser.add_argument("--variants", nargs="+", default=["head", "vera", "lora"])
-    parser.add_argument("--arms", nargs="+", default=["5e-5", "1.5e-4", "4.5e-4", FROZEN],
-                        help="model.tables_lr values, or 'frozen'")
+    parser.add_argument(
+        "--arms", nargs="+", default=["5e-5", "1.5e-4", "4.5e-4", FROZEN], help="model.tables_lr values, or 'frozen'"
+    )
     parser.add_argument("--every-arm", default="", help="train.* overrides for all arms (e.g. precision=fp32)")
     parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
     parser.add_argument("--out", required=True, help="folder of per-(variant, arm) results")

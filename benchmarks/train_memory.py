@@ -20,6 +20,7 @@ what the run records' peak becomes over a longer run. An arm's UPPER_CASE keys a
 variables of its process (e.g. glibc's MALLOC_MMAP_THRESHOLD_), the others train.* settings.
 Memory, unlike time, hardly depends on other load, so a shared machine measures it too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,21 +29,20 @@ import datetime
 import json
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from _common import argument_parser
-
-from ab_levers import load_setup, new_arm, parse_arm, train_step
-
-from layoutpeft.train import runs
-from layoutpeft.train.probes import peak_memory, start_memory_window
 from layoutpeft import hardware
 from layoutpeft.config import ModelConfig, load_params
 from layoutpeft.provenance import describe
+from layoutpeft.train import runs
+from layoutpeft.train.probes import peak_memory, start_memory_window
+
+from _common import argument_parser
+from ab_levers import load_setup, new_arm, parse_arm, train_step
 
 GB = 1e9
 
@@ -74,17 +74,26 @@ def measure_run(method: str, arm_text: str, epochs: int, params_path: str, check
     cfg = dataclasses.replace(base, **parse_arm(arm_text), max_epochs=epochs)
     model_cfg = dataclasses.replace(ModelConfig.from_params(load_params(params_path)), checkpoint=checkpoint)
     per_epoch = []
+
     def on_epoch(_folder):
-        return lambda record: per_epoch.append({"epoch": record["epoch"], "rss_gb": vm_gb("VmRSS"),
-                                                 "high_water_gb": vm_gb("VmHWM")})
+        return lambda record: per_epoch.append(
+            {"epoch": record["epoch"], "rss_gb": vm_gb("VmRSS"), "high_water_gb": vm_gb("VmHWM")}
+        )
+
     with tempfile.TemporaryDirectory() as tmp:
-        log = runs.train(method, 0, variant, model_cfg, cfg, Path(tmp) / "run", Path("data/tokenized"),
-                         on_epoch=on_epoch)
+        log = runs.train(method, 0, variant, model_cfg, cfg, Path(tmp) / "run", Path("data/tokenized"), on_epoch=on_epoch)
     memory = log["memory"]
-    return {"method": method, "arm": arm_text, "kind": memory["kind"], "epochs": epochs,
-            "peak_bytes": memory["peak_bytes"], "baseline_bytes": memory["baseline_bytes"],
-            "rise_bytes": memory["peak_bytes"] - memory["baseline_bytes"], "per_epoch": per_epoch,
-            "of_machine_ram": memory["peak_bytes"] / machine_ram()}
+    return {
+        "method": method,
+        "arm": arm_text,
+        "kind": memory["kind"],
+        "epochs": epochs,
+        "peak_bytes": memory["peak_bytes"],
+        "baseline_bytes": memory["baseline_bytes"],
+        "rise_bytes": memory["peak_bytes"] - memory["baseline_bytes"],
+        "per_epoch": per_epoch,
+        "of_machine_ram": memory["peak_bytes"] / machine_ram(),
+    }
 
 
 def measure(method: str, arm_text: str, steps: int, params: str, checkpoint: str) -> dict:
@@ -99,28 +108,46 @@ def measure(method: str, arm_text: str, steps: int, params: str, checkpoint: str
     peak = peak_memory(device, window)
     trainable = sum(p.numel() for p in arm["trainable"])
     rise = peak["peak_bytes"] - window["baseline_bytes"]
-    return {"method": method, "arm": arm_text, "kind": peak["kind"], "steps": steps,
-            "batch_shape": list(longest[0]["input_ids"].shape), "peak_bytes": peak["peak_bytes"],
-            "baseline_bytes": window["baseline_bytes"], "rise_bytes": rise, "trainable": trainable,
-            "grads_and_adam_bytes": 12 * trainable, "rest_bytes": rise - 12 * trainable,
-            "of_machine_ram": peak["peak_bytes"] / machine_ram()}
+    return {
+        "method": method,
+        "arm": arm_text,
+        "kind": peak["kind"],
+        "steps": steps,
+        "batch_shape": list(longest[0]["input_ids"].shape),
+        "peak_bytes": peak["peak_bytes"],
+        "baseline_bytes": window["baseline_bytes"],
+        "rise_bytes": rise,
+        "trainable": trainable,
+        "grads_and_adam_bytes": 12 * trainable,
+        "rest_bytes": rise - 12 * trainable,
+        "of_machine_ram": peak["peak_bytes"] / machine_ram(),
+    }
 
 
 def table(rows: list[dict]) -> str:
     if rows and "per_epoch" in rows[0]:
-        lines = ["| method | arm | epochs | peak GB | of RAM | rise over baseline GB | after each epoch: RSS / high-water GB |",
-                 "|---|---|---:|---:|---:|---:|---|"]
+        lines = [
+            "| method | arm | epochs | peak GB | of RAM | rise over baseline GB | after each epoch: RSS / high-water GB |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['method']} | {r['arm'] or '(params.yaml)'} | {r['epochs']} | {r['peak_bytes'] / GB:.2f} | "
-                         f"{100 * r['of_machine_ram']:.0f}% | {r['rise_bytes'] / GB:.2f} | "
-                         + ", ".join(f"{e['rss_gb']:.2f} / {e['high_water_gb']:.2f}" for e in r["per_epoch"]) + " |")
+            lines.append(
+                f"| {r['method']} | {r['arm'] or '(params.yaml)'} | {r['epochs']} | {r['peak_bytes'] / GB:.2f} | "
+                f"{100 * r['of_machine_ram']:.0f}% | {r['rise_bytes'] / GB:.2f} | "
+                + ", ".join(f"{e['rss_gb']:.2f} / {e['high_water_gb']:.2f}" for e in r["per_epoch"])
+                + " |"
+            )
         return "\n".join(lines)
-    lines = ["| method | arm | peak GB | of RAM | rise over baseline GB | grads + AdamW GB "
-             "| rest (activations, copies, slack) GB |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | arm | peak GB | of RAM | rise over baseline GB | grads + AdamW GB | rest (activations, copies, slack) GB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['arm'] or '(params.yaml)'} | {r['peak_bytes'] / GB:.2f} | "
-                     f"{100 * r['of_machine_ram']:.0f}% | {r['rise_bytes'] / GB:.2f} | "
-                     f"{r['grads_and_adam_bytes'] / GB:.2f} | {r['rest_bytes'] / GB:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['arm'] or '(params.yaml)'} | {r['peak_bytes'] / GB:.2f} | "
+            f"{100 * r['of_machine_ram']:.0f}% | {r['rise_bytes'] / GB:.2f} | "
+            f"{r['grads_and_adam_bytes'] / GB:.2f} | {r['rest_bytes'] / GB:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -135,23 +162,48 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         method, arm = args.child
-        row = (measure_run(method, arm, args.epochs, args.params, args.checkpoint) if args.epochs
-               else measure(method, arm, args.steps, args.params, args.checkpoint))
+        row = (
+            measure_run(method, arm, args.epochs, args.params, args.checkpoint)
+            if args.epochs
+            else measure(method, arm, args.steps, args.params, args.checkpoint)
+        )
         print(json.dumps(row))
         return
     rows = []
     for method in args.methods:
         for arm in args.arms:
             settings, env = split_arm(arm)
-            out = subprocess.run([sys.executable, __file__, "--child", method, settings, "--steps", str(args.steps),
-                                  "--epochs", str(args.epochs), "--params", args.params, "--checkpoint",
-                                  args.checkpoint], check=True, capture_output=True, text=True,
-                                 env={**os.environ, **env}).stdout
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    method,
+                    settings,
+                    "--steps",
+                    str(args.steps),
+                    "--epochs",
+                    str(args.epochs),
+                    "--params",
+                    args.params,
+                    "--checkpoint",
+                    args.checkpoint,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env={**os.environ, **env},
+            ).stdout
             rows.append({**json.loads(out.strip().splitlines()[-1]), "arm": arm})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    result = {"date": datetime.date.today().isoformat(), "environment": describe(torch.device("cpu")),
-              "cpu_flags": hardware.simd_flags(), "machine_ram_bytes": machine_ram(),
-              "torch_threads": torch.get_num_threads(), "rows": rows}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "environment": describe(torch.device("cpu")),
+        "cpu_flags": hardware.simd_flags(),
+        "machine_ram_bytes": machine_ram(),
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     print(table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -8,6 +8,7 @@ per-epoch history. For each run: its longest streak of zero-F1 epochs, where it 
 F1 rose above 0 after it. A default of N is safe on this evidence when no run that recovered had a
 streak of N or more; it saves the epochs after each never-recovering run's N-th zero.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ def zero_streak(f1s: list[float]) -> tuple[int, int | None, bool]:
                 best, start = run, run_start
         else:
             run = 0
-    recovered = start is not None and any(f1 > 0 for f1 in f1s[start - 1 + best:])
+    recovered = start is not None and any(f1 > 0 for f1 in f1s[start - 1 + best :])
     return best, start, recovered
 
 
@@ -71,10 +72,16 @@ def main(argv=None) -> None:
     stopped = [(name, epochs, at, f1s) for name, epochs, at, f1s in stops if at is not None]
     wrong = [name for name, _, at, f1s in stopped if any(f1 > 0 for f1 in f1s[at:])]
     saved = sum(epochs - at for _, epochs, at, _ in stopped)
-    print(f"\ncollapse_epochs {n}: stops {len(stopped)} runs ({', '.join(s[0] for s in stopped) or 'none'}), "
-          f"saves {saved} of {total_epochs} epochs ({saved / total_epochs:.1%}); "
-          + (f"NOT safe: {', '.join(wrong)} found an entity again after it" if wrong
-             else "none of them found an entity again after it"))
+    print(
+        f"\ncollapse_epochs {n}: stops {len(stopped)} runs ({', '.join(s[0] for s in stopped) or 'none'}), "
+        f"saves {saved} of {total_epochs} epochs ({saved / total_epochs:.1%}); "
+        + (
+            f"NOT safe: {', '.join(wrong)} found an entity again after it"
+            if wrong
+            else "none of them found an entity again after it"
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -4,4 +4,5 @@ The library under the DVC stages (stages/*.py) and the `layoutpeft` command. It 
 params.yaml by itself: callers load it once (`layoutpeft.config.load_params`) and pass typed
 settings down.
 """
+
 __version__ = "0.2.0"

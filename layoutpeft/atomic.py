@@ -8,6 +8,7 @@ staged_dir for the same target removes those a dead process of this host left (S
 Modes follow the umask (0644 files, 0755 folders by default), never the 0600/0700 of
 temporary files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,9 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _umask() -> int:
@@ -101,7 +103,7 @@ def remove_stale_staging(target: Path) -> list[Path]:
     prefix, host = _staging_prefix(target), socket.gethostname()
     removed = []
     for path in target.parent.glob(glob.escape(prefix) + "*"):
-        pid_text, _, rest = path.name[len(prefix):].partition(".")
+        pid_text, _, rest = path.name[len(prefix) :].partition(".")
         owner_host = rest.rpartition(".")[0]
         if not pid_text.isdigit() or owner_host != host or _pid_alive(int(pid_text)):
             continue

@@ -11,6 +11,7 @@
 as `main(argv) -> int | None`; bad input ends with one line, `layoutpeft <cmd>: error: ...`
 (`--debug` shows the traceback).
 """
+
 from __future__ import annotations
 
 import importlib

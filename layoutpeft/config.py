@@ -5,6 +5,7 @@
 frozen dataclass built by `from_params`, which names the key at fault on any bad value.
 Stages read exactly the keys their `params:` list in dvc.yaml declares (tests check this).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -16,8 +17,19 @@ from layoutpeft.errors import ParamsError
 PARAMS_FILE = Path("params.yaml")
 _MISSING = object()
 
-__all__ = ["ParamsError", "load_params", "get", "number_in", "choice", "SourceConfig", "DataConfig", "ModelConfig",
-           "TrainConfig", "EvaluateConfig", "StudyConfig"]
+__all__ = [
+    "ParamsError",
+    "load_params",
+    "get",
+    "number_in",
+    "choice",
+    "SourceConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "EvaluateConfig",
+    "StudyConfig",
+]
 
 
 def _plain(node: Any) -> Any:
@@ -56,8 +68,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     return params
 
 
-def get(params: dict, dotted: str, kind: type | tuple[type, ...], default: Any = _MISSING,
-        where: str = "params.yaml") -> Any:
+def get(params: dict, dotted: str, kind: type | tuple[type, ...], default: Any = _MISSING, where: str = "params.yaml") -> Any:
     """params[dotted] checked against `kind`; ParamsError names the key otherwise."""
     node: Any = params
     for part in dotted.split("."):
@@ -102,36 +113,37 @@ class _Section:
 class SourceConfig(_Section):
     """`data.url`, `data.md5`, `data.dataset.path`, `data.dataset.splits` — read by the download stage.
     A dataset path (a Hugging Face dataset) replaces the FUNSD zip."""
+
     url: str
     md5: str
     dataset_path: str | None = None
     dataset_splits: dict | None = None
 
     @classmethod
-    def from_params(cls, params: dict) -> "SourceConfig":
+    def from_params(cls, params: dict) -> SourceConfig:
         path = get(params, "data.dataset.path", (str, type(None)), default=None)
         if path is not None and not path.strip():
             raise ParamsError("params.yaml: key 'data.dataset.path' is empty (null: the FUNSD zip of data.url)")
         splits = get(params, "data.dataset.splits", dict, default={"train": "train", "test": "test"})
         if sorted(splits) != ["test", "train"] or not all(isinstance(v, str) and v for v in splits.values()):
-            raise ParamsError(f"params.yaml: key 'data.dataset.splits' must map train and test to split names, "
-                              f"got {splits!r}")
+            raise ParamsError(f"params.yaml: key 'data.dataset.splits' must map train and test to split names, got {splits!r}")
         return cls(get(params, "data.url", str), get(params, "data.md5", str), path, splits)
 
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
     """The rest of `data:` — read by the tokenize stage."""
+
     val_fraction: float
     split_seed: int
     max_length: int
     prompt_reserve: int
     labels: dict | None = None  # data.labels: {dataset type: new type | null}, renamed/merged/dropped types
     dataset_columns: dict | None = None  # data.dataset.columns: words, boxes, tags (+ id, width, height)
-    dataset_boxes: str = "normalized"    # data.dataset.boxes: normalized (0-1000) | pixels
+    dataset_boxes: str = "normalized"  # data.dataset.boxes: normalized (0-1000) | pixels
 
     @classmethod
-    def from_params(cls, params: dict) -> "DataConfig":
+    def from_params(cls, params: dict) -> DataConfig:
         from layoutpeft.labels import check_label_map
 
         max_length = number_in(params, "data.max_length", 8, 512, kind=int)
@@ -143,7 +155,8 @@ class DataConfig(_Section):
             prompt_reserve=number_in(params, "data.prompt_reserve", 0, max_length - 8, kind=int),
             labels=check_label_map(get(params, "data.labels", (dict, type(None)), default=None)) or None,
             dataset_columns=dataset_columns(params),
-            dataset_boxes=choice(params, "data.dataset.boxes", ("normalized", "pixels"), default="normalized"))
+            dataset_boxes=choice(params, "data.dataset.boxes", ("normalized", "pixels"), default="normalized"),
+        )
 
 
 DEFAULT_COLUMNS = {"words": "words", "boxes": "bboxes", "tags": "ner_tags"}
@@ -167,6 +180,7 @@ def dataset_columns(params: dict) -> dict:
 @dataclass(frozen=True)
 class ModelConfig(_Section):
     """`model:` — the checkpoint and how new 2-D position tables of a BERT checkpoint start."""
+
     checkpoint: str
     position_init: str = "zero"
     new_tables: str = "train"
@@ -185,15 +199,19 @@ class ModelConfig(_Section):
         return checkpoint
 
     @classmethod
-    def from_params(cls, params: dict, check_source: bool = True) -> "ModelConfig":
+    def from_params(cls, params: dict, check_source: bool = True) -> ModelConfig:
         from layoutpeft.modeling import ARCHITECTURES, POSITION_INITS
 
         tables_lr = get(params, "model.tables_lr", (float, type(None)), default=None)
         if tables_lr is not None and tables_lr <= 0:
             raise ParamsError(f"params.yaml: key 'model.tables_lr' must be positive or null, got {tables_lr!r}")
-        return cls(cls.checkpoint_from_params(params, check_source), choice(params, "model.position_init", POSITION_INITS),
-                   choice(params, "model.new_tables", ("train", "frozen")), tables_lr,
-                   choice(params, "model.architecture", ARCHITECTURES, default="auto"))
+        return cls(
+            cls.checkpoint_from_params(params, check_source),
+            choice(params, "model.position_init", POSITION_INITS),
+            choice(params, "model.new_tables", ("train", "frozen")),
+            tables_lr,
+            choice(params, "model.architecture", ARCHITECTURES, default="auto"),
+        )
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -204,6 +222,7 @@ FROZEN_WEIGHTS = ("fp32", "auto", "bf16")  # engine.frozen_weights_dtype
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     """`train:` — shared by every train@ stage (and recorded with each run)."""
+
     max_epochs: int
     patience: int
     select_on: str
@@ -224,7 +243,7 @@ class TrainConfig(_Section):
     frozen_weights: str = "fp32"  # engine.frozen_weights_dtype
 
     @classmethod
-    def from_params(cls, params: dict) -> "TrainConfig":
+    def from_params(cls, params: dict) -> TrainConfig:
         return cls(
             max_epochs=number_in(params, "train.max_epochs", 1, 10_000, kind=int),
             patience=number_in(params, "train.patience", 0, 10_000, kind=int),
@@ -252,18 +271,22 @@ class TrainConfig(_Section):
 @dataclass(frozen=True)
 class EvaluateConfig(_Section):
     """`evaluate:` — inference settings of the evaluate@ stages (device/precision come from the train record)."""
+
     batch_size: int
     timing_repeats: int = 3
 
     @classmethod
-    def from_params(cls, params: dict) -> "EvaluateConfig":
-        return cls(batch_size=number_in(params, "evaluate.batch_size", 1, 4096, kind=int),
-                   timing_repeats=number_in(params, "evaluate.timing_repeats", 1, 100, kind=int, default=3))
+    def from_params(cls, params: dict) -> EvaluateConfig:
+        return cls(
+            batch_size=number_in(params, "evaluate.batch_size", 1, 4096, kind=int),
+            timing_repeats=number_in(params, "evaluate.timing_repeats", 1, 100, kind=int, default=3),
+        )
 
 
 @dataclass(frozen=True)
 class StudyConfig(_Section):
     """`study:` — which variants x seeds run, and the reference they are compared with."""
+
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
     reference: str | None
@@ -273,7 +296,7 @@ class StudyConfig(_Section):
     margin: float | None = None  # study.margin: equivalence margin in F1 points (two one-sided tests)
 
     @classmethod
-    def from_params(cls, params: dict, summary_keys: bool = False) -> "StudyConfig":
+    def from_params(cls, params: dict, summary_keys: bool = False) -> StudyConfig:
         """summary_keys: also read study.extra_runs and study.margin (the aggregate stage's keys, left
         unread elsewhere so that adding a seed to one variant reruns nothing but its runs and aggregate)."""
         names = get(params, "study.variants", list)
@@ -288,8 +311,10 @@ class StudyConfig(_Section):
             raise ParamsError(f"params.yaml: study.seeds must be a non-empty list of integers, got {seeds!r}")
         twice_seeds = sorted({s for s in seeds if seeds.count(s) > 1})
         if twice_seeds:
-            raise ParamsError(f"params.yaml: study.seeds lists seed {', '.join(map(str, twice_seeds))} more than once "
-                              "(DVC would merge the duplicate runs)")
+            raise ParamsError(
+                f"params.yaml: study.seeds lists seed {', '.join(map(str, twice_seeds))} more than once "
+                "(DVC would merge the duplicate runs)"
+            )
         if reference is not None and reference not in names:
             raise ParamsError(f"params.yaml: study.reference {reference!r} is not in study.variants {names}")
         if not summary_keys:

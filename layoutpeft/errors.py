@@ -15,16 +15,16 @@ REFUSE_ENV lists commands that must not run at all (exit 3 before any work): a c
 `dvc repro` sets it for the training stages, so a stage missing from the run cache fails at
 once and dvc, which stops at a failed stage, starts no other.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import sys
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from layoutpeft.known_messages import quiet_libraries
-
 
 REFUSE_ENV = "LAYOUTPEFT_REFUSE_STAGES"
 REFUSED = 3

@@ -2,6 +2,7 @@
 
 An entity's `label` string is its type (upper-cased; FUNSD's `other` means no entity), renamed,
 merged or dropped by `data.labels` (layoutpeft.labels): any set of types, not only FUNSD's three."""
+
 from __future__ import annotations
 
 import json

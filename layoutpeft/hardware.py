@@ -4,6 +4,7 @@
 multiply bf16 natively (AVX512-BF16 or AMX-BF16; oneDNN then runs bf16 GEMMs several times
 faster than fp32). Elsewhere bf16 is emulated and slower, so auto keeps fp32 there.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,8 +43,12 @@ def simd_flags() -> list[str]:
     return [f for f in keep if f in cpu_flags()]
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                shape: tuple[int, int, int] = (2048, 384, 1536), seconds: float = 1.0) -> float:
+def matmul_peak(
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    shape: tuple[int, int, int] = (2048, 384, 1536),
+    seconds: float = 1.0,
+) -> float:
     """Achieved FLOP/s of one (m x k) @ (k x n) matmul repeated for about `seconds`, best of 3 rounds.
 
     The default shape is the FFN of MiniLM-L6-H384 at a batch of ~2k tokens: what "peak"

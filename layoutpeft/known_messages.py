@@ -17,6 +17,7 @@ traps") says what each one meant and why it is safe to drop here:
   created.": `dvc exp run` first checks out the outputs dvc.lock records; on a first run there
   are none yet and the stages are about to create them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,5 +64,9 @@ def quiet_dvc_first_checkout() -> None:
         _add_once(name, DVC_NO_HASH)
 
 
-KNOWN_PATTERNS = [re.escape(BNB_KERNELS), GRADIENT_CHECKPOINTING, re.escape(BERT_AS_LAYOUTLM),
-                  re.escape(DVC_NO_HASH.split("'%s'")[0])]
+KNOWN_PATTERNS = [
+    re.escape(BNB_KERNELS),
+    GRADIENT_CHECKPOINTING,
+    re.escape(BERT_AS_LAYOUTLM),
+    re.escape(DVC_NO_HASH.split("'%s'")[0]),
+]

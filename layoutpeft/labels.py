@@ -5,9 +5,10 @@ The tokenize stage writes the schema into data/tokenized/meta.json and each run 
 train_log.json; every later stage (train, evaluate, aggregate, predict, export, the card) reads it
 from there, so a dataset with other entity types needs no code change.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from layoutpeft.errors import LayoutpeftError, ParamsError
 
@@ -81,8 +82,10 @@ def mapped_bio(tags: list[str], mapping: dict[str, str | None], where: str) -> l
     for index, tag in enumerate(tags):
         prefix, kind = split_tag(tag, f"{where}: word {index}")
         if prefix == "I" and previous != kind:
-            raise LabelError(f"{where}: word {index}: tag {tag!r} follows {tags[index - 1] if index else 'nothing'!r} "
-                             "(not valid BIO: I-<type> must continue a B-<type> or I-<type> of the same type)")
+            raise LabelError(
+                f"{where}: word {index}: tag {tag!r} follows {tags[index - 1] if index else 'nothing'!r} "
+                "(not valid BIO: I-<type> must continue a B-<type> or I-<type> of the same type)"
+            )
         previous = kind
         new = map_type(kind, mapping) if kind is not None else None
         out.append(OUTSIDE if new is None else f"{prefix}-{new}")
@@ -95,18 +98,24 @@ def schema_of(train_docs, test_docs, test_source: str) -> list[str]:
     Documents carry `labels` (BIO strings), `doc_id` and `source` (the file or dataset row they came from)."""
     train_types = order_types(t for doc in train_docs for t in entity_types(doc.labels))
     if not train_types:
-        raise LabelError(f"{train_docs[0].source if train_docs else 'training split'}: no entity in the training split "
-                         f"(every word is {OUTSIDE} after {LABEL_MAP_KEY})")
+        raise LabelError(
+            f"{train_docs[0].source if train_docs else 'training split'}: no entity in the training split "
+            f"(every word is {OUTSIDE} after {LABEL_MAP_KEY})"
+        )
     for doc in test_docs:
         unknown = sorted(set(entity_types(doc.labels)) - set(train_types))
         if unknown:
-            raise LabelError(f"{doc.source}: document {doc.doc_id}: entity type {unknown[0]} is not in the training "
-                             f"split (its types: {', '.join(train_types)}); map or drop it in {LABEL_MAP_KEY}")
+            raise LabelError(
+                f"{doc.source}: document {doc.doc_id}: entity type {unknown[0]} is not in the training "
+                f"split (its types: {', '.join(train_types)}); map or drop it in {LABEL_MAP_KEY}"
+            )
     in_test = {t for doc in test_docs for t in entity_types(doc.labels)}
     missing = [t for t in train_types if t not in in_test]
     if missing:
-        raise LabelError(f"{test_source}: the test split has no {missing[0]} entity (training has "
-                         f"{', '.join(train_types)}); map or drop it in {LABEL_MAP_KEY}")
+        raise LabelError(
+            f"{test_source}: the test split has no {missing[0]} entity (training has "
+            f"{', '.join(train_types)}); map or drop it in {LABEL_MAP_KEY}"
+        )
     return bio_labels(train_types)
 
 

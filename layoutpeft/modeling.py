@@ -10,6 +10,7 @@ checkpoint gets the same treatment here, with the new tables initialised per
 LayoutLM did, N(0, initializer_range)). Zero trained better on the real FUNSD (docs/protocol.md, "New
 2-D position tables"): PEFT methods freeze the tables, and frozen random ones are only noise.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -35,7 +36,7 @@ def resolve_checkpoint(spec: str) -> str:
     """Turn `package:<pkg>/<sub>` into a folder path; other specs pass through."""
     if not spec.startswith("package:"):
         return spec
-    package, _, sub = spec[len("package:"):].partition("/")
+    package, _, sub = spec[len("package:") :].partition("/")
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         raise ModelSourceError(f"model.checkpoint: Python package {package!r} is not installed ({spec})")
@@ -74,11 +75,13 @@ def backbone_of(checkpoint: str, architecture: str = "auto") -> str:
     model_type = AutoConfig.from_pretrained(resolve_checkpoint(checkpoint)).model_type
     found = BACKBONE_OF.get(model_type)
     if found is None:
-        raise ModelSourceError(f"model.checkpoint: {checkpoint} is a {model_type!r} model; expected one of "
-                               f"{', '.join(sorted(BACKBONE_OF))}")
+        raise ModelSourceError(
+            f"model.checkpoint: {checkpoint} is a {model_type!r} model; expected one of {', '.join(sorted(BACKBONE_OF))}"
+        )
     if architecture not in ("auto", found):
-        raise ModelSourceError(f"model.architecture: {architecture}, but model.checkpoint {checkpoint} is a "
-                               f"{model_type!r} model ({found})")
+        raise ModelSourceError(
+            f"model.architecture: {architecture}, but model.checkpoint {checkpoint} is a {model_type!r} model ({found})"
+        )
     return found
 
 
@@ -98,8 +101,9 @@ def layoutlm_config(checkpoint: str, labels: list[str]):
         fields = {k: v for k, v in base.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
         config = LayoutLMConfig(**fields, max_2d_position_embeddings=1024)
     else:
-        raise ModelSourceError(f"model.checkpoint: {checkpoint} is a {base.model_type!r} model; expected one of "
-                               f"{', '.join(sorted(BACKBONE_OF))}")
+        raise ModelSourceError(
+            f"model.checkpoint: {checkpoint} is a {base.model_type!r} model; expected one of {', '.join(sorted(BACKBONE_OF))}"
+        )
     set_labels(config, labels)
     return config, base.model_type
 
@@ -123,8 +127,16 @@ def model_class(config):
     return AutoModelForTokenClassification._model_mapping[type(config)]
 
 
-def load_model(checkpoint: str, position_init: str = "zero", quantization_config=None,
-               attn_implementation: str | None = None, dtype=None, *, labels: list[str], architecture: str = "auto"):
+def load_model(
+    checkpoint: str,
+    position_init: str = "zero",
+    quantization_config=None,
+    attn_implementation: str | None = None,
+    dtype=None,
+    *,
+    labels: list[str],
+    architecture: str = "auto",
+):
     """The token classifier of `checkpoint`'s backbone (LayoutLM, LiLT or LayoutLMv3; model.architecture
     checks it); returns (model, source_model_type)."""
     from transformers import AutoModelForTokenClassification

@@ -1,4 +1,5 @@
 """Where the pipeline keeps things, relative to the repository root (dvc.yaml names the same paths)."""
+
 from pathlib import Path
 
 RAW_DIR = Path("data/raw")
@@ -16,4 +17,6 @@ PLOTS_DIR = Path("plots")
 
 def run_key(variant: str, seed: int) -> str:
     return f"{variant}-{seed}"
+
+
 LR_DIR = Path("data/lr")

@@ -1,4 +1,5 @@
 """What produced a result: library versions, device and git commit (recorded with every run)."""
+
 from __future__ import annotations
 
 import platform
@@ -28,8 +29,12 @@ CODE_PATHS = ("stages", "dvc.yaml", "benchmarks")
 def code_modified() -> bool | None:
     """True when the code differs from the recorded commit (the commit alone would then mislead)."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return bool(out.stdout.strip()) if out.returncode == 0 else None
@@ -46,10 +51,16 @@ def cpu_model() -> str:
 
 
 def describe(device: torch.device) -> dict:
-    info = {"device": device.type, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads(), "cpu_model": cpu_model(),
-            "cpu_flags": simd_flags(),  # what decides CPU matmul speed (bf16 units, AMX): a CPU figure needs them
-            "git_commit": git_commit(), "code_modified": code_modified()}
+    info = {
+        "device": device.type,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": simd_flags(),  # what decides CPU matmul speed (bf16 units, AMX): a CPU figure needs them
+        "git_commit": git_commit(),
+        "code_modified": code_modified(),
+    }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     else:

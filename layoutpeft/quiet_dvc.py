@@ -4,6 +4,7 @@
 (layoutpeft.known_messages.quiet_dvc_first_checkout) for the "No file hash info found ... It
 won't be created." warnings that `dvc exp run` prints for every output no stage has made yet.
 """
+
 from __future__ import annotations
 
 import sys

@@ -14,6 +14,7 @@ A missing or unreadable run file is named in a warning and in summary.md, never 
 silently. plots/ is built beside the old one and every file is written atomically, only once
 all of them could be made: a failure leaves the previous results in place.
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,13 +39,25 @@ def main(argv: list[str]) -> None:
     for warning in study.warnings():
         print(f"aggregate: WARNING: {warning}", file=sys.stderr)
     if study.stale:
-        print(f"aggregate: ignoring {len(study.stale)} run file(s) outside the study: "
-              f"{', '.join(study.stale[:5])}{' ...' if len(study.stale) > 5 else ''}")
+        print(
+            f"aggregate: ignoring {len(study.stale)} run file(s) outside the study: "
+            f"{', '.join(study.stale[:5])}{' ...' if len(study.stale) > 5 else ''}"
+        )
 
-    summary = build_summary(study.runs, config.seeds, config.reference, read_tuning(LR_DIR, config.variants),
-                            margin=config.margin, extra_seeds=config.extra_seeds)
-    files = {STUDY_METRICS: json_text(study_metrics(summary)), SUMMARY_JSON: json_text(summary),
-             SUMMARY_MD: markdown_table(summary, study), SUMMARY_CSV: summary_csv(summary)}
+    summary = build_summary(
+        study.runs,
+        config.seeds,
+        config.reference,
+        read_tuning(LR_DIR, config.variants),
+        margin=config.margin,
+        extra_seeds=config.extra_seeds,
+    )
+    files = {
+        STUDY_METRICS: json_text(study_metrics(summary)),
+        SUMMARY_JSON: json_text(summary),
+        SUMMARY_MD: markdown_table(summary, study),
+        SUMMARY_CSV: summary_csv(summary),
+    }
     with staged_dir(PLOTS_DIR) as plots:  # swapped in after the body; removed if anything fails
         write_plots(plots, summary, study.runs)
         for path, text in files.items():

@@ -4,14 +4,15 @@ or, when data.dataset.path is set, snapshot that Hugging Face dataset's two spli
 data.url is an http(s) URL, a file:// URL or a path. Nothing is extracted before the checksum
 matches, and data/raw is replaced only once extraction has fully succeeded.
 """
+
 from __future__ import annotations
 
 import sys
 
 from layoutpeft.config import SourceConfig, load_params
 from layoutpeft.data.download import RAW_DIR, download
-from layoutpeft.errors import run_main
 from layoutpeft.data.hfdata import snapshot
+from layoutpeft.errors import run_main
 
 
 def read_params(params: dict) -> SourceConfig:

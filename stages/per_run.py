@@ -1,4 +1,5 @@
 """The command line shared by the per-run stages, train@<variant>-<seed> and evaluate@<variant>-<seed>."""
+
 from __future__ import annotations
 
 import argparse

@@ -3,24 +3,31 @@
 Windows at word boundaries, every word labelled exactly once (checked), a validation split
 carved from the training documents (data.val_fraction, data.split_seed); see layoutpeft.data.windows.
 """
+
 from __future__ import annotations
 
 import sys
 
 from layoutpeft.config import DataConfig, ModelConfig, load_params
+from layoutpeft.data.windows import tokenize
 from layoutpeft.errors import run_main
 from layoutpeft.paths import DATA_REPORT, RAW_DIR
 from layoutpeft.paths import TOKENIZED_DIR as OUT_DIR
-from layoutpeft.data.windows import tokenize
 
 
 def read_params(params: dict, check_source: bool = False) -> dict:
     """What tokenize reads: data.* (but url/md5; data.labels when set) and model.checkpoint."""
     data = DataConfig.from_params(params)
-    return {"checkpoint": ModelConfig.checkpoint_from_params(params, check_source),
-            "val_fraction": data.val_fraction, "split_seed": data.split_seed, "max_length": data.max_length,
-            "prompt_reserve": data.prompt_reserve, "labels": data.labels,
-            "dataset_columns": data.dataset_columns, "dataset_boxes": data.dataset_boxes}
+    return {
+        "checkpoint": ModelConfig.checkpoint_from_params(params, check_source),
+        "val_fraction": data.val_fraction,
+        "split_seed": data.split_seed,
+        "max_length": data.max_length,
+        "prompt_reserve": data.prompt_reserve,
+        "labels": data.labels,
+        "dataset_columns": data.dataset_columns,
+        "dataset_boxes": data.dataset_boxes,
+    }
 
 
 def main(argv: list[str]) -> None:

@@ -7,6 +7,7 @@ on to the whole schedule (docs/tuning.md). Writes data/lr/<variant>.json (the ch
 train@<variant>-<seed> stages read the chosen lr from it. With study.tune_lr false it writes
 the variant's own lr without training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,12 @@ def read_params(params: dict) -> tuple[ModelConfig, TrainConfig, TuningConfig]:
 
 def progress(lr: float):
     def show(record: dict) -> None:
-        print(f"  lr {lr:<8g} epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f}  "
-              f"val loss {record['val_loss']:.4f}  val F1 {record['val_f1']:.4f}  ({record['epoch_time_s']:.1f}s)", flush=True)
+        print(
+            f"  lr {lr:<8g} epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  val F1 {record['val_f1']:.4f}  ({record['epoch_time_s']:.1f}s)",
+            flush=True,
+        )
+
     return show
 
 
@@ -41,15 +46,29 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--variant", required=True)
     args = parser.parse_args(argv)
     model_cfg, train_cfg, tuning = read_params(load_params())
-    result = tune(args.variant, load_variant(args.variant), model_cfg, train_cfg, tuning, TOKENIZED_DIR,
-                  scratch=LR_DIR.parent, on_epoch=progress)
+    result = tune(
+        args.variant,
+        load_variant(args.variant),
+        model_cfg,
+        train_cfg,
+        tuning,
+        TOKENIZED_DIR,
+        scratch=LR_DIR.parent,
+        on_epoch=progress,
+    )
     write_json(LR_DIR / f"{args.variant}.json", result)
     trials = ", ".join(f"{t['lr']:g}: {t['best_val_f1']:.4f}" + stop_note(t) for t in result["trials"]) or "not tuned"
     extended = ", ".join(f"{lr:g}" for lr in result.get("extended_by") or [])
-    print(f"tune: {args.variant}: lr {result['chosen_lr']:g} (validation F1 per lr: {trials})"
-          + (f"; the grid extended by {extended}" if extended else "")
-          + (f"; WARNING: best at the {result['at_grid_edge']} lr of the grid: widen the variant's lr_grid or raise "
-             "study.extend_grid" if result.get("at_grid_edge") else ""))
+    print(
+        f"tune: {args.variant}: lr {result['chosen_lr']:g} (validation F1 per lr: {trials})"
+        + (f"; the grid extended by {extended}" if extended else "")
+        + (
+            f"; WARNING: best at the {result['at_grid_edge']} lr of the grid: widen the variant's lr_grid or raise "
+            "study.extend_grid"
+            if result.get("at_grid_edge")
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

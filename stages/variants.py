@@ -4,6 +4,7 @@
 exactly its own variant's resolved settings. Every variant is checked against the method
 catalogue here, with the study's seeds and reference, before any training starts.
 """
+
 from __future__ import annotations
 
 import sys

@@ -15,6 +15,7 @@
 
 Builders for broken inputs live in tests/fixtures.py (`from fixtures import make_funsd_zip`).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixtures import OFFLINE_ENV, REPO_ROOT, TINY_DATA_SETTINGS, make_checkpoint, make_funsd_zip, \
-    make_project  # noqa: E402
+from fixtures import (
+    OFFLINE_ENV,
+    REPO_ROOT,
+    TINY_DATA_SETTINGS,
+    make_checkpoint,
+    make_funsd_zip,
+    make_project,  # noqa: E402
+)
 from fixtures import run_dvc as _run_dvc  # noqa: E402
 
 # No test may reach the network: set before transformers / datasets / huggingface_hub are imported.
@@ -61,8 +68,12 @@ def tiny_tokenized(tmp_path_factory, tiny_funsd_zip, tiny_checkpoint) -> Path:
     root = tmp_path_factory.mktemp("tiny_tokenized")
     zip_path, md5 = tiny_funsd_zip
     download(str(zip_path), md5, root / "data" / "raw")
-    tokenize(root / "data" / "raw", root / "data" / "tokenized", root / "metrics" / "data.json",
-             {**TINY_DATA_SETTINGS, "checkpoint": str(tiny_checkpoint)})
+    tokenize(
+        root / "data" / "raw",
+        root / "data" / "tokenized",
+        root / "metrics" / "data.json",
+        {**TINY_DATA_SETTINGS, "checkpoint": str(tiny_checkpoint)},
+    )
     return root
 
 

@@ -3,6 +3,7 @@
 Importable from any test (pytest puts tests/ on sys.path): `from fixtures import make_funsd_zip`.
 Everything here is deterministic and needs no network.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,13 +38,34 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
 _CHARS = list(string.ascii_lowercase + string.digits + string.punctuation)
 # Whole words of the fixture forms: each is a single token. Anything else is spelled out in
 # single characters (`smith` -> s ##m ##i ##t ##h, `2024` -> 2 ##0 ##2 ##4); `☃` is [UNK].
-WHOLE_WORDS = ["company", "report", "date", "name", "john", "page", "amount", "total", "due",
-               "paid", "tax", "yes", "no", "ok", "form"]
+WHOLE_WORDS = [
+    "company",
+    "report",
+    "date",
+    "name",
+    "john",
+    "page",
+    "amount",
+    "total",
+    "due",
+    "paid",
+    "tax",
+    "yes",
+    "no",
+    "ok",
+    "form",
+]
 VOCAB = SPECIAL_TOKENS + _CHARS + [f"##{c}" for c in _CHARS] + WHOLE_WORDS
 TOKEN_ID = {token: index for index, token in enumerate(VOCAB)}
 
-TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                 max_position_embeddings=512, type_vocab_size=2)
+TINY_BERT = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+)
 
 
 def build_tokenizer(vocab: list[str] | None = None):
@@ -61,10 +83,13 @@ def build_tokenizer(vocab: list[str] | None = None):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+    )
+    return BertTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
 
 
 def make_checkpoint(folder: Path, vocab: list[str] | None = None, seed: int = 0) -> Path:
@@ -106,8 +131,14 @@ def entity(index: int, label: str, words: list[tuple[str, list]]) -> dict:
     """One FUNSD `form` record."""
     boxes = [box for _, box in words] or [[0, 0, 0, 0]]
     box = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
-    return {"id": index, "text": " ".join(text for text, _ in words), "box": box, "label": label,
-            "words": [{"text": text, "box": list(wbox)} for text, wbox in words], "linking": []}
+    return {
+        "id": index,
+        "text": " ".join(text for text, _ in words),
+        "box": box,
+        "label": label,
+        "words": [{"text": text, "box": list(wbox)} for text, wbox in words],
+        "linking": [],
+    }
 
 
 def form_of(entities: list[tuple[str, list]], size: tuple[int, int] = PAGE) -> dict:
@@ -115,8 +146,7 @@ def form_of(entities: list[tuple[str, list]], size: tuple[int, int] = PAGE) -> d
 
 
 def _filler(words: list[str], y: int) -> list[tuple[str, list]]:
-    return [(w, [5 + (i % 10) * 19, y + (i // 10) * 6, 20 + (i % 10) * 19, y + 5 + (i // 10) * 6])
-            for i, w in enumerate(words)]
+    return [(w, [5 + (i % 10) * 19, y + (i // 10) * 6, 20 + (i % 10) * 19, y + 5 + (i // 10) * 6]) for i, w in enumerate(words)]
 
 
 def default_forms() -> dict:
@@ -129,8 +159,9 @@ def default_forms() -> dict:
     std = copy.deepcopy(STANDARD)
     training = {f"train_{i:02d}": form_of(std) for i in range(8)}
     # train_01: an entity whose first word is empty, and one of whitespace only.
-    training["train_01"] = form_of(std + [("answer", [("", [100, 60, 110, 70]), ("ok", [112, 60, 130, 70])]),
-                                          ("other", [(" ", [0, 80, 5, 85])])])
+    training["train_01"] = form_of(
+        std + [("answer", [("", [100, 60, 110, 70]), ("ok", [112, 60, 130, 70])]), ("other", [(" ", [0, 80, 5, 85])])]
+    )
     # train_02: a word box beyond the page and with negative coordinates (clamped to 0..1000).
     off_page = copy.deepcopy(std)
     off_page[0] = ("header", [("company", [-10, -5, 250, 130]), ("report", [62, 5, 100, 15])])
@@ -156,8 +187,7 @@ def forms_with_signature() -> dict:
     for split_forms in forms.values():
         for spec in split_forms.values():
             entities = spec["form"]
-            entities.append(entity(len(entities), "signature", [("john", [100, 80, 130, 90]),
-                                                              ("smith", [132, 80, 160, 90])]))
+            entities.append(entity(len(entities), "signature", [("john", [100, 80, 130, 90]), ("smith", [132, 80, 160, 90])]))
     return forms
 
 
@@ -173,11 +203,18 @@ def md5_file(path: Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def make_funsd_zip(path: Path, forms: dict | None = None, *, root: str = "dataset/",
-                   annotation_text: dict[str, str | bytes] | None = None,
-                   skip_images: tuple[str, ...] = (), extra_entries: tuple = (),
-                   link_entries: tuple = (), truncate_to: int | None = None,
-                   corrupt_entry: str | None = None) -> tuple[Path, str]:
+def make_funsd_zip(
+    path: Path,
+    forms: dict | None = None,
+    *,
+    root: str = "dataset/",
+    annotation_text: dict[str, str | bytes] | None = None,
+    skip_images: tuple[str, ...] = (),
+    extra_entries: tuple = (),
+    link_entries: tuple = (),
+    truncate_to: int | None = None,
+    corrupt_entry: str | None = None,
+) -> tuple[Path, str]:
     """Write a FUNSD-layout zip and return (path, md5).
 
     forms: as default_forms() (the default). Broken variants:
@@ -217,8 +254,8 @@ def make_funsd_zip(path: Path, forms: dict | None = None, *, root: str = "datase
             info = archive.getinfo(corrupt_entry)
         data = bytearray(path.read_bytes())
         # Local header: 30 bytes + name + extra; flip the entry's first data bytes.
-        name_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
-        extra_len = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+        name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+        extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
         start = info.header_offset + 30 + name_len + extra_len
         for i in range(start, start + min(8, info.compress_size)):
             data[i] ^= 0xFF
@@ -248,19 +285,24 @@ def subprocess_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
-        timeout: float = 900) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run a command; on failure raise AssertionError showing its stdout and stderr."""
-    process = subprocess.run([str(c) for c in cmd], cwd=cwd, env=subprocess_env(env), text=True,
-                             capture_output=True, timeout=timeout)
+    process = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=subprocess_env(env), text=True, capture_output=True, timeout=timeout
+    )
     if check and process.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {process.returncode} in {cwd}\n"
-                             f"--- stdout ---\n{process.stdout}\n--- stderr ---\n{process.stderr}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {process.returncode} in {cwd}\n"
+            f"--- stdout ---\n{process.stdout}\n--- stderr ---\n{process.stderr}"
+        )
     return process
 
 
-def run_dvc(project: Path, *args: str, env: dict | None = None, check: bool = True,
-            timeout: float = 900) -> subprocess.CompletedProcess:
+def run_dvc(
+    project: Path, *args: str, env: dict | None = None, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """`dvc <args>` (this venv's dvc) in `project`, offline; raises with its output on failure."""
     return run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, check=check, timeout=timeout)
 
@@ -313,8 +355,15 @@ def tiny_overrides(zip_path: Path, md5: str, checkpoint: Path) -> dict:
     }
 
 
-def make_project(folder: Path, zip_path: Path, md5: str, checkpoint: Path,
-                 overrides: dict | None = None, source: Path = REPO_ROOT, commit: bool = True) -> Path:
+def make_project(
+    folder: Path,
+    zip_path: Path,
+    md5: str,
+    checkpoint: Path,
+    overrides: dict | None = None,
+    source: Path = REPO_ROOT,
+    commit: bool = True,
+) -> Path:
     """A fresh git + DVC repository holding this repo's stages/, dvc.yaml and params.yaml,
     with params set for the tiny fixtures (tiny_overrides) and then `overrides` (dotted keys)."""
     folder = Path(folder)
@@ -324,8 +373,7 @@ def make_project(folder: Path, zip_path: Path, md5: str, checkpoint: Path,
             shutil.copy2(source / name, folder / name)
     for name in PROJECT_DIRS:
         if (source / name).is_dir():
-            shutil.copytree(source / name, folder / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(source / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     edit_params(folder / "params.yaml", {**tiny_overrides(zip_path, md5, checkpoint), **(overrides or {})})
     git(folder, "init", "-q")
     git(folder, "config", "user.email", "tests@example.invalid")
@@ -343,9 +391,23 @@ def cpu_train_config(**overrides):
     """A TrainConfig for fast CPU tests (fp32, SDPA, length groups); keyword overrides replace fields."""
     from layoutpeft.config import TrainConfig
 
-    fields = dict(max_epochs=2, patience=0, select_on="f1", batch_size=4, weight_decay=0.0, warmup_ratio=0.0,
-                  max_grad_norm=1.0, device="cpu", precision="fp32", group_by_length=True, group_size=4,
-                  loss="batch_mean", attention="sdpa", compile=False, threads=0)
+    fields = dict(
+        max_epochs=2,
+        patience=0,
+        select_on="f1",
+        batch_size=4,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        device="cpu",
+        precision="fp32",
+        group_by_length=True,
+        group_size=4,
+        loss="batch_mean",
+        attention="sdpa",
+        compile=False,
+        threads=0,
+    )
     fields.update(overrides)
     return TrainConfig(**fields)
 
@@ -394,16 +456,19 @@ def funsd_rows(split_dir: Path, boxes: str = "pixels") -> list[dict]:
                 if boxes == "normalized":
                     x0, x1 = sorted((box[0], box[2]))
                     y0, y1 = sorted((box[1], box[3]))
-                    box = [int(min(1000, max(0, round(1000 * v / size))))
-                           for v, size in ((x0, width), (y0, height), (x1, width), (y1, height))]
+                    box = [
+                        int(min(1000, max(0, round(1000 * v / size))))
+                        for v, size in ((x0, width), (y0, height), (x1, width), (y1, height))
+                    ]
                 row["bboxes"].append(box)
                 row["ner_tags"].append("O" if kind == "OTHER" else f"{'B' if index == 0 else 'I'}-{kind}")
         rows.append(row)
     return rows
 
 
-def save_funsd_dataset(raw_dir: Path, out: Path, kind: str = "disk", boxes: str = "pixels",
-                       split_names: tuple[str, str] = ("train", "test")) -> Path:
+def save_funsd_dataset(
+    raw_dir: Path, out: Path, kind: str = "disk", boxes: str = "pixels", split_names: tuple[str, str] = ("train", "test")
+) -> Path:
     """The FUNSD splits under raw_dir (training_data, testing_data) as a dataset at `out`:
     kind disk (save_to_disk, ner_tags a Sequence(ClassLabel)), parquet or jsonl (BIO strings)."""
     import json
@@ -412,14 +477,20 @@ def save_funsd_dataset(raw_dir: Path, out: Path, kind: str = "disk", boxes: str 
 
     out = Path(out)
     splits = {}
-    for name, folder in zip(split_names, ("training_data", "testing_data")):
+    for name, folder in zip(split_names, ("training_data", "testing_data"), strict=False):
         rows = funsd_rows(Path(raw_dir) / folder, boxes)
         if kind == "disk":
             number = Value("float32") if boxes == "pixels" else Value("int64")
-            features = Features({"id": Value("string"), "words": Sequence(Value("string")),
-                                 "bboxes": Sequence(Sequence(number, length=4)),
-                                 "ner_tags": Sequence(ClassLabel(names=FUNSD_TAGS)),
-                                 "width": Value("int64"), "height": Value("int64")})
+            features = Features(
+                {
+                    "id": Value("string"),
+                    "words": Sequence(Value("string")),
+                    "bboxes": Sequence(Sequence(number, length=4)),
+                    "ner_tags": Sequence(ClassLabel(names=FUNSD_TAGS)),
+                    "width": Value("int64"),
+                    "height": Value("int64"),
+                }
+            )
             for row in rows:
                 row["ner_tags"] = [FUNSD_TAGS.index(t) for t in row["ner_tags"]]
             splits[name] = Dataset.from_list(rows, features=features)
@@ -442,8 +513,16 @@ def make_backbone_checkpoint(folder: Path, architecture: str, seed: int = 0) -> 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    shared = dict(vocab_size=len(tokenizer), pad_token_id=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=128, max_position_embeddings=514, max_2d_position_embeddings=1024)
+    shared = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=0,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=514,
+        max_2d_position_embeddings=1024,
+    )
     torch.manual_seed(seed)
     if architecture == "lilt":
         # LiLT splits its layout embedding in 6 (4 coordinates + 2 sizes): a hidden size divisible by 6

@@ -1,5 +1,6 @@
 """Staging folders never outlive their process: Ctrl-C and SIGTERM remove them at once, and the
 next staged_dir for the same target removes one that a killed (SIGKILL) process left."""
+
 from __future__ import annotations
 
 import os
@@ -75,9 +76,12 @@ def test_a_killed_process_staging_folder_goes_at_the_next_start(tmp_path):
 
 def test_only_dead_processes_of_this_host_are_swept(tmp_path):
     host = socket.gethostname()
-    names = {"dead": f".run.staging.{dead_pid()}.{host}.abc", "alive": f".run.staging.{os.getpid()}.{host}.def",
-             "elsewhere": f".run.staging.{dead_pid()}.other-host.example.ghi",
-             "other_target": f".run-1.staging.{dead_pid()}.{host}.jkl"}
+    names = {
+        "dead": f".run.staging.{dead_pid()}.{host}.abc",
+        "alive": f".run.staging.{os.getpid()}.{host}.def",
+        "elsewhere": f".run.staging.{dead_pid()}.other-host.example.ghi",
+        "other_target": f".run-1.staging.{dead_pid()}.{host}.jkl",
+    }
     for name in names.values():
         (tmp_path / name).mkdir()
     assert remove_stale_staging(tmp_path / "run") == [tmp_path / names["dead"]]

@@ -1,5 +1,6 @@
 """Per-form entity counts (scoring) and the bootstrap over seeds and test forms (layoutpeft.bootstrap),
 on hand-checked small cases."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,8 @@ from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.study import bootstrap
 from layoutpeft.train.scoring import form_counts, score
 
-HIT = {"QUESTION": [1, 0, 0], "ANSWER": [0, 0, 0], "HEADER": [0, 0, 0]}     # form F1 1
-MISS = {"QUESTION": [0, 1, 1], "ANSWER": [0, 0, 0], "HEADER": [0, 0, 0]}    # form F1 0
+HIT = {"QUESTION": [1, 0, 0], "ANSWER": [0, 0, 0], "HEADER": [0, 0, 0]}  # form F1 1
+MISS = {"QUESTION": [0, 1, 1], "ANSWER": [0, 0, 0], "HEADER": [0, 0, 0]}  # form F1 0
 
 
 def test_per_form_counts_add_up_to_seqeval_micro_f1():
@@ -22,7 +23,7 @@ def test_per_form_counts_add_up_to_seqeval_micro_f1():
     assert scores["per_form"]["f3"]["ANSWER"] == [0, 1, 0]
     tp, fp, fn = np.sum([c for form in scores["per_form"].values() for c in form.values()], axis=0)
     assert (tp, fp, fn) == (2, 3, 2)
-    assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(scores["f1"])              # seqeval's own micro F1
+    assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(scores["f1"])  # seqeval's own micro F1
     types = ["HEADER", "QUESTION", "ANSWER"]
     assert form_counts(["O"], ["O"], types) == {"HEADER": [0, 0, 0], "QUESTION": [0, 0, 0], "ANSWER": [0, 0, 0]}
 
@@ -48,7 +49,7 @@ def test_seeds_resampled_by_hand():
 def test_identical_variants_differ_by_exactly_zero_on_every_paired_draw():
     runs = {0: {"A": HIT, "B": MISS, "C": HIT}, 1: {"A": MISS, "B": MISS, "C": HIT}}
     diff = bootstrap.paired_difference(runs, runs)
-    assert diff["mean_diff"] == 0.0 and diff["ci95_low"] == diff["ci95_high"] == 0.0   # unpaired draws would spread
+    assert diff["mean_diff"] == 0.0 and diff["ci95_low"] == diff["ci95_high"] == 0.0  # unpaired draws would spread
     assert diff["n_pairs"] == 2 and "two-level" in diff["method"]
 
 
@@ -59,6 +60,6 @@ def test_paired_difference_uses_shared_seeds_and_is_reproducible():
     assert first == again and first["n_pairs"] == 2
     # seed 0: 1.0 - 0.5 (A miss: 2/(2+1+1)); seed 1: 0.5 - 0.0
     assert first["mean_diff"] == pytest.approx(0.5)
-    assert 0 <= first["ci95_low"] <= 0.5 <= first["ci95_high"]      # a is never worse than b on any form here
-    assert bootstrap.paired_difference(a, {5: b[0]}) is None                           # no shared seed
-    assert bootstrap.f1_interval({0: {"A": HIT}, 1: {"B": HIT}}) is None               # different test forms
+    assert 0 <= first["ci95_low"] <= 0.5 <= first["ci95_high"]  # a is never worse than b on any form here
+    assert bootstrap.paired_difference(a, {5: b[0]}) is None  # no shared seed
+    assert bootstrap.f1_interval({0: {"A": HIT}, 1: {"B": HIT}}) is None  # different test forms

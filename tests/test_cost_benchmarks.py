@@ -1,4 +1,5 @@
 """benchmarks/schedule_length.py (its decision rule, its plan) and benchmarks/study_cost.py (params, plan)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,24 +20,29 @@ study_cost = load("study_cost")
 
 def result(length, seed, f1):
     overrides = {} if length == 30 else {"max_epochs": length}
-    return {"overrides": overrides, "seed": seed, "best_val_f1": f1, "test_f1": f1, "best_epoch": length,
-            "epoch_time_s": 40.0}
+    return {"overrides": overrides, "seed": seed, "best_val_f1": f1, "test_f1": f1, "best_epoch": length, "epoch_time_s": 40.0}
 
 
 def test_the_shortest_length_not_measurably_worse_for_every_variant_is_chosen():
     base = {0: 0.50, 1: 0.52, 2: 0.51}
-    same = {"full": [result(30, s, f) for s, f in base.items()] + [result(15, s, f - 0.03 - 0.001 * s) for s, f in base.items()]
-            + [result(20, s, f + (0.002, -0.004, 0.001)[s]) for s, f in base.items()],
-            "lora": [result(30, s, f) for s, f in base.items()] + [result(15, s, f + 0.001 * s) for s, f in base.items()]
-            + [result(20, s, f - 0.001 * s) for s, f in base.items()]}
+    same = {
+        "full": [result(30, s, f) for s, f in base.items()]
+        + [result(15, s, f - 0.03 - 0.001 * s) for s, f in base.items()]
+        + [result(20, s, f + (0.002, -0.004, 0.001)[s]) for s, f in base.items()],
+        "lora": [result(30, s, f) for s, f in base.items()]
+        + [result(15, s, f + 0.001 * s) for s, f in base.items()]
+        + [result(20, s, f - 0.001 * s) for s, f in base.items()],
+    }
     decision = schedule_length.decide(same, [15, 20, 30], 30, [0, 1, 2], margin=1.0)
     assert decision["table"]["full"]["15"]["verdict"] == "measurably worse"
     assert decision["table"]["lora"]["15"]["verdict"] == "not measurably worse"
     assert decision["max_epochs"] == 20
     # a loss hidden by three noisy seeds is still refused when its mean is beyond the margin
-    noisy = {"full": [result(30, s, f) for s, f in base.items()]
-             + [result(15, s, f + d) for (s, f), d in zip(base.items(), (-0.05, 0.01, -0.02))]
-             + [result(20, s, f) for s, f in base.items()]}
+    noisy = {
+        "full": [result(30, s, f) for s, f in base.items()]
+        + [result(15, s, f + d) for (s, f), d in zip(base.items(), (-0.05, 0.01, -0.02), strict=False)]
+        + [result(20, s, f) for s, f in base.items()]
+    }
     verdict = schedule_length.decide(noisy, [15, 20, 30], 30, [0, 1, 2], margin=1.0)["table"]["full"]["15"]["verdict"]
     assert verdict == "worse by more than 1 points"
     # a missing seed leaves the decision open rather than deciding on fewer pairs
@@ -63,13 +69,36 @@ def test_study_cost_runs_a_tiny_subset_end_to_end(tiny_checkpoint, tiny_tokenize
     study = tmp_path / "study"
     shutil.copytree(REPO_ROOT / "results" / "reference-minilm", study, ignore=shutil.ignore_patterns("plots"))
     out = tmp_path / "out"
-    study_cost.main(["--study", str(study), "--variants", "head", "--out", str(out),
-                     "--tokenized", str(tiny_tokenized / "data" / "tokenized"),
-                     "--set", "train.max_epochs=2", "--set", "study.halving={rungs: [1], keep: 1}",
-                     "--set", "study.seeds=[0]", "--set", "variants.head.lr_grid=[0.001, 0.01, 0.1]",
-                     "--set", "study.extend_grid=0",
-                     "--set", "train.precision=fp32", "--set", "train.batch_size=4",
-                     "--set", f"model.checkpoint={tiny_checkpoint}", "--set", "model.position_init=zero"])
+    study_cost.main(
+        [
+            "--study",
+            str(study),
+            "--variants",
+            "head",
+            "--out",
+            str(out),
+            "--tokenized",
+            str(tiny_tokenized / "data" / "tokenized"),
+            "--set",
+            "train.max_epochs=2",
+            "--set",
+            "study.halving={rungs: [1], keep: 1}",
+            "--set",
+            "study.seeds=[0]",
+            "--set",
+            "variants.head.lr_grid=[0.001, 0.01, 0.1]",
+            "--set",
+            "study.extend_grid=0",
+            "--set",
+            "train.precision=fp32",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            f"model.checkpoint={tiny_checkpoint}",
+            "--set",
+            "model.position_init=zero",
+        ]
+    )
     result = json.loads((out / "study_cost.json").read_text())
     head = result["variants"]["head"]
     assert result["complete"] and head["tuning_epochs"] == 3 + 1 and head["seeds"] == [0]

@@ -1,4 +1,5 @@
 """layoutpeft.study.decision: the "which to pick" lines of the summary, from hand-made summaries."""
+
 from __future__ import annotations
 
 from layoutpeft.study.decision import which_to_pick
@@ -7,8 +8,12 @@ from layoutpeft.study.stats import paired_comparison, seed_stats
 
 def entry(per_seed: dict[int, float], trainable: int, total: int = 1_000_000, saved: int | None = None) -> dict:
     f1 = seed_stats(per_seed.values())
-    return {"f1": {**f1, "per_seed": {str(s): v for s, v in per_seed.items()}}, "trainable_params": trainable,
-            "trainable_share": trainable / total, "saved_bytes": saved}
+    return {
+        "f1": {**f1, "per_seed": {str(s): v for s, v in per_seed.items()}},
+        "trainable_params": trainable,
+        "trainable_share": trainable / total,
+        "saved_bytes": saved,
+    }
 
 
 def summary(reference: str = "full", **variants: dict) -> dict:
@@ -19,18 +24,25 @@ def summary(reference: str = "full", **variants: dict) -> dict:
 
 
 def test_highest_f1_best_efficient_method_its_close_rivals_and_the_front():
-    lines = which_to_pick(summary(
-        full=entry({0: 0.50, 1: 0.52, 2: 0.51}, 1_000_000, saved=4_000_000),
-        lora=entry({0: 0.46, 1: 0.47, 2: 0.45}, 60_000, saved=240_000),
-        loha=entry({0: 0.455, 1: 0.47, 2: 0.452}, 80_000),    # within lora's noise
-        head=entry({0: 0.20, 1: 0.21, 2: 0.22}, 2_000)))        # far below it
+    lines = which_to_pick(
+        summary(
+            full=entry({0: 0.50, 1: 0.52, 2: 0.51}, 1_000_000, saved=4_000_000),
+            lora=entry({0: 0.46, 1: 0.47, 2: 0.45}, 60_000, saved=240_000),
+            loha=entry({0: 0.455, 1: 0.47, 2: 0.452}, 80_000),  # within lora's noise
+            head=entry({0: 0.20, 1: 0.21, 2: 0.22}, 2_000),
+        )
+    )  # far below it
     text = "\n".join(lines)
     assert "- Highest F1: **full** 51.0 ± 2.5 (1 M trainable parameters, 100 %; stored: 4 MB)." in lines
-    assert lines[3].startswith("- Best parameter-efficient: **lora** 46.0 ± 2.5 (60 k trainable parameters, 6 %; "
-                               "stored: 240 kB); F1 points vs full: -5.0 [")
+    assert lines[3].startswith(
+        "- Best parameter-efficient: **lora** 46.0 ± 2.5 (60 k trainable parameters, 6 %; "
+        "stored: 240 kB); F1 points vs full: -5.0 ["
+    )
     assert "Not distinguishable from lora" in text and "loha -0.1 [" in text and "head" not in lines[4]
-    assert lines[5] == ("- Pareto front of F1 against trainable parameters, cheapest first: head (2 k, 21.0) → "
-                        "lora (60 k, 46.0) → full (1 M, 51.0).")  # loha costs more than lora for no more F1
+    assert lines[5] == (
+        "- Pareto front of F1 against trainable parameters, cheapest first: head (2 k, 21.0) → "
+        "lora (60 k, 46.0) → full (1 M, 51.0)."
+    )  # loha costs more than lora for no more F1
 
 
 def test_a_parameter_efficient_winner_is_said_so_once():
@@ -40,8 +52,9 @@ def test_a_parameter_efficient_winner_is_said_so_once():
 
 
 def test_too_few_shared_seeds_are_named_not_compared():
-    lines = which_to_pick(summary(full=entry({0: 0.5, 1: 0.5}, 1_000_000), lora=entry({0: 0.45, 1: 0.46}, 60_000),
-                                  ia3=entry({2: 0.44}, 5_000)))
+    lines = which_to_pick(
+        summary(full=entry({0: 0.5, 1: 0.5}, 1_000_000), lora=entry({0: 0.45, 1: 0.46}, 60_000), ia3=entry({2: 0.44}, 5_000))
+    )
     assert "- Too few shared seeds to compare with lora: ia3." in lines
     assert not any("Not distinguishable" in line for line in lines)
 

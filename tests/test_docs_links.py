@@ -4,6 +4,7 @@ Anchors follow GitHub's heading ids: the heading's text, lower-cased, without ch
 than letters, digits, marks, spaces, '-' and '_', spaces turned into '-'; a repeated id gets
 '-1', '-2', ... Links inside code (fenced blocks, `spans`) are not links.
 """
+
 from __future__ import annotations
 
 import re
@@ -93,7 +94,8 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path):
         "[web](https://example.org/missing) `[code](missing.md)`\n\n"
         "```\n[fenced](missing.md)\n```\n\n"
         "[gone](docs/missing.md) [bad anchor](docs/guide.md#setup) [bad here](#nowhere)\n"
-        "[ref]: docs/also-missing.md\n")
+        "[ref]: docs/also-missing.md\n"
+    )
     assert broken_links(page, root=tmp_path) == [
         "README.md: link docs/missing.md: no such file",
         "README.md: link docs/guide.md#setup: no heading with anchor #setup in guide.md",
@@ -102,13 +104,16 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("heading, expected", [
-    ("The `layoutpeft` command", "the-layoutpeft-command"),
-    ("Speed settings (`train:` in params.yaml)", "speed-settings-train-in-paramsyaml"),
-    ("Training speed (2026-11-27)", "training-speed-2026-11-27"),
-    ("1 worker or 2 on this machine (CPU)", "1-worker-or-2-on-this-machine-cpu"),
-    ("What's new? A [link](x.md) & **bold**", "whats-new-a-link--bold"),
-    ("ΔF1 vs full_ft", "δf1-vs-full_ft"),
-])
+@pytest.mark.parametrize(
+    "heading, expected",
+    [
+        ("The `layoutpeft` command", "the-layoutpeft-command"),
+        ("Speed settings (`train:` in params.yaml)", "speed-settings-train-in-paramsyaml"),
+        ("Training speed (2026-11-27)", "training-speed-2026-11-27"),
+        ("1 worker or 2 on this machine (CPU)", "1-worker-or-2-on-this-machine-cpu"),
+        ("What's new? A [link](x.md) & **bold**", "whats-new-a-link--bold"),
+        ("ΔF1 vs full_ft", "δf1-vs-full_ft"),
+    ],
+)
 def test_anchor_slugs_follow_github(heading, expected):
     assert slug(heading) == expected

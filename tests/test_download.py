@@ -1,4 +1,5 @@
 """stages/download.py: checksum first, safe extraction, and no half-written data/raw."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures import make_funsd_zip
 
+from layoutpeft.config import ParamsError
 from layoutpeft.data import download as dl
 from layoutpeft.data.download import DownloadError, download
 from stages import download as download_stage
-from layoutpeft.config import ParamsError
+
+from fixtures import make_funsd_zip
 
 
 def snapshot(folder: Path) -> dict:
@@ -110,8 +112,15 @@ def test_unreachable_url_names_the_key_and_the_offline_route(out_dir, monkeypatc
         raise requests.ConnectionError("Name or service not known")
 
     monkeypatch.setattr(requests, "get", no_network)
-    expect_failure("https://example.invalid/dataset.zip", "0" * 32, out_dir,
-                   "data.url", "https://example.invalid/dataset.zip", "ConnectionError", "local copy")
+    expect_failure(
+        "https://example.invalid/dataset.zip",
+        "0" * 32,
+        out_dir,
+        "data.url",
+        "https://example.invalid/dataset.zip",
+        "ConnectionError",
+        "local copy",
+    )
 
 
 def test_unsupported_scheme(tmp_path, out_dir):
@@ -135,14 +144,17 @@ def test_corrupt_entry(tmp_path, out_dir):
     expect_failure(path, md5, out_dir, "bad.zip", "corrupt or truncated entry", entry)
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("../escape.txt", "escapes the target folder"),
-    ("dataset/../../escape.txt", "escapes the target folder"),
-    ("..\\escape.txt", "escapes the target folder"),
-    ("/tmp/absolute.txt", "absolute path entry"),
-    ("\\absolute.txt", "absolute path entry"),
-    ("C:/absolute.txt", "absolute path entry"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("../escape.txt", "escapes the target folder"),
+        ("dataset/../../escape.txt", "escapes the target folder"),
+        ("..\\escape.txt", "escapes the target folder"),
+        ("/tmp/absolute.txt", "absolute path entry"),
+        ("\\absolute.txt", "absolute path entry"),
+        ("C:/absolute.txt", "absolute path entry"),
+    ],
+)
 def test_entries_outside_the_folder_are_refused(tmp_path, out_dir, name, fragment):
     path, md5 = make_funsd_zip(tmp_path / "evil.zip", extra_entries=((name, b"x"),))
     expect_failure(path, md5, out_dir, "evil.zip", fragment, repr(name))
@@ -150,8 +162,7 @@ def test_entries_outside_the_folder_are_refused(tmp_path, out_dir, name, fragmen
 
 
 def test_symlink_entry_is_refused(tmp_path, out_dir):
-    path, md5 = make_funsd_zip(tmp_path / "link.zip",
-                               link_entries=(("dataset/training_data/images/link.png", "/etc/passwd"),))
+    path, md5 = make_funsd_zip(tmp_path / "link.zip", link_entries=(("dataset/training_data/images/link.png", "/etc/passwd"),))
     expect_failure(path, md5, out_dir, "link.zip", "link entry", "link.png")
 
 
@@ -163,19 +174,23 @@ def test_zip_without_the_funsd_layout(tmp_path, out_dir):
 
 # --- main(): params errors name the key, before anything is fetched ---------------------------
 
+
 def write_params(folder: Path, data: dict) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-@pytest.mark.parametrize("data, fragment", [
-    ({"data": {"md5": "0" * 32}}, "missing key 'data.url'"),
-    ({"data": {"url": "x.zip"}}, "missing key 'data.md5'"),
-    ({"data": {"url": 5, "md5": "0" * 32}}, "key 'data.url' must be str"),
-    ({"data": {"url": "x.zip", "md5": 123}}, "key 'data.md5' must be str"),
-    ({"model": {}}, "missing key 'data.url'"),
-])
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"data": {"md5": "0" * 32}}, "missing key 'data.url'"),
+        ({"data": {"url": "x.zip"}}, "missing key 'data.md5'"),
+        ({"data": {"url": 5, "md5": "0" * 32}}, "key 'data.url' must be str"),
+        ({"data": {"url": "x.zip", "md5": 123}}, "key 'data.md5' must be str"),
+        ({"model": {}}, "missing key 'data.url'"),
+    ],
+)
 def test_main_params_errors(tmp_path, monkeypatch, data, fragment):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, data)

@@ -9,6 +9,7 @@ modules that cannot change a stage's numbers
 its main() reads) runs on params.yaml with every key access recorded; the keys it touched must
 be exactly the keys its `params:` list covers.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,8 +25,15 @@ PACKAGES = ("stages", "layoutpeft")
 # commit recording, error texts, known-harmless library messages silenced, atomic writing, path
 # names (dvc.yaml spells them out), and reading an already-resolved variant JSON (tracked as a
 # data dependency).
-NEUTRAL = {"layoutpeft/__init__.py", "layoutpeft/config.py", "layoutpeft/provenance.py", "layoutpeft/errors.py",
-           "layoutpeft/known_messages.py", "layoutpeft/atomic.py", "layoutpeft/paths.py"}
+NEUTRAL = {
+    "layoutpeft/__init__.py",
+    "layoutpeft/config.py",
+    "layoutpeft/provenance.py",
+    "layoutpeft/errors.py",
+    "layoutpeft/known_messages.py",
+    "layoutpeft/atomic.py",
+    "layoutpeft/paths.py",
+}
 # Neutral for the stages that only read its resolved JSON (train@, evaluate@), not for `variants`.
 READS_RESOLVED_VARIANTS = {"layoutpeft/train/variants.py"}
 
@@ -104,8 +112,9 @@ def test_subpackage_inits_hold_no_code():
     assert len(inits) >= 5
     for init in inits:
         body = ast.parse(init.read_text()).body
-        assert len(body) <= 1 and all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), \
+        assert len(body) <= 1 and all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), (
             f"{init.relative_to(ROOT)} should hold only a docstring"
+        )
 
 
 WHOLE = "/*"  # marks a mapping that was iterated: all of it was read
@@ -185,7 +194,7 @@ def test_params_are_exactly_what_the_stage_reads(name, stage, monkeypatch):
     importlib.import_module(f"stages.{name.removesuffix('_extra')}").read_params(Recording(params, log))
     keys = {p for p in log if not p.endswith(WHOLE)}
     deepest = {p for p in keys if not any(q.startswith(p + ".") for q in keys)}
-    read = leaves(params, deepest | {p[:-len(WHOLE)] for p in log if p.endswith(WHOLE)})
+    read = leaves(params, deepest | {p[: -len(WHOLE)] for p in log if p.endswith(WHOLE)})
     declared = leaves(params, {p for p in stage.get("params", []) if isinstance(p, str)})
     assert not sorted(read - declared), f"dvc.yaml stage {name!r} reads {sorted(read - declared)} without listing them"
     assert not sorted(declared - read), f"dvc.yaml stage {name!r} lists {sorted(declared - read)} but never reads them"

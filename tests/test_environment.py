@@ -1,4 +1,5 @@
 """Run records say which code produced them, including uncommitted edits to it."""
+
 from __future__ import annotations
 
 import subprocess

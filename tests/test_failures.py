@@ -6,6 +6,7 @@
 - Duplicate seeds, an unstudied reference and an empty checkpoint folder fail in the variants /
   tokenize stage, before any training.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from fixtures import git, run_dvc
 
 pytestmark = pytest.mark.slow
@@ -20,12 +22,29 @@ pytestmark = pytest.mark.slow
 # A one-variant, one-seed, one-epoch study. The tiny windows leave 8 positions for virtual
 # tokens (fixtures.TINY_DATA_SETTINGS), and the variants stage checks every defined variant,
 # studied or not: the prompt methods' 20 virtual tokens would not fit.
-HEAD_STUDY = {"study.variants": ["head"], "study.reference": "head", "study.seeds": [0], "train.max_epochs": 1,
-              "variants.prompt_tuning.virtual_tokens": 8, "variants.p_tuning.virtual_tokens": 8}
+HEAD_STUDY = {
+    "study.variants": ["head"],
+    "study.reference": "head",
+    "study.seeds": [0],
+    "train.max_epochs": 1,
+    "variants.prompt_tuning.virtual_tokens": 8,
+    "variants.p_tuning.virtual_tokens": 8,
+}
 # Every output of the pipeline for that study (dvc.yaml), relative to the project.
-OUTPUTS = ["data/raw", "data/tokenized", "data/variants", "metrics/data.json", "models/head-0",
-           "metrics/runs/head-0.json", "data/lr/head.json", "metrics/study.json", "metrics/summary.json",
-           "metrics/summary.md", "metrics/summary.csv", "plots"]
+OUTPUTS = [
+    "data/raw",
+    "data/tokenized",
+    "data/variants",
+    "metrics/data.json",
+    "models/head-0",
+    "metrics/runs/head-0.json",
+    "data/lr/head.json",
+    "metrics/study.json",
+    "metrics/summary.json",
+    "metrics/summary.md",
+    "metrics/summary.csv",
+    "plots",
+]
 
 
 def snapshot(project: Path) -> dict[str, str]:
@@ -33,7 +52,7 @@ def snapshot(project: Path) -> dict[str, str]:
     files = {}
     for name in OUTPUTS:
         path = project / name
-        for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
             files[file.relative_to(project).as_posix()] = hashlib.md5(file.read_bytes()).hexdigest()
     return files
 
@@ -58,7 +77,8 @@ def test_failed_stage_is_one_line_and_checkout_restores_every_output(make_tiny_p
     assert "Stage 'tokenize' didn't change, skipping" in proc.stdout
     assert "Running stage 'evaluate@" not in proc.stdout
     assert error_lines(proc.stderr) == [
-        "layoutpeft tune: error: params.yaml: key 'train.batch_size' must be in [1, 4096], got 0"], proc.stderr
+        "layoutpeft tune: error: params.yaml: key 'train.batch_size' must be in [1, 4096], got 0"
+    ], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (project / "data" / "lr" / "head.json").exists()  # DVC removed the stage's output before running it
     assert (project / "dvc.lock").read_text() == lock
@@ -80,13 +100,21 @@ def test_failed_stage_is_one_line_and_checkout_restores_every_output(make_tiny_p
 
 # What `dvc exp run -S ...` prints on stderr for three bad inputs (the DVC lines verbatim).
 BAD_INPUTS = [
-    ("study.seeds=[0,0]", "variants",
-     "layoutpeft variants: error: params.yaml: study.seeds lists seed 0 more than once (DVC would merge the "
-     "duplicate runs)"),
-    ("study.reference=nope", "variants",
-     "layoutpeft variants: error: params.yaml: study.reference 'nope' is not in study.variants ['head']"),
-    ("model.checkpoint={empty}", "tokenize",
-     "layoutpeft tokenize: error: model.checkpoint: {empty} is not a model folder (no config.json in {empty})"),
+    (
+        "study.seeds=[0,0]",
+        "variants",
+        "layoutpeft variants: error: params.yaml: study.seeds lists seed 0 more than once (DVC would merge the duplicate runs)",
+    ),
+    (
+        "study.reference=nope",
+        "variants",
+        "layoutpeft variants: error: params.yaml: study.reference 'nope' is not in study.variants ['head']",
+    ),
+    (
+        "model.checkpoint={empty}",
+        "tokenize",
+        "layoutpeft tokenize: error: model.checkpoint: {empty} is not a model folder (no config.json in {empty})",
+    ),
 ]
 
 
@@ -101,8 +129,10 @@ def test_bad_inputs_fail_before_training_with_one_line(make_tiny_project, tmp_pa
         assert f"Running stage '{stage}':" in proc.stdout, override
         assert "Running stage 'train@" not in proc.stdout, override
         assert error_lines(proc.stderr) == [message], proc.stderr
-        assert f"ERROR: failed to reproduce '{stage}': failed to run: python -m stages.{stage}, exited with 2" \
+        assert (
+            f"ERROR: failed to reproduce '{stage}': failed to run: python -m stages.{stage}, exited with 2"
             in proc.stderr.splitlines()
+        )
         assert "Traceback" not in proc.stderr
         assert not any((project / "models").rglob("*")), override  # no run started
         git(project, "checkout", "params.yaml")

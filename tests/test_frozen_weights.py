@@ -1,4 +1,5 @@
 """train.frozen_weights: frozen Linear weights held in bf16 (no per-step autocast cast), same numbers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,7 @@ def test_the_setting_is_off_where_it_cannot_help():
 def test_only_frozen_linear_weights_are_cast(tiny_checkpoint):
     variant = validate_variant("lora", LORA, prompt_reserve=8)
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero"), variant, CPU, Schedule(10, 2),
-                                  labels=LEGACY_LABELS)
+    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero"), variant, CPU, Schedule(10, 2), labels=LEGACY_LABELS)
     assert device.hold_frozen_weights(model, None) == 0
     cast = device.hold_frozen_weights(model, torch.bfloat16)
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -59,8 +59,9 @@ def test_forced_bf16_frozen_weights_train_to_the_same_numbers(tiny_checkpoint, t
     cfg = dataclasses.replace(cpu_train_config(max_epochs=2), precision="bf16")
     tokenized, model_cfg = tiny_tokenized / "data" / "tokenized", ModelConfig(str(tiny_checkpoint), "zero")
     plain = runs.train("lora", 0, variant, model_cfg, cfg, tmp_path / "plain", tokenized)
-    held = runs.train("lora", 0, variant, model_cfg, dataclasses.replace(cfg, frozen_weights="bf16"), tmp_path / "held",
-                      tokenized)
+    held = runs.train(
+        "lora", 0, variant, model_cfg, dataclasses.replace(cfg, frozen_weights="bf16"), tmp_path / "held", tokenized
+    )
     assert plain["frozen_weights"] == "fp32" and held["frozen_weights"].startswith("bf16 (")
 
     def numbers(log):

@@ -1,5 +1,6 @@
 """Successive halving in lr tuning: the replay of the reference study's trials, pause and resume,
 and a tiny tune@ with halving on (stopped trials, the trial cache, a resumed tune)."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import REPO_ROOT, cpu_train_config
 from layoutpeft.config import ModelConfig, ParamsError, load_yaml
 from layoutpeft.train.methods import validate_variant
 from layoutpeft.train.tuning import TuningConfig, at_epoch, lr_grid, planned_epochs, replay
 from layoutpeft.train.variants import resolve
+
+from fixtures import REPO_ROOT, cpu_train_config
 
 REFERENCE = REPO_ROOT / "results" / "reference-minilm"
 
@@ -33,8 +35,12 @@ def replay_reference(halving: dict) -> dict[str, dict]:
         declared = lr_grid(resolve(committed["variant"], params["variants"]), tuning)
         assert declared == committed["grid"], path  # the grid the reference study tried
         result = replay(committed["trials"], declared, tuning, params["train"]["max_epochs"], params["train"]["select_on"])
-        out[committed["variant"]] = {"committed": committed["chosen_lr"], "replayed": result["chosen_lr"],
-                                     "epochs": result["epochs"], "exhaustive": sum(t["epochs_run"] for t in committed["trials"])}
+        out[committed["variant"]] = {
+            "committed": committed["chosen_lr"],
+            "replayed": result["chosen_lr"],
+            "epochs": result["epochs"],
+            "exhaustive": sum(t["epochs_run"] for t in committed["trials"]),
+        }
     return out
 
 
@@ -58,9 +64,18 @@ def test_a_too_early_rung_changes_a_reference_choice():
 
 
 def test_a_rung_ranks_by_the_best_epoch_so_far():
-    trial = {"lr": 1e-3, "best_val_f1": 0.6, "best_val_loss": 0.5, "best_epoch": 4, "epochs_run": 4, "stop_reason": None,
-             "history": [{"epoch": e, "val_f1": f1, "val_loss": loss, "elapsed_s": 10.0 * e}
-                         for e, f1, loss in [(1, 0.2, 0.9), (2, 0.4, 0.7), (3, 0.3, 0.6), (4, 0.6, 0.5)]]}
+    trial = {
+        "lr": 1e-3,
+        "best_val_f1": 0.6,
+        "best_val_loss": 0.5,
+        "best_epoch": 4,
+        "epochs_run": 4,
+        "stop_reason": None,
+        "history": [
+            {"epoch": e, "val_f1": f1, "val_loss": loss, "elapsed_s": 10.0 * e}
+            for e, f1, loss in [(1, 0.2, 0.9), (2, 0.4, 0.7), (3, 0.3, 0.6), (4, 0.6, 0.5)]
+        ],
+    }
     early = at_epoch(trial, 3)
     assert (early["best_val_f1"], early["best_epoch"], early["epochs_run"], early["wall_time_s"]) == (0.4, 2, 3, 30.0)
     assert at_epoch(trial, 3, "loss")["best_epoch"] == 3
@@ -74,15 +89,23 @@ def test_planned_epochs():
     assert planned_epochs(5, TuningConfig(True, 0, (1.0,)), 30) == 150
 
 
-@pytest.mark.parametrize("halving, message", [
-    ({"rungs": [10, 5], "keep": 2}, "increasing"), ({"rungs": [0], "keep": 2}, "increasing"),
-    ({"rungs": [30], "keep": 2}, "before train.max_epochs"), ({"rungs": [10], "keep": 0}, "keep"),
-    ({"rungs": [10], "keep": 1.5}, "keep"), ({"rungs": [10], "keep": True}, "keep"),
-    ({"rungs": [10], "keep": 2, "eta": 3}, "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "halving, message",
+    [
+        ({"rungs": [10, 5], "keep": 2}, "increasing"),
+        ({"rungs": [0], "keep": 2}, "increasing"),
+        ({"rungs": [30], "keep": 2}, "before train.max_epochs"),
+        ({"rungs": [10], "keep": 0}, "keep"),
+        ({"rungs": [10], "keep": 1.5}, "keep"),
+        ({"rungs": [10], "keep": True}, "keep"),
+        ({"rungs": [10], "keep": 2, "eta": 3}, "unknown keys"),
+    ],
+)
 def test_halving_params_are_checked(halving, message):
-    params = {"train": {"max_epochs": 30}, "study": {"tune_lr": True, "tuning_seed": 0, "lr_grid": [1.0],
-                                                     "extend_grid": 0, "halving": halving}}
+    params = {
+        "train": {"max_epochs": 30},
+        "study": {"tune_lr": True, "tuning_seed": 0, "lr_grid": [1.0], "extend_grid": 0, "halving": halving},
+    }
     with pytest.raises(ParamsError, match=message):
         TuningConfig.from_params(params)
 
@@ -91,8 +114,9 @@ def test_a_paused_and_resumed_training_gives_the_numbers_of_a_straight_one(tiny_
     """LoRA with dropout (the RNG state matters), AdamW moments, the schedule's position: all carried over."""
     from layoutpeft.train import runs
 
-    variant = validate_variant("lora", {"method": "lora", "r": 2, "dropout": 0.1, "targets": ["query", "value"],
-                                        "lr": 5e-3}, prompt_reserve=8)
+    variant = validate_variant(
+        "lora", {"method": "lora", "r": 2, "dropout": 0.1, "targets": ["query", "value"], "lr": 5e-3}, prompt_reserve=8
+    )
     model_cfg, cfg = ModelConfig(str(tiny_checkpoint), "zero"), cpu_train_config(max_epochs=3)
     tokenized = tiny_tokenized / "data" / "tokenized"
     straight = runs.train("lora", 0, variant, model_cfg, cfg, tmp_path / "straight", tokenized)
@@ -115,7 +139,8 @@ class Killed(Exception):
 
 
 def test_a_tune_with_halving_stops_trials_at_the_rung_and_resumes_only_unfinished_ones(
-        tiny_checkpoint, tiny_tokenized, tmp_path, monkeypatch):
+    tiny_checkpoint, tiny_tokenized, tmp_path, monkeypatch
+):
     from layoutpeft.train import runs, tuning
 
     monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
@@ -184,8 +209,7 @@ def torch_epoch(checkpoint: Path | None) -> int | None:
 
 
 def strip_times(result: dict) -> list[dict]:
-    return [{**t, "history": [{k: v for k, v in r.items() if k != "elapsed_s"} for r in t["history"]]}
-            for t in result["trials"]]
+    return [{**t, "history": [{k: v for k, v in r.items() if k != "elapsed_s"} for r in t["history"]]} for t in result["trials"]]
 
 
 def without_cache_paths(result: dict) -> list[dict]:
@@ -193,12 +217,15 @@ def without_cache_paths(result: dict) -> list[dict]:
 
 
 def test_a_shard_plan_counts_the_epochs_halving_trains():
-    from layoutpeft.scale import shards
     from layoutpeft.config import load_params
+    from layoutpeft.scale import shards
 
     params = load_params(REPO_ROOT / "params.yaml")
-    params = {**params, "train": {**params["train"], "max_epochs": 30},
-              "study": {**params["study"], "variants": ["vera"], "reference": "vera", "seeds": [0], "tune_lr": True}}
+    params = {
+        **params,
+        "train": {**params["train"], "max_epochs": 30},
+        "study": {**params["study"], "variants": ["vera"], "reference": "vera", "seeds": [0], "tune_lr": True},
+    }
     exhaustive = shards.units(params)[0].cost
     halved = shards.units({**params, "study": {**params["study"], "halving": {"rungs": [10], "keep": 2}}})[0].cost
     step = shards.method_cost("vera")
@@ -217,8 +244,9 @@ def test_halving_with_grid_extension_scripted(tmp_path, monkeypatch):
     def f1(lr, epoch):
         return (0.5 - 0.1 * abs(math.log10(lr / 2.7e-2))) * epoch / 4
 
-    def scripted_train(name, seed, settings, model_cfg, cfg, out_dir, tokenized, on_epoch=None, pause_after=None,
-                       checkpoint=None):
+    def scripted_train(
+        name, seed, settings, model_cfg, cfg, out_dir, tokenized, on_epoch=None, pause_after=None, checkpoint=None
+    ):
         lr = settings["lr"]
         start = int(checkpoint.read_text()) if checkpoint is not None and checkpoint.is_file() else 0
         end = pause_after or cfg.max_epochs
@@ -226,27 +254,42 @@ def test_halving_with_grid_extension_scripted(tmp_path, monkeypatch):
         if pause_after:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             checkpoint.write_text(str(end))
-        history = [{"epoch": e, "val_f1": f1(lr, e), "val_loss": 1 - f1(lr, e), "elapsed_s": float(e)}
-                   for e in range(1, end + 1)]
-        return {"training": {"best_val_f1": history[-1]["val_f1"], "best_val_loss": history[-1]["val_loss"],
-                             "best_epoch": end, "epochs_run": end, "paused": bool(pause_after),
-                             "resumed_at_epoch": start or None}, "history": history}
+        history = [{"epoch": e, "val_f1": f1(lr, e), "val_loss": 1 - f1(lr, e), "elapsed_s": float(e)} for e in range(1, end + 1)]
+        return {
+            "training": {
+                "best_val_f1": history[-1]["val_f1"],
+                "best_val_loss": history[-1]["val_loss"],
+                "best_epoch": end,
+                "epochs_run": end,
+                "paused": bool(pause_after),
+                "resumed_at_epoch": start or None,
+            },
+            "history": history,
+        }
 
     calls = []
     monkeypatch.setattr(runs, "train", scripted_train)
     monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
     (tmp_path / "tokenized").mkdir()
     config = TuningConfig(enabled=True, seed=0, multipliers=(1.0, 3.0), extend=2, rungs=(2,), keep=1)
-    result = tuning.tune("head", {"method": "head", "lr": 1e-3}, ModelConfig(str(tmp_path), "zero"),
-                         cpu_train_config(max_epochs=4), config, tmp_path / "tokenized", scratch=tmp_path)
-    assert calls == [(1e-3, 0, 2), (3e-3, 0, 2), (3e-3, 2, 4), (9e-3, 0, 2), (9e-3, 2, 4), (2.7e-2, 0, 2),
-                     (2.7e-2, 2, 4)]
+    result = tuning.tune(
+        "head",
+        {"method": "head", "lr": 1e-3},
+        ModelConfig(str(tmp_path), "zero"),
+        cpu_train_config(max_epochs=4),
+        config,
+        tmp_path / "tokenized",
+        scratch=tmp_path,
+    )
+    assert calls == [(1e-3, 0, 2), (3e-3, 0, 2), (3e-3, 2, 4), (9e-3, 0, 2), (9e-3, 2, 4), (2.7e-2, 0, 2), (2.7e-2, 2, 4)]
     assert result["extended_by"] == [9e-3, 2.7e-2] and result["chosen_lr"] == 2.7e-2
     assert result["halving"]["finalists"] == [2.7e-2] and result["halving"]["stopped"] == [1e-3]
     assert [t["epochs_run"] for t in result["trials"]] == [2, 4, 4, 4]
     assert result["at_grid_edge"] == "highest"
-    full = [{**t, "history": [{"epoch": e, "val_f1": f1(t["lr"], e), "val_loss": 1 - f1(t["lr"], e)}
-                              for e in range(1, 5)]} for t in result["trials"]]
+    full = [
+        {**t, "history": [{"epoch": e, "val_f1": f1(t["lr"], e), "val_loss": 1 - f1(t["lr"], e)} for e in range(1, 5)]}
+        for t in result["trials"]
+    ]
     assert replay(full, [1e-3, 3e-3], config, 4)["chosen_lr"] == result["chosen_lr"]
 
 
@@ -258,9 +301,16 @@ def test_the_tune_stage_with_halving_under_dvc(make_tiny_project, tmp_path):
 
     from fixtures import edit_params, run_dvc
 
-    repo = make_tiny_project({"study.variants": ["head"], "study.reference": "head", "study.tune_lr": True,
-                              "variants.head.lr_grid": [1e-3, 1e-2, 1e-1], "study.extend_grid": 0,
-                              "study.halving": {"rungs": [1], "keep": 1}})
+    repo = make_tiny_project(
+        {
+            "study.variants": ["head"],
+            "study.reference": "head",
+            "study.tune_lr": True,
+            "variants.head.lr_grid": [1e-3, 1e-2, 1e-1],
+            "study.extend_grid": 0,
+            "study.halving": {"rungs": [1], "keep": 1},
+        }
+    )
     env = {**os.environ, "LAYOUTPEFT_TRIAL_CACHE": str(tmp_path / "trials")}
     run_dvc(repo, "repro", "tune@head", env=env)
     tuned = json.loads((repo / "data" / "lr" / "head.json").read_text())

@@ -1,5 +1,6 @@
 """Known-harmless library messages are silenced one by one: the exact message goes, any other
 message of the same logger or category stays, and each text still matches the installed library."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,11 +41,14 @@ def source_of(module: str) -> str:
     return Path(importlib.util.find_spec(module).origin).read_text()
 
 
-@pytest.mark.parametrize("logger, template, arg", [
-    (km.BNB_LOGGER, km.BNB_KERNELS + ": %s. Please make sure you already `pip install kernels`", "offline"),
-    (km.TRANSFORMERS_CONFIG_LOGGER, km.BERT_AS_LAYOUTLM + " This may be expected ... can yield errors.", None),
-    ("dvc_data.index.checkout", km.DVC_NO_HASH, "/repo/plots"),
-])
+@pytest.mark.parametrize(
+    "logger, template, arg",
+    [
+        (km.BNB_LOGGER, km.BNB_KERNELS + ": %s. Please make sure you already `pip install kernels`", "offline"),
+        (km.TRANSFORMERS_CONFIG_LOGGER, km.BERT_AS_LAYOUTLM + " This may be expected ... can yield errors.", None),
+        ("dvc_data.index.checkout", km.DVC_NO_HASH, "/repo/plots"),
+    ],
+)
 def test_only_the_known_message_is_dropped(collect, logger, template, arg):
     km.quiet_libraries()
     km.quiet_dvc_first_checkout()
@@ -65,9 +69,11 @@ def test_only_the_gradient_checkpointing_future_warning_is_ignored():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         km.quiet_libraries()
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use "
-                      "`is_activation_checkpointing` instead.", FutureWarning)
-        warnings.warn("something else is deprecated", FutureWarning)
+        warnings.warn(  # noqa: B028 - raised as transformers raises it (its own stacklevel is not what is filtered)
+            "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` instead.",
+            FutureWarning,
+        )
+        warnings.warn("something else is deprecated", FutureWarning)  # noqa: B028 - as above
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
 
 

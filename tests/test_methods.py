@@ -1,4 +1,5 @@
 """The method catalogue on a tiny random LayoutLM: trainable counts in closed form, what changes, bad params."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,19 +27,22 @@ CASES = {
     "full": ({"method": "full", "lr": 1e-3}, None),
     "head": ({"method": "head", "lr": 1e-3}, NEW),
     "lora": ({"method": "lora", "r": 4, "targets": ATTN, "lr": 1e-3}, LAYERS * 4 * 2 * H * 4 + NEW),
-    "lora_ffn": ({"method": "lora", "r": 2, "targets": ["intermediate", "output"], "lr": 1e-3},
-                 LAYERS * (2 * (H + I)) * 2 + NEW),
-    "dora": ({"method": "dora", "r": 4, "targets": ["query", "value"], "lr": 1e-3},
-             LAYERS * 2 * (2 * H * 4 + H) + NEW),
+    "lora_ffn": ({"method": "lora", "r": 2, "targets": ["intermediate", "output"], "lr": 1e-3}, LAYERS * (2 * (H + I)) * 2 + NEW),
+    "dora": ({"method": "dora", "r": 4, "targets": ["query", "value"], "lr": 1e-3}, LAYERS * 2 * (2 * H * 4 + H) + NEW),
     "qlora": ({"method": "qlora", "r": 4, "targets": ATTN, "lr": 1e-3}, LAYERS * 4 * 2 * H * 4 + NEW),
-    "loha": ({"method": "loha", "r": 4, "targets": ["query", "value"], "lr": 1e-3},
-             LAYERS * 2 * 2 * 4 * (H + H) + NEW),
-    "vera": ({"method": "vera", "r": 8, "targets": ["query", "value", "intermediate"], "lr": 1e-3},
-             LAYERS * ((8 + H) + (8 + H) + (8 + I)) + NEW),
-    "ia3": ({"method": "ia3", "targets": ["key", "value", "output"], "feedforward": ["output"], "lr": 1e-3},
-            LAYERS * (H + H + I) + NEW),
-    "adalora": ({"method": "adalora", "r": 2, "init_r": 4, "targets": ["query", "value"], "lr": 1e-3},
-                LAYERS * 2 * (4 * H + H * 4 + 4) + NEW),
+    "loha": ({"method": "loha", "r": 4, "targets": ["query", "value"], "lr": 1e-3}, LAYERS * 2 * 2 * 4 * (H + H) + NEW),
+    "vera": (
+        {"method": "vera", "r": 8, "targets": ["query", "value", "intermediate"], "lr": 1e-3},
+        LAYERS * ((8 + H) + (8 + H) + (8 + I)) + NEW,
+    ),
+    "ia3": (
+        {"method": "ia3", "targets": ["key", "value", "output"], "feedforward": ["output"], "lr": 1e-3},
+        LAYERS * (H + H + I) + NEW,
+    ),
+    "adalora": (
+        {"method": "adalora", "r": 2, "init_r": 4, "targets": ["query", "value"], "lr": 1e-3},
+        LAYERS * 2 * (4 * H + H * 4 + 4) + NEW,
+    ),
     "prompt_tuning": ({"method": "prompt_tuning", "virtual_tokens": 4, "lr": 1e-2}, 4 * H + NEW),
     "lokr": ({"method": "lokr", "r": 4, "targets": ["query"], "lr": 1e-3}, None),
     "bitfit": ({"method": "bitfit", "lr": 1e-3}, None),
@@ -46,9 +50,10 @@ CASES = {
     # a key and a value prefix of 4 tokens x hidden in every layer: layers x 2 x virtual_tokens x hidden
     "prefix_tuning": ({"method": "prefix_tuning", "virtual_tokens": 4, "lr": 1e-2}, LAYERS * 2 * 4 * H + NEW),
     # reparameterised (PEFT's MLP): 4 token embeddings of H, then H -> 16 -> layers x 2 x H
-    "prefix_projection": ({"method": "prefix_tuning", "virtual_tokens": 4, "prefix_projection": True,
-                           "encoder_hidden": 16, "lr": 1e-2},
-                          4 * H + (H * 16 + 16) + (16 * LAYERS * 2 * H + LAYERS * 2 * H) + NEW),
+    "prefix_projection": (
+        {"method": "prefix_tuning", "virtual_tokens": 4, "prefix_projection": True, "encoder_hidden": 16, "lr": 1e-2},
+        4 * H + (H * 16 + 16) + (16 * LAYERS * 2 * H + LAYERS * 2 * H) + NEW,
+    ),
 }
 
 
@@ -65,8 +70,13 @@ def cpu_settings(epochs: int):
 def build(tiny_checkpoint, settings):
     variant = validate_variant("t", settings, prompt_reserve=8)
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero"), variant, torch.device("cpu"),
-                                  Schedule(total_steps=20, steps_per_epoch=2), labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(str(tiny_checkpoint), "zero"),
+        variant,
+        torch.device("cpu"),
+        Schedule(total_steps=20, steps_per_epoch=2),
+        labels=LEGACY_LABELS,
+    )
     return model, variant
 
 
@@ -88,8 +98,18 @@ def test_method_trains_exactly_its_parameters(case, tiny_checkpoint, windows):
     before = {n: p.detach().clone().float() for n, p in model.named_parameters()}
     cfg = cpu_settings(epochs=1)
     train, val = windows
-    engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=20,
-               epoch_batches=step_budget(train, 4, 0, steps=2, n_virtual=n_virtual_tokens(variant)))
+    engine.fit(
+        model,
+        variant,
+        cfg,
+        train,
+        val,
+        0,
+        torch.device("cpu"),
+        seed=0,
+        total_steps=20,
+        epoch_batches=step_budget(train, 4, 0, steps=2, n_virtual=n_virtual_tokens(variant)),
+    )
     after = dict(model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n].detach().float())}
     frozen_changed = changed - trainable
@@ -147,21 +167,24 @@ def test_target_names_map_to_distinct_modules(tiny_checkpoint):
     assert all("attention" not in n for n in ffn_out)  # "Wo" never catches the FFN output, nor vice versa
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"method": "lorax", "lr": 1e-3}, "unknown method 'lorax'"),
-    ({"lr": 1e-3}, "missing key 'method'"),
-    ({"method": "lora", "r": 4, "lr": 1e-3, "rank": 8}, "unknown key 'rank'"),
-    ({"method": "lora", "r": 0, "lr": 1e-3}, "key 'r' = 0 must be > 0"),
-    ({"method": "lora", "r": -2, "lr": 1e-3}, "key 'r' = -2 must be > 0"),
-    ({"method": "lora", "r": "8", "lr": 1e-3}, "key 'r' must be int"),
-    ({"method": "lora", "r": 4}, "missing key 'lr'"),
-    ({"method": "lora", "r": 4, "lr": 1e-3, "targets": ["query", "Wq"]}, "unknown module(s) ['Wq']"),
-    ({"method": "lora", "r": 4, "lr": 1e-3, "targets": []}, "must list at least one module"),
-    ({"method": "ia3", "lr": 1e-3, "targets": ["key"], "feedforward": ["output"]}, "must be a subset"),
-    ({"method": "prompt_tuning", "lr": 1e-3, "virtual_tokens": 30}, "exceeds data.prompt_reserve = 8"),
-    ({"method": "adalora", "r": 8, "init_r": 4, "lr": 1e-3}, "must be >= r"),
-    ({"method": "prefix_tuning", "lr": 1e-3, "encoder_hidden": 32}, "needs prefix_projection: true"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"method": "lorax", "lr": 1e-3}, "unknown method 'lorax'"),
+        ({"lr": 1e-3}, "missing key 'method'"),
+        ({"method": "lora", "r": 4, "lr": 1e-3, "rank": 8}, "unknown key 'rank'"),
+        ({"method": "lora", "r": 0, "lr": 1e-3}, "key 'r' = 0 must be > 0"),
+        ({"method": "lora", "r": -2, "lr": 1e-3}, "key 'r' = -2 must be > 0"),
+        ({"method": "lora", "r": "8", "lr": 1e-3}, "key 'r' must be int"),
+        ({"method": "lora", "r": 4}, "missing key 'lr'"),
+        ({"method": "lora", "r": 4, "lr": 1e-3, "targets": ["query", "Wq"]}, "unknown module(s) ['Wq']"),
+        ({"method": "lora", "r": 4, "lr": 1e-3, "targets": []}, "must list at least one module"),
+        ({"method": "ia3", "lr": 1e-3, "targets": ["key"], "feedforward": ["output"]}, "must be a subset"),
+        ({"method": "prompt_tuning", "lr": 1e-3, "virtual_tokens": 30}, "exceeds data.prompt_reserve = 8"),
+        ({"method": "adalora", "r": 8, "init_r": 4, "lr": 1e-3}, "must be >= r"),
+        ({"method": "prefix_tuning", "lr": 1e-3, "encoder_hidden": 32}, "needs prefix_projection: true"),
+    ],
+)
 def test_bad_variant_is_named(settings, message):
     with pytest.raises(ParamsError) as err:
         validate_variant("my_variant", settings, prompt_reserve=8)
@@ -190,19 +213,31 @@ def test_new_2d_tables_train_and_are_saved_with_every_method(case, tiny_checkpoi
     from layoutpeft.train.runs import save_trained
 
     model, variant = build(tiny_checkpoint, CASES[case][0])
-    tables = {n for n, p in model.named_parameters() if "_position_embeddings" in n and "layoutlm.embeddings." in n
-              and p.requires_grad and n.split(".")[-2 if "modules_to_save" not in n else -4].startswith(("x_", "y_", "h_", "w_"))}
+    tables = {
+        n
+        for n, p in model.named_parameters()
+        if "_position_embeddings" in n
+        and "layoutlm.embeddings." in n
+        and p.requires_grad
+        and n.split(".")[-2 if "modules_to_save" not in n else -4].startswith(("x_", "y_", "h_", "w_"))
+    }
     assert len(tables) == 4, sorted(tables)
     save_trained(model, variant, "bert", ModelConfig(str(tiny_checkpoint), "zero", "train"), tmp_path)
     from safetensors.torch import load_file
+
     saved = load_file(next(tmp_path.rglob("*.safetensors")))
     assert sum(1 for k in saved if any(f"{t}_position_embeddings" in k for t in "xyhw")) == 4
 
 
 def test_frozen_tables_option_keeps_them_frozen(tiny_checkpoint):
     variant = validate_variant("t", CASES["lora"][0], prompt_reserve=8)
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero", "frozen"), variant, torch.device("cpu"),
-                                  Schedule(total_steps=20, steps_per_epoch=2), labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(str(tiny_checkpoint), "zero", "frozen"),
+        variant,
+        torch.device("cpu"),
+        Schedule(total_steps=20, steps_per_epoch=2),
+        labels=LEGACY_LABELS,
+    )
     assert not [n for n, p in model.named_parameters() if "x_position_embeddings" in n and p.requires_grad]
 
 
@@ -213,8 +248,13 @@ def test_layoutlm_checkpoint_keeps_its_pretrained_tables_frozen_for_peft(tmp_pat
     LayoutLMModel(config).save_pretrained(tmp_path / "layoutlm")  # like layoutlm-base: no head
     AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
     variant = validate_variant("t", CASES["lora"][0], prompt_reserve=8)
-    model, source = engine.build_model(ModelConfig(str(tmp_path / "layoutlm"), "zero", "train"), variant,
-                                       torch.device("cpu"), Schedule(total_steps=20, steps_per_epoch=2), labels=LEGACY_LABELS)
+    model, source = engine.build_model(
+        ModelConfig(str(tmp_path / "layoutlm"), "zero", "train"),
+        variant,
+        torch.device("cpu"),
+        Schedule(total_steps=20, steps_per_epoch=2),
+        labels=LEGACY_LABELS,
+    )
     assert source == "layoutlm"
     assert count_parameters(model)["trainable"] == CASES["lora"][1] - TABLES
     tables = [p for n, p in model.named_parameters() if "x_position_embeddings" in n]
@@ -235,8 +275,9 @@ def test_model_tables_lr_applies_to_new_tables_only(tmp_path, tiny_checkpoint):
     LayoutLMModel(config).save_pretrained(tmp_path / "layoutlm")
     AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
     layoutlm = ModelConfig(str(tmp_path / "layoutlm"), "zero", "train", tables_lr=2e-5)
-    model, source = engine.build_model(layoutlm, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2),
-                                       labels=LEGACY_LABELS)
+    model, source = engine.build_model(
+        layoutlm, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2), labels=LEGACY_LABELS
+    )
     assert source == "layoutlm" and engine.new_tables_lr(full, layoutlm, source) is None
     optimizer = engine.make_optimizer(model, full["lr"], 0.01, "foreach", engine.new_tables_lr(full, layoutlm, source))
     assert {g["lr"] for g in optimizer.param_groups} == {1e-3}
@@ -246,8 +287,7 @@ def test_model_tables_lr_applies_to_new_tables_only(tmp_path, tiny_checkpoint):
 def test_model_tables_lr_is_checked(tiny_checkpoint, value, ok):
     from layoutpeft.errors import ParamsError
 
-    params = {"model": {"checkpoint": str(tiny_checkpoint), "position_init": "zero", "new_tables": "train",
-                        "tables_lr": value}}
+    params = {"model": {"checkpoint": str(tiny_checkpoint), "position_init": "zero", "new_tables": "train", "tables_lr": value}}
     if ok:
         assert ModelConfig.from_params(params).tables_lr == value
     else:
@@ -255,9 +295,16 @@ def test_model_tables_lr_is_checked(tiny_checkpoint, value, ok):
             ModelConfig.from_params(params)
 
 
-@pytest.mark.parametrize("case, method_weights", [
-    ("full", None), ("head", 0), ("lora", LAYERS * 4 * 2 * H * 4), ("prompt_tuning", 4 * H),
-    ("vera", LAYERS * ((8 + H) + (8 + H) + (8 + I)))])
+@pytest.mark.parametrize(
+    "case, method_weights",
+    [
+        ("full", None),
+        ("head", 0),
+        ("lora", LAYERS * 4 * 2 * H * 4),
+        ("prompt_tuning", 4 * H),
+        ("vera", LAYERS * ((8 + H) + (8 + H) + (8 + I))),
+    ],
+)
 def test_counts_split_the_method_from_the_head_and_new_tables(case, method_weights, tiny_checkpoint):
     """On a BERT checkpoint every method trains the head and the new 2-D tables: the method's own
     weights are the rest, and every share is of full fine-tuning's trainable count."""
@@ -283,8 +330,9 @@ def test_counts_on_a_layoutlm_checkpoint_leave_its_pretrained_tables_to_the_meth
     AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "layoutlm")
     cfg = ModelConfig(str(tmp_path / "layoutlm"), "zero", "train")
     full = validate_variant("t", CASES["full"][0], prompt_reserve=8)
-    model, source = engine.build_model(cfg, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2),
-                                       labels=LEGACY_LABELS)
+    model, source = engine.build_model(
+        cfg, full, torch.device("cpu"), Schedule(total_steps=4, steps_per_epoch=2), labels=LEGACY_LABELS
+    )
     counts = count_parameters(model, engine.trains_new_tables(cfg, source), model.full_trainable)
     assert counts["new_tables"] == 0 and counts["head"] == CLASSIFIER
     assert counts["method"] == counts["trainable"] - CLASSIFIER and counts["method_share"] < 1

@@ -1,4 +1,5 @@
 """stages/modeling.py: checkpoint resolution and a BERT checkpoint turned into LayoutLM."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import TINY_BERT, VOCAB
 
 from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.modeling import ModelSourceError, layoutlm_config, load_model, load_tokenizer, resolve_checkpoint
+
+from fixtures import TINY_BERT, VOCAB
 
 TABLES = ("x_position_embeddings", "y_position_embeddings", "h_position_embeddings", "w_position_embeddings")
 
@@ -47,9 +49,16 @@ def test_tiny_checkpoint_is_a_bert_with_its_tokenizer(tiny_checkpoint):
     assert {k: config[k] for k in TINY_BERT} == TINY_BERT
     tokenizer = load_tokenizer(str(tiny_checkpoint))
     assert len(tokenizer) == len(VOCAB) == config["vocab_size"]
-    assert tokenizer("Company smith")["input_ids"] == [2, VOCAB.index("company"), VOCAB.index("s"),
-                                                      VOCAB.index("##m"), VOCAB.index("##i"),
-                                                      VOCAB.index("##t"), VOCAB.index("##h"), 3]
+    assert tokenizer("Company smith")["input_ids"] == [
+        2,
+        VOCAB.index("company"),
+        VOCAB.index("s"),
+        VOCAB.index("##m"),
+        VOCAB.index("##i"),
+        VOCAB.index("##t"),
+        VOCAB.index("##h"),
+        3,
+    ]
 
 
 def test_layoutlm_config_from_bert(tiny_checkpoint):

@@ -1,12 +1,13 @@
 """End to end: `dvc repro tokenize` in a fresh tiny project (download + tokenize), then a no-op rerun."""
+
 from __future__ import annotations
 
 import json
-
 import sys
 
 import pytest
 import yaml
+
 from fixtures import run
 
 

@@ -3,6 +3,7 @@
 The stages a plan lists are checked against what DVC then does: `dvc repro` / `dvc exp run` in a
 tiny project, their "Running stage" and "is cached - skipping run" lines.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from fixtures import cpu_train_config, run
 
-from layoutpeft.study.estimate import (Record, Timings, Training, load_records, pack, run_probe, this_device,
-                                       training_seconds)
+from layoutpeft.study.estimate import Record, Timings, Training, load_records, pack, run_probe, this_device, training_seconds
 from layoutpeft.study.plan import RESTORE, RUN, parse_duration, plan_study
 from layoutpeft.study.progress import Progress
+
+from fixtures import cpu_train_config, run
 
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RUNNING = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
@@ -44,8 +45,18 @@ def in_project(make_tiny_project, monkeypatch):
 def test_plan_lists_what_dvc_runs_then_only_what_changed_then_the_run_cache(in_project):
     project = in_project
     before = plan_study(project, workers=[1], probe_steps=1)
-    stages = {"download", "tokenize", "variants", "tune@full", "tune@lora", "train@full-0", "train@lora-0",
-              "evaluate@full-0", "evaluate@lora-0", "aggregate"}
+    stages = {
+        "download",
+        "tokenize",
+        "variants",
+        "tune@full",
+        "tune@lora",
+        "train@full-0",
+        "train@lora-0",
+        "evaluate@full-0",
+        "evaluate@lora-0",
+        "aggregate",
+    }
     assert names(before) == stages
     assert [t.stage for t in before.seed_runs] == ["train@full-0", "train@lora-0"] and before.trials == []
     assert len(before.status.to_run("evaluate")) == 2
@@ -79,10 +90,16 @@ def test_plan_lists_what_dvc_runs_then_only_what_changed_then_the_run_cache(in_p
 
 def record(path, variant, checkpoint, train_cfg, device, threads, epochs, fit_s, method="full"):
     train = train_cfg.as_dict()
-    data = {"variant_params": {**variant, "lr": 1e-3}, "method": method, "model": {"checkpoint": checkpoint},
-            "train_params": train, "precision": device.precision,
-            "train_environment": {"device_name": device.name, "cpu_threads": threads},
-            "training": {"epochs_run": epochs, "wall_time_s": fit_s}, "inference": {"seconds_per_pass": 2.0}}
+    data = {
+        "variant_params": {**variant, "lr": 1e-3},
+        "method": method,
+        "model": {"checkpoint": checkpoint},
+        "train_params": train,
+        "precision": device.precision,
+        "train_environment": {"device_name": device.name, "cpu_threads": threads},
+        "training": {"epochs_run": epochs, "wall_time_s": fit_s},
+        "inference": {"seconds_per_pass": 2.0},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 
@@ -124,15 +141,27 @@ def test_probe_runs_in_seconds_on_a_tiny_model(tiny_checkpoint, tiny_tokenized):
     import torch
 
     start = time.perf_counter()
-    probe = run_probe(str(tiny_checkpoint), cpu_train_config(batch_size=4), torch.device("cpu"), threads=1,
-                      tokenized=tiny_tokenized / "data" / "tokenized", steps=2)
+    probe = run_probe(
+        str(tiny_checkpoint),
+        cpu_train_config(batch_size=4),
+        torch.device("cpu"),
+        threads=1,
+        tokenized=tiny_tokenized / "data" / "tokenized",
+        steps=2,
+    )
     assert time.perf_counter() - start < 60
     assert probe.step_s > 0 and probe.forward_s_per_token > 0 and probe.epoch_s > probe.step_s
     assert probe.windows["train"] > 0 and probe.windows["test"] > 0 and probe.data.endswith("tokenized")
     assert f"{probe.step_s:.2f} s/step" in probe.describe()
     # before tokenization: FUNSD's sizes
-    early = run_probe(str(tiny_checkpoint), cpu_train_config(batch_size=4), torch.device("cpu"), threads=1,
-                      tokenized=tiny_tokenized / "missing", steps=1)
+    early = run_probe(
+        str(tiny_checkpoint),
+        cpu_train_config(batch_size=4),
+        torch.device("cpu"),
+        threads=1,
+        tokenized=tiny_tokenized / "missing",
+        steps=1,
+    )
     assert early.windows["test"] == 52 and "not tokenized" in early.data
 
 
@@ -158,16 +187,18 @@ def test_parse_duration():
 
 def fake_plan(stages: dict[str, tuple[int, float]], epochs: int):
     """A StudyPlan stand-in: stage -> (trainings, estimated seconds)."""
-    costs = [SimpleNamespace(stage=name, seconds=seconds,
-                             trainings=[SimpleNamespace(epochs=epochs) for _ in range(n)])
-             for name, (n, seconds) in stages.items()]
+    costs = [
+        SimpleNamespace(stage=name, seconds=seconds, trainings=[SimpleNamespace(epochs=epochs) for _ in range(n)])
+        for name, (n, seconds) in stages.items()
+    ]
     return SimpleNamespace(costs={1: costs}, max_epochs=epochs)
 
 
 def test_progress_counts_trainings_epochs_and_time_left():
     now = [0.0]
-    plan = fake_plan({"tune@lora": (2, 200.0), "train@lora-0": (1, 100.0), "train@full-0": (1, 100.0),
-                      "evaluate@lora-0": (0, 10.0)}, epochs=10)
+    plan = fake_plan(
+        {"tune@lora": (2, 200.0), "train@lora-0": (1, 100.0), "train@full-0": (1, 100.0), "evaluate@lora-0": (0, 10.0)}, epochs=10
+    )
     progress = Progress(plan, clock=lambda: now[0])
     assert progress.total == 4
     assert progress.feed("Running stage 'tune@lora':") is None
@@ -211,8 +242,7 @@ def test_make_study_calls_layoutpeft_study():
 
 
 def test_study_plan_only_says_which_study_first_then_its_plan(in_project):
-    proc = run([sys.executable, "-m", "layoutpeft", "study", "--profile", "params.yaml", "--plan-only"],
-               cwd=in_project, env=ENV)
+    proc = run([sys.executable, "-m", "layoutpeft", "study", "--profile", "params.yaml", "--plan-only"], cwd=in_project, env=ENV)
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("study: params.yaml (chosen with PROFILE=params.yaml); estimated ")
     assert lines[1].startswith("plan: params.yaml: dvc repro")

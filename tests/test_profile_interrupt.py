@@ -2,6 +2,7 @@
 stale DVC lock entry and no staging folder; after a failed experiment, `layoutpeft profile
 --restore` brings back the profile's params.yaml and every output (exit 0), where the
 committed params.yaml with `dvc checkout` cannot."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,20 +15,38 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fixtures import git, run_dvc, subprocess_env
 
 pytestmark = pytest.mark.slow
 
 # The committed study: head, seed 0. The profiles change what the matrix expands to.
-BASE = {"study.variants": ["head"], "study.reference": "head", "study.seeds": [0], "train.max_epochs": 1,
-        "variants.prompt_tuning.virtual_tokens": 8, "variants.p_tuning.virtual_tokens": 8}
+BASE = {
+    "study.variants": ["head"],
+    "study.reference": "head",
+    "study.seeds": [0],
+    "train.max_epochs": 1,
+    "variants.prompt_tuning.virtual_tokens": 8,
+    "variants.p_tuning.virtual_tokens": 8,
+}
 PROFILES = {
     "seed1": {"study.seeds": [1], "train.max_epochs": 1},  # sets max_epochs too: an interrupted run leaves 3000
     "long": {"train.max_epochs": 3000, "train.patience": 0},  # long enough to be interrupted mid-training
 }
-OUTPUTS = ["data/raw", "data/tokenized", "data/variants", "metrics/data.json", "models/head-1",
-           "metrics/runs/head-1.json", "data/lr/head.json", "metrics/study.json", "metrics/summary.json",
-           "metrics/summary.md", "metrics/summary.csv", "plots"]
+OUTPUTS = [
+    "data/raw",
+    "data/tokenized",
+    "data/variants",
+    "metrics/data.json",
+    "models/head-1",
+    "metrics/runs/head-1.json",
+    "data/lr/head.json",
+    "metrics/study.json",
+    "metrics/summary.json",
+    "metrics/summary.md",
+    "metrics/summary.csv",
+    "plots",
+]
 STALE_LOCK = "had been killed. Auto removed it from the lock file"
 
 
@@ -42,15 +61,21 @@ def project(make_tiny_project):
 
 def layoutpeft(project: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m layoutpeft ...` in the project (its copy of the package), as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "layoutpeft", *args], cwd=project, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "layoutpeft", *args],
+        cwd=project,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def snapshot(project: Path) -> dict[str, str]:
     files = {}
     for name in OUTPUTS:
         path = project / name
-        for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
             files[file.relative_to(project).as_posix()] = hashlib.md5(file.read_bytes()).hexdigest()
     return files
 
@@ -85,14 +110,21 @@ def test_restore_without_a_recorded_run_is_one_line(project):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "layoutpeft profile: error: .dvc/tmp/layoutpeft-profile.json: no successful `layoutpeft profile` run "
-        "recorded here; after a plain `dvc exp run`, go back with `git checkout params.yaml && dvc checkout`"]
+        "recorded here; after a plain `dvc exp run`, go back with `git checkout params.yaml && dvc checkout`"
+    ]
 
 
 def interrupt_during_training(project: Path, sig: int) -> tuple[int, str]:
     """Start `layoutpeft profile long`, send `sig` to it (only to it, as `kill` does) once the train
     stage has its staging folder, and return (exit status, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "layoutpeft", "profile", "long"], cwd=project,
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layoutpeft", "profile", "long"],
+        cwd=project,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 600
     while not list((project / "models").glob(".head-0.staging.*/live")):
         assert proc.poll() is None, proc.communicate()

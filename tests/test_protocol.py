@@ -1,17 +1,19 @@
 """The fair-study protocol: batches vary across seeds, AdaLoRA as specified, lr chosen on validation, memory kinds."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fixtures import cpu_train_config
+from layoutpeft.config import ModelConfig, ParamsError
+from layoutpeft.data.batching import batch_order, load_windows
 from layoutpeft.labels import LEGACY_LABELS
 from layoutpeft.train import engine
-from layoutpeft.train.probes import peak_memory, start_memory_window
-from layoutpeft.data.batching import batch_order, load_windows
-from layoutpeft.config import ModelConfig, ParamsError
 from layoutpeft.train.methods import Schedule, adalora_ranks, validate_variant
+from layoutpeft.train.probes import peak_memory, start_memory_window
 from layoutpeft.train.tuning import TuningConfig, choose, lr_grid
+
+from fixtures import cpu_train_config
 
 
 def memberships(order):
@@ -37,11 +39,17 @@ def windows(tiny_tokenized):
 
 
 def adalora(tiny_checkpoint, total_steps):
-    variant = validate_variant("ada", {"method": "adalora", "r": 2, "init_r": 6, "targets": ["query", "value"],
-                                       "lr": 1e-2}, prompt_reserve=8)
+    variant = validate_variant(
+        "ada", {"method": "adalora", "r": 2, "init_r": 6, "targets": ["query", "value"], "lr": 1e-2}, prompt_reserve=8
+    )
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
-                                  Schedule(total_steps=total_steps, steps_per_epoch=2), labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(str(tiny_checkpoint)),
+        variant,
+        torch.device("cpu"),
+        Schedule(total_steps=total_steps, steps_per_epoch=2),
+        labels=LEGACY_LABELS,
+    )
     return model, variant
 
 
@@ -67,10 +75,12 @@ def test_adalora_reaches_its_target_rank_within_the_schedule(tiny_checkpoint, wi
 
 
 def test_choose_takes_the_best_validation_f1_then_lower_loss():
-    trials = [{"lr": 1e-4, "best_val_f1": 0.50, "best_val_loss": 0.9},
-              {"lr": 3e-4, "best_val_f1": 0.62, "best_val_loss": 1.1},
-              {"lr": 1e-3, "best_val_f1": 0.62, "best_val_loss": 1.0},
-              {"lr": 3e-3, "best_val_f1": float("nan"), "best_val_loss": 9}]
+    trials = [
+        {"lr": 1e-4, "best_val_f1": 0.50, "best_val_loss": 0.9},
+        {"lr": 3e-4, "best_val_f1": 0.62, "best_val_loss": 1.1},
+        {"lr": 1e-3, "best_val_f1": 0.62, "best_val_loss": 1.0},
+        {"lr": 3e-3, "best_val_f1": float("nan"), "best_val_loss": 9},
+    ]
     assert choose(trials)["lr"] == 1e-3
 
 
@@ -98,8 +108,7 @@ class Killed(Exception):
     pass
 
 
-def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoint, tiny_tokenized, tmp_path,
-                                                                   monkeypatch):
+def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoint, tiny_tokenized, tmp_path, monkeypatch):
     from layoutpeft.train import runs, tuning
 
     monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
@@ -134,8 +143,9 @@ def test_an_interrupted_tune_reuses_finished_trials_and_only_those(tiny_checkpoi
     assert trained == [1e-3, 3e-3]
     # a widened grid (the variant's own list, or a moved centre lr) trains only the new lrs
     del trained[:]
-    wider = tuning.tune("head", {**variant, "lr_grid": [1e-3, 3e-3, 9e-3]}, model_cfg, train_cfg, grid, tokenized,
-                        scratch=tmp_path)
+    wider = tuning.tune(
+        "head", {**variant, "lr_grid": [1e-3, 3e-3, 9e-3]}, model_cfg, train_cfg, grid, tokenized, scratch=tmp_path
+    )
     assert trained == [9e-3] and [t["lr"] for t in wider["trials"]] == [1e-3, 3e-3, 9e-3]
     del trained[:]
     tuning.tune("head", {**variant, "lr": 3e-3}, model_cfg, train_cfg, grid, tokenized, scratch=tmp_path)
@@ -152,8 +162,10 @@ def test_a_best_lr_at_an_end_of_the_grid_extends_the_grid_past_it(tmp_path, monk
     def scripted_train(name, seed, settings, *args, **kwargs):
         trained.append(settings["lr"])
         f1 = 0.5 - 0.1 * abs(math.log10(settings["lr"] / peak))
-        return {"training": {"best_val_f1": f1, "best_val_loss": 1 - f1, "best_epoch": 1, "epochs_run": 1},
-                "history": [{"epoch": 1, "val_f1": f1, "val_loss": 1 - f1}]}
+        return {
+            "training": {"best_val_f1": f1, "best_val_loss": 1 - f1, "best_epoch": 1, "epochs_run": 1},
+            "history": [{"epoch": 1, "val_f1": f1, "val_loss": 1 - f1}],
+        }
 
     monkeypatch.setattr(runs, "train", scripted_train)
     monkeypatch.setenv(tuning.TRIAL_CACHE_ENV, str(tmp_path / "trials"))
@@ -206,8 +218,13 @@ def test_tables_lr_gives_the_new_2d_tables_their_own_learning_rate(tiny_checkpoi
 
     variant = validate_variant("v", {**method, "lr": 1e-3, "tables_lr": 2e-5}, prompt_reserve=8)
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
-                                  Schedule(total_steps=4, steps_per_epoch=2), labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(str(tiny_checkpoint)),
+        variant,
+        torch.device("cpu"),
+        Schedule(total_steps=4, steps_per_epoch=2),
+        labels=LEGACY_LABELS,
+    )
     optimizer = engine.make_optimizer(model, variant["lr"], 0.01, "foreach", variant["tables_lr"])
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -221,13 +238,17 @@ def test_tables_lr_gives_the_new_2d_tables_their_own_learning_rate(tiny_checkpoi
     assert {g["lr"] for g in plain.param_groups} == {1e-3}
 
 
-@pytest.mark.parametrize("collapse_epochs, patience, epochs_run, reason", [
-    (3, 0, 7, "collapsed"),   # zeros at 2-3 reset by 0.2 at epoch 4; zeros at 5-7 stop it
-    (0, 0, 10, None),         # off: the whole schedule
-    (4, 3, 7, "patience"),    # no better F1 at 5-7: patience stops first (three zeros, not four)
-])
-def test_a_run_whose_validation_f1_stays_zero_stops_as_collapsed(tiny_checkpoint, windows, monkeypatch,
-                                                                 collapse_epochs, patience, epochs_run, reason):
+@pytest.mark.parametrize(
+    "collapse_epochs, patience, epochs_run, reason",
+    [
+        (3, 0, 7, "collapsed"),  # zeros at 2-3 reset by 0.2 at epoch 4; zeros at 5-7 stop it
+        (0, 0, 10, None),  # off: the whole schedule
+        (4, 3, 7, "patience"),  # no better F1 at 5-7: patience stops first (three zeros, not four)
+    ],
+)
+def test_a_run_whose_validation_f1_stays_zero_stops_as_collapsed(
+    tiny_checkpoint, windows, monkeypatch, collapse_epochs, patience, epochs_run, reason
+):
     train, val = windows
     f1s = iter([0.1, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     monkeypatch.setattr(engine, "evaluate_windows", lambda *a, **k: {"loss": 1.0, "scores": {"f1": next(f1s)}})
@@ -235,8 +256,13 @@ def test_a_run_whose_validation_f1_stays_zero_stops_as_collapsed(tiny_checkpoint
     cfg = cpu_train_config(max_epochs=10, batch_size=4, collapse_epochs=collapse_epochs, patience=patience)
     steps = cfg.max_epochs * engine.steps_per_epoch(len(train), cfg.batch_size)
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint)), variant, torch.device("cpu"),
-                                  Schedule(total_steps=steps, steps_per_epoch=steps // cfg.max_epochs), labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(str(tiny_checkpoint)),
+        variant,
+        torch.device("cpu"),
+        Schedule(total_steps=steps, steps_per_epoch=steps // cfg.max_epochs),
+        labels=LEGACY_LABELS,
+    )
     result = engine.fit(model, variant, cfg, train, val, 0, torch.device("cpu"), seed=0, total_steps=steps)
     assert (result.epochs_run, result.stop_reason, result.stopped_early) == (epochs_run, reason, reason is not None)
     assert result.best_epoch == 4 and result.best_val_f1 == 0.2  # the epoch before the collapse is the one kept

@@ -1,5 +1,6 @@
 """`layoutpeft publish`: a study's results copied into results/<name>/ for git, README blocks regenerated;
 the committed generated blocks are what their generators write."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,14 +20,18 @@ def fake_study(root):
     (root / "metrics" / "runs").mkdir(parents=True)
     (root / "data" / "lr").mkdir(parents=True)
     (root / "plots" / "images").mkdir(parents=True)
-    run = {"environment": {"device": "cpu", "git_commit": "abc", "cpu_flags": ["avx2", "avx512_bf16"]},
-           "train_params": {"max_epochs": 30},
-           "model": {"checkpoint": "package:x/model", "source_type": "bert", "new_tables": "train",
-                     "new_tables_lr": 1.5e-4},
-           "precision": "bf16"}
-    summary = {"reference": "full", "seeds": [0, 1], "variants": {
-        "full": {"seeds": [0, 1], "missing_seeds": []}, "lora": {"seeds": [0], "missing_seeds": [1]}},
-        "trained": trained_on({"full": {0: run, 1: run}, "lora": {0: run}})}  # as aggregate writes it
+    run = {
+        "environment": {"device": "cpu", "git_commit": "abc", "cpu_flags": ["avx2", "avx512_bf16"]},
+        "train_params": {"max_epochs": 30},
+        "model": {"checkpoint": "package:x/model", "source_type": "bert", "new_tables": "train", "new_tables_lr": 1.5e-4},
+        "precision": "bf16",
+    }
+    summary = {
+        "reference": "full",
+        "seeds": [0, 1],
+        "variants": {"full": {"seeds": [0, 1], "missing_seeds": []}, "lora": {"seeds": [0], "missing_seeds": [1]}},
+        "trained": trained_on({"full": {0: run, 1: run}, "lora": {0: run}}),
+    }  # as aggregate writes it
     (root / "metrics" / "summary.json").write_text(json.dumps(summary))
     (root / "metrics" / "summary.md").write_text("| Variant |\n|---|\n| full |\n")
     (root / "metrics" / "study.json").write_text("{}")
@@ -74,10 +79,12 @@ def test_missing_runs_read_well():
 
 def test_publish_command_puts_a_short_table_in_the_readme_and_keeps_the_story(tmp_path, monkeypatch):
     from layoutpeft.commands import publish as command
+
     fake_study(tmp_path)
     (tmp_path / "metrics" / "summary.md").write_text(
         "# Seed study\n\n| Variant | lr | F1 (%) | Δ F1 vs full (pts) |\n|---|---:|---:|---:|\n"
-        "| **full** | 0.1 | 50.0 ± 1.0 | reference |\n\n| other table |\n|---|\n")
+        "| **full** | 0.1 | 50.0 ± 1.0 | reference |\n\n| other table |\n|---|\n"
+    )
     (tmp_path / "README.md").write_text("## Results\n<!-- results:ref -->\n<!-- /results:ref -->\n")
     monkeypatch.chdir(tmp_path)
     assert command.main(["ref", "--command", "cmd"]) == 0
@@ -139,14 +146,21 @@ def test_runs_over_several_commits_say_whether_their_code_agreed(tmp_path):
 
     def lock(train_md5: str) -> str:
         dep = "      - path: layoutpeft/train/engine.py\n        md5: {}\n"
-        return ("schema: '2.0'\nstages:\n  train@full-0:\n    deps:\n" + dep.format("aaa")
-                + "  train@lora-0:\n    deps:\n" + dep.format(train_md5)
-                + "  aggregate:\n    deps:\n" + dep.format("zzz"))  # not a training stage: not compared
+        return (
+            "schema: '2.0'\nstages:\n  train@full-0:\n    deps:\n"
+            + dep.format("aaa")
+            + "  train@lora-0:\n    deps:\n"
+            + dep.format(train_md5)
+            + "  aggregate:\n    deps:\n"
+            + dep.format("zzz")
+        )  # not a training stage: not compared
 
     (tmp_path / "dvc.lock").write_text(lock("aaa"))
     text = (publish("ref", "cmd", root=tmp_path) / "README.md").read_text()
-    assert ("- **Code:** runs made at 2 commits (abc, def); every tune@/train@/evaluate@ stage ran the same code "
-            "(dvc.lock: equal hashes of its stages/ and layoutpeft/ deps)") in text
+    assert (
+        "- **Code:** runs made at 2 commits (abc, def); every tune@/train@/evaluate@ stage ran the same code "
+        "(dvc.lock: equal hashes of its stages/ and layoutpeft/ deps)"
+    ) in text
     (tmp_path / "dvc.lock").write_text(lock("bbb"))
     text = (publish("ref", "cmd", root=tmp_path) / "README.md").read_text()
     assert "- **Code:** runs made at 2 commits (abc, def); their code differs between runs (see dvc.lock)" in text
@@ -169,7 +183,7 @@ def test_rerender_rebuilds_the_summary_from_the_committed_records_only(tmp_path)
     summary = json.loads((target / "summary.json").read_text())
     lora = summary["variants"]["lora"]
     assert lora["vs_reference"]["p_value"] == pytest.approx(0.0462, abs=1e-4)
-    assert lora["vs_reference"]["p_holm"] == pytest.approx(0.1385, abs=1e-4)    # 3 x 0.0462, the third smallest
+    assert lora["vs_reference"]["p_holm"] == pytest.approx(0.1385, abs=1e-4)  # 3 x 0.0462, the third smallest
     assert lora["method_params"] == 294_912 and summary["variants"]["vera"]["method_params"] == 15_360
     power = summary["variants"]["lora_qkvo_ffn"]["vs_reference"]["power"]
     assert (power["seeds_needed"], power["seeds_needed_corrected"]) == (6, 10)

@@ -1,6 +1,7 @@
 """layoutpeft.study.report / `layoutpeft report`: base-vs-head study comparison (pure table functions, the
 choice of test, shared formats with the summary, the CI workflow, and end-to-end runs in a temporary
 git + DVC repository, without training)."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from layoutpeft.errors import LayoutpeftError
 from layoutpeft.study import formatting as fmt
 from layoutpeft.study import summary as summ
 from layoutpeft.study import tables
-from layoutpeft.errors import LayoutpeftError
+from layoutpeft.study.comparison import (
+    compare_summaries,
+    compare_variant,
+    group_params_diff,
+    render_report,
+    shared_setting_changes,
+    trained_lines,
+)
 from layoutpeft.study.formatting import change as fmt_change
-from layoutpeft.study.comparison import (compare_summaries, compare_variant, group_params_diff, render_report,
-                                         shared_setting_changes, trained_lines)
 from layoutpeft.study.report import write_report
 from layoutpeft.study.stats import welch_interval
 
@@ -59,7 +66,7 @@ def test_lora_r4_row(comparison):
     assert r["delta_low"] == pytest.approx(0.027330, abs=1e-6)
     assert r["delta_high"] == pytest.approx(0.072670, abs=1e-6)
     assert r["flag"] == "▲"
-    assert r["cis_overlap"] is False      # [0.575159, 0.624841] vs [0.625159, 0.674841]
+    assert r["cis_overlap"] is False  # [0.575159, 0.624841] vs [0.625159, 0.674841]
     assert r["trainable_params"] == (152000, 152000)
     assert r["train_time_s"] == (200.0, 180.0)
     assert r["peak_memory_mb"] == (1500.0, 1450.0)
@@ -91,8 +98,7 @@ def test_flags_agree_with_scipy_welch_test(comparison):
         if r["flag"] == "n<2":
             continue
         b, h = r["base_f1"], r["head_f1"]
-        p = ttest_ind_from_stats(h["mean"], h["std"], r["head_n"], b["mean"], b["std"], r["base_n"],
-                                 equal_var=False).pvalue
+        p = ttest_ind_from_stats(h["mean"], h["std"], r["head_n"], b["mean"], b["std"], r["base_n"], equal_var=False).pvalue
         assert (r["flag"] in ("▲", "▼")) == (p < 0.05), r["variant"]
 
 
@@ -101,18 +107,21 @@ def test_welch_interval_edge_cases():
     assert welch_interval(0.5, 0.0, 3, 0.6, 0.0, 3) == pytest.approx((0.1, 0.1, 0.1))
     # one side without spread: df falls back to the other side's n - 1 = 2, t = 4.302653
     diff, low, high = welch_interval(0.5, 0.0, 3, 0.6, 0.03, 3)
-    assert (high - low) / 2 == pytest.approx(4.302653 * 0.03 / 3 ** 0.5, rel=1e-6)
+    assert (high - low) / 2 == pytest.approx(4.302653 * 0.03 / 3**0.5, rel=1e-6)
 
 
 # ---------------------------------------------------------------- params diff
 def test_changed_params_grouped_by_section():
     grouped = group_params_diff(load("params_diff.json"))
-    assert grouped == {"params.yaml": {
-        "study": [("study.variants", ["full", "head", "bitfit", "lora_r4", "ia3"],
-                   ["full", "head", "bitfit", "lora_r4", "lora_r8"])],
-        "sweeps": [("sweeps.lora.r", [4], [4, 8])],
-        "variants": [("variants.lora.lr", 0.0005, 0.001)],
-    }}
+    assert grouped == {
+        "params.yaml": {
+            "study": [
+                ("study.variants", ["full", "head", "bitfit", "lora_r4", "ia3"], ["full", "head", "bitfit", "lora_r4", "lora_r8"])
+            ],
+            "sweeps": [("sweeps.lora.r", [4], [4, 8])],
+            "variants": [("variants.lora.lr", 0.0005, 0.001)],
+        }
+    }
 
 
 def test_long_lists_show_what_was_added_and_removed():
@@ -135,11 +144,17 @@ def test_shared_settings_warning():
 def test_rendered_report(comparison):
     diff = load("params_diff.json")
     text = render_report(
-        base_label="`main` (`abc1234`)", head_label="workspace", comparison=comparison,
-        params_grouped=group_params_diff(diff), shared_changes=shared_setting_changes(diff, comparison),
-        metrics_diff={"metrics/study.json": {"lora_r4.f1": {"old": 0.6, "new": 0.65}},
-                      "metrics/data.json": {"train.words": {"old": 18579, "new": 18600, "diff": 21}}},
-        plots=[{"title": "f1_vs_rank.png", "base": "plots/base_f1.png", "head": "plots/head_f1.png"}])
+        base_label="`main` (`abc1234`)",
+        head_label="workspace",
+        comparison=comparison,
+        params_grouped=group_params_diff(diff),
+        shared_changes=shared_setting_changes(diff, comparison),
+        metrics_diff={
+            "metrics/study.json": {"lora_r4.f1": {"old": 0.6, "new": 0.65}},
+            "metrics/data.json": {"train.words": {"old": 18579, "new": 18600, "diff": 21}},
+        },
+        plots=[{"title": "f1_vs_rank.png", "base": "plots/base_f1.png", "head": "plots/head_f1.png"}],
+    )
     lines = text.splitlines()
     assert lines[0] == "# Study report: workspace vs `main` (`abc1234`)"
     for expected in [
@@ -162,27 +177,33 @@ def test_rendered_report(comparison):
         assert expected in lines, expected
     assert "**Test and flag rule.**" in text and "Welch" in text and "paired" in text
     assert "1 numeric value(s) changed in `metrics/study.json`" in text
-    assert "[!WARNING]" not in text           # no shared setting changed
+    assert "[!WARNING]" not in text  # no shared setting changed
 
 
 def test_report_warns_when_shared_settings_differ(comparison):
-    text = render_report(base_label="b", head_label="h", comparison=comparison, params_grouped={},
-                         shared_changes=["train.max_epochs"])
+    text = render_report(
+        base_label="b", head_label="h", comparison=comparison, params_grouped={}, shared_changes=["train.max_epochs"]
+    )
     assert "> [!WARNING]" in text and "`train.max_epochs`" in text
 
 
 def test_the_report_says_what_each_side_was_trained_on(comparison):
     minilm = {"model": ["`package:m`, a BERT checkpoint turned LayoutLM"], "schedule": ["up to 30 epochs, batch 16"]}
-    assert trained_lines(minilm, minilm) == ["- **Model:** `package:m`, a BERT checkpoint turned LayoutLM",
-                                             "- **Schedule:** up to 30 epochs, batch 16"]
+    assert trained_lines(minilm, minilm) == [
+        "- **Model:** `package:m`, a BERT checkpoint turned LayoutLM",
+        "- **Schedule:** up to 30 epochs, batch 16",
+    ]
     assert trained_lines(None, minilm)[1] == "- **Schedule:** up to 30 epochs, batch 16"
     short = {**minilm, "schedule": ["up to 3 epochs, batch 16"]}
-    assert trained_lines(minilm, short)[1] == ("- **Schedule:** base up to 30 epochs, batch 16; "
-                                               "head up to 3 epochs, batch 16")
+    assert trained_lines(minilm, short)[1] == ("- **Schedule:** base up to 30 epochs, batch 16; head up to 3 epochs, batch 16")
     assert trained_lines({}, {}) == []  # summaries from before the key: nothing said
-    text = render_report(base_label="b", head_label="h", comparison={**comparison, "head_trained": minilm,
-                                                                     "base_trained": short},
-                         params_grouped={}, shared_changes=[])
+    text = render_report(
+        base_label="b",
+        head_label="h",
+        comparison={**comparison, "head_trained": minilm, "base_trained": short},
+        params_grouped={},
+        shared_changes=[],
+    )
     assert "- **Schedule:** base up to 3 epochs, batch 16; head up to 30 epochs, batch 16" in text.splitlines()
 
 
@@ -190,7 +211,7 @@ def test_the_report_says_what_each_side_was_trained_on(comparison):
 def test_workflow_file():
     text = (ROOT / ".github" / "workflows" / "study.yml").read_text()
     workflow = yaml.safe_load(text)
-    triggers = workflow.get("on", workflow.get(True))   # YAML 1.1 reads a bare `on` as True
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as True
     assert {"pull_request", "workflow_dispatch"} <= set(triggers)
     assert workflow["permissions"] == {"contents": "read", "pull-requests": "write"}
     steps = workflow["jobs"]["study"]["steps"]
@@ -236,29 +257,42 @@ stages:
 def fake_summary(params: dict, f1: dict[str, float]) -> dict:
     """What the aggregate stage would write for `params` (docs/result-files.md), F1 given."""
     seeds = params["study"]["seeds"]
-    half = 4.302653 * 0.01 / 3 ** 0.5     # t(0.975, 2) * std / sqrt(3)
+    half = 4.302653 * 0.01 / 3**0.5  # t(0.975, 2) * std / sqrt(3)
 
     def stats(mean, std=0.01):
-        return {"mean": mean, "std": std, "ci95_low": mean - half * std / 0.01,
-                "ci95_high": mean + half * std / 0.01}
+        return {"mean": mean, "std": std, "ci95_low": mean - half * std / 0.01, "ci95_high": mean + half * std / 0.01}
+
     variants = {}
     for name in params["study"]["variants"]:
         spec = params["variants"][name]
         variants[name] = {
-            "method": spec["method"], "params": spec, "n_seeds": len(seeds), "seeds": seeds,
-            "missing_seeds": [], "f1": stats(f1[name]), "precision": stats(f1[name]),
-            "recall": stats(f1[name]), "trainable_params": 1000 * spec.get("r", 1),
-            "total_params": 22_700_000, "trainable_share": 1000 * spec.get("r", 1) / 22_700_000,
-            "saved_bytes": 4000, "train_time_s": stats(100.0, 1.0), "epoch_time_s": stats(5.0, 0.1),
-            "epochs_run": stats(20.0, 0.0), "peak_memory_mb": stats(1000.0, 1.0),
-            "inference_tokens_per_s": stats(5000.0, 10.0), "merged_inference_tokens_per_s": None,
-            "vs_reference": None}
+            "method": spec["method"],
+            "params": spec,
+            "n_seeds": len(seeds),
+            "seeds": seeds,
+            "missing_seeds": [],
+            "f1": stats(f1[name]),
+            "precision": stats(f1[name]),
+            "recall": stats(f1[name]),
+            "trainable_params": 1000 * spec.get("r", 1),
+            "total_params": 22_700_000,
+            "trainable_share": 1000 * spec.get("r", 1) / 22_700_000,
+            "saved_bytes": 4000,
+            "train_time_s": stats(100.0, 1.0),
+            "epoch_time_s": stats(5.0, 0.1),
+            "epochs_run": stats(20.0, 0.0),
+            "peak_memory_mb": stats(1000.0, 1.0),
+            "inference_tokens_per_s": stats(5000.0, 10.0),
+            "merged_inference_tokens_per_s": None,
+            "vs_reference": None,
+        }
     return {"reference": params["study"]["reference"], "seeds": seeds, "variants": variants}
 
 
 def sh(*cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ, DVC_NO_ANALYTICS="1", GIT_CONFIG_NOSYSTEM="1"))
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, DVC_NO_ANALYTICS="1", GIT_CONFIG_NOSYSTEM="1")
+    )
     assert proc.returncode == 0, f"{cmd}: {proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -293,25 +327,25 @@ def test_end_to_end_report_in_a_temporary_repository(tmp_path):
     (repo / "metrics" / "summary.json").write_text(json.dumps(fake_summary(params, f1), indent=2))
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), DVC_NO_ANALYTICS="1")
-    proc = subprocess.run([sys.executable, "-m", "layoutpeft", "report", "--base", "main"], cwd=repo,
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "layoutpeft", "report", "--base", "main"], cwd=repo, capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert "report: reports/study.md (3 variants compared, 0 added, 0 removed)" in proc.stdout
     text = (repo / "reports" / "study.md").read_text()
 
-    assert text.splitlines()[0] == f"# Study report: workspace (uncommitted study on top of `{main_sha}`) " \
-                                   f"vs `main` (`{main_sha}`)"
+    assert (
+        text.splitlines()[0] == f"# Study report: workspace (uncommitted study on top of `{main_sha}`) vs `main` (`{main_sha}`)"
+    )
     table = [line for line in text.splitlines() if re.match(r"\| (full|head|lora) \|", line)]
-    assert [line.split(" | ")[:2] for line in table] == [
-        ["| full", "same"], ["| head", "same"], ["| lora", "changed: r: 16 → 8"]]
+    assert [line.split(" | ")[:2] for line in table] == [["| full", "same"], ["| head", "same"], ["| lora", "changed: r: 16 → 8"]]
     # fake_summary keeps no per-seed values (as summaries before they were kept): Welch.
     assert table[0].split(" | ")[4:7] == ["+0.0 [-2.3, +2.3], p=1.00", "Welch", ""]
     assert table[1].split(" | ")[4:7] == ["+0.0 [-2.3, +2.3], p=1.00", "Welch", ""]
     # 0.68 -> 0.64 with std 0.01 on 3 seeds each: Δ -4.0 pts, half-width 2.2670 -> flagged.
     assert table[2].split(" | ")[4:8] == ["-4.0 [-6.3, -1.7], p=0.008", "Welch", "▼", "16 k → 8 k (-50 %)"]
     params_section = text.split("\n## Params changed")[1].split("\n## ")[0]
-    assert [line for line in params_section.splitlines() if line.startswith("| `")] == [
-        "| `variants.lora.r` | 16 → 8 |"]
+    assert [line for line in params_section.splitlines() if line.startswith("| `")] == ["| `variants.lora.r` | 16 → 8 |"]
     assert "### `variants` (params.yaml)" in params_section
     assert "## Variants added / removed\n\nNone." in text
     assert "[!WARNING]" not in text
@@ -321,26 +355,32 @@ def test_end_to_end_report_in_a_temporary_repository(tmp_path):
     sh("git", "add", "-A", cwd=repo)
     sh("git", "-c", "commit.gpgsign=false", "commit", "-q", "-m", "lora r8", cwd=repo)
     head_sha = sh("git", "rev-parse", "--short", "HEAD", cwd=repo).strip()
-    proc = subprocess.run([sys.executable, "-m", "layoutpeft", "report", "--base", "main", "--out", "out/r.md"],
-                          cwd=repo, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "layoutpeft", "report", "--base", "main", "--out", "out/r.md"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (repo / "out" / "r.md").read_text().startswith(f"# Study report: `{head_sha}` (HEAD) vs `main`")
 
     # An unknown base is a clear one-line error.
-    proc = subprocess.run([sys.executable, "-m", "layoutpeft", "report", "--base", "nope"], cwd=repo,
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "layoutpeft", "report", "--base", "nope"], cwd=repo, capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "layoutpeft report: error: --base 'nope' is not a git revision here (fetch it first: git fetch origin "
-        "<branch>, or check out with fetch-depth: 0)"]
+        "<branch>, or check out with fetch-depth: 0)"
+    ]
 
 
 def test_no_base_summary_makes_every_variant_added():
     comparison = compare_summaries(None, load("head_summary.json"))
     assert comparison["rows"] == [] and comparison["removed"] == []
     assert comparison["added"] == ["full", "head", "bitfit", "lora_r4", "lora_r8"]
-    text = render_report(base_label="b", head_label="h", comparison=comparison, params_grouped={},
-                         shared_changes=[])
+    text = render_report(base_label="b", head_label="h", comparison=comparison, params_grouped={}, shared_changes=[])
     assert "| (no variant on both sides) |" in text
 
 
@@ -360,7 +400,7 @@ def test_base_summary_from_dvc_cache_when_not_in_git(tmp_path):
     assert summary == load("base_summary.json")
     assert source == "dvc.api.read('metrics/summary.json', rev='main')"
     assert read_base_summary("main~0", cwd=tmp_path / "cached")[0] is not None
-    summary, source = read_base_summary("HEAD", cwd=tmp_path)   # not a repository at all
+    summary, source = read_base_summary("HEAD", cwd=tmp_path)  # not a repository at all
     assert summary is None and source.startswith("no metrics/summary.json at HEAD")
 
 
@@ -373,42 +413,53 @@ def entry(per_seed: dict | None, **extra) -> dict:
     f1 = seed_stats(values.values())
     if per_seed is not None:
         f1["per_seed"] = {str(s): v for s, v in per_seed.items()}
-    return {"method": "lora", "params": {"method": "lora"}, "n_seeds": len(values), "seeds": sorted(values),
-            "f1": f1, "trainable_params": 1000, "train_time_s": {"mean": 300.0}, "peak_memory_mb": {"mean": 900.0},
-            **extra}
+    return {
+        "method": "lora",
+        "params": {"method": "lora"},
+        "n_seeds": len(values),
+        "seeds": sorted(values),
+        "f1": f1,
+        "trainable_params": 1000,
+        "train_time_s": {"mean": 300.0},
+        "peak_memory_mb": {"mean": 900.0},
+        **extra,
+    }
 
 
 BASE_SEEDS = {0: 0.60, 1: 0.62, 2: 0.64}
-HEAD_SEEDS = {0: 0.62, 1: 0.63, 2: 0.67}      # differences 0.02, 0.01, 0.03: mean 0.02, std 0.01
+HEAD_SEEDS = {0: 0.62, 1: 0.63, 2: 0.67}  # differences 0.02, 0.01, 0.03: mean 0.02, std 0.01
 
 
 def test_shared_seeds_use_the_paired_test():
     r = compare_variant("lora", entry(BASE_SEEDS), entry(HEAD_SEEDS))
-    half = 4.302653 * 0.01 / 3 ** 0.5                     # t(0.975, 2) * std of differences / sqrt 3
-    t = 2 * 3 ** 0.5
+    half = 4.302653 * 0.01 / 3**0.5  # t(0.975, 2) * std of differences / sqrt 3
+    t = 2 * 3**0.5
     assert r["comparison"]["test"] == "paired t" and r["test"] == "paired (n=3)"
     assert r["delta"] == pytest.approx(0.02)
     assert (r["delta_low"], r["delta_high"]) == pytest.approx((0.02 - half, 0.02 + half), abs=1e-6)
-    assert r["p_value"] == pytest.approx(1 - t / (2 + t * t) ** 0.5, abs=1e-9)   # 0.0742, closed form for df 2
-    assert r["flag"] == ""                                # the interval [-0.005, 0.045] holds 0
+    assert r["p_value"] == pytest.approx(1 - t / (2 + t * t) ** 0.5, abs=1e-9)  # 0.0742, closed form for df 2
+    assert r["flag"] == ""  # the interval [-0.005, 0.045] holds 0
     # Welch on the same two sets of values would be wider: pairing removes the seed's shared effect.
-    b, h = entry(BASE_SEEDS)["f1"], entry(HEAD_SEEDS)["f1"]       # std 0.02 and 0.0265
+    b, h = entry(BASE_SEEDS)["f1"], entry(HEAD_SEEDS)["f1"]  # std 0.02 and 0.0265
     _, low, high = welch_interval(b["mean"], b["std"], 3, h["mean"], h["std"], 3)
     assert high - low > 2 * (r["delta_high"] - r["delta_low"])
 
 
 def test_paired_over_the_common_seeds_only():
-    head = {**HEAD_SEEDS, 3: 0.99}                        # a seed the base did not run: not paired
+    head = {**HEAD_SEEDS, 3: 0.99}  # a seed the base did not run: not paired
     r = compare_variant("lora", entry(BASE_SEEDS), entry(head))
     assert r["test"] == "paired (n=3)" and r["delta"] == pytest.approx(0.02)
 
 
-@pytest.mark.parametrize("base,head,why", [
-    (None, HEAD_SEEDS, "base summary without per-seed values (older layout)"),
-    (BASE_SEEDS, None, "head summary without per-seed values"),
-    ({3: 0.6, 4: 0.62, 5: 0.64}, HEAD_SEEDS, "no seed in common"),
-    ({0: 0.6, 4: 0.62, 5: 0.64}, HEAD_SEEDS, "one seed in common: no paired interval"),
-])
+@pytest.mark.parametrize(
+    "base,head,why",
+    [
+        (None, HEAD_SEEDS, "base summary without per-seed values (older layout)"),
+        (BASE_SEEDS, None, "head summary without per-seed values"),
+        ({3: 0.6, 4: 0.62, 5: 0.64}, HEAD_SEEDS, "no seed in common"),
+        ({0: 0.6, 4: 0.62, 5: 0.64}, HEAD_SEEDS, "one seed in common: no paired interval"),
+    ],
+)
 def test_welch_otherwise(base, head, why):
     b = entry(base) if base is not None else entry(None)
     h = entry(head) if head is not None else entry(None)
@@ -421,15 +472,15 @@ def test_welch_otherwise(base, head, why):
 def test_report_says_which_test_each_row_used():
     base = {"seeds": [0, 1, 2], "variants": {"lora": entry(BASE_SEEDS), "old": entry(None)}}
     head = {"seeds": [0, 1, 2], "variants": {"lora": entry(HEAD_SEEDS), "old": entry(HEAD_SEEDS)}}
-    text = render_report(base_label="b", head_label="h", comparison=compare_summaries(base, head),
-                         params_grouped={}, shared_changes=[])
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines()
-            if line.startswith(("| lora |", "| old |"))}
+    text = render_report(
+        base_label="b", head_label="h", comparison=compare_summaries(base, head), params_grouped={}, shared_changes=[]
+    )
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith(("| lora |", "| old |"))}
     header = next(line for line in text.splitlines() if line.startswith("| Variant |")).split(" | ")
     assert header[5] == "Test"
     assert rows["lora"][5] == "paired (n=3)" and rows["old"][5] == "Welch"
     assert rows["lora"][4] == "+2.0 [-0.5, +4.5], p=0.074"
-    assert "`paired (n=k)`" in text and "`Welch`" in text        # the rule explains both
+    assert "`paired (n=k)`" in text and "`Welch`" in text  # the rule explains both
 
 
 def test_summary_and_report_format_the_same_numbers_the_same_way():
@@ -438,14 +489,19 @@ def test_summary_and_report_format_the_same_numbers_the_same_way():
     study = summ.Study(Path("metrics/runs"), tuple(head["variants"]), tuple(head["seeds"]), head["reference"])
     table = tables.markdown_table(head, study)
     full_md = next(line for line in table.splitlines() if line.startswith("| **full** |"))
-    report = render_report(base_label="b", head_label="h", comparison=compare_summaries(None, head),
-                           params_grouped={}, shared_changes=[])
+    report = render_report(
+        base_label="b", head_label="h", comparison=compare_summaries(None, head), params_grouped={}, shared_changes=[]
+    )
     full_report = next(line for line in report.splitlines() if line.startswith("| full |"))
     e = head["variants"]["full"]
-    for text in (fmt.seconds(e["train_time_s"]["mean"]), fmt.megabytes(e["peak_memory_mb"]["mean"]),
-                 fmt.count(e["trainable_params"]), fmt.percent(e["f1"])):
+    for text in (
+        fmt.seconds(e["train_time_s"]["mean"]),
+        fmt.megabytes(e["peak_memory_mb"]["mean"]),
+        fmt.count(e["trainable_params"]),
+        fmt.percent(e["f1"]),
+    ):
         assert text in full_md and text in full_report, text
-    assert "5.5 min" in full_md and "5.5 min" in full_report     # 330 s
+    assert "5.5 min" in full_md and "5.5 min" in full_report  # 330 s
     assert "70.2 ± 3.0" in full_md and "70.2 ± 3.0" in full_report
 
 
@@ -457,8 +513,20 @@ def git_repo(tmp_path):
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     (repo / "params.yaml").write_text(PARAMS)
     sh("git", "add", "-A", cwd=repo)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false",
-       "commit", "-q", "-m", "base", cwd=repo)
+    sh(
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.invalid",
+        "-c",
+        "commit.gpgsign=false",
+        "commit",
+        "-q",
+        "-m",
+        "base",
+        cwd=repo,
+    )
     return repo
 
 
@@ -485,8 +553,20 @@ def test_write_report_pairs_shared_seeds(git_repo):
     (git_repo / "metrics").mkdir()
     (git_repo / "metrics" / "summary.json").write_text(json.dumps(base))
     sh("git", "add", "-A", cwd=git_repo)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false",
-       "commit", "-q", "-m", "study", cwd=git_repo)
+    sh(
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.invalid",
+        "-c",
+        "commit.gpgsign=false",
+        "commit",
+        "-q",
+        "-m",
+        "study",
+        cwd=git_repo,
+    )
     head = {"reference": "lora", "seeds": [0, 1, 2], "variants": {"lora": entry(HEAD_SEEDS)}}
     (git_repo / "metrics" / "summary.json").write_text(json.dumps(head))
     result = write_report("main", Path("reports/study.md"), cwd=git_repo)

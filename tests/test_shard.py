@@ -9,6 +9,7 @@
   local-folder remote with one shard killed mid-run and rerun on a fresh clone, give the serial
   run's scores; the collectors' dvc output runs no tune@/train@/evaluate@ stage.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures import REPO_ROOT, git, run, run_dvc, subprocess_env
 
-from layoutpeft.scale import shards
 from layoutpeft.cli import main as cli_main
 from layoutpeft.config import load_params
+from layoutpeft.scale import shards
 from layoutpeft.scale.shard_recipes import ACTIONS_FILE, DEFAULT_SHARDS, SLURM_FILE, actions, slurm
+
+from fixtures import REPO_ROOT, git, run, run_dvc, subprocess_env
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -80,11 +82,14 @@ def test_cost_table_follows_the_benchmark():
     assert shards.method_cost("some_new_method") == 1.0
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("0/2", "layoutpeft shard: error: --shard 0/2: I must be in 1..2"),
-    ("3/2", "layoutpeft shard: error: --shard 3/2: I must be in 1..2"),
-    ("two", "layoutpeft shard: error: --shard 'two': expected I/M, e.g. 1/4 (shard I of M, counting from 1)"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("0/2", "layoutpeft shard: error: --shard 0/2: I must be in 1..2"),
+        ("3/2", "layoutpeft shard: error: --shard 3/2: I must be in 1..2"),
+        ("two", "layoutpeft shard: error: --shard 'two': expected I/M, e.g. 1/4 (shard I of M, counting from 1)"),
+    ],
+)
 def test_bad_shard_spec_is_one_line(spec, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     assert cli_main(["shard", "--shard", spec]) == 2
@@ -122,6 +127,7 @@ def test_actions_recipe_is_a_matrix_of_gpu_runners_calling_the_shard_command():
 
     def runs(job):
         return "\n".join(step.get("run", "") for step in jobs[job]["steps"])
+
     assert "layoutpeft shard --prepare --push" in runs("prepare")
     assert 'layoutpeft shard --shard "${{ matrix.shard }}/$SHARDS" --pull --push --require-gpu' in runs("shard")
     assert "layoutpeft shard --collect --pull" in runs("collect")
@@ -134,24 +140,37 @@ def test_actions_recipe_is_a_matrix_of_gpu_runners_calling_the_shard_command():
 # ---------------------------------------------------------------- GPUs
 def test_worker_without_its_gpu_fails_in_one_line_before_anything_runs(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
-    proc = run([sys.executable, "-m", "layoutpeft", "shard", "--workers", "2", "--gpus", "0,1"], cwd=tmp_path,
-               env={"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT), **ONE_THREAD}, check=False)
+    proc = run(
+        [sys.executable, "-m", "layoutpeft", "shard", "--workers", "2", "--gpus", "0,1"],
+        cwd=tmp_path,
+        env={"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT), **ONE_THREAD},
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "layoutpeft shard: error: worker 1 (--gpus 0,1): no CUDA device visible with CUDA_VISIBLE_DEVICES=0 "
-        "(check --gpus against nvidia-smi); nothing was run"], proc.stderr
-    proc = run([sys.executable, "-m", "layoutpeft", "shard", "--shard", "1/2", "--require-gpu"], cwd=tmp_path,
-               env={"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT), **ONE_THREAD}, check=False)
+        "(check --gpus against nvidia-smi); nothing was run"
+    ], proc.stderr
+    proc = run(
+        [sys.executable, "-m", "layoutpeft", "shard", "--shard", "1/2", "--require-gpu"],
+        cwd=tmp_path,
+        env={"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT), **ONE_THREAD},
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "layoutpeft shard: error: shard 1/2: no CUDA device visible with CUDA_VISIBLE_DEVICES= "
-        "(check --gpus against nvidia-smi); nothing was run"], proc.stderr
+        "(check --gpus against nvidia-smi); nothing was run"
+    ], proc.stderr
     assert not (tmp_path / "dvc.lock").exists()
 
 
 def test_worker_env_pins_one_gpu_and_shares_the_cpus():
     assert shards.worker_env(0, 2, ["0", "1"], cpus=16) == {
-        "OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8", "CUDA_VISIBLE_DEVICES": "0"}
+        "OMP_NUM_THREADS": "8",
+        "MKL_NUM_THREADS": "8",
+        "CUDA_VISIBLE_DEVICES": "0",
+    }
     assert shards.worker_env(1, 2, ["0", "1"], cpus=16)["CUDA_VISIBLE_DEVICES"] == "1"
     assert shards.worker_env(2, 3, None, cpus=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -159,11 +178,20 @@ def test_worker_env_pins_one_gpu_and_shares_the_cpus():
 # ---------------------------------------------------------------- end to end
 # Two variants of different cost, two seeds, each lr tuned from two values: 2 tune@, 4 train@
 # and 4 evaluate@ stages; the plan gives one variant to each of 2 shards.
-TUNED_STUDY = {"study.variants": ["head", "lora"], "study.reference": "head", "study.seeds": [0, 1],
-               "study.tune_lr": True, "study.lr_grid": [1.0, 3.0], "study.extend_grid": 0, "train.max_epochs": 1,
-               # params.yaml gives both their own wider grids (the reference study's); two lrs are enough here
-               "variants.head.lr_grid": [3.0e-3, 9.0e-3], "variants.lora.lr_grid": [1.0e-3, 3.0e-3],
-               "variants.prompt_tuning.virtual_tokens": 8, "variants.p_tuning.virtual_tokens": 8}
+TUNED_STUDY = {
+    "study.variants": ["head", "lora"],
+    "study.reference": "head",
+    "study.seeds": [0, 1],
+    "study.tune_lr": True,
+    "study.lr_grid": [1.0, 3.0],
+    "study.extend_grid": 0,
+    "train.max_epochs": 1,
+    # params.yaml gives both their own wider grids (the reference study's); two lrs are enough here
+    "variants.head.lr_grid": [3.0e-3, 9.0e-3],
+    "variants.lora.lr_grid": [1.0e-3, 3.0e-3],
+    "variants.prompt_tuning.virtual_tokens": 8,
+    "variants.p_tuning.virtual_tokens": 8,
+}
 RUN_STAGE = re.compile(r"^Running stage '((?:tune|train|evaluate)@[^']+)'", re.M)
 
 
@@ -176,8 +204,12 @@ def scores(project: Path) -> dict:
     out = {}
     for path in sorted((project / "metrics" / "runs").glob("*.json")):
         data = json.loads(path.read_text())
-        out[path.stem] = {"scores": data["scores"], "test_loss": data["test_loss"],
-                          "best_val_f1": data["training"]["best_val_f1"], "lr": data["variant_params"].get("lr")}
+        out[path.stem] = {
+            "scores": data["scores"],
+            "test_loss": data["test_loss"],
+            "best_val_f1": data["training"]["best_val_f1"],
+            "lr": data["variant_params"].get("lr"),
+        }
     return out
 
 
@@ -204,7 +236,7 @@ def test_workers_and_machines_match_a_serial_run(make_tiny_project, tmp_path):
     local = make_tiny_project(TUNED_STUDY, name="workers")
     proc = run(shard_cmd("--workers", "2"), cwd=local, env=ONE_THREAD)
     log = proc.stdout
-    collect_log = log[log.index("shard: collect: dvc repro"):]
+    collect_log = log[log.index("shard: collect: dvc repro") :]
     assert ran(collect_log) == [], collect_log  # the collector trained nothing
     assert "Running stage 'aggregate'" in collect_log
     assert scores(local) == expected
@@ -225,15 +257,21 @@ def test_workers_and_machines_match_a_serial_run(make_tiny_project, tmp_path):
     first_run = plan2.units[0].steps[1]  # [train@<v>-0, evaluate@<v>-0]
     killed_log = tmp_path / "machine2.log"
     with open(killed_log, "w") as handle:
-        proc = subprocess.Popen(shard_cmd("--shard", "2/2", "--pull", "--push"), cwd=second, text=True,
-                                env=subprocess_env(ONE_THREAD), stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            shard_cmd("--shard", "2/2", "--pull", "--push"),
+            cwd=second,
+            text=True,
+            env=subprocess_env(ONE_THREAD),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 600
         # Kill it once its first run is pushed and the next run's training has started.
         while time.time() < deadline and proc.poll() is None:
             text = killed_log.read_text()
             done = f"shard: shard 2/2: done {' '.join(first_run)}"
-            if done in text and "Running stage 'train@" in text[text.index(done):]:
+            if done in text and "Running stage 'train@" in text[text.index(done) :]:
                 break
             time.sleep(0.5)
         assert proc.poll() is None, killed_log.read_text()
@@ -260,8 +298,9 @@ def test_workers_and_machines_match_a_serial_run(make_tiny_project, tmp_path):
     assert "Running stage 'aggregate'" in done.stdout
     assert scores(collector) == expected
     for project in (local, collector):  # the same study summary and stages as the serial run
-        assert json.loads((project / "metrics" / "study.json").read_text()) == \
-            json.loads((serial / "metrics" / "study.json").read_text())
+        assert json.loads((project / "metrics" / "study.json").read_text()) == json.loads(
+            (serial / "metrics" / "study.json").read_text()
+        )
         assert lock_shape(project) == lock_shape(serial)
         assert "Data and pipelines are up to date." in run_dvc(project, "status").stdout
 
@@ -271,25 +310,39 @@ def lock_shape(project: Path) -> dict:
     (Output bytes hold wall times, data/lr/<v>.json's trials included, so they differ between
     any two runs, serial or not; the scores above do not.)"""
     stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    return {name: {"cmd": st["cmd"], "params": st.get("params"),
-                   "deps": {d["path"]: d["md5"] for d in st.get("deps", [])
-                            if d["path"].startswith(("stages/", "layoutpeft/", "data/raw", "data/tokenized",
-                                                     "data/variants"))}}
-            for name, st in stages.items()}
+    return {
+        name: {
+            "cmd": st["cmd"],
+            "params": st.get("params"),
+            "deps": {
+                d["path"]: d["md5"]
+                for d in st.get("deps", [])
+                if d["path"].startswith(("stages/", "layoutpeft/", "data/raw", "data/tokenized", "data/variants"))
+            },
+        }
+        for name, st in stages.items()
+    }
 
 
 @pytest.mark.slow
 def test_train_device_cuda_without_a_gpu_stops_the_shard_with_one_line(make_tiny_project):
-    project = make_tiny_project({"study.variants": ["head"], "study.reference": "head", "train.device": "cuda",
-                                 "variants.prompt_tuning.virtual_tokens": 8, "variants.p_tuning.virtual_tokens": 8})
-    proc = run(shard_cmd("--shard", "1/1"), cwd=project, env={"CUDA_VISIBLE_DEVICES": "", **ONE_THREAD},
-               check=False)
+    project = make_tiny_project(
+        {
+            "study.variants": ["head"],
+            "study.reference": "head",
+            "train.device": "cuda",
+            "variants.prompt_tuning.virtual_tokens": 8,
+            "variants.p_tuning.virtual_tokens": 8,
+        }
+    )
+    proc = run(shard_cmd("--shard", "1/1"), cwd=project, env={"CUDA_VISIBLE_DEVICES": "", **ONE_THREAD}, check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("layoutpeft ")]
-    assert lines == ["layoutpeft train: error: train.device is cuda, but no CUDA device is visible "
-                     "(CUDA_VISIBLE_DEVICES=)",
-                     "layoutpeft shard: error: shard 1/1: tune@head train@head-0 evaluate@head-0 failed (dvc's "
-                     "output is above); rerun `layoutpeft shard --shard 1/1` to resume"], proc.stderr
+    assert lines == [
+        "layoutpeft train: error: train.device is cuda, but no CUDA device is visible (CUDA_VISIBLE_DEVICES=)",
+        "layoutpeft shard: error: shard 1/1: tune@head train@head-0 evaluate@head-0 failed (dvc's "
+        "output is above); rerun `layoutpeft shard --shard 1/1` to resume",
+    ], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (project / "models" / "head-0").exists()
 
@@ -308,8 +361,7 @@ def test_pr_workflow_reports_against_the_base_on_its_own_profile():
 
 # A ci-like profile for the tiny fixtures: not what the tiny project's params.yaml holds, so the
 # base (which has no results at all) must be computed.
-TINY_CI = {"study.variants": ["head", "lora"], "study.reference": "head", "study.seeds": [0, 1],
-           "train.max_epochs": 1}
+TINY_CI = {"study.variants": ["head", "lora"], "study.reference": "head", "study.seeds": [0, 1], "train.max_epochs": 1}
 
 
 @pytest.mark.slow
@@ -323,13 +375,17 @@ def test_pr_report_computes_the_base_study_on_the_same_profile(make_tiny_project
     git(project, "commit", "-qam", "tiny ci profile")
     git(project, "branch", "base")
     from fixtures import edit_params
+
     edit_params(project / "params.yaml", {"variants.lora.r": 8})  # the PR: LoRA at rank 8
     git(project, "commit", "-qam", "lora r8")
 
     env = {"PYTHONPATH": str(project), **ONE_THREAD}
     run([sys.executable, "-m", "layoutpeft", "profile", "tinyci"], cwd=project, env=env)
-    proc = run([sys.executable, "-m", "layoutpeft", "report", "--base", "base", "--profile", "tinyci",
-                "--out", "reports/study.md"], cwd=project, env=env)
+    proc = run(
+        [sys.executable, "-m", "layoutpeft", "report", "--base", "base", "--profile", "tinyci", "--out", "reports/study.md"],
+        cwd=project,
+        env=env,
+    )
     assert proc.stdout.strip() == "report: reports/study.md (2 variants compared, 0 added, 0 removed)", proc.stdout
     log = proc.stderr
     # The base study reused the head's unchanged runs from the run cache and trained only LoRA.
@@ -353,7 +409,9 @@ def test_collector_stops_instead_of_training_a_missing_run(make_tiny_project):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("layoutpeft shard")]
     assert len(lines) == 1 and re.fullmatch(
         r"layoutpeft shard: error: collect: tune@(full|lora) is not in the run cache, so dvc started running it; "
-        r"stopped\. Rerun the shard that has it .*", lines[0]), proc.stderr
+        r"stopped\. Rerun the shard that has it .*",
+        lines[0],
+    ), proc.stderr
     assert ran(proc.stdout) == [lines[0].split()[4]]
     assert not (project / "models").exists() and not (project / "metrics" / "study.json").exists()
 
@@ -369,19 +427,24 @@ def test_partial_collect_summarises_the_finished_runs_and_trains_nothing(make_ti
     proc = run(shard_cmd("--collect", "--partial"), cwd=project, env=ONE_THREAD)
     assert scores(project) == records  # restored, not retrained
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"shard: collect --partial: 2 of 4 runs finished, summarised in metrics/summary.md; "
-        f"not finished: {unfinished} seeds 0, 1")
+        f"shard: collect --partial: 2 of 4 runs finished, summarised in metrics/summary.md; not finished: {unfinished} seeds 0, 1"
+    )
     summary = json.loads((project / "metrics" / "summary.json").read_text())
     assert summary["variants"][finished]["missing_seeds"] == [] and summary["variants"][finished]["f1"]
     assert summary["variants"][unfinished]["missing_seeds"] == [0, 1]
     assert not any((project / "models").glob(f"{unfinished}-*")) and not (project / "data" / "lr" / f"{unfinished}.json").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--plan", "2", "--partial"], "--partial goes with --collect (a summary of the runs finished so far)"),
-    (["--collect", "--partial", "--allow-train"],
-     "--partial never trains: drop --allow-train, or --partial to finish the study"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--plan", "2", "--partial"], "--partial goes with --collect (a summary of the runs finished so far)"),
+        (
+            ["--collect", "--partial", "--allow-train"],
+            "--partial never trains: drop --allow-train, or --partial to finish the study",
+        ),
+    ],
+)
 def test_partial_is_only_a_collector_option(args, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     assert cli_main(["shard", *args]) == 2
@@ -408,7 +471,8 @@ def test_report_profile_refuses_a_head_that_did_not_run_it(capsys, monkeypatch):
     assert cli_main(["report", "--base", "HEAD", "--profile", "ci"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "layoutpeft report: error: params.yaml does not hold profile 'ci''s values: run `layoutpeft profile ci` "
-        "first (the report would compare two different profiles)"]
+        "first (the report would compare two different profiles)"
+    ]
 
 
 def test_a_refused_stage_does_no_work(monkeypatch, capsys):
@@ -422,8 +486,9 @@ def test_a_refused_stage_does_no_work(monkeypatch, capsys):
 
 
 def test_extra_runs_are_planned_beside_their_variant():
-    params = repo_params(variants=["full", "lora"], reference="full", seeds=[0, 1],
-                        extra_runs={"lora-5": {"variant": "lora", "seed": 5}})
+    params = repo_params(
+        variants=["full", "lora"], reference="full", seeds=[0, 1], extra_runs={"lora-5": {"variant": "lora", "seed": 5}}
+    )
     plan = shards.plan(params, 2)
     seen = [stage for shard in plan for stage in shard.stages]
     assert sorted(seen) == sorted(stage_names(params) | {"train_extra@lora-5", "evaluate_extra@lora-5"})

@@ -1,17 +1,18 @@
 """Speed settings: precision auto from CPU flags, AdamW kernels, training FLOPs per method in closed form."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from layoutpeft.train import engine
-from layoutpeft.train.device import emulated_bf16_warning, precision_path, resolve_precision
-import flops
 from layoutpeft import hardware
 from layoutpeft.config import ModelConfig, ParamsError, TrainConfig
 from layoutpeft.labels import LEGACY_LABELS
+from layoutpeft.train import engine
+from layoutpeft.train.device import emulated_bf16_warning, precision_path, resolve_precision
 from layoutpeft.train.methods import Schedule, validate_variant
 
+import flops
 from fixtures import TINY_BERT
 
 H, I, LAYERS = TINY_BERT["hidden_size"], TINY_BERT["intermediate_size"], TINY_BERT["num_hidden_layers"]
@@ -22,14 +23,24 @@ LAYER_MATMUL = 4 * H * H + 2 * H * I  # q, k, v, attention output, FFN in and ou
 def build(tiny_checkpoint, settings, new_tables="train"):
     variant = validate_variant("v", settings)
     engine.seed_everything(0)
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), new_tables=new_tables), variant,
-                                  torch.device("cpu"), Schedule(10, 5), labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(str(tiny_checkpoint), new_tables=new_tables),
+        variant,
+        torch.device("cpu"),
+        Schedule(10, 5),
+        labels=LEGACY_LABELS,
+    )
     return model
 
 
-@pytest.mark.parametrize("flags,expected", [({"avx512f", "avx512_bf16"}, torch.bfloat16),
-                                            ({"avx512f", "amx_tile", "amx_bf16"}, torch.bfloat16),
-                                            ({"avx2", "fma"}, None)])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ({"avx512f", "avx512_bf16"}, torch.bfloat16),
+        ({"avx512f", "amx_tile", "amx_bf16"}, torch.bfloat16),
+        ({"avx2", "fma"}, None),
+    ],
+)
 def test_auto_precision_follows_cpu_bf16_flags(monkeypatch, flags, expected):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
@@ -46,8 +57,8 @@ def test_bf16_set_on_a_cpu_without_bf16_units_warns_and_still_runs_bf16(monkeypa
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     warning = emulated_bf16_warning("bf16", cpu)
     assert "no avx512_bf16/amx_bf16 (flags: avx2 fma)" in warning and "emulated" in warning
-    assert resolve_precision("bf16", cpu) is torch.bfloat16      # a pinned study keeps its numerics
-    assert emulated_bf16_warning("auto", cpu) is None            # auto already chose fp32
+    assert resolve_precision("bf16", cpu) is torch.bfloat16  # a pinned study keeps its numerics
+    assert emulated_bf16_warning("auto", cpu) is None  # auto already chose fp32
     assert emulated_bf16_warning("fp32", cpu) is None
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert emulated_bf16_warning("bf16", cpu) is None
@@ -69,10 +80,25 @@ def test_adamw_kernels_take_the_same_step(impl):
 
 
 def test_adamw_setting_is_checked_and_optional():
-    params = {"train": {"max_epochs": 1, "patience": 1, "select_on": "f1", "batch_size": 4, "weight_decay": 0.0,
-                        "warmup_ratio": 0.0, "max_grad_norm": 1.0, "device": "cpu", "precision": "auto",
-                        "group_by_length": True, "group_size": 4, "loss": "batch_mean", "attention": "sdpa",
-                        "compile": False, "threads": 0}}
+    params = {
+        "train": {
+            "max_epochs": 1,
+            "patience": 1,
+            "select_on": "f1",
+            "batch_size": 4,
+            "weight_decay": 0.0,
+            "warmup_ratio": 0.0,
+            "max_grad_norm": 1.0,
+            "device": "cpu",
+            "precision": "auto",
+            "group_by_length": True,
+            "group_size": 4,
+            "loss": "batch_mean",
+            "attention": "sdpa",
+            "compile": False,
+            "threads": 0,
+        }
+    }
     assert TrainConfig.from_params(params).adamw == "fused"
     params["train"]["adamw"] = "foreach"
     assert TrainConfig.from_params(params).adamw == "foreach"
@@ -107,8 +133,9 @@ def test_head_only_back_propagates_into_its_classifier_only(tiny_checkpoint):
 
 def test_lora_skips_frozen_weight_gradients(tiny_checkpoint):
     full = flops.training_flops(build(tiny_checkpoint, {"method": "full", "lr": 1e-3}), [10, 20])
-    lora = flops.training_flops(build(tiny_checkpoint, {"method": "lora", "r": 4, "targets": ["query", "value"],
-                                                        "lr": 1e-3}), [10, 20])
+    lora = flops.training_flops(
+        build(tiny_checkpoint, {"method": "lora", "r": 4, "targets": ["query", "value"], "lr": 1e-3}), [10, 20]
+    )
     assert lora["tokens"] == full["tokens"] == 30
     assert lora["backward_weight"] < 0.2 * full["backward_weight"]
     assert lora["per_token"] < full["per_token"]
@@ -132,10 +159,33 @@ def test_speed_benchmark_runs_end_to_end_on_a_tiny_model(tiny_checkpoint, tiny_p
 
     shutil.copytree(tiny_tokenized / "data", tiny_project / "data", dirs_exist_ok=True)
     out = tiny_project / "speed.json"
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "train_speed.py"), "--checkpoint",
-                           str(tiny_checkpoint), "--part", "recipes", "methods", "--epochs", "1", "--repeats", "1",
-                           "--steps", "1", "--methods", "head", "no_such_method", "lora", "--out", str(out)],
-                          cwd=tiny_project, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "train_speed.py"),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--part",
+            "recipes",
+            "methods",
+            "--epochs",
+            "1",
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--methods",
+            "head",
+            "no_such_method",
+            "lora",
+            "--out",
+            str(out),
+        ],
+        cwd=tiny_project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert set(result["methods"]) == {"head", "lora"} and "partial" not in result
@@ -146,10 +196,29 @@ def test_speed_benchmark_runs_end_to_end_on_a_tiny_model(tiny_checkpoint, tiny_p
     # an interrupted run (methods not finished) resumes: recipes kept as they were, the rest run, start-up too
     interrupted = {k: v for k, v in result.items() if k != "methods"}
     out.write_text(json.dumps({**interrupted, "partial": True}))
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "train_speed.py"), "--checkpoint",
-                           str(tiny_checkpoint), "--part", "recipes", "methods", "startup", "--steps", "1",
-                           "--methods", "head", "--resume", "--out", str(out)],
-                          cwd=tiny_project, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "train_speed.py"),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--part",
+            "recipes",
+            "methods",
+            "startup",
+            "--steps",
+            "1",
+            "--methods",
+            "head",
+            "--resume",
+            "--out",
+            str(out),
+        ],
+        cwd=tiny_project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = json.loads(out.read_text())
     assert resumed["recipes"] == result["recipes"] and set(resumed["methods"]) == {"head"}

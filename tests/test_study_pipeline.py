@@ -14,6 +14,7 @@ dependencies, so a stage restored from the shared run cache never stands in for 
 - the pull-request report (`python -m layoutpeft report --base main`) on a branch holding that
   experiment shows exactly lora as changed.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fixtures import git, make_project, run
 from fixtures import run_dvc as _run_dvc
 
@@ -63,8 +65,9 @@ def ran(process) -> list[str]:
 
 def stages_of(variants: list[str], seeds: list[int] = SEEDS) -> list[str]:
     """A variant's stages: its lr tuning, then train and evaluate per seed."""
-    return [f"tune@{v}" for v in variants] + [f"{kind}@{v}-{s}" for kind in ("train", "evaluate") for v in variants
-                                              for s in seeds]
+    return [f"tune@{v}" for v in variants] + [
+        f"{kind}@{v}-{s}" for kind in ("train", "evaluate") for v in variants for s in seeds
+    ]
 
 
 def summary(repo: Path) -> dict:
@@ -92,8 +95,7 @@ def clone(study: Path, dest: Path) -> Path:
 def study(tmp_path_factory, tiny_funsd_zip, tiny_checkpoint):
     """(repo, `dvc repro` process): the small study, reproduced and committed on `main`."""
     zip_path, md5 = tiny_funsd_zip
-    repo = make_project(tmp_path_factory.mktemp("study") / "study", zip_path, md5, tiny_checkpoint,
-                        overrides=STUDY)
+    repo = make_project(tmp_path_factory.mktemp("study") / "study", zip_path, md5, tiny_checkpoint, overrides=STUDY)
     git(repo, "branch", "-M", "main")
     repro = run_dvc(repo, "repro")
     commit(repo, "small study")  # as a user would: dvc.lock, metrics/summary.*, metrics/data.json
@@ -119,8 +121,11 @@ def test_repro_runs_the_whole_study_and_commits(study):
     assert names.index("download") < names.index("tokenize")
     for variant in VARIANTS:
         for seed in SEEDS:
-            assert names.index(f"tune@{variant}") < names.index(f"train@{variant}-{seed}") \
+            assert (
+                names.index(f"tune@{variant}")
+                < names.index(f"train@{variant}-{seed}")
                 < names.index(f"evaluate@{variant}-{seed}")
+            )
     for variant in VARIANTS:  # each variant's lr was chosen from its own grid on validation, and used
         tuned = json.loads((repo / "data" / "lr" / f"{variant}.json").read_text())
         assert tuned["tuned"] and len(tuned["trials"]) == 2 and tuned["chosen_lr"] in tuned["grid"]
@@ -167,8 +172,9 @@ def test_repro_runs_the_whole_study_and_commits(study):
     # .gitignore files keep them out of git), and nothing is left over.
     committed = set(git(repo, "ls-files").stdout.split())
     assert {"dvc.lock", "params.yaml"} <= committed
-    assert not any(p.startswith(("models/", "data/", "plots/", "metrics/")) and not p.endswith("/.gitignore")
-                   for p in committed), sorted(committed)
+    assert not any(
+        p.startswith(("models/", "data/", "plots/", "metrics/")) and not p.endswith("/.gitignore") for p in committed
+    ), sorted(committed)
     assert git(repo, "status", "--porcelain").stdout == ""
     assert json.loads(run_dvc(repo, "status", "--json").stdout) == {}
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip() == "main"
@@ -222,8 +228,15 @@ def test_exp_run_on_one_grid_value_reruns_only_its_variants(study, tmp_path):
     repo = clone(study[0], tmp_path / "grid")
     grid = {"targets": [["query", "value"]], "r": [4, 8]}
     points = ["lora_t-qv_r4", "lora_t-qv_r8"]
-    first = run_dvc(repo, "exp", "run", "-S", f"+sweeps.lora.grid={render_value(grid)}",  # + adds a key
-                    "-S", f"study.variants={render_value(VARIANTS + points)}")
+    first = run_dvc(
+        repo,
+        "exp",
+        "run",
+        "-S",
+        f"+sweeps.lora.grid={render_value(grid)}",  # + adds a key
+        "-S",
+        f"study.variants={render_value(VARIANTS + points)}",
+    )
     names = ran(first)
     print("grid added, ran:", names)
     assert sorted(names) == sorted(["variants", *stages_of(points), "aggregate"]), names
@@ -233,8 +246,9 @@ def test_exp_run_on_one_grid_value_reruns_only_its_variants(study, tmp_path):
     assert after_first["variants"]["lora_t-qv_r4"]["params"]["alpha"] == 8.0
 
     points = ["lora_t-qv_r4", "lora_t-qv_r16"]
-    second = run_dvc(repo, "exp", "run", "-S", "sweeps.lora.grid.r=[4,16]",
-                     "-S", f"study.variants={render_value(VARIANTS + points)}")
+    second = run_dvc(
+        repo, "exp", "run", "-S", "sweeps.lora.grid.r=[4,16]", "-S", f"study.variants={render_value(VARIANTS + points)}"
+    )
     names = ran(second)
     print("sweeps.lora.grid.r=[4,16], ran:", names)
     assert sorted(names) == sorted(["variants", *stages_of(["lora_t-qv_r16"]), "aggregate"]), names
@@ -254,8 +268,7 @@ def test_pr_report_shows_exactly_lora_changed(study, lora_r8):
     head_sha = git(repo, "rev-parse", "--short", "HEAD").stdout.strip()
     assert git(main_repo, "rev-parse", "main").stdout.strip() == main_sha
 
-    proc = run([sys.executable, "-m", "layoutpeft", "report", "--base", "main", "--out", "reports/study.md"], cwd=repo,
-               env=ENV)
+    proc = run([sys.executable, "-m", "layoutpeft", "report", "--base", "main", "--out", "reports/study.md"], cwd=repo, env=ENV)
     assert "report: reports/study.md (3 variants compared, 0 added, 0 removed)" in proc.stdout
     text = (repo / "reports" / "study.md").read_text()
     lines = text.splitlines()
@@ -263,15 +276,19 @@ def test_pr_report_shows_exactly_lora_changed(study, lora_r8):
     assert lines[0] == f"# Study report: `{head_sha}` (HEAD) vs `main` (`{main_sha[:7]}`)"
     assert "- **Seeds:** base [0, 1], head [0, 1]" in lines
     # (lora's own flag depends on its scores: only the counts of variants are pinned down here)
-    assert any(line.startswith("- **Variants:** 3 on both sides, 1 with a changed definition, 0 added, 0 removed;")
-               for line in lines)
+    assert any(
+        line.startswith("- **Variants:** 3 on both sides, 1 with a changed definition, 0 added, 0 removed;") for line in lines
+    )
     # summary.json is a DVC-cached output: read at the base through dvc.api (the shared local cache)
     assert "- Base summary: dvc.api.read('metrics/summary.json', rev='main')" in lines
     assert "[!WARNING]" not in text  # no shared setting (data/model/train/evaluate, seeds) differs
 
-    rows = {cells[0]: cells for cells in
-            ([c.strip() for c in line.strip("|").split(" | ")] for line in lines
-             if re.match(r"\| (full|lora|lora_r4) \|", line))}
+    rows = {
+        cells[0]: cells
+        for cells in (
+            [c.strip() for c in line.strip("|").split(" | ")] for line in lines if re.match(r"\| (full|lora|lora_r4) \|", line)
+        )
+    }
     assert list(rows) == VARIANTS
     # The definition column compares the resolved variant settings: alpha (default 2r) follows r.
     assert rows["lora"][1] == "changed: alpha: 32 → 16; r: 16 → 8"
@@ -285,8 +302,7 @@ def test_pr_report_shows_exactly_lora_changed(study, lora_r8):
 
     params_section = text.split("\n## Params changed")[1].split("\n## ")[0]
     assert "### `variants` (params.yaml)" in params_section
-    assert [line for line in params_section.splitlines() if line.startswith("| `")] == [
-        "| `variants.lora.r` | 16 → 8 |"]
+    assert [line for line in params_section.splitlines() if line.startswith("| `")] == ["| `variants.lora.r` | 16 → 8 |"]
     assert "## Variants added / removed\n\nNone." in text
     assert "no other metrics file changed" in text  # metrics/data.json: the same data on both sides
     # Base and head PNGs side by side: the base's plots/ is in the (shared) local DVC cache.

@@ -1,4 +1,5 @@
 """benchmarks/tables_lr.py: its arms, when it reuses the study's tune@ trial, its table (no training)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -7,8 +8,9 @@ import sys
 
 import pytest
 
-from fixtures import REPO_ROOT
 from layoutpeft.config import load_params
+
+from fixtures import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 spec = importlib.util.spec_from_file_location("tables_lr", REPO_ROOT / "benchmarks" / "tables_lr.py")
@@ -35,18 +37,23 @@ def test_the_study_trial_is_reused_only_where_it_is_exactly_the_arm(monkeypatch)
     trial = tables_lr.study_trial(STUDY, "lora", params, "1.5e-4", {})
     tuned = json.loads((STUDY / "lr" / "lora.json").read_text())
     assert trial["lr"] == tuned["chosen_lr"] == 0.003 and trial["best_val_f1"] == pytest.approx(0.4992, abs=1e-4)
-    assert tables_lr.study_trial(STUDY, "lora", params, "4.5e-4", {}) is None                   # another arm
+    assert tables_lr.study_trial(STUDY, "lora", params, "4.5e-4", {}) is None  # another arm
     assert tables_lr.study_trial(STUDY, "lora", params, "frozen", {}) is None
     assert tables_lr.study_trial(STUDY, "lora", params, "1.5e-4", {"precision": "fp32"}) is None  # not the study's
     monkeypatch.setattr(tables_lr, "simd_flags", lambda: ["avx2", "fma"])
-    assert tables_lr.study_trial(STUDY, "lora", params, "1.5e-4", {}) is None                   # another CPU
+    assert tables_lr.study_trial(STUDY, "lora", params, "1.5e-4", {}) is None  # another CPU
 
 
 def test_report_tabulates_what_has_finished(tmp_path):
-    for variant, arm, f1, reused in (("vera", "1.5e-4", 0.386, True), ("vera", "4.5e-4", 0.41, False),
-                                     ("vera", "frozen", 0.30, False), ("head", "5e-5", 0.20, False)):
-        (tmp_path / f"{variant}-tables-{arm}.json").write_text(json.dumps(
-            {"variant": variant, "arm": arm, "best_val_f1": f1, **({"reused_from": "x"} if reused else {})}))
+    for variant, arm, f1, reused in (
+        ("vera", "1.5e-4", 0.386, True),
+        ("vera", "4.5e-4", 0.41, False),
+        ("vera", "frozen", 0.30, False),
+        ("head", "5e-5", 0.20, False),
+    ):
+        (tmp_path / f"{variant}-tables-{arm}.json").write_text(
+            json.dumps({"variant": variant, "arm": arm, "best_val_f1": f1, **({"reused_from": "x"} if reused else {})})
+        )
     text = tables_lr.report(tmp_path)
     assert "| Variant | tables 5e-5 | tables 1.5e-4 | tables 4.5e-4 | tables frozen | spread (points) |" in text
     assert "| vera | – | 38.6 (reused) | 41.0 | 30.0 | 11.0 |" in text

@@ -5,6 +5,7 @@ per window, windows of at most 56 with [CLS] and [SEP]. Token counts per form (f
 standard 16 (9 words), train_01 17 (10 words), train_03 66 (59 words, 2 windows: 53 + 13),
 test_01 66 (59 words, 2 windows: 54 + 12).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,26 +13,51 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures import TINY_DATA_SETTINGS, TOKEN_ID, make_checkpoint, make_funsd_zip
 
+from layoutpeft.config import ParamsError
 from layoutpeft.data import windows as tk
 from layoutpeft.data.download import download
-from stages import tokenize as tokenize_stage
 from layoutpeft.funsd import AnnotationError, Document, load_split
-from layoutpeft.config import ParamsError
+from stages import tokenize as tokenize_stage
+
+from fixtures import TINY_DATA_SETTINGS, TOKEN_ID, make_checkpoint, make_funsd_zip
 
 SETTINGS = TINY_DATA_SETTINGS
 CLS, SEP, UNK = TOKEN_ID["[CLS]"], TOKEN_ID["[SEP]"], TOKEN_ID["[UNK]"]
 O, BH, IH, BQ, IQ, BA, IA = range(7)
 X = -100
 
-STANDARD_TOKENS = ["company", "report", "date", "2", "##0", "##2", "##4", "name", "john",
-                   "s", "##m", "##i", "##t", "##h", "page", "1"]
+STANDARD_TOKENS = [
+    "company",
+    "report",
+    "date",
+    "2",
+    "##0",
+    "##2",
+    "##4",
+    "name",
+    "john",
+    "s",
+    "##m",
+    "##i",
+    "##t",
+    "##h",
+    "page",
+    "1",
+]
 STANDARD_WORD_IDS = [0, 1, 2, 3, 3, 3, 3, 4, 5, 6, 6, 6, 6, 6, 7, 8]
 STANDARD_LABELS = [BH, IH, BQ, BA, X, X, X, BQ, BA, IA, X, X, X, X, O, O]
-STANDARD_BOXES = [[50, 50, 300, 150], [310, 50, 500, 150], [50, 200, 150, 300], [200, 200, 350, 300],
-                  [50, 400, 150, 500], [200, 400, 300, 500], [310, 400, 450, 500],
-                  [750, 900, 850, 980], [860, 900, 900, 980]]
+STANDARD_BOXES = [
+    [50, 50, 300, 150],
+    [310, 50, 500, 150],
+    [50, 200, 150, 300],
+    [200, 200, 350, 300],
+    [50, 400, 150, 500],
+    [200, 400, 300, 500],
+    [310, 400, 450, 500],
+    [750, 900, 850, 980],
+    [860, 900, 900, 980],
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +93,28 @@ def test_report_counts(tokenized):
     assert train["tokens"] + val["tokens"] == 6 * 16 + 17 + 66 + 2 * 9 == 197
     # seed 0 holds out train_04 (a standard form with one [UNK])
     assert train["boxes_clamped"] == 1  # train_02's `company` box, [-10, -5, 250, 130] on a 200 x 100 page
-    assert val == {"documents": 1, "words": 9, "words_raw": 9, "entities": 6, "boxes_clamped": 0, "windows": 1, "tokens": 18,
-                   "unk_share": pytest.approx(1 / 18), "pad_share_at_max_length": pytest.approx(1 - 18 / 56)}
-    assert test == {"documents": 3, "words": 77, "words_raw": 77, "entities": 19, "boxes_clamped": 0, "windows": 4,
-                    "tokens": 98 + 2 * 4, "unk_share": 0.0,
-                    "pad_share_at_max_length": pytest.approx(1 - 106 / (4 * 56))}
+    assert val == {
+        "documents": 1,
+        "words": 9,
+        "words_raw": 9,
+        "entities": 6,
+        "boxes_clamped": 0,
+        "windows": 1,
+        "tokens": 18,
+        "unk_share": pytest.approx(1 / 18),
+        "pad_share_at_max_length": pytest.approx(1 - 18 / 56),
+    }
+    assert test == {
+        "documents": 3,
+        "words": 77,
+        "words_raw": 77,
+        "entities": 19,
+        "boxes_clamped": 0,
+        "windows": 4,
+        "tokens": 98 + 2 * 4,
+        "unk_share": 0.0,
+        "pad_share_at_max_length": pytest.approx(1 - 106 / (4 * 56)),
+    }
     assert report["window_length"] == 56
     assert report["tokenizer_vocab"] == 156
     assert report["unk_share"] == pytest.approx(1 / 303)  # the one `☃` of train_04
@@ -113,15 +156,17 @@ def test_clamped_box_and_unk(tokenized):
 
 def test_clamped_boxes_are_counted_and_named(tmp_path, raw_dir, tiny_checkpoint, capsys):
     """A box outside its page is clamped (as before) but no longer silently: one line, and a count per split."""
-    report = tk.tokenize(raw_dir, tmp_path / "tokenized", tmp_path / "data.json",
-                         {**SETTINGS, "checkpoint": str(tiny_checkpoint)})
+    report = tk.tokenize(
+        raw_dir, tmp_path / "tokenized", tmp_path / "data.json", {**SETTINGS, "checkpoint": str(tiny_checkpoint)}
+    )
     assert report["train"]["boxes_clamped"] + report["validation"]["boxes_clamped"] == 1
     assert json.loads((tmp_path / "data.json").read_text())["train"]["boxes_clamped"] == 1
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if line.startswith("tokenize:")] == [
         f"tokenize: 1 word box(es) outside their page image clamped to the page edge (counted in "
         f"{tmp_path / 'data.json'} as boxes_clamped), e.g. {raw_dir / 'training_data' / 'annotations' / 'train_02.json'}: "
-        "form[0].words[0] box [-10, -5, 250, 130] on a 200x100 page"]
+        "form[0].words[0] box [-10, -5, 250, 130] on a 200x100 page"
+    ]
     assert "Saving the dataset" not in err  # datasets' progress bar: noise in a DVC log
 
 
@@ -141,8 +186,7 @@ def test_long_training_document_is_split_at_a_word_boundary(tokenized):
     # 50 question words, company report date; "2024" (4 tokens) does not fit in the 54.
     assert first["word_ids"] == [-1] + list(range(53)) + [-1]
     assert first["labels"] == [X, BQ] + [IQ] * 49 + [BH, IH, BQ, X]
-    assert second["input_ids"][:6] == [CLS, TOKEN_ID["2"], TOKEN_ID["##0"], TOKEN_ID["##2"], TOKEN_ID["##4"],
-                                       TOKEN_ID["name"]]
+    assert second["input_ids"][:6] == [CLS, TOKEN_ID["2"], TOKEN_ID["##0"], TOKEN_ID["##2"], TOKEN_ID["##4"], TOKEN_ID["name"]]
     assert second["word_ids"] == [-1, 53, 53, 53, 53, 54, 55, 56, 56, 56, 56, 56, 57, 58, -1]
     assert second["labels"] == [X, BA, X, X, X, BQ, BA, IA, X, X, X, X, O, O, X]
     assert second["bbox"][0] == [0, 0, 0, 0] and second["bbox"][-1] == [1000] * 4
@@ -179,6 +223,7 @@ def test_every_word_labelled_exactly_once(tokenized, raw_dir):
 
 # --- pure functions ------------------------------------------------------------------------
 
+
 def docs(n):
     return [Document(doc_id=f"d{i:02d}", words=["a"], boxes=[[0, 0, 1, 1]], labels=["O"]) for i in range(n)]
 
@@ -210,7 +255,10 @@ def test_word_that_tokenizes_to_nothing_becomes_unk(tiny_checkpoint):
 
     tokenizer = load_tokenizer(str(tiny_checkpoint))
     assert tk.word_pieces(tokenizer, ["date", "\x00", "2024"]) == [
-        [TOKEN_ID["date"]], [UNK], [TOKEN_ID["2"], TOKEN_ID["##0"], TOKEN_ID["##2"], TOKEN_ID["##4"]]]
+        [TOKEN_ID["date"]],
+        [UNK],
+        [TOKEN_ID["2"], TOKEN_ID["##0"], TOKEN_ID["##2"], TOKEN_ID["##4"]],
+    ]
 
 
 def test_word_longer_than_a_window(tiny_checkpoint):
@@ -236,8 +284,7 @@ def test_check_lossless_catches_lost_and_repeated_words():
 
 # --- settings ------------------------------------------------------------------------------
 
-GOOD = {"data": {"val_fraction": 0.15, "split_seed": 0, "max_length": 64, "prompt_reserve": 8},
-        "model": {"checkpoint": "x"}}
+GOOD = {"data": {"val_fraction": 0.15, "split_seed": 0, "max_length": 64, "prompt_reserve": 8}, "model": {"checkpoint": "x"}}
 
 
 def with_value(dotted, value):
@@ -254,33 +301,42 @@ DELETE = object()
 
 
 def test_read_settings():
-    assert tokenize_stage.read_params(GOOD) == {"checkpoint": "x", "val_fraction": 0.15, "split_seed": 0,
-                                      "max_length": 64, "prompt_reserve": 8, "labels": None,
-                                      "dataset_columns": {"words": "words", "boxes": "bboxes", "tags": "ner_tags"},
-                                      "dataset_boxes": "normalized"}
+    assert tokenize_stage.read_params(GOOD) == {
+        "checkpoint": "x",
+        "val_fraction": 0.15,
+        "split_seed": 0,
+        "max_length": 64,
+        "prompt_reserve": 8,
+        "labels": None,
+        "dataset_columns": {"words": "words", "boxes": "bboxes", "tags": "ner_tags"},
+        "dataset_boxes": "normalized",
+    }
     merged = tokenize_stage.read_params(with_value("data.labels", {"header": "question", "Other": None}))
     assert merged["labels"] == {"HEADER": "QUESTION", "OTHER": None}
     with pytest.raises(ParamsError, match="data.val_fraction' must be in"):
         tokenize_stage.read_params(with_value("data.val_fraction", 0))  # early stopping needs a validation split
 
 
-@pytest.mark.parametrize("dotted, value, fragment", [
-    ("data.labels", ["header"], "key 'data.labels' must be dict or NoneType, got ['header']"),
-    ("data.labels", {"header": 3}, "key 'data.labels': 'header' must map to a type name or null"),
-    ("data.labels", {"header": "B-QUESTION"}, "key 'data.labels': 'header' -> 'B-QUESTION': give the type name"),
-    ("data.val_fraction", "abc", "key 'data.val_fraction' must be float, got 'abc'"),
-    ("data.val_fraction", 0.95, "key 'data.val_fraction' must be in"),
-    ("data.val_fraction", DELETE, "missing key 'data.val_fraction'"),
-    ("data.split_seed", 1.5, "key 'data.split_seed' must be int"),
-    ("data.split_seed", True, "key 'data.split_seed' must be int"),
-    ("data.max_length", 600, "key 'data.max_length' must be in [8, 512]"),
-    ("data.max_length", "512", "key 'data.max_length' must be int"),
-    ("data.max_length", DELETE, "missing key 'data.max_length'"),
-    ("data.prompt_reserve", 60, "key 'data.prompt_reserve' must be in [0, 56]"),
-    ("data.prompt_reserve", -1, "key 'data.prompt_reserve' must be in"),
-    ("model.checkpoint", DELETE, "missing key 'model.checkpoint'"),
-    ("model.checkpoint", 3, "key 'model.checkpoint' must be str"),
-])
+@pytest.mark.parametrize(
+    "dotted, value, fragment",
+    [
+        ("data.labels", ["header"], "key 'data.labels' must be dict or NoneType, got ['header']"),
+        ("data.labels", {"header": 3}, "key 'data.labels': 'header' must map to a type name or null"),
+        ("data.labels", {"header": "B-QUESTION"}, "key 'data.labels': 'header' -> 'B-QUESTION': give the type name"),
+        ("data.val_fraction", "abc", "key 'data.val_fraction' must be float, got 'abc'"),
+        ("data.val_fraction", 0.95, "key 'data.val_fraction' must be in"),
+        ("data.val_fraction", DELETE, "missing key 'data.val_fraction'"),
+        ("data.split_seed", 1.5, "key 'data.split_seed' must be int"),
+        ("data.split_seed", True, "key 'data.split_seed' must be int"),
+        ("data.max_length", 600, "key 'data.max_length' must be in [8, 512]"),
+        ("data.max_length", "512", "key 'data.max_length' must be int"),
+        ("data.max_length", DELETE, "missing key 'data.max_length'"),
+        ("data.prompt_reserve", 60, "key 'data.prompt_reserve' must be in [0, 56]"),
+        ("data.prompt_reserve", -1, "key 'data.prompt_reserve' must be in"),
+        ("model.checkpoint", DELETE, "missing key 'model.checkpoint'"),
+        ("model.checkpoint", 3, "key 'model.checkpoint' must be str"),
+    ],
+)
 def test_read_settings_errors_name_the_key(dotted, value, fragment):
     with pytest.raises(ParamsError) as caught:
         tokenize_stage.read_params(with_value(dotted, value))
@@ -296,6 +352,7 @@ def test_main_params_error_writes_nothing(tmp_path, monkeypatch):
 
 
 # --- bad inputs: named error, data/tokenized and metrics/data.json untouched -----------------
+
 
 def stale_outputs(folder: Path):
     out, report = folder / "data" / "tokenized", folder / "metrics" / "data.json"
@@ -325,15 +382,21 @@ def raw_from_zip(folder: Path, **zip_kwargs) -> Path:
 FORM_OK = '{"form": [{"label": "other", "words": [{"text": "a", "box": [0, 0, 1, 1]}]}]}'
 
 
-@pytest.mark.parametrize("split, text, fragments", [
-    ("training_data", '{"form": [', ["train_03.json", "malformed JSON"]),
-    ("testing_data", '{"words": []}', ["test_01.json", "missing 'form'"]),
-    ("training_data", '{"form": [{"label": "other"}]}', ["train_03.json", "form[0]", "missing 'words'"]),
-    ("training_data", '{"form": [{"words": []}]}', ["train_03.json", "form[0]", "missing 'label'"]),
-    ("testing_data", '{"form": [{"label": "other", "words": [{"text": "a"}]}]}',
-     ["test_01.json", "form[0].words[0]", "'box'"]),
-    ("training_data", FORM_OK.replace('"other"', '""'), ["train_03.json", "label '' is not an entity type name"]),
-])
+@pytest.mark.parametrize(
+    "split, text, fragments",
+    [
+        ("training_data", '{"form": [', ["train_03.json", "malformed JSON"]),
+        ("testing_data", '{"words": []}', ["test_01.json", "missing 'form'"]),
+        ("training_data", '{"form": [{"label": "other"}]}', ["train_03.json", "form[0]", "missing 'words'"]),
+        ("training_data", '{"form": [{"words": []}]}', ["train_03.json", "form[0]", "missing 'label'"]),
+        (
+            "testing_data",
+            '{"form": [{"label": "other", "words": [{"text": "a"}]}]}',
+            ["test_01.json", "form[0].words[0]", "'box'"],
+        ),
+        ("training_data", FORM_OK.replace('"other"', '""'), ["train_03.json", "label '' is not an entity type name"]),
+    ],
+)
 def test_bad_annotation(tmp_path, tiny_checkpoint, split, text, fragments):
     name = "train_03" if split == "training_data" else "test_01"
     raw = raw_from_zip(tmp_path, annotation_text={f"{split}/{name}": text})
@@ -353,5 +416,6 @@ def test_broken_tokenizer_is_refused(tmp_path, raw_dir):
 
 def test_window_too_small_for_a_word(tmp_path, raw_dir, tiny_checkpoint):
     # 8 - 2 - 3 = 3 content tokens: "2024" (4 tokens) cannot fit.
-    expect_tokenize_failure(tmp_path, raw_dir, tiny_checkpoint, tk.WindowingError, "word 3 ('2024') has 4 tokens",
-                            max_length=8, prompt_reserve=3)
+    expect_tokenize_failure(
+        tmp_path, raw_dir, tiny_checkpoint, tk.WindowingError, "word 3 ('2024') has 4 tokens", max_length=8, prompt_reserve=3
+    )

@@ -1,4 +1,5 @@
 """Scoring by hand, and the train + evaluate stages end to end on the tiny fixtures."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ def window(doc, words, labels, first_only=True):
         label_ids += [LABEL2ID[label], -100]
     word_ids.append(-1)
     label_ids.append(-100)
-    return {"doc_id": doc, "word_ids": torch.tensor(word_ids), "labels": torch.tensor(label_ids),
-            "input_ids": torch.zeros(len(word_ids), dtype=torch.long)}
+    return {
+        "doc_id": doc,
+        "word_ids": torch.tensor(word_ids),
+        "labels": torch.tensor(label_ids),
+        "input_ids": torch.zeros(len(word_ids), dtype=torch.long),
+    }
 
 
 def prediction(labels):
@@ -34,10 +39,12 @@ def prediction(labels):
 
 def test_split_document_scores_each_word_once():
     # doc a: Q Q | A O across two windows; doc b: H in one window.
-    windows = [window("a", [0, 1], ["B-QUESTION", "I-QUESTION"]), window("a", [2, 3], ["B-ANSWER", "O"]),
-               window("b", [0], ["B-HEADER"])]
-    predictions = [prediction(["B-QUESTION", "I-QUESTION"]), prediction(["B-HEADER", "O"]),
-                   prediction(["B-HEADER"])]
+    windows = [
+        window("a", [0, 1], ["B-QUESTION", "I-QUESTION"]),
+        window("a", [2, 3], ["B-ANSWER", "O"]),
+        window("b", [0], ["B-HEADER"]),
+    ]
+    predictions = [prediction(["B-QUESTION", "I-QUESTION"]), prediction(["B-HEADER", "O"]), prediction(["B-HEADER"])]
     y_true, y_pred = word_labels(windows, predictions, LEGACY_LABELS)
     assert y_true == [["B-QUESTION", "I-QUESTION", "B-ANSWER", "O"], ["B-HEADER"]]
     assert y_pred == [["B-QUESTION", "I-QUESTION", "B-HEADER", "O"], ["B-HEADER"]]
@@ -62,36 +69,63 @@ def test_word_labelled_in_two_windows_is_an_error():
 def workspace(tiny_tokenized, tmp_path, monkeypatch, tiny_checkpoint):
     """A folder with the tiny tokenized data and resolved variants, as the stages expect."""
     shutil.copytree(tiny_tokenized / "data", tmp_path / "data")
-    from layoutpeft.train.variants import write_variants
     from layoutpeft.train.methods import validate_variant
+    from layoutpeft.train.variants import write_variants
 
-    write_variants({
-        "lora": validate_variant("lora", {"method": "lora", "r": 4, "targets": ["query", "value"], "lr": 5e-3}),
-        "prompt": validate_variant("prompt", {"method": "prompt_tuning", "virtual_tokens": 4, "lr": 3e-2}, 8),
-        "head": validate_variant("head", {"method": "head", "lr": 1e-2}),
-    }, tmp_path / "data" / "variants")
+    write_variants(
+        {
+            "lora": validate_variant("lora", {"method": "lora", "r": 4, "targets": ["query", "value"], "lr": 5e-3}),
+            "prompt": validate_variant("prompt", {"method": "prompt_tuning", "virtual_tokens": 4, "lr": 3e-2}, 8),
+            "head": validate_variant("head", {"method": "head", "lr": 1e-2}),
+        },
+        tmp_path / "data" / "variants",
+    )
     monkeypatch.chdir(tmp_path)
-    params = {"model": {"checkpoint": str(tiny_checkpoint), "position_init": "random", "new_tables": "train"},
-              "train": {"max_epochs": 3, "patience": 2, "select_on": "loss", "batch_size": 4, "weight_decay": 0.01,
-                        "warmup_ratio": 0.1, "max_grad_norm": 1.0, "device": "cpu", "precision": "fp32",
-                        "group_by_length": True, "group_size": 4, "loss": "batch_mean", "attention": "sdpa",
-                        "compile": False, "threads": 0},
-              "evaluate": {"batch_size": 8}}
+    params = {
+        "model": {"checkpoint": str(tiny_checkpoint), "position_init": "random", "new_tables": "train"},
+        "train": {
+            "max_epochs": 3,
+            "patience": 2,
+            "select_on": "loss",
+            "batch_size": 4,
+            "weight_decay": 0.01,
+            "warmup_ratio": 0.1,
+            "max_grad_norm": 1.0,
+            "device": "cpu",
+            "precision": "fp32",
+            "group_by_length": True,
+            "group_size": 4,
+            "loss": "batch_mean",
+            "attention": "sdpa",
+            "compile": False,
+            "threads": 0,
+        },
+        "evaluate": {"batch_size": 8},
+    }
     return tmp_path, params
 
 
 def train_and_evaluate(root, params, variant, seed, tag):
-    from layoutpeft.train import runs
     from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig
+    from layoutpeft.train import runs
     from layoutpeft.train.variants import load_variant
     from stages.train import live_logger
 
     run_dir = root / "models" / f"{variant}-{seed}-{tag}"
     tokenized = root / "data" / "tokenized"
-    runs.train(variant, seed, load_variant(variant), ModelConfig.from_params(params), TrainConfig.from_params(params),
-               run_dir, tokenized, on_epoch=live_logger)
-    return runs.evaluate(run_dir, EvaluateConfig.from_params(params), tokenized,
-                         root / "metrics" / "runs" / f"{variant}-{seed}-{tag}.json")
+    runs.train(
+        variant,
+        seed,
+        load_variant(variant),
+        ModelConfig.from_params(params),
+        TrainConfig.from_params(params),
+        run_dir,
+        tokenized,
+        on_epoch=live_logger,
+    )
+    return runs.evaluate(
+        run_dir, EvaluateConfig.from_params(params), tokenized, root / "metrics" / "runs" / f"{variant}-{seed}-{tag}.json"
+    )
 
 
 @pytest.mark.parametrize("variant", ["lora", "prompt"])
@@ -102,8 +136,9 @@ def test_same_seed_same_metrics_other_seed_differs(workspace, variant):
     other = train_and_evaluate(root, params, variant, 1, "c")
     assert first["scores"] == again["scores"]
     timings = ("epoch_time_s", "elapsed_s")  # seconds differ between two runs; every number else must not
-    assert first["history"] == [dict(r, **{k: a[k] for k in timings})
-                                for r, a in zip(again["history"], first["history"], strict=True)]
+    assert first["history"] == [
+        dict(r, **{k: a[k] for k in timings}) for r, a in zip(again["history"], first["history"], strict=True)
+    ]
     assert [r["train_loss"] for r in first["history"]] != [r["train_loss"] for r in other["history"]]
 
 
@@ -113,7 +148,8 @@ def test_run_file_is_self_describing(workspace):
     saved = json.loads((root / "metrics" / "runs" / "lora-0-x.json").read_text())
     assert saved == json.loads(json.dumps(record))
     assert saved["scores"]["words"] == sum(
-        1 for w in __import__("layoutpeft.data.batching", fromlist=["x"]).load_windows("test") for l in w["labels"] if l != -100)
+        1 for w in __import__("layoutpeft.data.batching", fromlist=["x"]).load_windows("test") for l in w["labels"] if l != -100
+    )
     assert saved["parameters"]["trainable"] < saved["parameters"]["total"]
     parts = saved["parameters"]
     assert parts["method"] + parts["head"] + parts["new_tables"] == parts["trainable"] and parts["method"] > 0
@@ -133,6 +169,7 @@ def test_run_file_is_self_describing(workspace):
     assert [h["epoch"] for h in saved["history"]] == list(range(1, saved["training"]["epochs_run"] + 1))
     # Saved files are readable by the group and others (the umask's modes, not a temp file's 0600).
     import os
+
     umask = os.umask(0)
     os.umask(umask)
     for path in [root / "models" / "lora-0-x", *(root / "models" / "lora-0-x").rglob("*")]:
@@ -158,6 +195,8 @@ def test_bf16_pinned_on_a_cpu_without_bf16_units_warns_before_training(workspace
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     params = {**params, "train": {**params["train"], "precision": "bf16", "max_epochs": 1}}
     record = train_and_evaluate(root, params, "lora", 0, "bf16")
-    assert ("train: WARNING: train.precision is bf16, but this CPU has no avx512_bf16/amx_bf16 (flags: avx2 fma)"
-            in capsys.readouterr().err)
+    assert (
+        "train: WARNING: train.precision is bf16, but this CPU has no avx512_bf16/amx_bf16 (flags: avx2 fma)"
+        in capsys.readouterr().err
+    )
     assert record["precision"] == "bf16"  # pinned: still bf16, as asked

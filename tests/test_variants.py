@@ -2,6 +2,7 @@
 
 End to end through DVC (a grid value changed reruns only its variants): tests/test_study_pipeline.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,7 @@ def generated(sweeps: dict, variants: dict | None = None) -> dict:
 
 
 def test_joint_targets_by_rank_grid_expands_to_the_named_product():
-    grid = {"targets": [["query", "value"], ["query", "key", "value", "attention_output"], ALL_LINEAR],
-            "r": [4, 16, 64]}
+    grid = {"targets": [["query", "value"], ["query", "key", "value", "attention_output"], ALL_LINEAR], "r": [4, 16, 64]}
     points = generated({"lora": {"grid": grid}})
     assert list(points) == [f"lora_t-{t}_r{r}" for t in ("qv", "qkvo", "qkvoif") for r in (4, 16, 64)]
     assert points["lora_t-qv_r64"] == {**LORA, "targets": ["query", "value"], "r": 64}
@@ -41,10 +41,23 @@ def test_joint_targets_by_rank_grid_expands_to_the_named_product():
 
 
 def test_plain_axes_one_key_at_a_time_beside_a_grid():
-    points = generated({"lora": {"r": [4, 8], "targets": [["value", "query"]],
-                                 "grid": [{"r": [1], "dropout": [0.0, 0.1]}, {"rank_scaling": ["rslora"]}]}})
-    assert list(points) == ["lora_r4", "lora_r8", "lora_t-qv", "lora_r1_dropout0.0", "lora_r1_dropout0.1",
-                            "lora_rank_scaling-rslora"]
+    points = generated(
+        {
+            "lora": {
+                "r": [4, 8],
+                "targets": [["value", "query"]],
+                "grid": [{"r": [1], "dropout": [0.0, 0.1]}, {"rank_scaling": ["rslora"]}],
+            }
+        }
+    )
+    assert list(points) == [
+        "lora_r4",
+        "lora_r8",
+        "lora_t-qv",
+        "lora_r1_dropout0.0",
+        "lora_r1_dropout0.1",
+        "lora_rank_scaling-rslora",
+    ]
     assert points["lora_t-qv"]["targets"] == ["value", "query"] and points["lora_t-qv"]["r"] == 16
 
 
@@ -55,8 +68,7 @@ def test_every_target_has_a_distinct_letter():
 
 def test_prompt_length_sweep_names():
     base = {"prompt_tuning": {"method": "prompt_tuning", "virtual_tokens": 20, "lr": 0.1}}
-    assert list(generated({"prompt_tuning": {"virtual_tokens": [5, 50]}}, base)) == ["prompt_tuning_vt5",
-                                                                                     "prompt_tuning_vt50"]
+    assert list(generated({"prompt_tuning": {"virtual_tokens": [5, 50]}}, base)) == ["prompt_tuning_vt5", "prompt_tuning_vt50"]
 
 
 def test_an_explicit_variant_of_the_same_name_wins():
@@ -64,15 +76,18 @@ def test_an_explicit_variant_of_the_same_name_wins():
     assert expand_sweeps(variants, {"lora": {"r": [4]}})["lora_r4"] == variants["lora_r4"]
 
 
-@pytest.mark.parametrize("sweeps, message", [
-    ({"lora": {"grid": {"r": []}}}, "sweeps.lora.grid.r must be a non-empty list"),
-    ({"lora": {"grid": [{"r": [1]}, "r"]}}, "sweeps.lora.grid.1 must map keys"),
-    ({"lora": {"grid": {}}}, "sweeps.lora.grid must map keys"),
-    ({"lora": {"targets": [[{"q": 1}]]}}, "sweeps.lora.targets must be a non-empty list of numbers, strings or lists"),
-    ({"lora": {"targets": [["query", "value"], ["value", "query"]]}}, "both named 'lora_t-qv'"),
-    ({"lora": [4, 8]}, "sweeps.lora must map keys"),
-    ({"lorax": {"r": [4]}}, "no variant named 'lorax'"),
-])
+@pytest.mark.parametrize(
+    "sweeps, message",
+    [
+        ({"lora": {"grid": {"r": []}}}, "sweeps.lora.grid.r must be a non-empty list"),
+        ({"lora": {"grid": [{"r": [1]}, "r"]}}, "sweeps.lora.grid.1 must map keys"),
+        ({"lora": {"grid": {}}}, "sweeps.lora.grid must map keys"),
+        ({"lora": {"targets": [[{"q": 1}]]}}, "sweeps.lora.targets must be a non-empty list of numbers, strings or lists"),
+        ({"lora": {"targets": [["query", "value"], ["value", "query"]]}}, "both named 'lora_t-qv'"),
+        ({"lora": [4, 8]}, "sweeps.lora must map keys"),
+        ({"lorax": {"r": [4]}}, "no variant named 'lorax'"),
+    ],
+)
 def test_bad_sweeps_are_named(sweeps, message):
     with pytest.raises(ParamsError) as err:
         expand_sweeps({"lora": LORA}, sweeps)
@@ -118,7 +133,8 @@ def test_ablation_profile_declares_the_studies_of_issues_29_and_31():
     lora = {n: s for n, s in resolved.items() if s["method"] == "lora"}
     qkvo = ["query", "key", "value", "attention_output"]
     assert sorted(tuple(s["targets"]) for s in lora.values() if s["r"] == 16) == sorted(
-        map(tuple, [["query", "value"], ["query", "key", "value"], qkvo, ALL_LINEAR]))
+        map(tuple, [["query", "value"], ["query", "key", "value"], qkvo, ALL_LINEAR])
+    )
     assert sorted(s["r"] for s in lora.values() if s["targets"] == qkvo) == [1, 4, 16, 64]
     assert sorted(s["r"] for s in resolved.values() if s["method"] == "qlora") == [4, 16, 64]
     assert sorted(s["r"] for s in resolved.values() if s["method"] == "vera") == [16, 256]
@@ -134,8 +150,9 @@ def test_ablation_profile_declares_the_studies_of_issues_29_and_31():
 
 
 # ------------------------------------------------------------------ the rank convention
-@pytest.mark.parametrize("rule, alpha, use_rslora", [("alpha_2r", 8.0, False), ("alpha_fixed", 32.0, False),
-                                                     ("rslora", 8.0, True)])
+@pytest.mark.parametrize(
+    "rule, alpha, use_rslora", [("alpha_2r", 8.0, False), ("alpha_fixed", 32.0, False), ("rslora", 8.0, True)]
+)
 def test_rank_convention_sets_alpha_and_use_rslora(rule, alpha, use_rslora):
     variant = validate_variant("v", {**LORA, "r": 4, "rank_scaling": rule})
     assert variant["alpha"] == alpha
@@ -143,7 +160,7 @@ def test_rank_convention_sets_alpha_and_use_rslora(rule, alpha, use_rslora):
     assert config.lora_alpha == alpha and config.use_rslora is use_rslora and config.r == 4
     # at r 16 every convention gives the same scale, 2
     at16 = validate_variant("v", {**LORA, "rank_scaling": rule})
-    assert at16["alpha"] / (16 ** 0.5 if use_rslora else 16) == 2.0
+    assert at16["alpha"] / (16**0.5 if use_rslora else 16) == 2.0
     # an explicit alpha replaces the default under every convention
     assert validate_variant("v", {**LORA, "rank_scaling": rule, "alpha": 5})["alpha"] == 5.0
 
@@ -160,8 +177,13 @@ def test_rank_convention_reaches_the_peft_layers(tiny_checkpoint, rule, scale):
     from layoutpeft.train import engine
 
     variant = validate_variant("v", {**LORA, "r": 4, "rank_scaling": rule})
-    model, _ = engine.build_model(ModelConfig(str(tiny_checkpoint), "zero"), variant, torch.device("cpu"),
-                                  Schedule(total_steps=2, steps_per_epoch=1), labels=LEGACY_LABELS)
+    model, _ = engine.build_model(
+        ModelConfig(str(tiny_checkpoint), "zero"),
+        variant,
+        torch.device("cpu"),
+        Schedule(total_steps=2, steps_per_epoch=1),
+        labels=LEGACY_LABELS,
+    )
     scalings = {m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)}
     assert scalings == {scale}  # PEFT's alpha / r (rsLoRA: alpha / sqrt(r)) at r 4
 
@@ -174,7 +196,10 @@ def test_rank_series_keep_conventions_apart_and_state_them():
             params[name] = validate_variant(name, {**LORA, "r": r, "rank_scaling": rule})
     series = rank_series(params)
     assert {k: [r for _, r in v] for k, v in series.items()} == {
-        "lora": [4, 16, 64], "lora_alpha_fixed": [4, 16, 64], "lora_rslora": [4, 16, 64]}
+        "lora": [4, 16, 64],
+        "lora_alpha_fixed": [4, 16, 64],
+        "lora_rslora": [4, 16, 64],
+    }
     assert scaling_note(params["lora_r4"]) == "alpha = 2r, scale 2"
     assert scaling_note(params["lora_alpha_fixed_r4"]) == "alpha fixed at 32, scale alpha/r"
     assert scaling_note(params["lora_rslora_r64"]) == "rsLoRA: alpha 8, scale alpha/sqrt(r)"

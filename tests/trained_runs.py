@@ -6,6 +6,7 @@ each variant with seed 0 into models/<name>-0 and metrics/runs/<name>-0.json.
 `pipeline_labels(run_dir, tokenized)` gives the pipeline's own predicted word labels on the test
 split (engine.predict + scoring.word_labels, as evaluate computes them), per document id.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -18,8 +19,8 @@ FULL = {"method": "full", "lr": 1e-3}
 
 
 def make_workspace(root: Path, tiny_tokenized: Path, checkpoint: Path, variants: dict) -> Path:
-    from layoutpeft.train import runs
     from layoutpeft.config import EvaluateConfig, ModelConfig
+    from layoutpeft.train import runs
     from layoutpeft.train.methods import validate_variant
 
     root = Path(root)
@@ -29,10 +30,18 @@ def make_workspace(root: Path, tiny_tokenized: Path, checkpoint: Path, variants:
     tokenized = root / "data" / "tokenized"
     for name, (settings, position_init) in variants.items():
         run_dir = root / "models" / f"{name}-0"
-        runs.train(name, 0, validate_variant(name, settings, 8), ModelConfig(str(checkpoint), position_init),
-                   cpu_train_config(), run_dir, tokenized)
-        runs.evaluate(run_dir, EvaluateConfig(batch_size=8, timing_repeats=1), tokenized,
-                      root / "metrics" / "runs" / f"{name}-0.json")
+        runs.train(
+            name,
+            0,
+            validate_variant(name, settings, 8),
+            ModelConfig(str(checkpoint), position_init),
+            cpu_train_config(),
+            run_dir,
+            tokenized,
+        )
+        runs.evaluate(
+            run_dir, EvaluateConfig(batch_size=8, timing_repeats=1), tokenized, root / "metrics" / "runs" / f"{name}-0.json"
+        )
     return root
 
 
@@ -40,19 +49,18 @@ def pipeline_labels(run_dir: Path, tokenized: Path) -> dict[str, list[str]]:
     """doc_id -> predicted labels of its words, exactly as evaluate computes them."""
     import torch
 
-    from layoutpeft.train import engine
     from layoutpeft.data.batching import load_meta, load_windows
+    from layoutpeft.modeling import label_names
+    from layoutpeft.train import engine
     from layoutpeft.train.methods import n_virtual_tokens
     from layoutpeft.train.runs import load_trained, read_train_log
-    from layoutpeft.modeling import label_names
     from layoutpeft.train.scoring import word_labels
 
     log = read_train_log(run_dir)
     windows = load_windows("test", tokenized)
     cpu = torch.device("cpu")
     model = load_trained(run_dir, cpu)
-    result = engine.predict(model, windows, 8, load_meta(tokenized)["pad_token_id"], cpu,
-                            n_virtual_tokens(log["variant_params"]))
+    result = engine.predict(model, windows, 8, load_meta(tokenized)["pad_token_id"], cpu, n_virtual_tokens(log["variant_params"]))
     _, predicted = word_labels(windows, result["predictions"], label_names(model))
     return dict(zip(sorted({w["doc_id"] for w in windows}), predicted, strict=True))
 
@@ -70,7 +78,6 @@ def labels_of(model, windows: list[dict], n_virtual: int = 0) -> list[list[str]]
         for w in windows:
             ids = w["input_ids"].unsqueeze(0)
             bbox = torch.cat([torch.zeros(1, n_virtual, 4, dtype=torch.long), w["bbox"].unsqueeze(0)], dim=1)
-            out = model(input_ids=ids, bbox=bbox, attention_mask=torch.ones_like(ids),
-                        token_type_ids=torch.zeros_like(ids))
+            out = model(input_ids=ids, bbox=bbox, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
             predictions.append(out.logits[0, n_virtual:].argmax(-1))
     return word_labels(windows, predictions, label_names(model))[1]

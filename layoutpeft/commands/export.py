@@ -12,6 +12,7 @@ it replaces out_dir; on any error nothing is written.
 
     layoutpeft export --run lora-0 exports/lora-0 --merge
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ from layoutpeft.paths import DATA_REPORT, MODELS_DIR, RUNS_DIR, SUMMARY_JSON, TO
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="layoutpeft export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="layoutpeft export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("out_dir", help="the folder to write (absent or empty, unless --force)")
     p.add_argument("--run", required=True, help="the trained run, <variant>-<seed> (a folder of --models-dir)")
     p.add_argument("--merge", action="store_true", help="merge the adapter into a plain Transformers model")
@@ -39,9 +41,19 @@ def main(argv: list[str]) -> int:
     from layoutpeft.use.predict import run_folder
 
     run_dir = run_folder(args.models_dir, args.run)
-    result = export_run(run_dir, args.out_dir, merge=args.merge, force=args.force, runs_dir=RUNS_DIR,
-                        summary=SUMMARY_JSON, tokenized=TOKENIZED_DIR, data_report=DATA_REPORT)
+    result = export_run(
+        run_dir,
+        args.out_dir,
+        merge=args.merge,
+        force=args.force,
+        runs_dir=RUNS_DIR,
+        summary=SUMMARY_JSON,
+        tokenized=TOKENIZED_DIR,
+        data_report=DATA_REPORT,
+    )
     what = "plain Transformers folder" if result.kind == "merged" else "PEFT adapter folder"
-    print(f"export: {args.run} -> {result.out_dir} ({what}: {', '.join(result.files)}); reproduces the run's "
-          f"logits on {result.checked_windows} windows (max |diff| {result.max_logit_diff:.1e})")
+    print(
+        f"export: {args.run} -> {result.out_dir} ({what}: {', '.join(result.files)}); reproduces the run's "
+        f"logits on {result.checked_windows} windows (max |diff| {result.max_logit_diff:.1e})"
+    )
     return 0

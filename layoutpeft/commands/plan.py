@@ -10,6 +10,7 @@ Stages come from DVC's own comparison with dvc.lock and the run cache (nothing i
 time from recorded runs of the same settings on this device, else a short timed probe (shown).
 docs/planning.md explains the figures. Nothing trains.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,13 @@ from layoutpeft.errors import LayoutpeftError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="layoutpeft plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="layoutpeft plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("profiles", nargs="*", metavar="PROFILE", help="profiles.yaml names (a+b combines)")
-    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra params override, as dvc exp run -S")
+    parser.add_argument(
+        "-S", "--set-param", action="append", default=[], metavar="KEY=VALUE", help="extra params override, as dvc exp run -S"
+    )
     parser.add_argument("--budget", help="suggest the profiles that finish within this time (8h, 90m, 2d)")
     parser.add_argument("--workers", help="worker counts to estimate, e.g. 1,2 (default: 1 to cores or GPUs)")
     parser.add_argument("--stages", action="store_true", help="list every stage with its state and reason")

@@ -10,6 +10,7 @@ softmax probability, and the entities (consecutive B-/I- words) with type and pi
 
     layoutpeft predict --run lora-0 data/raw/dataset/testing_data --out predictions.json --png pages/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,17 +22,25 @@ from layoutpeft.paths import MODELS_DIR, TOKENIZED_DIR
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="layoutpeft predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="layoutpeft predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="FUNSD annotation JSON(s) or folder(s) of them")
     p.add_argument("--run", required=True, help="the trained run, <variant>-<seed> (a folder of --models-dir)")
     p.add_argument("--models-dir", default=str(MODELS_DIR), help="where the runs are (default: %(default)s)")
-    p.add_argument("--tokenized", default=str(TOKENIZED_DIR),
-                   help="tokenized data whose meta.json gives the window length (default: %(default)s)")
+    p.add_argument(
+        "--tokenized",
+        default=str(TOKENIZED_DIR),
+        help="tokenized data whose meta.json gives the window length (default: %(default)s)",
+    )
     p.add_argument("--out", metavar="FILE", help="write the JSON here instead of stdout")
     p.add_argument("--png", metavar="DIR", help="write <form>.png with the predicted entities drawn")
-    p.add_argument("--png-width", type=int, metavar="PX",
-                   help="scale each drawn page down to at most PX pixels wide (for a report or a README)")
+    p.add_argument(
+        "--png-width",
+        type=int,
+        metavar="PX",
+        help="scale each drawn page down to at most PX pixels wide (for a report or a README)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
     return p
@@ -82,7 +91,9 @@ def main(argv: list[str]) -> int:
     lines = score_lines(record)
     n_words = sum(len(d["words"]) for d in record["documents"])
     n_entities = sum(len(d["entities"]) for d in record["documents"])
-    summary = [f"predict: {args.run}: {len(record['documents'])} form(s), {n_words} words, {n_entities} entities"
-               + (f" -> {args.out}" if args.out else "")] + lines
+    summary = [
+        f"predict: {args.run}: {len(record['documents'])} form(s), {n_words} words, {n_entities} entities"
+        + (f" -> {args.out}" if args.out else "")
+    ] + lines
     print("\n".join(summary), file=sys.stdout if args.out else sys.stderr)
     return 0

@@ -24,6 +24,7 @@ would put back the committed, full study, which dvc.lock does not describe.)
 Ctrl-C or SIGTERM: dvc runs in its own process group and gets exactly one SIGINT per signal,
 so it stops the running stage (which removes its half-written output) and releases its locks.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,11 @@ def quiet_dvc(cmd: list[str]) -> list[str]:
 def run_dvc(cmd: list[str], what: str) -> int:
     status, received = run_forwarding_signals(quiet_dvc(cmd), run_env())
     if received is not None:
-        print(f"layoutpeft profile: {what} interrupted ({signal.Signals(received).name}); dvc stopped the "
-              "running stage and released its locks", file=sys.stderr)
+        print(
+            f"layoutpeft profile: {what} interrupted ({signal.Signals(received).name}); dvc stopped the "
+            "running stage and released its locks",
+            file=sys.stderr,
+        )
         return 128 + received
     return status
 
@@ -111,8 +115,10 @@ def restore(record_path: Path = RECORD) -> int:
         record = json.loads(record_path.read_text())
         name = record["experiment"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise ProfileError(f"{record_path}: no successful `layoutpeft profile` run recorded here; after a "
-                           "plain `dvc exp run`, go back with `git checkout params.yaml && dvc checkout`") from None
+        raise ProfileError(
+            f"{record_path}: no successful `layoutpeft profile` run recorded here; after a "
+            "plain `dvc exp run`, go back with `git checkout params.yaml && dvc checkout`"
+        ) from None
     cmd = [sys.executable, "-m", "dvc", "exp", "apply", name]
     print(f"profile --restore: {record['profile']} ({name}): {shlex.join(cmd)}", file=sys.stderr, flush=True)
     status = run_dvc(cmd, "restore")
@@ -120,6 +126,7 @@ def restore(record_path: Path = RECORD) -> int:
         return status
     print(f"params.yaml and the outputs are back at profile {record['profile']}'s run {name}", file=sys.stderr)
     return 0
+
 
 def main(argv: list[str], profiles_path: str | Path = PROFILES_FILE, params_path: str | Path = PARAMS_FILE) -> int:
     if not argv or argv[0] in ("-h", "--help"):
@@ -135,8 +142,9 @@ def main(argv: list[str], profiles_path: str | Path = PROFILES_FILE, params_path
     print_only = "--print" in argv
     rest = [a for a in argv if a != "--print"]
     if not rest or rest[0].startswith("-"):
-        raise ProfileError(f"expected a profile name first, got {' '.join(rest) or 'none'} "
-                           "(layoutpeft profile --list shows them)")
+        raise ProfileError(
+            f"expected a profile name first, got {' '.join(rest) or 'none'} (layoutpeft profile --list shows them)"
+        )
     name, extra = rest[0], rest[1:]
     cmd = build_command(name, extra, profiles_path=profiles_path, params_path=params_path)
     if print_only:
@@ -151,6 +159,9 @@ def main(argv: list[str], profiles_path: str | Path = PROFILES_FILE, params_path
     status = run_dvc(cmd, f"profile {name}")
     if status == 0 and in_workspace:
         write_json(RECORD, {"profile": name, "experiment": experiment, "command": cmd[1:]})
-        print(f"profile {name}: recorded as experiment {experiment}; after a failed run, "
-              "`layoutpeft profile --restore` brings back its params.yaml and outputs", file=sys.stderr)
+        print(
+            f"profile {name}: recorded as experiment {experiment}; after a failed run, "
+            "`layoutpeft profile --restore` brings back its params.yaml and outputs",
+            file=sys.stderr,
+        )
     return status

@@ -14,6 +14,7 @@ of the workspace, one shared cache) with CUDA_VISIBLE_DEVICES from --gpus and OM
 cores / N. `--collect` stops, naming the run, if dvc would train anything. See
 docs/scaling-out.md and layoutpeft.scale.shards.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,12 @@ from layoutpeft.scale.shard_recipes import DEFAULT_SHARDS, RECIPES
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="layoutpeft shard", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[2:10]))
+    parser = argparse.ArgumentParser(
+        prog="layoutpeft shard",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[2:10]),
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--plan", type=int, metavar="N", help="print the split into N shards (-v: with stages)")
     mode.add_argument("--workers", type=int, metavar="N", help="run the study with N workers on this machine")
@@ -35,16 +39,21 @@ def main(argv: list[str]) -> int:
     mode.add_argument("--collect", action="store_true", help="dvc repro the whole study from the run cache")
     mode.add_argument("--emit", choices=sorted(RECIPES), help="print a recipe for M machines")
     parser.add_argument("--gpus", help="--workers: comma-separated CUDA devices, one per worker in turn")
-    parser.add_argument("--require-gpu", action="store_true",
-                        help="--shard: fail before running anything if torch sees no CUDA device")
-    parser.add_argument("--pull", action="store_true",
-                        help="dvc repro --pull: restore from the default remote's run cache (outputs included)")
-    parser.add_argument("--push", action="store_true",
-                        help="dvc push --run-cache to the default remote after each step (--prepare: at the end)")
-    parser.add_argument("--partial", action="store_true",
-                        help="--collect: summarise the runs finished so far (the others listed as missing)")
-    parser.add_argument("--allow-train", action="store_true",
-                        help="--collect/--workers: let the collector run stages missing from the run cache")
+    parser.add_argument(
+        "--require-gpu", action="store_true", help="--shard: fail before running anything if torch sees no CUDA device"
+    )
+    parser.add_argument(
+        "--pull", action="store_true", help="dvc repro --pull: restore from the default remote's run cache (outputs included)"
+    )
+    parser.add_argument(
+        "--push", action="store_true", help="dvc push --run-cache to the default remote after each step (--prepare: at the end)"
+    )
+    parser.add_argument(
+        "--partial", action="store_true", help="--collect: summarise the runs finished so far (the others listed as missing)"
+    )
+    parser.add_argument(
+        "--allow-train", action="store_true", help="--collect/--workers: let the collector run stages missing from the run cache"
+    )
     parser.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help=f"--emit: M (default {DEFAULT_SHARDS})")
     parser.add_argument("-v", "--verbose", action="store_true", help="--plan: list each shard's stages")
     parser.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)

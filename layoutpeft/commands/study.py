@@ -12,6 +12,7 @@ which training of how many runs, its epoch and the time left (layoutpeft.study.p
 Interrupted, the same command resumes: finished stages are in dvc.lock and the run cache, and
 finished tuning trials in the trial cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ PARAMS_STUDY = "params.yaml"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="layoutpeft study", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="layoutpeft study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="", help=f"a profiles.yaml name, or {PARAMS_STUDY} (default: by device)")
     parser.add_argument("--plan-only", action="store_true", help="print the choice and the plan; do not train")
     return parser.parse_args(argv)
@@ -41,12 +43,17 @@ def choose(profile: str, has_gpu: bool, cpu_bf16: bool = True) -> tuple[str | No
         return profile, [], f"chosen with PROFILE={profile}"
     if has_gpu:
         return None, [], "a GPU is visible"
-    why = ("no GPU: the committed reference study's settings (params.yaml's full study would take far longer on a "
-           "CPU; `make study PROFILE=params.yaml` runs it anyway)")
+    why = (
+        "no GPU: the committed reference study's settings (params.yaml's full study would take far longer on a "
+        "CPU; `make study PROFILE=params.yaml` runs it anyway)"
+    )
     if not cpu_bf16:
         # The reference pins bf16, which a CPU without bf16 units emulates about 10x slower.
-        return CPU_PROFILE, ["train.precision=fp32"], why + "; in fp32: this CPU has no bf16 units (other numerics " \
-            "than the committed bf16 study)"
+        return (
+            CPU_PROFILE,
+            ["train.precision=fp32"],
+            why + "; in fp32: this CPU has no bf16 units (other numerics than the committed bf16 study)",
+        )
     return CPU_PROFILE, [], why
 
 
@@ -66,8 +73,7 @@ def main(argv: list[str]) -> int:
         return 0
     print(f"study: running {' '.join(plan.command[2:])}", flush=True)
     progress = Progress(plan)
-    proc = subprocess.Popen(plan.command, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
+    proc = subprocess.Popen(plan.command, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
     try:
         for line in proc.stdout:

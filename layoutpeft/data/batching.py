@@ -5,6 +5,7 @@ similar length together so that little is padded. On FUNSD a pad-to-512 batch is
 padding (metrics/data.json: pad_share_at_max_length). `pad_to` restores the naive recipe
 for the benchmark.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import math
 import random
 from pathlib import Path
 
-from layoutpeft.paths import TOKENIZED_DIR
-
 import torch
+
+from layoutpeft.paths import TOKENIZED_DIR
 
 FIELDS = ("input_ids", "bbox", "labels", "word_ids")
 
@@ -39,8 +40,9 @@ def load_meta(folder: Path = TOKENIZED_DIR) -> dict:
     return json.loads((folder / "meta.json").read_text())
 
 
-def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_length: bool, seed: int,
-                group_size: int = 4) -> list[list[int]]:
+def batch_order(
+    lengths: list[int], batch_size: int, shuffle: bool, group_by_length: bool, seed: int, group_size: int = 4
+) -> list[list[int]]:
     """Indices per batch. Grouping sorts within shuffled mega-batches of `group_size` batches, then
     shuffles the batches. Small mega-batches keep batch members changing across epochs and seeds
     (one mega-batch over the whole training set would give the same batches every epoch)."""
@@ -50,9 +52,10 @@ def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_len
         rng.shuffle(order)
     if group_by_length:
         mega = batch_size * group_size
-        order = [i for start in range(0, len(order), mega)
-                 for i in sorted(order[start:start + mega], key=lambda i: -lengths[i])]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order = [
+            i for start in range(0, len(order), mega) for i in sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if shuffle and group_by_length:
         rng.shuffle(batches)
     return batches
@@ -73,16 +76,30 @@ def collate(windows: list[dict], pad_token_id: int, pad_to: int | None = None, n
     for row, window in enumerate(windows):
         size = len(window["input_ids"])
         input_ids[row, :size] = window["input_ids"]
-        bbox[row, n_virtual:n_virtual + size] = window["bbox"]
+        bbox[row, n_virtual : n_virtual + size] = window["bbox"]
         attention_mask[row, :size] = 1
         labels[row, :size] = window["labels"]
-    return {"input_ids": input_ids, "bbox": bbox, "attention_mask": attention_mask,
-            "token_type_ids": torch.zeros_like(input_ids), "labels": labels}
+    return {
+        "input_ids": input_ids,
+        "bbox": bbox,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "labels": labels,
+    }
 
 
-def batches(windows: list[dict], batch_size: int, pad_token_id: int, *, shuffle: bool = False,
-            group_by_length: bool = True, group_size: int = 4, seed: int = 0, pad_to: int | None = None,
-            n_virtual: int = 0):
+def batches(
+    windows: list[dict],
+    batch_size: int,
+    pad_token_id: int,
+    *,
+    shuffle: bool = False,
+    group_by_length: bool = True,
+    group_size: int = 4,
+    seed: int = 0,
+    pad_to: int | None = None,
+    n_virtual: int = 0,
+):
     """Yield (indices, batch) pairs over `windows`. Without shuffling (inference), windows are
     sorted by length over the whole split: order does not matter there, padding does."""
     lengths = [len(w["input_ids"]) for w in windows]

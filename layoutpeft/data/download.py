@@ -4,6 +4,7 @@ The source is `data.url` in params.yaml: an http(s) URL, a file:// URL, or a loc
 (relative to the repository root). Nothing is extracted before the checksum matches, and
 the output folder appears only once extraction has fully succeeded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,14 +37,18 @@ def fetch(source: str, dest: Path) -> None:
                 if response.status_code != 200:
                     raise DownloadError(f"{source}: HTTP {response.status_code}")
                 total = int(response.headers.get("content-length", 0)) or None
-                with open(dest, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                                    desc=f"download {Path(parsed.path).name}") as bar:
+                with (
+                    open(dest, "wb") as out,
+                    tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(parsed.path).name}") as bar,
+                ):
                     for chunk in response.iter_content(chunk_size=1 << 16):
                         out.write(chunk)
                         bar.update(len(chunk))
         except requests.RequestException as err:
-            raise DownloadError(f"data.url: cannot download {source} ({type(err).__name__}); without network, "
-                                f"set data.url to a local copy of the zip (README, 'Fully offline')") from err
+            raise DownloadError(
+                f"data.url: cannot download {source} ({type(err).__name__}); without network, "
+                f"set data.url to a local copy of the zip (README, 'Fully offline')"
+            ) from err
         return
     path = Path(parsed.path) if parsed.scheme == "file" else Path(source)
     if parsed.scheme not in ("", "file"):

@@ -7,6 +7,7 @@
 - A validation split is carved from the training documents (document level, fixed seed):
   model selection uses it, and the test split is never used for any choice.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from layoutpeft.data import hfdata
 from layoutpeft.atomic import staged_dir, write_json
 from layoutpeft.config import DEFAULT_COLUMNS
+from layoutpeft.data import hfdata
 from layoutpeft.errors import LayoutpeftError, ParamsError
 from layoutpeft.funsd import Document, load_split
 from layoutpeft.labels import check_label_map, entity_types, schema_of
@@ -64,8 +65,10 @@ def windows_for(doc: Document, tokenizer, max_tokens: int, label2id: dict[str, i
     used = 0
     for word_index, ids in enumerate(pieces):
         if len(ids) > max_tokens:
-            raise WindowingError(f"{doc.doc_id}: word {word_index} ({doc.words[word_index]!r}) has "
-                                 f"{len(ids)} tokens, more than a window holds ({max_tokens})")
+            raise WindowingError(
+                f"{doc.doc_id}: word {word_index} ({doc.words[word_index]!r}) has "
+                f"{len(ids)} tokens, more than a window holds ({max_tokens})"
+            )
         if used + len(ids) > max_tokens:
             windows.append(current)
             current, used = [], 0
@@ -87,8 +90,16 @@ def windows_for(doc: Document, tokenizer, max_tokens: int, label2id: dict[str, i
         bbox.append(SEP_BOX)
         labels.append(-100)
         word_ids.append(-1)
-        records.append({"doc_id": doc.doc_id, "window": window_index, "input_ids": input_ids,
-                        "bbox": bbox, "labels": labels, "word_ids": word_ids})
+        records.append(
+            {
+                "doc_id": doc.doc_id,
+                "window": window_index,
+                "input_ids": input_ids,
+                "bbox": bbox,
+                "labels": labels,
+                "word_ids": word_ids,
+            }
+        )
     return records
 
 
@@ -147,8 +158,8 @@ def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) ->
     label_map = check_label_map(settings.get("labels"))
     if (Path(raw_dir) / hfdata.SNAPSHOT).is_dir():  # a Hugging Face dataset (data.dataset.path)
         train_docs, test_docs, test_source = hfdata.load_splits(
-            raw_dir, settings.get("dataset_columns") or DEFAULT_COLUMNS, settings.get("dataset_boxes", "normalized"),
-            label_map)
+            raw_dir, settings.get("dataset_columns") or DEFAULT_COLUMNS, settings.get("dataset_boxes", "normalized"), label_map
+        )
     else:
         train_docs = load_split(raw_dir / "training_data", label_map)
         test_docs = load_split(raw_dir / "testing_data", label_map)
@@ -161,25 +172,37 @@ def tokenize(raw_dir: Path, out_dir: Path, report_path: Path, settings: dict) ->
     splits = {"train": train_docs, "validation": val_docs, "test": test_docs}
     records = {name: tokenize_split(docs, tokenizer, max_tokens, labels) for name, docs in splits.items()}
     window_length = max_tokens + 2
-    report: dict[str, Any] = {name: split_report(splits[name], records[name], tokenizer.unk_token_id, window_length)
-              for name in splits}
+    report: dict[str, Any] = {
+        name: split_report(splits[name], records[name], tokenizer.unk_token_id, window_length) for name in splits
+    }
     report["window_length"] = window_length
     report["tokenizer_vocab"] = len(tokenizer)
     all_tokens = sum(report[s]["tokens"] for s in splits)
     report["unk_share"] = sum(report[s]["unk_share"] * report[s]["tokens"] for s in splits) / all_tokens
     if report["unk_share"] > 0.05:
         # The tokenizer trap in NOTES.md: a 5-token vocabulary makes everything [UNK].
-        raise WindowingError(f"{report['unk_share']:.1%} of tokens are [UNK]: the tokenizer of "
-                             f"{settings['checkpoint']} looks broken (vocabulary of {len(tokenizer)})")
+        raise WindowingError(
+            f"{report['unk_share']:.1%} of tokens are [UNK]: the tokenizer of "
+            f"{settings['checkpoint']} looks broken (vocabulary of {len(tokenizer)})"
+        )
 
     clamped = [where for docs in splits.values() for d in docs for where in d.clamped]
     if clamped:
-        print(f"tokenize: {len(clamped)} word box(es) outside their page image clamped to the page edge "
-              f"(counted in {report_path} as boxes_clamped), e.g. {clamped[0]}", file=sys.stderr)
+        print(
+            f"tokenize: {len(clamped)} word box(es) outside their page image clamped to the page edge "
+            f"(counted in {report_path} as boxes_clamped), e.g. {clamped[0]}",
+            file=sys.stderr,
+        )
 
-    meta = {"labels": labels, "entity_types": entity_types(labels), "label_map": label_map,
-            "checkpoint": settings["checkpoint"], "window_length": window_length,
-            "pad_token_id": tokenizer.pad_token_id, "val_documents": sorted(d.doc_id for d in val_docs)}
+    meta = {
+        "labels": labels,
+        "entity_types": entity_types(labels),
+        "label_map": label_map,
+        "checkpoint": settings["checkpoint"],
+        "window_length": window_length,
+        "pad_token_id": tokenizer.pad_token_id,
+        "val_documents": sorted(d.doc_id for d in val_docs),
+    }
     # The data report is a metrics file of the same stage: written after the data, both atomically.
     with staged_dir(out_dir) as staged:
         DatasetDict({name: Dataset.from_list(rows) for name, rows in records.items()}).save_to_disk(str(staged))

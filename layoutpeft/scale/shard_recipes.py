@@ -8,6 +8,7 @@ and runs only aggregate. The committed copies, scale/slurm.sbatch and
 .github/workflows/study-sharded.yml, are these functions' output for M = DEFAULT_SHARDS
 (tests/test_shard.py checks that they match).
 """
+
 from __future__ import annotations
 
 DEFAULT_SHARDS = 4

@@ -24,6 +24,7 @@ How shards run (layoutpeft/commands/shard.py is the command line):
   cache after each (a dead machine loses only its unfinished run); `collect` runs `dvc repro
   --pull` of the whole study and refuses to train.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,8 @@ from pathlib import Path
 
 from layoutpeft.config import StudyConfig, get, load_params
 from layoutpeft.errors import REFUSE_ENV, REFUSED, LayoutpeftError
-from layoutpeft.study.formatting import missing_seeds
 from layoutpeft.paths import RUNS_DIR, run_key
+from layoutpeft.study.formatting import missing_seeds
 from layoutpeft.train.tuning import TuningConfig, lr_grid, planned_epochs
 from layoutpeft.train.variants import expand_sweeps, resolve
 
@@ -47,9 +48,19 @@ from layoutpeft.train.variants import expand_sweeps, resolve
 # counts as 1.0. Ranks and targets change a method's cost little next to the method itself;
 # on a GPU the ratios are smaller, but the order is what balancing needs.
 METHOD_COST = {
-    "full": 1.00, "head": 0.55, "bitfit": 0.81, "lora": 0.90, "dora": 1.00, "qlora": 0.89,
-    "loha": 0.88, "lokr": 0.86, "adalora": 0.77, "vera": 0.92, "ia3": 0.81,
-    "prompt_tuning": 0.92, "p_tuning": 0.90,
+    "full": 1.00,
+    "head": 0.55,
+    "bitfit": 0.81,
+    "lora": 0.90,
+    "dora": 1.00,
+    "qlora": 0.89,
+    "loha": 0.88,
+    "lokr": 0.86,
+    "adalora": 0.77,
+    "vera": 0.92,
+    "ia3": 0.81,
+    "prompt_tuning": 0.92,
+    "p_tuning": 0.90,
 }
 # evaluate@ (one pass over the test split, timed `evaluate.timing_repeats` times) per training:
 # ~17 s next to 80-110 s trainings on the laptop profile (profiles.yaml).
@@ -72,6 +83,7 @@ class ShardError(LayoutpeftError):
 class Unit:
     """Stages that must run in one shard, and their expected cost. `steps` group them for
     `run_shard`: one `dvc repro` (and push) per step, e.g. [[tune@v], [train@v-0, evaluate@v-0], ...]."""
+
     name: str
     steps: list[list[str]]
     cost: float
@@ -95,8 +107,9 @@ class Shard:
     def stages(self) -> list[str]:
         """The shard's stages in pipeline order (tune@, then train@, then evaluate@), no repeats."""
         seen = dict.fromkeys(s for u in self.units for s in u.stages)
-        return sorted(seen, key=lambda s: (["tune", "train", "evaluate"].index(s.split("@")[0].removesuffix("_extra"))
-                                           if "@" in s else -1))
+        return sorted(
+            seen, key=lambda s: ["tune", "train", "evaluate"].index(s.split("@")[0].removesuffix("_extra")) if "@" in s else -1
+        )
 
     @property
     def label(self) -> str:
@@ -140,8 +153,10 @@ def units(params: dict) -> list[Unit]:
                 trials = planned_epochs(len(lr_grid(spec, tuning)), tuning, max_epochs) / max_epochs
             out.append(Unit(name, steps, step * trials + run * len(seeds)))
         else:
-            out += [Unit(run_key(name, s), [[tune, f"train{x}@{run_key(name, s)}", f"evaluate{x}@{run_key(name, s)}"]],
-                         run) for s, x in seeds]
+            out += [
+                Unit(run_key(name, s), [[tune, f"train{x}@{run_key(name, s)}", f"evaluate{x}@{run_key(name, s)}"]], run)
+                for s, x in seeds
+            ]
     return out
 
 
@@ -162,8 +177,10 @@ def describe(shards: list[Shard], stages: bool = False) -> str:
     total = sum(s.cost for s in shards) or 1.0
     lines = [f"{len(shards)} shard(s); cost in full fine-tuning trainings (layoutpeft.scale.shards.METHOD_COST):"]
     for s in shards:
-        lines.append(f"shard {s.label}: cost {s.cost:.2f} ({100 * s.cost / total:.0f} %), "
-                     f"{len(s.units)} unit(s): {' '.join(u.name for u in s.units) or '(none)'}")
+        lines.append(
+            f"shard {s.label}: cost {s.cost:.2f} ({100 * s.cost / total:.0f} %), "
+            f"{len(s.units)} unit(s): {' '.join(u.name for u in s.units) or '(none)'}"
+        )
         if stages:
             lines.append(f"  stages: {' '.join(s.stages) or '(none)'}")
     empty = [s.label for s in shards if not s.units]
@@ -207,12 +224,15 @@ def worker_env(index: int, count: int, gpus: list[str] | None, cpus: int | None 
 def check_gpu(env: dict[str, str], who: str) -> None:
     """Fail in one line, before anything runs, when a worker's environment shows torch no CUDA device."""
     probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() and torch.cuda.device_count() > 0 else 3)"
-    code = subprocess.call([sys.executable, "-c", probe], env=stage_env(env),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = subprocess.call(
+        [sys.executable, "-c", probe], env=stage_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     if code != 0:
-        raise ShardError(f"{who}: no CUDA device visible with CUDA_VISIBLE_DEVICES="
-                         f"{env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))} "
-                         "(check --gpus against nvidia-smi); nothing was run")
+        raise ShardError(
+            f"{who}: no CUDA device visible with CUDA_VISIBLE_DEVICES="
+            f"{env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))} "
+            "(check --gpus against nvidia-smi); nothing was run"
+        )
 
 
 def prepare(push: bool = False) -> None:
@@ -236,8 +256,9 @@ def push_run_cache() -> None:
         raise ShardError("dvc push --run-cache failed (its output is above)")
 
 
-def run_shard(params: dict, index: int, count: int, *, pull: bool = False, push: bool = False,
-              require_gpu: bool = False) -> Shard:
+def run_shard(
+    params: dict, index: int, count: int, *, pull: bool = False, push: bool = False, require_gpu: bool = False
+) -> Shard:
     """Run shard index/count here: one `dvc repro` per step (a tune@ stage, or one run's train@ +
     evaluate@), pushing the run cache after each with `push`. Stages already in the run cache
     (an earlier, interrupted try of this shard, pulled with `pull`) are restored, not rerun."""
@@ -249,16 +270,25 @@ def run_shard(params: dict, index: int, count: int, *, pull: bool = False, push:
         announce(f"shard {shard.label}: unit {n}/{len(shard.units)} {unit.name}")
         for step in unit.steps:
             if call(repro(*step, pull=pull)) != 0:
-                raise ShardError(f"shard {shard.label}: {' '.join(step)} failed (dvc's output is above); "
-                                 f"rerun `layoutpeft shard --shard {shard.label}` to resume")
+                raise ShardError(
+                    f"shard {shard.label}: {' '.join(step)} failed (dvc's output is above); "
+                    f"rerun `layoutpeft shard --shard {shard.label}` to resume"
+                )
             if push:
                 push_run_cache()
             announce(f"shard {shard.label}: done {' '.join(step)}")
     return shard
 
 
-def run_workers(params: dict, count: int, *, gpus: list[str] | None = None, collect_after: bool = True,
-                allow_train: bool = False, cpus: int | None = None) -> list[Shard]:
+def run_workers(
+    params: dict,
+    count: int,
+    *,
+    gpus: list[str] | None = None,
+    collect_after: bool = True,
+    allow_train: bool = False,
+    cpus: int | None = None,
+) -> list[Shard]:
     """One machine, `count` workers: the data stages once, then one `dvc exp run --temp` per
     shard at the same time (each with its GPU and CPU threads), then the collector."""
     shards = plan(params, count)
@@ -275,8 +305,7 @@ def run_workers(params: dict, count: int, *, gpus: list[str] | None = None, coll
             continue
         name = f"shard-{shard.index}of{count}-{stamp}"
         cmd = dvc_cmd("exp", "run", "--temp", "-n", name, *shard.stages)
-        announce(f"worker {shard.index} ({' '.join(f'{k}={v}' for k, v in env.items())}): "
-                 f"{shlex.join(cmd[2:])}")
+        announce(f"worker {shard.index} ({' '.join(f'{k}={v}' for k, v in env.items())}): {shlex.join(cmd[2:])}")
         if procs:
             time.sleep(STAGGER_S)
         procs.append((shard, name, subprocess.Popen(cmd, env=stage_env(env))))
@@ -285,18 +314,18 @@ def run_workers(params: dict, count: int, *, gpus: list[str] | None = None, coll
         if proc.wait() != 0:
             failed.append(shard.label)
     if failed:
-        raise ShardError(f"worker(s) for shard {', '.join(failed)} failed (their output is above); rerun "
-                         "the same command to resume: finished stages come back from the run cache")
+        raise ShardError(
+            f"worker(s) for shard {', '.join(failed)} failed (their output is above); rerun "
+            "the same command to resume: finished stages come back from the run cache"
+        )
     if collect_after:
         collect(allow_train=allow_train)
         names = [name for _, name, _ in procs]
-        subprocess.call(dvc_cmd("exp", "remove", *names), env=stage_env(),
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.call(dvc_cmd("exp", "remove", *names), env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return shards
 
 
-def collect(*, pull: bool = False, allow_train: bool = False, partial: bool = False,
-            targets: tuple[str, ...] = ()) -> list[str]:
+def collect(*, pull: bool = False, allow_train: bool = False, partial: bool = False, targets: tuple[str, ...] = ()) -> list[str]:
     """`dvc repro` of the whole study: every tune@/train@/evaluate@ stage should come back from
     the run cache. Unless `allow_train`, stop dvc at the first such stage it would run and fail
     naming it (a shard that did not finish). With `partial`, a study still running: see
@@ -308,8 +337,7 @@ def collect(*, pull: bool = False, allow_train: bool = False, partial: bool = Fa
     # The training stages refuse to run (exit 3 at once) and dvc stops at the first failed stage,
     # so no other stage starts: no signal races a fast stage.
     refuse = {} if allow_train else REFUSE_TRAINING
-    proc = subprocess.Popen(cmd, env=stage_env(refuse), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, env=stage_env(refuse), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     ran, refused = [], None
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -322,13 +350,14 @@ def collect(*, pull: bool = False, allow_train: bool = False, partial: bool = Fa
                 refused = match[1]
     code = proc.wait()
     if refused:
-        raise ShardError(f"collect: {refused} is not in the run cache, so dvc started running it; stopped. "
-                         "Rerun the shard that has it (layoutpeft shard --plan M lists them), push its run "
-                         "cache, or pass --allow-train")
+        raise ShardError(
+            f"collect: {refused} is not in the run cache, so dvc started running it; stopped. "
+            "Rerun the shard that has it (layoutpeft shard --plan M lists them), push its run "
+            "cache, or pass --allow-train"
+        )
     if code != 0:
         raise ShardError(f"collect: dvc repro exited {code} (its output is above)")
-    announce(f"collect: dvc ran {', '.join(ran) or 'nothing'}; every tune@/train@/evaluate@ stage came "
-             "from the run cache")
+    announce(f"collect: dvc ran {', '.join(ran) or 'nothing'}; every tune@/train@/evaluate@ stage came from the run cache")
     return ran
 
 
@@ -339,24 +368,26 @@ def collect_partial(*, pull: bool = False, params_path: Path = Path("params.yaml
     there (the others are listed as missing seeds). Nothing trains. Returns the stages dvc ran."""
     cmd = dvc_cmd("repro", "--ignore-errors", *(["--pull"] if pull else []))
     print(f"shard: collect --partial: {shlex.join(cmd[2:])}", flush=True)
-    proc = subprocess.run(cmd, env=stage_env(REFUSE_TRAINING), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, env=stage_env(REFUSE_TRAINING), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ran = re.findall(r"^Running stage '([^']+)'", proc.stdout, re.MULTILINE)
     # --ignore-errors turns each failed stage into a warning; only the refusals are expected.
-    failed = [cmd for cmd, code in re.findall(r"failed to run: (.+), exited with (-?\d+)", proc.stdout)
-              if int(code) != REFUSED]
+    failed = [cmd for cmd, code in re.findall(r"failed to run: (.+), exited with (-?\d+)", proc.stdout) if int(code) != REFUSED]
     if proc.returncode != 0 or failed:
         sys.stdout.write(proc.stdout)  # only on failure: otherwise one refusal line per unfinished stage
-        raise ShardError("collect --partial: " + (f"`{failed[0]}` failed" if failed else
-                                                    f"dvc repro exited {proc.returncode}") + " (dvc's output is above)")
+        raise ShardError(
+            "collect --partial: "
+            + (f"`{failed[0]}` failed" if failed else f"dvc repro exited {proc.returncode}")
+            + " (dvc's output is above)"
+        )
     study = StudyConfig.from_params(load(params_path))
-    unfinished = {v: [s for s in study.seeds if not (RUNS_DIR / f"{run_key(v, s)}.json").is_file()]
-                  for v in study.variants}
+    unfinished = {v: [s for s in study.seeds if not (RUNS_DIR / f"{run_key(v, s)}.json").is_file()] for v in study.variants}
     unfinished = {v: seeds for v, seeds in unfinished.items() if seeds}
     total = len(study.variants) * len(study.seeds)
     done = total - sum(map(len, unfinished.values()))
-    announce(f"collect --partial: {done} of {total} runs finished, summarised in metrics/summary.md; "
-             + (f"not finished: {missing_seeds(unfinished)}" if unfinished else "the study is complete"))
+    announce(
+        f"collect --partial: {done} of {total} runs finished, summarised in metrics/summary.md; "
+        + (f"not finished: {missing_seeds(unfinished)}" if unfinished else "the study is complete")
+    )
     return ran
 
 

@@ -19,6 +19,7 @@ read: no remote, never pushed) `ensure_base_study` computes it:
 Both sides then ran the same profile overrides, so the report compares like with like; the
 report says which profile each side ran and where the base came from.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -65,13 +66,13 @@ def base_ran_profile(base: str, values: dict, cwd: Path) -> bool:
 
 
 def cache_dir(root: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=root, env=run_env(),
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=root, env=run_env(), capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else str(root / ".dvc" / "cache")
 
 
-def ensure_base_study(base: str, profile: str, cwd: Path | None = None, pull: bool = False,
-                      workdir: Path | None = None, keep: bool = False) -> tuple[str, str]:
+def ensure_base_study(
+    base: str, profile: str, cwd: Path | None = None, pull: bool = False, workdir: Path | None = None, keep: bool = False
+) -> tuple[str, str]:
     """(revision to compare with, note for the report). See the module docstring."""
     root = Path(cwd or ".").resolve()
     sha = git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}", cwd=root)
@@ -93,25 +94,39 @@ def ensure_base_study(base: str, profile: str, cwd: Path | None = None, pull: bo
             shutil.copyfile(local, workdir / ".dvc" / "config.local")
         _run([sys.executable, "-m", "dvc", "cache", "dir", "--local", cache_dir(root)], workdir, "dvc cache dir")
         try:
-            cmd = build_command(profile, ["--pull"] if pull else [], profiles_path=profiles_path,
-                                params_path=workdir / "params.yaml")
+            cmd = build_command(
+                profile, ["--pull"] if pull else [], profiles_path=profiles_path, params_path=workdir / "params.yaml"
+            )
         except LayoutpeftError as err:
             raise BaseStudyError(f"profile {profile!r} (head's {PROFILES_FILE}) on base {base}: {err}") from err
         _run(cmd, workdir, f"profile {profile} on base {base}")
         if not (workdir / SUMMARY).is_file():
             raise BaseStudyError(f"profile {profile} on base {base} wrote no {SUMMARY}")
         _run(["git", *IDENTITY, "add", "-A"], workdir, "git add")
-        _run(["git", *IDENTITY, "commit", "-q", "--no-verify", "--allow-empty", "-m",
-              f"layoutpeft: base study of {sha[:7]} with profile {profile}"], workdir, "git commit")
+        _run(
+            [
+                "git",
+                *IDENTITY,
+                "commit",
+                "-q",
+                "--no-verify",
+                "--allow-empty",
+                "-m",
+                f"layoutpeft: base study of {sha[:7]} with profile {profile}",
+            ],
+            workdir,
+            "git commit",
+        )
         study = git("rev-parse", "HEAD", cwd=workdir)
         assert study is not None
         git("update-ref", f"refs/layoutpeft/base/{profile.replace('+', '-')}", study, cwd=root)
     finally:
         if not keep:
-            subprocess.run(["git", "worktree", "remove", "--force", str(workdir)], cwd=root,
-                           capture_output=True)
-    return study, (f"Base study: computed for this report, profile `{profile}` (head's {PROFILES_FILE}) run on "
-                   f"`{base}` (`{sha[:7]}`) in a git worktree sharing this cache; commit `{study[:7]}`")
+            subprocess.run(["git", "worktree", "remove", "--force", str(workdir)], cwd=root, capture_output=True)
+    return study, (
+        f"Base study: computed for this report, profile `{profile}` (head's {PROFILES_FILE}) run on "
+        f"`{base}` (`{sha[:7]}`) in a git worktree sharing this cache; commit `{study[:7]}`"
+    )
 
 
 def head_ran_profile(profile: str, cwd: Path | None = None) -> bool:

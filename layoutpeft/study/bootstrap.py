@@ -9,24 +9,29 @@ its forms. The interval is the percentile interval of `RESAMPLES` draws from a s
 generator (scipy.stats.bootstrap resamples one level of observations; this design has two, seeds
 and forms crossed, so the draws are made here and only the percentiles are taken).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 RESAMPLES = 2000
 SEED = 0
-METHOD = (f"two-level percentile bootstrap: seeds and test forms resampled together with replacement, "
-          f"the same draws for both sides of a difference; {RESAMPLES} draws, numpy generator seed {SEED}")
+METHOD = (
+    f"two-level percentile bootstrap: seeds and test forms resampled together with replacement, "
+    f"the same draws for both sides of a difference; {RESAMPLES} draws, numpy generator seed {SEED}"
+)
 
 PerForm = Mapping[str, Mapping[str, Sequence[int]]]  # {form: {entity type: [tp, fp, fn]}}
 
 
 def count_array(per_seed: Mapping[int, PerForm], seeds: Sequence[int], forms: Sequence[str]) -> np.ndarray:
     """(seeds, forms, 3) array of [tp, fp, fn] summed over entity types (micro F1 sums them)."""
-    return np.array([[np.sum([counts for counts in per_seed[s][f].values()], axis=0) for f in forms] for s in seeds],
-                    dtype=float).reshape(len(seeds), len(forms), 3)
+    return np.array(
+        [[np.sum([counts for counts in per_seed[s][f].values()], axis=0) for f in forms] for s in seeds], dtype=float
+    ).reshape(len(seeds), len(forms), 3)
 
 
 def micro_f1(totals: np.ndarray) -> np.ndarray:
@@ -40,11 +45,11 @@ def draws(arrays: Sequence[np.ndarray], resamples: int = RESAMPLES, seed: int = 
     """For each (seeds, forms, 3) array (all of the same shape, seeds aligned), the F1 of every draw."""
     n_seeds, n_forms = arrays[0].shape[:2]
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n_forms, np.full(n_forms, 1 / n_forms), size=resamples)   # forms drawn, as counts
-    picked = rng.integers(0, n_seeds, size=(resamples, n_seeds))                         # seeds drawn
+    weights = rng.multinomial(n_forms, np.full(n_forms, 1 / n_forms), size=resamples)  # forms drawn, as counts
+    picked = rng.integers(0, n_seeds, size=(resamples, n_seeds))  # seeds drawn
     out = []
     for counts in arrays:
-        per_seed = micro_f1(np.einsum("bf,sfk->bsk", weights, counts))                 # (draws, seeds)
+        per_seed = micro_f1(np.einsum("bf,sfk->bsk", weights, counts))  # (draws, seeds)
         out.append(np.take_along_axis(per_seed, picked, axis=1).mean(axis=1))
     return out
 
@@ -72,8 +77,9 @@ def f1_interval(per_seed: Mapping[int, PerForm], resamples: int = RESAMPLES, see
     return interval(values, float(micro_f1(counts.sum(axis=1)).mean()))
 
 
-def paired_difference(a: Mapping[int, PerForm], b: Mapping[int, PerForm], resamples: int = RESAMPLES,
-                      seed: int = SEED) -> dict | None:
+def paired_difference(
+    a: Mapping[int, PerForm], b: Mapping[int, PerForm], resamples: int = RESAMPLES, seed: int = SEED
+) -> dict | None:
     """a - b in F1 over the seeds both have, with its paired bootstrap interval (the same seeds and
     forms drawn for both); None with no shared seed or different test forms."""
     seeds = sorted(set(a) & set(b))

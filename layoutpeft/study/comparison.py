@@ -11,6 +11,7 @@ Every number is shown with layoutpeft.study.formatting, as in metrics/summary.md
 Everything here takes plain dicts (two summaries, a `dvc params diff` / `dvc metrics diff` dict)
 and is unit-tested; layoutpeft.study.report gathers those inputs (git, dvc) and writes the file.
 """
+
 from __future__ import annotations
 
 import ast
@@ -100,10 +101,18 @@ def compare_variant(name: str, base: dict, head: dict) -> dict:
     row = {
         "variant": name,
         "definition": definition_changes(base.get("params"), head.get("params")),
-        "base_f1": b_f1, "head_f1": h_f1, "base_n": _n(base), "head_n": _n(head),
-        "comparison": comparison, "test": comparison_label(comparison),
-        "delta": None, "delta_low": None, "delta_high": None, "p_value": None,
-        "cis_overlap": None, "flag": "",
+        "base_f1": b_f1,
+        "head_f1": h_f1,
+        "base_n": _n(base),
+        "head_n": _n(head),
+        "comparison": comparison,
+        "test": comparison_label(comparison),
+        "delta": None,
+        "delta_low": None,
+        "delta_high": None,
+        "p_value": None,
+        "cis_overlap": None,
+        "flag": "",
         "trainable_params": (base.get("trainable_params"), head.get("trainable_params")),
         "train_time_s": (_mean(base, "train_time_s"), _mean(head, "train_time_s")),
         "peak_memory_mb": (_mean(base, "peak_memory_mb"), _mean(head, "peak_memory_mb")),
@@ -135,18 +144,28 @@ def compare_summaries(base: dict | None, head: dict) -> dict:
     return {
         "rows": rows,
         "added": added,
-        "added_rows": [{"variant": name, "f1": _stats(h_vars[name], "f1"), "n": _n(h_vars[name]),
-                        "trainable_params": h_vars[name].get("trainable_params"),
-                        "train_time_s": _mean(h_vars[name], "train_time_s"),
-                        "peak_memory_mb": _mean(h_vars[name], "peak_memory_mb"),
-                        "saved_bytes": h_vars[name].get("saved_bytes")} for name in added],
+        "added_rows": [
+            {
+                "variant": name,
+                "f1": _stats(h_vars[name], "f1"),
+                "n": _n(h_vars[name]),
+                "trainable_params": h_vars[name].get("trainable_params"),
+                "train_time_s": _mean(h_vars[name], "train_time_s"),
+                "peak_memory_mb": _mean(h_vars[name], "peak_memory_mb"),
+                "saved_bytes": h_vars[name].get("saved_bytes"),
+            }
+            for name in added
+        ],
         "removed": [name for name in b_vars if name not in h_vars],
         "changed_definition": [r["variant"] for r in rows if r["definition"]],
         "flagged_up": [r["variant"] for r in rows if r["flag"] == "▲"],
         "flagged_down": [r["variant"] for r in rows if r["flag"] == "▼"],
-        "base_seeds": base.get("seeds"), "head_seeds": head.get("seeds"),
-        "base_reference": base.get("reference"), "head_reference": head.get("reference"),
-        "base_trained": base.get("trained"), "head_trained": head.get("trained"),
+        "base_seeds": base.get("seeds"),
+        "head_seeds": head.get("seeds"),
+        "base_reference": base.get("reference"),
+        "head_reference": head.get("reference"),
+        "base_trained": base.get("trained"),
+        "head_trained": head.get("trained"),
     }
 
 
@@ -183,8 +202,13 @@ def shared_setting_changes(params_diff: dict, summaries: dict | None = None) -> 
                 continue
             if key.split(".", 1)[0] in SHARED_SECTIONS or key in SHARED_KEYS:
                 keys.append(key)
-    if summaries and summaries.get("base_seeds") is not None and summaries.get("head_seeds") is not None \
-            and summaries["base_seeds"] != summaries["head_seeds"] and "study.seeds" not in keys:
+    if (
+        summaries
+        and summaries.get("base_seeds") is not None
+        and summaries.get("head_seeds") is not None
+        and summaries["base_seeds"] != summaries["head_seeds"]
+        and "study.seeds" not in keys
+    ):
         keys.append("study.seeds")
     return sorted(keys)
 
@@ -196,7 +220,7 @@ def md(text: str) -> str:
 
 
 def f1_cell(stats: dict | None, n: int) -> str:
-    """"70.0 ± 2.5 (n=3)": F1 in percent ± 95 % half-width, as in metrics/summary.md."""
+    """ "70.0 ± 2.5 (n=3)": F1 in percent ± 95 % half-width, as in metrics/summary.md."""
     return fmt.DASH if stats is None else f"{fmt.percent(stats)} (n={n})"
 
 
@@ -215,13 +239,14 @@ FLAG_RULE = (
     "sets of runs as independent, which is conservative when they share seeds. ▲/▼: the 95 % "
     "interval excludes 0. `n<2`: too few seeds (or pairs) for an interval, so no flag. Non-overlap "
     "of the two per-side intervals, a cruder check, is nearly always stricter than this rule; "
-    "overlapping intervals do not mean \"no difference\". With k variants compared, about 0.05·k "
+    'overlapping intervals do not mean "no difference". With k variants compared, about 0.05·k '
     "flags are expected by chance alone even when nothing changed."
 )
 
 
 def trained_lines(base: dict | None, head: dict | None) -> list[str]:
     """What each side's table comes from (model, schedule), once when both sides agree."""
+
     def text(side: dict | None, key: str) -> str:
         return "; ".join((side or {}).get(key) or []) or "not recorded"
 
@@ -238,13 +263,14 @@ def trained_lines(base: dict | None, head: dict | None) -> list[str]:
 
 def header_lines(base_label: str, head_label: str, c: dict, notes: list[str] | None) -> list[str]:
     """Title and the bullet list: sides, seeds, variant counts, what was trained, notes."""
-    out = [f"# Study report: {head_label} vs {base_label}", "",
-           f"- **Base:** {base_label}", f"- **Head:** {head_label}"]
+    out = [f"# Study report: {head_label} vs {base_label}", "", f"- **Base:** {base_label}", f"- **Head:** {head_label}"]
     if c.get("base_seeds") is not None or c.get("head_seeds") is not None:
         out.append(f"- **Seeds:** base {fmt.value(c.get('base_seeds'))}, head {fmt.value(c.get('head_seeds'))}")
-    out.append(f"- **Variants:** {len(c['rows'])} on both sides, {len(c['changed_definition'])} with a changed "
-               f"definition, {len(c['added'])} added, {len(c['removed'])} removed; "
-               f"F1 flagged ▲ {len(c['flagged_up'])}, ▼ {len(c['flagged_down'])}")
+    out.append(
+        f"- **Variants:** {len(c['rows'])} on both sides, {len(c['changed_definition'])} with a changed "
+        f"definition, {len(c['added'])} added, {len(c['removed'])} removed; "
+        f"F1 flagged ▲ {len(c['flagged_up'])}, ▼ {len(c['flagged_down'])}"
+    )
     out += trained_lines(c.get("base_trained"), c.get("head_trained"))
     out += [f"- {note}" for note in notes or []]
     return [*out, ""]
@@ -253,28 +279,49 @@ def header_lines(base_label: str, head_label: str, c: dict, notes: list[str] | N
 def shared_changes_warning(shared_changes: list[str]) -> list[str]:
     if not shared_changes:
         return []
-    return ["> [!WARNING]",
-            "> Settings shared by every variant differ between base and head: "
-            + ", ".join(f"`{k}`" for k in shared_changes)
-            + ". Every ΔF1 below mixes these changes with the variant's own; compare studies "
-              "run with the same settings before reading a flag as an effect of the change.", ""]
+    return [
+        "> [!WARNING]",
+        "> Settings shared by every variant differ between base and head: "
+        + ", ".join(f"`{k}`" for k in shared_changes)
+        + ". Every ΔF1 below mixes these changes with the variant's own; compare studies "
+        "run with the same settings before reading a flag as an effect of the change.",
+        "",
+    ]
 
 
 def f1_table_lines(rows: list[dict]) -> list[str]:
     """The F1 per variant table (variants on both sides) and the rule behind its flags."""
-    out = ["## F1 per variant", "",
-           "Test-set entity F1 (seqeval, strict IOB2) in %: mean over seeds ± half-width of the 95 % "
-           "t-interval (seeds). Cost columns: base → head (relative change).", "",
-           "| Variant | Definition | Base F1 (%) | Head F1 (%) | ΔF1 (pts) [95 % CI], p | Test | Flag "
-           "| Trainable params | Train time | Peak memory | Saved |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "## F1 per variant",
+        "",
+        "Test-set entity F1 (seqeval, strict IOB2) in %: mean over seeds ± half-width of the 95 % "
+        "t-interval (seeds). Cost columns: base → head (relative change).",
+        "",
+        "| Variant | Definition | Base F1 (%) | Head F1 (%) | ΔF1 (pts) [95 % CI], p | Test | Flag "
+        "| Trainable params | Train time | Peak memory | Saved |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append("| " + " | ".join(md(x) for x in (
-            r["variant"], definition_cell(r["definition"]),
-            f1_cell(r["base_f1"], r["base_n"]), f1_cell(r["head_f1"], r["head_n"]),
-            fmt.delta(r["comparison"]), r["test"], r["flag"],
-            fmt.cost_change(r["trainable_params"], fmt.count), fmt.cost_change(r["train_time_s"], fmt.seconds),
-            fmt.cost_change(r["peak_memory_mb"], fmt.megabytes), fmt.cost_change(r["saved_bytes"], fmt.size))) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                md(x)
+                for x in (
+                    r["variant"],
+                    definition_cell(r["definition"]),
+                    f1_cell(r["base_f1"], r["base_n"]),
+                    f1_cell(r["head_f1"], r["head_n"]),
+                    fmt.delta(r["comparison"]),
+                    r["test"],
+                    r["flag"],
+                    fmt.cost_change(r["trainable_params"], fmt.count),
+                    fmt.cost_change(r["train_time_s"], fmt.seconds),
+                    fmt.cost_change(r["peak_memory_mb"], fmt.megabytes),
+                    fmt.cost_change(r["saved_bytes"], fmt.size),
+                )
+            )
+            + " |"
+        )
     if not rows:
         out.append("| (no variant on both sides) | | | | | | | | | | |")
     return [*out, "", FLAG_RULE, ""]
@@ -291,12 +338,26 @@ def added_removed_lines(c: dict) -> list[str]:
             out += ["- **Removed:** " + ", ".join(f"`{v}`" for v in c["removed"])]
         out.append("")
     if c.get("added_rows"):
-        out += ["| Added variant | Head F1 (%) | Trainable params | Train time | Peak memory | Saved |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            "| Added variant | Head F1 (%) | Trainable params | Train time | Peak memory | Saved |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in c["added_rows"]:
-            out.append("| " + " | ".join(md(x) for x in (
-                r["variant"], f1_cell(r["f1"], r["n"]), fmt.count(r["trainable_params"]),
-                fmt.seconds(r["train_time_s"]), fmt.megabytes(r["peak_memory_mb"]), fmt.size(r["saved_bytes"]))) + " |")
+            out.append(
+                "| "
+                + " | ".join(
+                    md(x)
+                    for x in (
+                        r["variant"],
+                        f1_cell(r["f1"], r["n"]),
+                        fmt.count(r["trainable_params"]),
+                        fmt.seconds(r["train_time_s"]),
+                        fmt.megabytes(r["peak_memory_mb"]),
+                        fmt.size(r["saved_bytes"]),
+                    )
+                )
+                + " |"
+            )
         out.append("")
     return out
 
@@ -321,17 +382,27 @@ def other_metrics_lines(metrics_diff: dict | None) -> list[str]:
     shown = (STUDY_METRICS, SUMMARY)  # the table above (summary.json: the metrics file of older layouts)
     other = {f: ch for f, ch in metrics_diff.items() if f not in shown and ch}
     n_study = sum(len(metrics_diff.get(f) or {}) for f in shown)
-    out = ["## Other metrics", "",
-           f"`dvc metrics diff`: {n_study} numeric value(s) changed in `{STUDY_METRICS}` (the table above)"
-           + (f"; changes in {', '.join(f'`{f}`' for f in other)} below." if other else
-              "; no other metrics file changed."), ""]
+    out = [
+        "## Other metrics",
+        "",
+        f"`dvc metrics diff`: {n_study} numeric value(s) changed in `{STUDY_METRICS}` (the table above)"
+        + (f"; changes in {', '.join(f'`{f}`' for f in other)} below." if other else "; no other metrics file changed."),
+        "",
+    ]
     for file, changes in other.items():
-        out += ["<details>", f"<summary>{file}: {len(changes)} value(s) changed</summary>", "",
-                "| Metric | Base | Head | Δ |", "|---|---|---|---|"]
+        out += [
+            "<details>",
+            f"<summary>{file}: {len(changes)} value(s) changed</summary>",
+            "",
+            "| Metric | Base | Head | Δ |",
+            "|---|---|---|---|",
+        ]
         for key, ch in sorted(changes.items()):
             diff = ch.get("diff")
-            out.append(f"| `{md(key)}` | {fmt.value(ch.get('old'))} | {fmt.value(ch.get('new'))} | "
-                       f"{'' if diff is None else fmt.value(diff)} |")
+            out.append(
+                f"| `{md(key)}` | {fmt.value(ch.get('old'))} | {fmt.value(ch.get('new'))} | "
+                f"{'' if diff is None else fmt.value(diff)} |"
+            )
         out += ["", "</details>", ""]
     return out
 
@@ -352,16 +423,26 @@ def plots_lines(plots: list[dict] | None) -> list[str]:
     return [*out, "Interactive overlays of the CSV plots: `dvc plots diff <base> --open`.", ""]
 
 
-def render_report(*, base_label: str, head_label: str, comparison: dict, params_grouped: dict,
-                  shared_changes: list[str], metrics_diff: dict | None = None,
-                  plots: list[dict] | None = None, notes: list[str] | None = None) -> str:
+def render_report(
+    *,
+    base_label: str,
+    head_label: str,
+    comparison: dict,
+    params_grouped: dict,
+    shared_changes: list[str],
+    metrics_diff: dict | None = None,
+    plots: list[dict] | None = None,
+    notes: list[str] | None = None,
+) -> str:
     """The Markdown report from already-computed pieces (pure)."""
-    return "\n".join([
-        *header_lines(base_label, head_label, comparison, notes),
-        *shared_changes_warning(shared_changes),
-        *f1_table_lines(comparison["rows"]),
-        *added_removed_lines(comparison),
-        *params_lines(params_grouped),
-        *other_metrics_lines(metrics_diff),
-        *plots_lines(plots),
-    ])
+    return "\n".join(
+        [
+            *header_lines(base_label, head_label, comparison, notes),
+            *shared_changes_warning(shared_changes),
+            *f1_table_lines(comparison["rows"]),
+            *added_removed_lines(comparison),
+            *params_lines(params_grouped),
+            *other_metrics_lines(metrics_diff),
+            *plots_lines(plots),
+        ]
+    )

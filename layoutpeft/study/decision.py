@@ -8,6 +8,7 @@ the Pareto front of F1 against the method's own trainable weights (not the head 
 every method trains alike), cheapest first; and, per undecided comparison with the reference, the
 seeds that 80 % power would take.
 """
+
 from __future__ import annotations
 
 from layoutpeft.study import formatting as fmt
@@ -74,8 +75,11 @@ def which_to_pick(summary: dict) -> list[str]:
     by_f1 = sorted(found, key=lambda n: -found[n]["f1"]["mean"])
     best = by_f1[0]
     cheap = [n for n in by_f1 if efficient(found[n])]
-    lines = ["**Which to pick** (test F1, mean ± 95 % CI over seeds; differences paired over shared seeds, "
-             f"p raw and Holm-adjusted within each family of comparisons; a verdict needs Holm p < {ALPHA:g}):", ""]
+    lines = [
+        "**Which to pick** (test F1, mean ± 95 % CI over seeds; differences paired over shared seeds, "
+        f"p raw and Holm-adjusted within each family of comparisons; a verdict needs Holm p < {ALPHA:g}):",
+        "",
+    ]
     if cheap and cheap[0] == best:
         lines.append(f"- Highest F1, and parameter-efficient: {describe(best, found[best])}.")
     else:
@@ -84,8 +88,10 @@ def which_to_pick(summary: dict) -> list[str]:
         top = cheap[0]
         if top != best:
             diff = difference(summary, top, best)
-            lines.append(f"- Best parameter-efficient: {describe(top, found[top])}; F1 points vs {best}: "
-                         f"{fmt.delta(diff)}{verdict_text(diff, best)}.")
+            lines.append(
+                f"- Best parameter-efficient: {describe(top, found[top])}; F1 points vs {best}: "
+                f"{fmt.delta(diff)}{verdict_text(diff, best)}."
+            )
         close, unknown = [], []
         for other, diff in versus(summary, cheap[1:], top).items():
             if not diff or diff.get("p_holm") is None:
@@ -93,19 +99,26 @@ def which_to_pick(summary: dict) -> list[str]:
             elif diff["p_holm"] >= ALPHA:
                 close.append(f"{other} {fmt.delta(diff)}")
         if close:
-            lines.append(f"- Not distinguishable from {top} with these seeds (Holm-adjusted p ≥ {ALPHA:g} over the "
-                         f"{len(cheap) - 1} comparisons with {top}; not the same as equal): {'; '.join(close)}.")
+            lines.append(
+                f"- Not distinguishable from {top} with these seeds (Holm-adjusted p ≥ {ALPHA:g} over the "
+                f"{len(cheap) - 1} comparisons with {top}; not the same as equal): {'; '.join(close)}."
+            )
         if unknown:
             lines.append(f"- Too few shared seeds to compare with {top}: {', '.join(unknown)}.")
     weights = {n: w for n in by_f1 if (w := own_weights(found[n])) is not None}
     flags = pareto_flags([(weights[n], found[n]["f1"]["mean"]) for n in weights])
     front = sorted((n for n, on in zip(weights, flags, strict=True) if on), key=lambda n: weights[n])
     if len(front) > 1:
-        basis = ("the method's own trainable weights (the head and new 2-D tables every method trains are left out)"
-                 if has_split(found) else "trainable parameters")
-        lines.append(f"- Pareto front of F1 against {basis}, cheapest first: "
-                     + " → ".join(f"{n} ({fmt.count(own_weights(found[n]))}, "
-                                  f"{fmt.percent(found[n]['f1'], with_ci=False)})" for n in front) + ".")
+        basis = (
+            "the method's own trainable weights (the head and new 2-D tables every method trains are left out)"
+            if has_split(found)
+            else "trainable parameters"
+        )
+        lines.append(
+            f"- Pareto front of F1 against {basis}, cheapest first: "
+            + " → ".join(f"{n} ({fmt.count(own_weights(found[n]))}, {fmt.percent(found[n]['f1'], with_ci=False)})" for n in front)
+            + "."
+        )
     return lines + [""] + power_lines(summary)
 
 
@@ -132,14 +145,25 @@ def power_lines(summary: dict) -> list[str]:
             continue
         needed = power["seeds_needed"]
         corrected = power.get("seeds_needed_corrected")
-        lines.append(f"- {name} vs {reference}: {100 * power['mean_diff']:+.2f} points, paired SD "
-                     f"{100 * power['sd_diff']:.2f} over {power['n_pairs']} seeds: "
-                     f"{'?' if power['power'] is None else format(power['power'], '.0%')} power to detect "
-                     f"that difference (α {power['alpha']:g}, paired t); {power['target_power']:.0%} power takes "
-                     f"{needed if needed is not None else '?'} seeds"
-                     + (f" ({corrected} at α {power['alpha']:g}/{power['family']}, the Bonferroni bound of Holm's "
-                        f"correction)" if corrected is not None else "") + ".")
+        lines.append(
+            f"- {name} vs {reference}: {100 * power['mean_diff']:+.2f} points, paired SD "
+            f"{100 * power['sd_diff']:.2f} over {power['n_pairs']} seeds: "
+            f"{'?' if power['power'] is None else format(power['power'], '.0%')} power to detect "
+            f"that difference (α {power['alpha']:g}, paired t); {power['target_power']:.0%} power takes "
+            f"{needed if needed is not None else '?'} seeds"
+            + (
+                f" ({corrected} at α {power['alpha']:g}/{power['family']}, the Bonferroni bound of Holm's correction)"
+                if corrected is not None
+                else ""
+            )
+            + "."
+        )
     if not lines:
         return []
-    return ["**Undecided comparisons: seeds needed** (at the observed difference and paired SD; "
-            "add seeds to these variants only with `study.extra_runs`):", "", *lines, ""]
+    return [
+        "**Undecided comparisons: seeds needed** (at the observed difference and paired SD; "
+        "add seeds to these variants only with `study.extra_runs`):",
+        "",
+        *lines,
+        "",
+    ]

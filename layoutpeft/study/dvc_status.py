@@ -16,6 +16,7 @@ taken as changed, so everything reading it reruns. A stage to run whose every in
 is looked up in DVC's run cache (StageCache): found there with its outputs cached, dvc restores
 it instead of running it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +24,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from layoutpeft.errors import LayoutpeftError
 
@@ -56,6 +57,7 @@ class StageStatus:
 @dataclass
 class DvcPlan:
     """Every stage of the pipeline in DVC's execution order, with what `dvc repro` would do to it."""
+
     stages: list[StageStatus]
     params: dict = field(default_factory=dict)  # the effective params.yaml (profile applied)
 
@@ -91,7 +93,8 @@ def sandbox(root: Path, overrides: list[str]) -> Iterator[Path]:
         (tmp / ".dvc").mkdir()
         cache = cache_dir(root)
         (tmp / ".dvc" / "config").write_text(
-            "[core]\n    no_scm = true\n    analytics = false\n" + (f"[cache]\n    dir = {cache}\n" if cache else ""))
+            "[core]\n    no_scm = true\n    analytics = false\n" + (f"[cache]\n    dir = {cache}\n" if cache else "")
+        )
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,16 +138,22 @@ def predicted_files(family: str, item: str, params: dict) -> dict[str, str] | No
             return {f"data/variants/{p.name}": md5_bytes(p.read_bytes()) for p in out.glob("*.json")}
     if family == "tune":
         from layoutpeft.atomic import write_json
-        from layoutpeft.train.tuning import TuningConfig, tune
         from layoutpeft.config import ModelConfig, TrainConfig
+        from layoutpeft.train.tuning import TuningConfig, tune
         from layoutpeft.train.variants import studied_variants
 
         tuning = TuningConfig.from_params(params)
         if tuning.enabled:
             return None
         variant = studied_variants(params, check_runtime=False)[item]
-        result = tune(item, variant, ModelConfig.from_params(params, check_source=False),
-                      TrainConfig.from_params(params), tuning, Path("data/tokenized"))
+        result = tune(
+            item,
+            variant,
+            ModelConfig.from_params(params, check_source=False),
+            TrainConfig.from_params(params),
+            tuning,
+            Path("data/tokenized"),
+        )
         with tempfile.TemporaryDirectory() as tmp:
             path = write_json(Path(tmp) / "lr.json", result)
             return {f"data/lr/{item}.json": md5_bytes(Path(path).read_bytes())}
@@ -185,8 +194,11 @@ def decide(repo, tmp: Path, params: dict) -> list[StageStatus]:
         reasons, unknown = [] if locked else ["never run"], False
         if locked and stage.changed_stage():
             reasons.append("command changed")
-        params_changed = sorted({key for dep in stage.deps if isinstance(dep, ParamsDependency)
-                                 for key in (dep.status().get(str(dep)) or {})}) if locked else []
+        params_changed = (
+            sorted({key for dep in stage.deps if isinstance(dep, ParamsDependency) for key in (dep.status().get(str(dep)) or {})})
+            if locked
+            else []
+        )
         if params_changed:
             reasons.append(f"params changed: {', '.join(params_changed)}")
         inputs: dict[str, str | None] = {}  # dep path -> md5 it will have when this stage runs

@@ -17,6 +17,7 @@ probe's forward time. Every stage process also starts Python and loads its model
 Workers: a study split over N workers (layoutpeft shard --workers N) is packed longest unit
 first, as the shards are; on a CPU each worker gets cores/N threads.
 """
+
 from __future__ import annotations
 
 import glob
@@ -54,10 +55,10 @@ class EstimateError(LayoutpeftError):
 # ---------------------------------------------------------------- the device
 @dataclass(frozen=True)
 class Device:
-    kind: str           # cpu | cuda
-    name: str           # CPU model or GPU name, as run records write it (provenance.describe)
-    count: int          # CPU cores or GPUs: the most workers that make sense
-    precision: str      # what train.precision resolves to here
+    kind: str  # cpu | cuda
+    name: str  # CPU model or GPU name, as run records write it (provenance.describe)
+    count: int  # CPU cores or GPUs: the most workers that make sense
+    precision: str  # what train.precision resolves to here
     detail: str = ""
     flags: tuple[str, ...] = ()  # CPU flags that decide matmul speed (hardware.simd_flags)
 
@@ -89,8 +90,7 @@ def this_device(train_device: str = "auto", precision: str = "auto") -> Device:
     if device.type == "cuda":
         return Device("cuda", torch.cuda.get_device_name(0), torch.cuda.device_count(), dtype)
     flags = " ".join(hardware.simd_flags())
-    return Device("cpu", cpu_model(), os.cpu_count() or 1, dtype, f", {flags}" if flags else "",
-                  tuple(hardware.simd_flags()))
+    return Device("cpu", cpu_model(), os.cpu_count() or 1, dtype, f", {flags}" if flags else "", tuple(hardware.simd_flags()))
 
 
 # ---------------------------------------------------------------- recorded runs
@@ -105,7 +105,7 @@ class Record:
     threads: int
     precision: str
     epochs_run: int
-    fit_s: float          # training loop and validation, every epoch (train_log's wall_time_s)
+    fit_s: float  # training loop and validation, every epoch (train_log's wall_time_s)
     test_pass_s: float | None
     cpu_flags: tuple[str, ...] | None = None  # None: not recorded (older records)
 
@@ -126,13 +126,22 @@ def load_records(root: str | Path = ".") -> list[Record]:
             try:
                 r = json.loads(Path(path).read_text())
                 env = r.get("train_environment") or r.get("environment") or {}
-                records.append(Record(
-                    path=os.path.relpath(path, root), variant=method_settings(r["variant_params"]), method=r["method"],
-                    checkpoint=r["model"]["checkpoint"], train=r["train_params"], device_name=env.get("device_name", ""),
-                    threads=int(env.get("cpu_threads") or 0), precision=r["precision"],
-                    epochs_run=int(r["training"]["epochs_run"]), fit_s=float(r["training"]["wall_time_s"]),
-                    test_pass_s=(r.get("inference") or {}).get("seconds_per_pass"),
-                    cpu_flags=tuple(env["cpu_flags"]) if env.get("cpu_flags") is not None else None))
+                records.append(
+                    Record(
+                        path=os.path.relpath(path, root),
+                        variant=method_settings(r["variant_params"]),
+                        method=r["method"],
+                        checkpoint=r["model"]["checkpoint"],
+                        train=r["train_params"],
+                        device_name=env.get("device_name", ""),
+                        threads=int(env.get("cpu_threads") or 0),
+                        precision=r["precision"],
+                        epochs_run=int(r["training"]["epochs_run"]),
+                        fit_s=float(r["training"]["wall_time_s"]),
+                        test_pass_s=(r.get("inference") or {}).get("seconds_per_pass"),
+                        cpu_flags=tuple(env["cpu_flags"]) if env.get("cpu_flags") is not None else None,
+                    )
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not a run record (or an older format): nothing to learn from it
     return records
@@ -142,19 +151,20 @@ def load_records(root: str | Path = ".") -> list[Record]:
 @dataclass
 class Probe:
     """A few timed training steps of full fine-tuning, and forward passes, on this device."""
+
     checkpoint: str
     threads: int
     batch_size: int
-    length: int              # tokens per window of the probe's batches
+    length: int  # tokens per window of the probe's batches
     precision: str
     steps: int
-    step_s: float            # one optimizer step (forward, backward, AdamW) at batch_size windows
+    step_s: float  # one optimizer step (forward, backward, AdamW) at batch_size windows
     forward_s_per_token: float
     windows: dict[str, int]  # train / validation / test windows per epoch
     tokens: dict[str, int]
-    data: str                # where the windows came from
-    seconds: float           # what the probe took
-    probe_batch: int = 0     # windows per timed step (on a CPU fewer than batch_size, scaled up)
+    data: str  # where the windows came from
+    seconds: float  # what the probe took
+    probe_batch: int = 0  # windows per timed step (on a CPU fewer than batch_size, scaled up)
 
     @property
     def epoch_s(self) -> float:
@@ -167,10 +177,12 @@ class Probe:
 
     def describe(self) -> str:
         scaled = f" (timed at {self.probe_batch}, scaled)" if self.probe_batch and self.probe_batch != self.batch_size else ""
-        return (f"probe: {self.steps} steps of full fine-tuning, batch {self.batch_size}{scaled} x {self.length} tokens, "
-                f"{self.precision}, {self.threads} thread(s): {self.step_s:.2f} s/step -> {self.epoch_s:.1f} s/epoch "
-                f"({self.windows['train']} training windows, validation included; {self.data}; probe took "
-                f"{self.seconds:.0f} s)")
+        return (
+            f"probe: {self.steps} steps of full fine-tuning, batch {self.batch_size}{scaled} x {self.length} tokens, "
+            f"{self.precision}, {self.threads} thread(s): {self.step_s:.2f} s/step -> {self.epoch_s:.1f} s/epoch "
+            f"({self.windows['train']} training windows, validation included; {self.data}; probe took "
+            f"{self.seconds:.0f} s)"
+        )
 
 
 def probe_data(tokenized: Path, val_fraction: float) -> tuple[dict[str, int], dict[str, int], str, int]:
@@ -187,8 +199,7 @@ def probe_data(tokenized: Path, val_fraction: float) -> tuple[dict[str, int], di
     val = round(FUNSD_WINDOWS["train"] * val_fraction)
     per_window = FUNSD_TOKENS["train"] / FUNSD_WINDOWS["train"]
     windows = {"train": FUNSD_WINDOWS["train"] - val, "validation": val, "test": FUNSD_WINDOWS["test"]}
-    tokens = {"train": round(per_window * windows["train"]), "validation": round(per_window * val),
-              "test": FUNSD_TOKENS["test"]}
+    tokens = {"train": round(per_window * windows["train"]), "validation": round(per_window * val), "test": FUNSD_TOKENS["test"]}
     return windows, tokens, "FUNSD's sizes (not tokenized yet)", 0
 
 
@@ -207,17 +218,25 @@ def probe_config(checkpoint: str):
         if "layoutlm-base" in name:
             config = LayoutLMConfig()  # transformers' defaults are layoutlm-base-uncased's shapes
         elif "layoutlm-large" in name:
-            config = LayoutLMConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                    intermediate_size=4096)
+            config = LayoutLMConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
         else:
-            raise EstimateError(f"model.checkpoint {checkpoint}: cannot read its configuration to probe it "
-                                f"({' '.join(str(err).split())[:160]})") from err
+            raise EstimateError(
+                f"model.checkpoint {checkpoint}: cannot read its configuration to probe it ({' '.join(str(err).split())[:160]})"
+            ) from err
         config.num_labels = len(LEGACY_LABELS)
         return config
 
 
-def run_probe(checkpoint: str, train_cfg, device, threads: int, tokenized: Path = Path("data/tokenized"),
-              val_fraction: float = 0.15, steps: int = 3, config=None) -> Probe:
+def run_probe(
+    checkpoint: str,
+    train_cfg,
+    device,
+    threads: int,
+    tokenized: Path = Path("data/tokenized"),
+    val_fraction: float = 0.15,
+    steps: int = 3,
+    config=None,
+) -> Probe:
     """Time `steps` training steps (after one warm-up) of full fine-tuning and a few forward passes."""
     import torch
     from transformers import LayoutLMForTokenClassification
@@ -242,9 +261,12 @@ def run_probe(checkpoint: str, train_cfg, device, threads: int, tokenized: Path 
 
         def window():
             box = torch.sort(torch.randint(0, 1000, (length, 4), generator=generator), dim=1).values
-            return {"input_ids": torch.randint(5, config.vocab_size, (length,), generator=generator),
-                    "bbox": box[:, [0, 1, 2, 3]], "labels": torch.randint(0, config.num_labels, (length,), generator=generator),
-                    "word_ids": torch.arange(length)}
+            return {
+                "input_ids": torch.randint(5, config.vocab_size, (length,), generator=generator),
+                "bbox": box[:, [0, 1, 2, 3]],
+                "labels": torch.randint(0, config.num_labels, (length,), generator=generator),
+                "word_ids": torch.arange(length),
+            }
 
         # On a CPU a few windows per step (memory; a step's time grows with its windows), scaled to the batch.
         probe_batch = train_cfg.batch_size if device.type == "cuda" else min(train_cfg.batch_size, CPU_PROBE_BATCH)
@@ -277,8 +299,21 @@ def run_probe(checkpoint: str, train_cfg, device, threads: int, tokenized: Path 
         step_s *= train_cfg.batch_size / probe_batch
     finally:
         torch.set_num_threads(before)
-    return Probe(checkpoint, threads, train_cfg.batch_size, length, PRECISION_NAMES[dtype], steps, step_s,
-                 forward_s / (probe_batch * length), windows, tokens, source, time.perf_counter() - start, probe_batch)
+    return Probe(
+        checkpoint,
+        threads,
+        train_cfg.batch_size,
+        length,
+        PRECISION_NAMES[dtype],
+        steps,
+        step_s,
+        forward_s / (probe_batch * length),
+        windows,
+        tokens,
+        source,
+        time.perf_counter() - start,
+        probe_batch,
+    )
 
 
 def timed(call, most: int, enough_s: float = PROBE_ENOUGH_S) -> tuple[float, int]:
@@ -298,18 +333,27 @@ def timed(call, most: int, enough_s: float = PROBE_ENOUGH_S) -> tuple[float, int
 class EpochTime:
     epoch_s: float
     test_pass_s: float
-    source: str                  # "recorded", "recorded, scaled by method cost", "probe, scaled ..."
+    source: str  # "recorded", "recorded, scaled by method cost", "probe, scaled ..."
     recorded_fit_s: float | None = None  # same settings and schedule: the recorded time itself ...
     records: list[str] = field(default_factory=list)
-    recorded_epochs: int | None = None   # ... for trainings of this many epochs (train.max_epochs)
+    recorded_epochs: int | None = None  # ... for trainings of this many epochs (train.max_epochs)
 
 
 class Timings:
     """Seconds per epoch for each training of a study, memoised per (variant settings, threads)."""
 
-    def __init__(self, records: list[Record], checkpoint: str, train_cfg, device: Device, torch_device,
-                 tokenized: Path = Path("data/tokenized"), val_fraction: float = 0.15, probe_steps: int = 3,
-                 probe_config=None):
+    def __init__(
+        self,
+        records: list[Record],
+        checkpoint: str,
+        train_cfg,
+        device: Device,
+        torch_device,
+        tokenized: Path = Path("data/tokenized"),
+        val_fraction: float = 0.15,
+        probe_steps: int = 3,
+        probe_config=None,
+    ):
         self.records, self.checkpoint, self.train_cfg = records, checkpoint, train_cfg
         self.device, self.torch_device, self.tokenized, self.val_fraction = device, torch_device, tokenized, val_fraction
         self.probe_steps, self.probe_config = probe_steps, probe_config
@@ -320,11 +364,15 @@ class Timings:
         """Records of this model, speed settings, device (CPU flags too) and threads."""
         speed = {k: getattr(self.train_cfg, k) for k in SPEED_KEYS}
         speed["precision"] = self.device.precision  # resolved: a recorded `auto` is what it was there
-        return [r for r in self.records
-                if r.checkpoint == self.checkpoint and r.device_name == self.device.name
-                and (self.device.kind != "cpu" or (r.threads == threads and self.same_cpu(r)))
-                and all(r.train.get(k) == v for k, v in speed.items() if k != "precision")
-                and r.precision == speed["precision"]]
+        return [
+            r
+            for r in self.records
+            if r.checkpoint == self.checkpoint
+            and r.device_name == self.device.name
+            and (self.device.kind != "cpu" or (r.threads == threads and self.same_cpu(r)))
+            and all(r.train.get(k) == v for k, v in speed.items() if k != "precision")
+            and r.precision == speed["precision"]
+        ]
 
     def same_cpu(self, record: Record) -> bool:
         """CPUs of one model name differ (bf16 units or not): the recorded flags must be this CPU's.
@@ -338,8 +386,16 @@ class Timings:
 
     def probe(self, threads: int) -> Probe:
         if threads not in self.probes:
-            self.probes[threads] = run_probe(self.checkpoint, self.train_cfg, self.torch_device, threads,
-                                             self.tokenized, self.val_fraction, self.probe_steps, self.probe_config)
+            self.probes[threads] = run_probe(
+                self.checkpoint,
+                self.train_cfg,
+                self.torch_device,
+                threads,
+                self.tokenized,
+                self.val_fraction,
+                self.probe_steps,
+                self.probe_config,
+            )
         return self.probes[threads]
 
     def epoch(self, variant: dict, threads: int) -> EpochTime:
@@ -355,19 +411,29 @@ class Timings:
             schedule = {k: getattr(self.train_cfg, k) for k in SCHEDULE_KEYS}
             exact = [r for r in same if all(r.train.get(k) == v for k, v in schedule.items())]
             passes = [r.test_pass_s for r in same if r.test_pass_s]
-            result = EpochTime(mean([r.epoch_s for r in same]), mean(passes) if passes else 0.0,
-                               f"recorded ({len(same)} run{'s' if len(same) > 1 else ''})",
-                               mean([r.fit_s for r in exact]) if exact else None, [r.path for r in same],
-                               self.train_cfg.max_epochs)
+            result = EpochTime(
+                mean([r.epoch_s for r in same]),
+                mean(passes) if passes else 0.0,
+                f"recorded ({len(same)} run{'s' if len(same) > 1 else ''})",
+                mean([r.fit_s for r in exact]) if exact else None,
+                [r.path for r in same],
+                self.train_cfg.max_epochs,
+            )
         elif records:
             full = mean([r.epoch_s / method_cost(r.method) for r in records])
             passes = [r.test_pass_s for r in records if r.test_pass_s]
-            result = EpochTime(full * cost, mean(passes) if passes else 0.0,
-                               f"recorded runs of other methods x method cost {cost:.2f}", None, [r.path for r in records])
+            result = EpochTime(
+                full * cost,
+                mean(passes) if passes else 0.0,
+                f"recorded runs of other methods x method cost {cost:.2f}",
+                None,
+                [r.path for r in records],
+            )
         else:
             probe = self.probe(threads)
-            result = EpochTime(probe.epoch_s * cost, probe.test_pass_s,
-                               "probe" + (f" x method cost {cost:.2f}" if cost != 1.0 else ""))
+            result = EpochTime(
+                probe.epoch_s * cost, probe.test_pass_s, "probe" + (f" x method cost {cost:.2f}" if cost != 1.0 else "")
+            )
         self._memo[key] = result
         return result
 
@@ -380,6 +446,7 @@ def mean(values: list[float]) -> float:
 @dataclass
 class Training:
     """One training a stage to run will do: a seed run, or one tuning trial."""
+
     stage: str
     variant: str
     settings: dict

@@ -5,10 +5,12 @@ differences in percentage points ("+2.0 [+0.1, +3.9], p=0.041 (Holm 0.12)"), cou
 digits ("152 k"), durations in s / min / h ("5.2 min"), memory in MB / GB (10^6 / 10^9 bytes).
 A missing value is "–" everywhere.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from layoutpeft.study.stats import half_width
 
@@ -92,7 +94,7 @@ def delta(comparison: Mapping | None, with_ci: bool = True, with_p: bool = True)
 
 
 def seeds(entry: Mapping, n_expected: int) -> str:
-    """"3/3", or "2/3, missing: 1"."""
+    """ "3/3", or "2/3, missing: 1"."""
     text = f"{entry['n_seeds']}/{n_expected}"
     if entry.get("missing_seeds"):
         text += ", missing: " + ", ".join(str(s) for s in entry["missing_seeds"])
@@ -101,8 +103,7 @@ def seeds(entry: Mapping, n_expected: int) -> str:
 
 def missing_seeds(missing: Mapping[str, Sequence[int]]) -> str:
     """{'full': [1, 2], 'lora': [1]} -> 'full seeds 1, 2; lora seed 1'."""
-    return "; ".join(f"{v} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-                     for v, seeds in missing.items())
+    return "; ".join(f"{v} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" for v, seeds in missing.items())
 
 
 def value(v: Any) -> str:

@@ -5,6 +5,7 @@ to run); the counts a user reads (variants, seed runs, tuning trials with their 
 epochs) and the time per number of workers come from those stages to run and the study's params
 (layoutpeft.study.estimate). docs/planning.md explains the figures.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,25 +16,36 @@ from pathlib import Path
 
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.study.dvc_status import RESTORE, RUN, UP_TO_DATE, DvcPlan, dvc_plan
-from layoutpeft.study.estimate import (STAGE_START_S, Device, EpochTime, StageCost, Timings, Training, evaluate_seconds,
-                                       load_records, pack, this_device, training_seconds)
+from layoutpeft.study.estimate import (
+    STAGE_START_S,
+    Device,
+    EpochTime,
+    StageCost,
+    Timings,
+    Training,
+    evaluate_seconds,
+    load_records,
+    pack,
+    this_device,
+    training_seconds,
+)
 
 TRAINING_FAMILIES = ("tune", "train", "evaluate")
 
 
 @dataclass
 class StudyPlan:
-    name: str                   # "params.yaml" or "profile laptop+offline"
-    command: list[str]          # what runs it
+    name: str  # "params.yaml" or "profile laptop+offline"
+    command: list[str]  # what runs it
     status: DvcPlan
     device: Device
     max_epochs: int
     patience: int
     tune_lr: bool
     extend_grid: int
-    trainings: list[Training]   # every training of the stages to run, in DVC's order
+    trainings: list[Training]  # every training of the stages to run, in DVC's order
     estimates: dict[int, float]  # workers -> seconds
-    threads: dict[int, int]     # workers -> CPU threads per worker
+    threads: dict[int, int]  # workers -> CPU threads per worker
     costs: dict[int, list[StageCost]]  # workers -> the tune/train/evaluate stages to run, timed
     timing_notes: list[str] = field(default_factory=list)
 
@@ -86,11 +98,17 @@ def trainings_of(status: DvcPlan) -> tuple[list[Training], dict]:
     return out, variants
 
 
-def plan_study(root: str | Path = ".", profile: str | None = None, sets: list[str] | None = None,
-               workers: list[int] | None = None, probe_steps: int = 3, timings_cache: dict | None = None) -> StudyPlan:
+def plan_study(
+    root: str | Path = ".",
+    profile: str | None = None,
+    sets: list[str] | None = None,
+    workers: list[int] | None = None,
+    probe_steps: int = 3,
+    timings_cache: dict | None = None,
+) -> StudyPlan:
     """The plan of params.yaml's study (or `profile`'s, with extra `-S key=value` `sets`) in the workspace `root`."""
-    from layoutpeft.train.device import emulated_bf16_warning, resolve_device
     from layoutpeft.config import EvaluateConfig, ModelConfig, TrainConfig, get
+    from layoutpeft.train.device import emulated_bf16_warning, resolve_device
     from layoutpeft.train.tuning import TuningConfig
 
     root = Path(root)
@@ -107,9 +125,16 @@ def plan_study(root: str | Path = ".", profile: str | None = None, sets: list[st
     key = (model_cfg.checkpoint, tuple(sorted(train_cfg.as_dict().items())), device)
     cache = timings_cache if timings_cache is not None else {}
     if key not in cache:
-        cache[key] = Timings(load_records(root), model_cfg.checkpoint, train_cfg, device,
-                             resolve_device(train_cfg.device), root / "data" / "tokenized",
-                             get(params, "data.val_fraction", float, default=0.15), probe_steps)
+        cache[key] = Timings(
+            load_records(root),
+            model_cfg.checkpoint,
+            train_cfg,
+            device,
+            resolve_device(train_cfg.device),
+            root / "data" / "tokenized",
+            get(params, "data.val_fraction", float, default=0.15),
+            probe_steps,
+        )
     timings: Timings = cache[key]
     estimates, threads, costs = {}, {}, {}
     for n in counts:
@@ -126,18 +151,30 @@ def plan_study(root: str | Path = ".", profile: str | None = None, sets: list[st
     if warning := emulated_bf16_warning(train_cfg.precision, resolve_device(train_cfg.device)):
         notes.append(f"note: {warning}")
     name = " ".join([f"profile {profile}"] * bool(profile) + [f"-S {t}" for t in sets or []]) or "params.yaml"
-    return StudyPlan(name=name, command=command, status=status,
-                     device=device, max_epochs=train_cfg.max_epochs, patience=train_cfg.patience, tune_lr=tuning.enabled,
-                     extend_grid=tuning.extend, trainings=trainings, estimates=estimates, threads=threads, costs=costs,
-                     timing_notes=notes)
+    return StudyPlan(
+        name=name,
+        command=command,
+        status=status,
+        device=device,
+        max_epochs=train_cfg.max_epochs,
+        patience=train_cfg.patience,
+        tune_lr=tuning.enabled,
+        extend_grid=tuning.extend,
+        trainings=trainings,
+        estimates=estimates,
+        threads=threads,
+        costs=costs,
+        timing_notes=notes,
+    )
 
 
 def evaluated(status: DvcPlan) -> set[str]:
     return {s.item.rsplit("-", 1)[0] for s in status.to_run("evaluate")}
 
 
-def stage_costs(status: DvcPlan, trainings: list[Training], variants: dict, timings: Timings, threads: int,
-                max_epochs: int, repeats: int) -> list[StageCost]:
+def stage_costs(
+    status: DvcPlan, trainings: list[Training], variants: dict, timings: Timings, threads: int, max_epochs: int, repeats: int
+) -> list[StageCost]:
     out = []
     for stage in status.to_run():
         if stage.family not in TRAINING_FAMILIES:
@@ -166,9 +203,11 @@ def timing_notes(timings: Timings, variants: dict, used: set[str], threads: dict
         recorded = [n for n in sorted(used) if timings.epoch(variants[n], t).source.startswith("recorded")]
         if recorded:
             example = timings.epoch(variants[recorded[0]], t)
-            notes.append(f"{t} thread(s): recorded runs for {len(recorded)} of {len(used)} variants "
-                         f"(e.g. {recorded[0]}: {example.epoch_s:.1f} s/epoch, {example.source}; "
-                         f"{len({p for n in recorded for p in timings.epoch(variants[n], t).records})} records)")
+            notes.append(
+                f"{t} thread(s): recorded runs for {len(recorded)} of {len(used)} variants "
+                f"(e.g. {recorded[0]}: {example.epoch_s:.1f} s/epoch, {example.source}; "
+                f"{len({p for n in recorded for p in timings.epoch(variants[n], t).records})} records)"
+            )
     return notes
 
 
@@ -214,22 +253,28 @@ def describe(plan: StudyPlan) -> str:
     to_run, restored = status.by_state(RUN), status.by_state(RESTORE)
     families = Counter(s.family for s in to_run)
     which = ", ".join(f"{n} {f}" + ("@" if f in TRAINING_FAMILIES else "") for f, n in families.items())
-    lines.append(f"DVC: {len(to_run)} of {len(status.stages)} stages to run{f' ({which})' if which else ''}, "
-                 f"{len(restored)} restored from the run cache, {len(status.by_state(UP_TO_DATE))} up to date")
+    lines.append(
+        f"DVC: {len(to_run)} of {len(status.stages)} stages to run{f' ({which})' if which else ''}, "
+        f"{len(restored)} restored from the run cache, {len(status.by_state(UP_TO_DATE))} up to date"
+    )
     runs, trials = plan.seed_runs, plan.trials
     evaluations = status.to_run("evaluate")
     if plan.trainings:
         variants = {t.variant for t in plan.trainings} | evaluated(status)
         schedule = f"{plan.max_epochs} epochs" + (f" (patience {plan.patience}: at most)" if plan.patience else "")
         epochs = len(plan.trainings) * plan.max_epochs
-        lines.append(f"trainings: {len(plan.trainings)} for {len(variants)} variant(s), {schedule} each: "
-                     f"{epochs:,} epochs{' at most' if plan.patience else ''}")
+        lines.append(
+            f"trainings: {len(plan.trainings)} for {len(variants)} variant(s), {schedule} each: "
+            f"{epochs:,} epochs{' at most' if plan.patience else ''}"
+        )
         seeds = sorted({int(t.stage.rsplit("-", 1)[1]) for t in runs})
-        lines.append(f"  seed runs: {len(runs)}"
-                     + (f" ({len({t.variant for t in runs})} variants x seeds {seeds})" if runs else ""))
+        lines.append(
+            f"  seed runs: {len(runs)}" + (f" ({len({t.variant for t in runs})} variants x seeds {seeds})" if runs else "")
+        )
         if plan.tune_lr:
-            extra = (f", + up to {plan.extend_grid} per variant whose best lr is at a grid end"
-                     if plan.extend_grid and trials else "")
+            extra = (
+                f", + up to {plan.extend_grid} per variant whose best lr is at a grid end" if plan.extend_grid and trials else ""
+            )
             lines.append(f"  tuning trials: {len(trials)}" + (f" ({grid_sizes(trials)}{extra})" if trials else ""))
         else:
             lines.append("  tuning trials: none (study.tune_lr false: each variant trains at its own lr)")
@@ -257,8 +302,14 @@ def describe_stages(plan: StudyPlan) -> str:
     return "\n".join(lines)
 
 
-def suggest(budget_s: float, profiles: list[str] | None = None, sets: list[str] | None = None,
-            workers: list[int] | None = None, probe_steps: int = 3, root: Path = Path(".")) -> str:
+def suggest(
+    budget_s: float,
+    profiles: list[str] | None = None,
+    sets: list[str] | None = None,
+    workers: list[int] | None = None,
+    probe_steps: int = 3,
+    root: Path = Path("."),
+) -> str:
     """Every profile (or those named) with its estimate here; those within the budget suggested."""
     from layoutpeft.study.profiles import load_profiles
 
@@ -275,16 +326,20 @@ def suggest(budget_s: float, profiles: list[str] | None = None, sets: list[str] 
         ok = seconds <= budget_s
         if ok:
             fits.append((seconds, name, n))
-        rows.append(f"  {name:<24} {len(plan.trainings):>4} trainings, {duration(seconds):>12} with {n} worker(s)"
-                    f"{'  fits' if ok else ''}")
+        rows.append(
+            f"  {name:<24} {len(plan.trainings):>4} trainings, {duration(seconds):>12} with {n} worker(s){'  fits' if ok else ''}"
+        )
     device = plan.device.describe() if rows and "plan" in locals() else "this machine"
     head = [f"budget {duration(budget_s)} on {device}:"]
     if fits:
         best = max(fits)  # the largest study that still fits
-        parallel = (f"  (or `layoutpeft profile {best[1]} variants && layoutpeft shard --workers {best[2]}`)"
-                    if best[2] > 1 else "")
-        tail = [f"suggested: make study PROFILE={best[1]}{parallel}",
-                f"within the budget: {', '.join(name for _, name, _ in sorted(fits))}"]
+        parallel = (
+            f"  (or `layoutpeft profile {best[1]} variants && layoutpeft shard --workers {best[2]}`)" if best[2] > 1 else ""
+        )
+        tail = [
+            f"suggested: make study PROFILE={best[1]}{parallel}",
+            f"within the budget: {', '.join(name for _, name, _ in sorted(fits))}",
+        ]
     else:
         tail = ["no profile finishes within the budget here (a GPU, more workers or a smaller profile: docs/planning.md)"]
     return "\n".join(head + rows + tail)

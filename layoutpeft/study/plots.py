@@ -3,13 +3,14 @@
 `write_plots(folder, summary, runs)` fills one folder (the aggregate stage builds it beside
 plots/ and swaps it in once complete). The CSV columns are what dvc.yaml's `plots:` name.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from layoutpeft.study.stats import pareto_flags
 from layoutpeft.study.summary import MB, number
@@ -48,8 +49,11 @@ def rank_series(variant_params: dict[str, dict | None]) -> dict[str, list[tuple[
             continue
         # alpha left at its default (2r, filled in by methods.validate_variant) follows r: not a difference.
         follows_r = settings.get("rank_scaling", "alpha_2r") == "alpha_2r"
-        key = json.dumps({k: v for k, v in settings.items()
-                          if k != "r" and not (k == "alpha" and follows_r and v == 2 * r)}, sort_keys=True, default=str)
+        key = json.dumps(
+            {k: v for k, v in settings.items() if k != "r" and not (k == "alpha" and follows_r and v == 2 * r)},
+            sort_keys=True,
+            default=str,
+        )
         groups.setdefault(key, []).append((name, r))
         methods[key] = str(settings.get("method", "?"))
     series: dict[str, list[tuple[str, float]]] = {}
@@ -103,8 +107,18 @@ def pareto_rows(summary: dict) -> list[list]:
     rows = []
     for name, flag in zip(names, pareto_flags(points), strict=True):
         e = summary["variants"][name]
-        rows.append([name, e["method"], own_params(e), e["trainable_params"], e["f1"]["mean"], e["f1"]["ci95_low"],
-                     e["f1"]["ci95_high"], flag])
+        rows.append(
+            [
+                name,
+                e["method"],
+                own_params(e),
+                e["trainable_params"],
+                e["f1"]["mean"],
+                e["f1"]["ci95_low"],
+                e["f1"]["ci95_high"],
+                flag,
+            ]
+        )
     return rows
 
 
@@ -115,8 +129,17 @@ def cost_rows(summary: dict) -> list[list]:
         if not e["n_seeds"]:
             continue
         saved = e["saved_bytes"] / MB if e["saved_bytes"] is not None else None
-        rows.append([name, e["method"], _mean(e["train_time_s"]), _mean(e["peak_memory_mb"]),
-                     e["trainable_params"], saved, _mean(e["inference_tokens_per_s"])])
+        rows.append(
+            [
+                name,
+                e["method"],
+                _mean(e["train_time_s"]),
+                _mean(e["peak_memory_mb"]),
+                e["trainable_params"],
+                saved,
+                _mean(e["inference_tokens_per_s"]),
+            ]
+        )
     return rows
 
 
@@ -130,17 +153,22 @@ def curve_rows(runs: dict[str, dict[int, dict]]) -> list[list]:
                 epoch = number(point, "epoch")
                 if epoch is None:
                     continue
-                rows.append([name, seed, int(epoch), number(point, "train_loss"),
-                             number(point, "val_loss"), number(point, "val_f1")])
+                rows.append(
+                    [name, seed, int(epoch), number(point, "train_loss"), number(point, "val_loss"), number(point, "val_f1")]
+                )
     return rows
 
 
 PLOT_CSVS = {
     "f1_vs_rank.csv": (["series", "variant", "r", "f1_mean", "f1_ci95_low", "f1_ci95_high", "scaling"], rank_rows),
-    "pareto.csv": (["variant", "method", "method_params", "trainable_params", "f1_mean", "f1_ci95_low",
-                    "f1_ci95_high", "pareto"], pareto_rows),
-    "cost.csv": (["variant", "method", "train_time_s", "peak_memory_mb", "trainable_params", "saved_mb",
-                  "tokens_per_s"], cost_rows),
+    "pareto.csv": (
+        ["variant", "method", "method_params", "trainable_params", "f1_mean", "f1_ci95_low", "f1_ci95_high", "pareto"],
+        pareto_rows,
+    ),
+    "cost.csv": (
+        ["variant", "method", "train_time_s", "peak_memory_mb", "trainable_params", "saved_mb", "tokens_per_s"],
+        cost_rows,
+    ),
 }
 
 
@@ -168,15 +196,17 @@ def rank_figure(summary: dict):
     for row in rank_rows(summary):
         series.setdefault(row[0], []).append(row)
     if not series:
-        _empty(ax, "No rank sweep ran in this study: no method was trained at two or more ranks\n"
-                   "(add e.g. lora_r4 and lora to study.variants), so there is no F1-vs-rank curve.")
+        _empty(
+            ax,
+            "No rank sweep ran in this study: no method was trained at two or more ranks\n"
+            "(add e.g. lora_r4 and lora to study.variants), so there is no F1-vs-rank curve.",
+        )
         return fig
     for label, rows in series.items():
         rs = [r[2] for r in rows]
-        line, = ax.plot(rs, [100 * r[3] for r in rows], marker="o", label=f"{label} ({rows[0][6]})")
+        (line,) = ax.plot(rs, [100 * r[3] for r in rows], marker="o", label=f"{label} ({rows[0][6]})")
         if all(r[4] is not None for r in rows):
-            ax.fill_between(rs, [100 * r[4] for r in rows], [100 * r[5] for r in rows],
-                            color=line.get_color(), alpha=0.2)
+            ax.fill_between(rs, [100 * r[4] for r in rows], [100 * r[5] for r in rows], color=line.get_color(), alpha=0.2)
     ax.set_xscale("log", base=2)
     if ref_f1:
         ax.axhline(100 * ref_f1["mean"], color="black", linestyle="--", label=f"{reference} (reference)")
@@ -202,35 +232,51 @@ def pareto_figure(summary: dict):
         return fig
     for row in rows:
         stat, is_ref = variants[row[0]]["f1"], row[0] == reference
-        ax.errorbar([row[2]], [100 * row[4]], yerr=[[100 * e[0]] for e in _ci_err([stat])],
-                    fmt="*" if is_ref else "o", markersize=12 if is_ref else 5,
-                    color="crimson" if is_ref else ("tab:blue" if row[7] else "tab:grey"), capsize=2)
+        ax.errorbar(
+            [row[2]],
+            [100 * row[4]],
+            yerr=[[100 * e[0]] for e in _ci_err([stat])],
+            fmt="*" if is_ref else "o",
+            markersize=12 if is_ref else 5,
+            color="crimson" if is_ref else ("tab:blue" if row[7] else "tab:grey"),
+            capsize=2,
+        )
     # Labels right of each point, but left of the right-most ones so that none leaves the axes.
     right_most = max(r[2] for r in rows)
     for row in rows:
         on_left = row[2] == right_most and len(rows) > 1
-        ax.annotate(row[0], (row[2], 100 * row[4]), textcoords="offset points", xytext=(-6 if on_left else 6, 3),
-                    ha="right" if on_left else "left", annotation_clip=False,
-                    fontsize=7 if row[7] or row[0] == reference else 6,
-                    color="black" if row[7] or row[0] == reference else "dimgrey")
+        ax.annotate(
+            row[0],
+            (row[2], 100 * row[4]),
+            textcoords="offset points",
+            xytext=(-6 if on_left else 6, 3),
+            ha="right" if on_left else "left",
+            annotation_clip=False,
+            fontsize=7 if row[7] or row[0] == reference else 6,
+            color="black" if row[7] or row[0] == reference else "dimgrey",
+        )
     front = sorted((r[2], 100 * r[4]) for r in rows if r[7])
     if len(front) >= 2:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue",
-                alpha=0.6, label="Pareto front")
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue", alpha=0.6, label="Pareto front")
     ax.plot([], [], "o", color="tab:blue", label="Pareto-optimal")
     if any(not r[7] for r in rows):
         ax.plot([], [], "o", color="tab:grey", label="dominated")
     ax.set_xscale("symlog", linthresh=1000)
     top = max(1000, max(r[2] for r in rows))
-    ax.set_xticks([0] + [10 ** k for k in range(3, math.ceil(math.log10(top)) + 1)])
+    ax.set_xticks([0] + [10**k for k in range(3, math.ceil(math.log10(top)) + 1)])
     ax.margins(x=0.15, y=0.1)
     ax.legend(fontsize=8)
     split = all(variants[r[0]].get("method_params") is not None for r in rows)
-    ax.set_xlabel("the method's own trainable weights (symlog; head and new 2-D tables left out)" if split
-                  else "trainable parameters (symlog)")
+    ax.set_xlabel(
+        "the method's own trainable weights (symlog; head and new 2-D tables left out)"
+        if split
+        else "trainable parameters (symlog)"
+    )
     ax.set_ylabel("test F1 (%)")
-    ax.set_title(("F1 vs the method's own weights" if split else "F1 vs trainable parameters")
-                 + (f" (★ = {reference})" if reference in variants else ""))
+    ax.set_title(
+        ("F1 vs the method's own weights" if split else "F1 vs trainable parameters")
+        + (f" (★ = {reference})" if reference in variants else "")
+    )
     return fig
 
 
@@ -245,8 +291,13 @@ def cost_figure(summary: dict, key: str, xlabel: str):
         _empty(ax, "No run recorded this cost.")
         return fig
     stats_ = [variants[n][key] for n in names]
-    ax.barh(names, [s["mean"] for s in stats_], xerr=_ci_err(stats_), capsize=2,
-            color=["crimson" if n == reference else "tab:blue" for n in names])
+    ax.barh(
+        names,
+        [s["mean"] for s in stats_],
+        xerr=_ci_err(stats_),
+        capsize=2,
+        color=["crimson" if n == reference else "tab:blue" for n in names],
+    )
     ax.set_xlabel(xlabel + ", mean over seeds, 95 % CI")
     ax.tick_params(axis="y", labelsize=7)
     return fig
@@ -268,8 +319,16 @@ def curves_figure(curves: list[list]):
     cmap = plt.get_cmap("tab20")
     for i, (variant, epochs) in enumerate(by_variant.items()):
         xs = sorted(epochs)
-        ax.plot(xs, [sum(epochs[x]) / len(epochs[x]) for x in xs], label=variant, marker="o", markersize=3,
-                color=cmap(i % 20), linestyle="-" if i < 20 else "--", linewidth=1.2)
+        ax.plot(
+            xs,
+            [sum(epochs[x]) / len(epochs[x]) for x in xs],
+            label=variant,
+            marker="o",
+            markersize=3,
+            color=cmap(i % 20),
+            linestyle="-" if i < 20 else "--",
+            linewidth=1.2,
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel("epoch")
@@ -291,14 +350,27 @@ def lr_figure(summary: dict):
         return fig
     for variant, points in by_variant.items():
         points.sort(key=lambda r: r[1])
-        line, = ax.plot([r[1] for r in points], [100 * r[2] for r in points], marker="o", label=variant)
+        (line,) = ax.plot([r[1] for r in points], [100 * r[2] for r in points], marker="o", label=variant)
         chosen = [r for r in points if r[3]]
-        ax.plot([r[1] for r in chosen], [100 * r[2] for r in chosen], marker="*", markersize=12,
-                color=line.get_color(), linestyle="none")
+        ax.plot(
+            [r[1] for r in chosen],
+            [100 * r[2] for r in chosen],
+            marker="*",
+            markersize=12,
+            color=line.get_color(),
+            linestyle="none",
+        )
         for row in points:
             if row[4]:  # stopped by successive halving: its best F1 up to the rung, marked with that epoch
-                ax.plot([row[1]], [100 * row[2]], marker="o", markersize=9, markerfacecolor="white",
-                        color=line.get_color(), linestyle="none")
+                ax.plot(
+                    [row[1]],
+                    [100 * row[2]],
+                    marker="o",
+                    markersize=9,
+                    markerfacecolor="white",
+                    color=line.get_color(),
+                    linestyle="none",
+                )
                 ax.annotate(f"{row[4]}", (row[1], 100 * row[2]), fontsize=6, ha="center", va="center")
     ax.set_xscale("log")
     ax.legend(fontsize=7, ncol=2)
@@ -311,15 +383,20 @@ def lr_figure(summary: dict):
 def figures(folder: Path, summary: dict, curves: list[list]) -> None:
     """Every PNG under folder/images/."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
-    made = {"f1_vs_rank.png": rank_figure(summary), "pareto.png": pareto_figure(summary),
-            "train_time.png": cost_figure(summary, "train_time_s", "train time (s)"),
-            "peak_memory.png": cost_figure(summary, "peak_memory_mb", "peak memory (MB)"),
-            "learning_curves.png": curves_figure(curves), "lr_tuning.png": lr_figure(summary)}
+    made = {
+        "f1_vs_rank.png": rank_figure(summary),
+        "pareto.png": pareto_figure(summary),
+        "train_time.png": cost_figure(summary, "train_time_s", "train time (s)"),
+        "peak_memory.png": cost_figure(summary, "peak_memory_mb", "peak memory (MB)"),
+        "learning_curves.png": curves_figure(curves),
+        "lr_tuning.png": lr_figure(summary),
+    }
     for name, fig in made.items():
         fig.tight_layout()
         fig.savefig(images / name, dpi=120)
@@ -334,8 +411,15 @@ def lr_rows(summary: dict) -> list[list]:
         tuned = entry.get("lr_tuning") or {}
         for trial in tuned.get("trials") or []:
             if trial.get("best_val_f1") is not None:
-                rows.append([name, trial["lr"], trial["best_val_f1"], trial["lr"] == tuned.get("chosen_lr"),
-                             trial.get("stopped_at_epoch")])
+                rows.append(
+                    [
+                        name,
+                        trial["lr"],
+                        trial["best_val_f1"],
+                        trial["lr"] == tuned.get("chosen_lr"),
+                        trial.get("stopped_at_epoch"),
+                    ]
+                )
     return rows
 
 
@@ -344,9 +428,11 @@ def write_plots(folder: Path, summary: dict, runs: dict[str, dict[int, dict]]) -
     folder.mkdir(parents=True, exist_ok=True)
     for name, (header, make_rows) in PLOT_CSVS.items():
         (folder / name).write_text(csv_text(header, make_rows(summary)))
-    (folder / "lr_tuning.csv").write_text(csv_text(["variant", "lr", "best_val_f1", "chosen", "stopped_at_epoch"],
-                                                   lr_rows(summary)))
+    (folder / "lr_tuning.csv").write_text(
+        csv_text(["variant", "lr", "best_val_f1", "chosen", "stopped_at_epoch"], lr_rows(summary))
+    )
     curves = curve_rows(runs)
     (folder / "learning_curves.csv").write_text(
-        csv_text(["variant", "seed", "epoch", "train_loss", "val_loss", "val_f1"], curves))
+        csv_text(["variant", "seed", "epoch", "train_loss", "val_loss", "val_f1"], curves)
+    )
     figures(folder, summary, curves)

@@ -17,6 +17,7 @@ An extra `-S key=value` (passed on to dvc) replaces the profile's value for that
 values are literal: `${...}` would be an OmegaConf interpolation in `-S`, so it is refused.
 The command line itself is parsed in layoutpeft/commands/profile.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -107,13 +108,16 @@ def check_study(params: dict, values: dict[str, Any], where: dict[str, str]) -> 
         origin = where.get("study.variants", "params.yaml")
         try:
             from layoutpeft.train.variants import did_you_mean, expand_sweeps
+
             known = expand_sweeps(effective.get("variants") or {}, effective.get("sweeps") or {})
         except ParamsError:  # a broken variants:/sweeps: is the variants stage's to report
             known = None
         unknown = [n for n in names if known is not None and n not in known]
         if unknown:
-            raise ProfileError(f"{origin}: study.variants names unknown variant(s) {unknown} "
-                               f"(not in params.yaml variants: or sweeps:){did_you_mean(unknown[0], known)}")
+            raise ProfileError(
+                f"{origin}: study.variants names unknown variant(s) {unknown} "
+                f"(not in params.yaml variants: or sweeps:){did_you_mean(unknown[0], known)}"
+            )
     try:
         StudyConfig.from_params(effective)
     except ParamsError as err:
@@ -156,8 +160,9 @@ def _render(value: Any) -> str:
         return "{" + ",".join(f"{_render(str(k))}:{_render(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         if "${" in value:
-            raise ProfileError(f"{value!r}: `${{...}}` would be an OmegaConf interpolation in "
-                               "dvc exp run -S; profile values are literal")
+            raise ProfileError(
+                f"{value!r}: `${{...}}` would be an OmegaConf interpolation in dvc exp run -S; profile values are literal"
+            )
         ok, parsed = parse_override_value(value)
         return value if ok and parsed == value else _quote(value)
     raise ProfileError(f"unsupported value {value!r} ({type(value).__name__})")
@@ -168,8 +173,7 @@ def render_value(value: Any, key: str = "value") -> str:
     text = _render(value)
     ok, parsed = parse_override_value(text)
     if not ok or parsed != value or type(parsed) is not type(value):
-        raise ProfileError(f"{key}: cannot write {value!r} so that dvc exp run -S reads it back "
-                           f"(rendered {text!r})")
+        raise ProfileError(f"{key}: cannot write {value!r} so that dvc exp run -S reads it back (rendered {text!r})")
     return text
 
 
@@ -203,9 +207,9 @@ def params_key(raw_key: str) -> str | None:
 
 
 # ---------------------------------------------------------------- the command
-def build_command(name: str, extra: list[str] | None = None,
-                  profiles_path: str | Path = PROFILES_FILE,
-                  params_path: str | Path = PARAMS_FILE) -> list[str]:
+def build_command(
+    name: str, extra: list[str] | None = None, profiles_path: str | Path = PROFILES_FILE, params_path: str | Path = PARAMS_FILE
+) -> list[str]:
     """The full `python -m dvc exp run ...` argv for profile `name`; raises ProfileError."""
     extra = list(extra or [])
     overrides = get_profile(load_profiles(profiles_path), name, where=str(profiles_path))
@@ -224,8 +228,7 @@ def build_command(name: str, extra: list[str] | None = None,
         check_key(params, key, where=f"extra -S {raw_key}")
         ok, value = parse_override_value(text)
         if not ok:
-            raise ProfileError(f"extra -S {raw_key}={text}: dvc cannot parse this value; quote it, "
-                               f"e.g. -S \"{key}='...'\"")
+            raise ProfileError(f"extra -S {raw_key}={text}: dvc cannot parse this value; quote it, e.g. -S \"{key}='...'\"")
         values[key], origin[key] = value, f"extra -S {key}"
 
     args: list[str] = []

@@ -12,6 +12,7 @@ estimated seconds. The time left is the estimate of what is still to run, scaled
 epochs so far compare with their estimate (a machine busier than when it was estimated shows
 up at once), plus the current training's remaining epochs at its own pace.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,18 +36,17 @@ class Progress:
         # seconds per epoch the estimate assumed, per stage (its trainings all have the plan's epochs)
         self.stage_seconds = {c.stage: c.seconds for c in costs}
         self.stage_trainings = {c.stage: len(c.trainings) for c in costs}
-        self.epoch_estimate = {c.stage: (c.seconds / max(1, sum(t.epochs for t in c.trainings)))
-                               for c in costs if c.trainings}
+        self.epoch_estimate = {c.stage: (c.seconds / max(1, sum(t.epochs for t in c.trainings))) for c in costs if c.trainings}
         self.total = sum(self.stage_trainings.values())
         self.done_stages: set[str] = set()
-        self.started = 0          # trainings begun
+        self.started = 0  # trainings begun
         self.stage: str | None = None
-        self.in_stage = 0         # trainings begun in the current stage (tune@ runs several)
+        self.in_stage = 0  # trainings begun in the current stage (tune@ runs several)
         self.trial: str | None = None
         self.training_start = None
-        self.epochs_seen = 0      # epochs of the current training
-        self.measured = 0.0       # seconds of finished epochs, all trainings
-        self.expected = 0.0       # what the estimate said they would take
+        self.epochs_seen = 0  # epochs of the current training
+        self.measured = 0.0  # seconds of finished epochs, all trainings
+        self.expected = 0.0  # what the estimate said they would take
         self.last_epoch_at = None
 
     def feed(self, line: str) -> str | None:
@@ -114,5 +114,7 @@ class Progress:
 
     def line(self, epoch: int) -> str:
         what = (self.stage or "") + (f" lr {self.trial}" if self.trial else "")
-        return (f"[study] training {min(self.started, max(self.total, self.started))}/{max(self.total, self.started)} "
-                f"({what}), epoch {epoch}/{self.max_epochs}, {duration(self.seconds_left())} left (est.)")
+        return (
+            f"[study] training {min(self.started, max(self.total, self.started))}/{max(self.total, self.started)} "
+            f"({what}), epoch {epoch}/{self.max_epochs}, {duration(self.seconds_left())} left (est.)"
+        )

@@ -9,6 +9,7 @@ generated part sits between `<!-- results:<name> -->` and `<!-- /results:<name> 
 what was written by hand around it (the study's story) survives a republish; the same markers in
 the main README hold a short table of the summary. Tables are never typed by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from layoutpeft.atomic import staged_dir, write_text
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.study.formatting import missing_seeds
 from layoutpeft.paths import LR_DIR, PLOTS_DIR, RUNS_DIR, STUDY_METRICS, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD
+from layoutpeft.study.formatting import missing_seeds
 
 RESULTS_DIR = Path("results")
 # The main README's short table: the answer and its cost; summary.md has every column.
@@ -88,10 +89,21 @@ def rerender(name: str, results_dir: Path = RESULTS_DIR, quiet_costs: Path | Non
     if quiet_costs is not None:
         costs = {**json.loads(Path(quiet_costs).read_text()), "path": Path(quiet_costs).as_posix()}
     study = read_study(target / "runs", config.variants, config.seeds, config.reference, config.extra_seeds)
-    summary = build_summary(study.runs, config.seeds, config.reference, read_tuning(target / "lr", config.variants),
-                            margin=config.margin, extra_seeds=config.extra_seeds, quiet_costs=costs)
-    files = {SUMMARY_MD.name: markdown_table(summary, study), SUMMARY_JSON.name: json_text(summary),
-             SUMMARY_CSV.name: summary_csv(summary), STUDY_METRICS.name: json_text(study_metrics(summary))}
+    summary = build_summary(
+        study.runs,
+        config.seeds,
+        config.reference,
+        read_tuning(target / "lr", config.variants),
+        margin=config.margin,
+        extra_seeds=config.extra_seeds,
+        quiet_costs=costs,
+    )
+    files = {
+        SUMMARY_MD.name: markdown_table(summary, study),
+        SUMMARY_JSON.name: json_text(summary),
+        SUMMARY_CSV.name: summary_csv(summary),
+        STUDY_METRICS.name: json_text(study_metrics(summary)),
+    }
     with tempfile.TemporaryDirectory() as scratch:
         write_plots(Path(scratch) / "plots", summary, study.runs)
         with staged_dir(target / "plots") as images:
@@ -109,21 +121,30 @@ def readme(name: str, command: str, note: str, summary: dict, runs: list[dict], 
     # records made before CPU flags were recorded lack them: take them from any run that has them
     flags = next((r["environment"]["cpu_flags"] for r in runs if (r.get("environment") or {}).get("cpu_flags")), None)
     missing = {v: e["missing_seeds"] for v, e in summary["variants"].items() if e["missing_seeds"]}
-    lines = [f"# Study results: {name}", "",
-             "Committed copy of a study's outputs (`layoutpeft publish`); the DVC cache holds the models.", "",
-             f"- **Reproduce:** `{command}`",
-             f"- **Model:** {'; '.join(trained.get('model') or []) or '?'}",
-             "- **Data:** FUNSD, validation carved from the training forms (params.yaml `data:`), test = the 50 test forms",
-             f"- **Schedule:** {'; '.join(trained.get('schedule') or []) or '?'}",
-             f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads"
-             + (f", CPU flags {' '.join(flags)}" if flags else "") + "); "
-             f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
-             f"- **Code:** {code_text(runs, lock)}",
-             f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing_seeds(missing)}" if missing else ""), ""]
+    lines = [
+        f"# Study results: {name}",
+        "",
+        "Committed copy of a study's outputs (`layoutpeft publish`); the DVC cache holds the models.",
+        "",
+        f"- **Reproduce:** `{command}`",
+        f"- **Model:** {'; '.join(trained.get('model') or []) or '?'}",
+        "- **Data:** FUNSD, validation carved from the training forms (params.yaml `data:`), test = the 50 test forms",
+        f"- **Schedule:** {'; '.join(trained.get('schedule') or []) or '?'}",
+        f"- **Device:** {env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('cpu_threads', '?')} threads"
+        + (f", CPU flags {' '.join(flags)}" if flags else "")
+        + "); "
+        f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}",
+        f"- **Code:** {code_text(runs, lock)}",
+        f"- **Runs:** {len(runs)} finished" + (f"; missing: {missing_seeds(missing)}" if missing else ""),
+        "",
+    ]
     if note:
         lines += [note, ""]
-    lines += ["Files: `summary.md` (the table), `summary.json`, `summary.csv`, `study.json`, `runs/` (one record per",
-              "run), `lr/` (each variant's lr tuning), `plots/`, and the exact `params.yaml` and `dvc.lock`.", ""]
+    lines += [
+        "Files: `summary.md` (the table), `summary.json`, `summary.csv`, `study.json`, `runs/` (one record per",
+        "run), `lr/` (each variant's lr tuning), `plots/`, and the exact `params.yaml` and `dvc.lock`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -139,8 +160,11 @@ def code_text(runs: list[dict], lock: Path | None) -> str:
     same = same_training_code(lock) if lock is not None and lock.is_file() else None
     if same is None:
         return text
-    return text + ("; every tune@/train@/evaluate@ stage ran the same code (dvc.lock: equal hashes of its "
-                   "stages/ and layoutpeft/ deps)" if same else "; their code differs between runs (see dvc.lock)")
+    return text + (
+        "; every tune@/train@/evaluate@ stage ran the same code (dvc.lock: equal hashes of its stages/ and layoutpeft/ deps)"
+        if same
+        else "; their code differs between runs (see dvc.lock)"
+    )
 
 
 def same_training_code(lock: Path) -> bool | None:
@@ -168,10 +192,14 @@ def short_table(target: Path, readme_dir: Path) -> str:
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table]
     keep = [i for i, header in enumerate(rows[0]) if header.startswith(SHORT_COLUMNS)]
     folder = Path(os.path.relpath(target, readme_dir)).as_posix()
-    return "\n".join(["| " + " | ".join(row[i] for i in keep) + " |" for row in rows] + [
-        "",
-        f"*Test F1 in %, mean ± 95 % CI over seeds. Generated by `layoutpeft publish` from [{folder}/summary.md]"
-        f"({folder}/summary.md), which has every column; how, where and when it ran: [{folder}/]({folder}/README.md).*"])
+    return "\n".join(
+        ["| " + " | ".join(row[i] for i in keep) + " |" for row in rows]
+        + [
+            "",
+            f"*Test F1 in %, mean ± 95 % CI over seeds. Generated by `layoutpeft publish` from [{folder}/summary.md]"
+            f"({folder}/summary.md), which has every column; how, where and when it ran: [{folder}/]({folder}/README.md).*",
+        ]
+    )
 
 
 def replace_block(text: str, name: str, body: str) -> str | None:

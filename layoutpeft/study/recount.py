@@ -10,6 +10,7 @@ shared_bytes}` and `parameters.recounted` (how) to each record that lacks them, 
 rebuilt model's trainable count differs from the recorded one: then the record is not what the
 code rebuilds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,20 +34,28 @@ PARTS = ("method", "head", "new_tables", "full_trainable", "method_share", "meth
 
 def recount(record: dict) -> dict:
     """The record's `parameters` with the parts, from an untrained rebuild of its model."""
-    model_cfg = ModelConfig(**{k: record["model"][k] for k in ("checkpoint", "position_init", "new_tables", "tables_lr")
-                               if k in record["model"]})
+    model_cfg = ModelConfig(
+        **{k: record["model"][k] for k in ("checkpoint", "position_init", "new_tables", "tables_lr") if k in record["model"]}
+    )
     training = record.get("training") or {}
     steps, epochs = int(training.get("optimizer_steps") or 1), int(training.get("epochs_run") or 1)
     schedule = Schedule(total_steps=steps, steps_per_epoch=max(1, steps // epochs))  # AdaLoRA's budget only
     engine.seed_everything(int(record.get("seed", 0)))
-    model, source_type = engine.build_model(model_cfg, record["variant_params"], torch.device("cpu"), schedule,
-                                            (record.get("train_params") or {}).get("attention", "sdpa"),
-                                            labels=labels_of_record(record))
+    model, source_type = engine.build_model(
+        model_cfg,
+        record["variant_params"],
+        torch.device("cpu"),
+        schedule,
+        (record.get("train_params") or {}).get("attention", "sdpa"),
+        labels=labels_of_record(record),
+    )
     counts = count_parameters(model, engine.trains_new_tables(model_cfg, source_type), model.full_trainable)
     recorded = (record.get("parameters") or {}).get("trainable")
     if recorded != counts["trainable"]:
-        raise LayoutpeftError(f"{record.get('variant')}-{record.get('seed')}: the rebuilt model trains "
-                              f"{counts['trainable']:,} weights, the record says {recorded}: not recounted")
+        raise LayoutpeftError(
+            f"{record.get('variant')}-{record.get('seed')}: the rebuilt model trains "
+            f"{counts['trainable']:,} weights, the record says {recorded}: not recounted"
+        )
     return {**record["parameters"], **{k: counts[k] for k in PARTS}, "trainable_share": counts["trainable_share"]}
 
 
@@ -68,8 +77,10 @@ def recount_folder(runs_dir: Path) -> list[Path]:
         if parameters["trainable"] != cache[key]["trainable"]:
             raise LayoutpeftError(f"{path}: trainable {parameters['trainable']} differs from its variant's other seeds")
         env = describe(torch.device("cpu"))
-        parameters["recounted"] = (f"split recounted from this record's model and variant_params on an untrained "
-                                   f"rebuild (layoutpeft.study.recount, commit {str(env.get('git_commit'))[:8]})")
+        parameters["recounted"] = (
+            f"split recounted from this record's model and variant_params on an untrained "
+            f"rebuild (layoutpeft.study.recount, commit {str(env.get('git_commit'))[:8]})"
+        )
         updated[path] = {**record, "parameters": parameters}
     for path, record in updated.items():
         write_json(path, record)

@@ -22,6 +22,7 @@ no network: a plain local checkout is enough.
 What is compared, and how it is rendered: layoutpeft.study.comparison (pure, unit-tested);
 this module only gathers its inputs and writes the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,7 @@ from pathlib import Path
 
 from layoutpeft.atomic import write_text
 from layoutpeft.errors import LayoutpeftError
-from layoutpeft.study.comparison import (SUMMARY, compare_summaries, group_params_diff, render_report,
-                                         shared_setting_changes)
+from layoutpeft.study.comparison import SUMMARY, compare_summaries, group_params_diff, render_report, shared_setting_changes
 
 PARAMS = "params.yaml"
 DEFAULT_OUT = "reports/study.md"
@@ -146,8 +146,9 @@ def _slug(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", path)
 
 
-def write_report(base: str, out: Path, cwd: Path | None = None, notes: list[str] | None = None,
-                 base_name: str | None = None) -> dict:
+def write_report(
+    base: str, out: Path, cwd: Path | None = None, notes: list[str] | None = None, base_name: str | None = None
+) -> dict:
     """Compare the workspace at `cwd` (default: the current folder) with revision `base` and write
     the Markdown report to `out` (relative to `cwd`), atomically. `notes` go first in the report's
     header list; `base_name` labels the base (default `base`), e.g. the branch a computed base
@@ -159,12 +160,15 @@ def write_report(base: str, out: Path, cwd: Path | None = None, notes: list[str]
     out = Path(out) if Path(out).is_absolute() else root / out
     sha = git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}", cwd=cwd)
     if sha is None:
-        raise LayoutpeftError(f"--base {base!r} is not a git revision here (fetch it first: "
-                              f"git fetch origin <branch>, or check out with fetch-depth: 0)")
+        raise LayoutpeftError(
+            f"--base {base!r} is not a git revision here (fetch it first: "
+            f"git fetch origin <branch>, or check out with fetch-depth: 0)"
+        )
     head_file = root / SUMMARY
     if not head_file.is_file():
-        raise LayoutpeftError(f"{SUMMARY} not found: run the study first (dvc repro, or layoutpeft profile ...), "
-                              f"or `dvc checkout {SUMMARY}`")
+        raise LayoutpeftError(
+            f"{SUMMARY} not found: run the study first (dvc repro, or layoutpeft profile ...), or `dvc checkout {SUMMARY}`"
+        )
     try:
         head = json.loads(head_file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -188,9 +192,14 @@ def write_report(base: str, out: Path, cwd: Path | None = None, notes: list[str]
 
     comparison = compare_summaries(base_summary, head)
     text = render_report(
-        base_label=f"`{base_name or base}` (`{sha[:7]}`)", head_label=head_label(cwd),
-        comparison=comparison, params_grouped=group_params_diff(params_diff or {}),
+        base_label=f"`{base_name or base}` (`{sha[:7]}`)",
+        head_label=head_label(cwd),
+        comparison=comparison,
+        params_grouped=group_params_diff(params_diff or {}),
         shared_changes=shared_setting_changes(params_diff or {}, comparison),
-        metrics_diff=metrics_diff, plots=plots, notes=notes)
+        metrics_diff=metrics_diff,
+        plots=plots,
+        notes=notes,
+    )
     write_text(out, text)
     return {**comparison, "out": out, "notes": notes}

@@ -13,11 +13,13 @@
 A comparison is a dict {test, n_pairs, mean_diff, ci95_low, ci95_high, p_value}; CI and p are
 None where they are undefined (one value, no spread), never NaN.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable, Mapping, Sequence, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from scipy import stats as sps
 
@@ -28,6 +30,7 @@ TARGET_POWER = 0.8
 
 
 Seed = TypeVar("Seed", int, str, "int | str")  # a seed key: int, or str where a summary kept it as text
+
 
 def t_quantile(df: float, level: float = 0.95) -> float:
     return float(sps.t.ppf(0.5 + level / 2, df))
@@ -80,13 +83,19 @@ def paired_comparison(a: Mapping[Seed, float], b: Mapping[Seed, float]) -> dict 
     p_value = None
     if len(shared) >= 2 and max(diffs) - min(diffs) > 1e-12 * max(1.0, abs(diff["mean"])):
         p_value = _finite(float(sps.ttest_rel(xs, ys).pvalue))
-    return {"test": PAIRED, "n_pairs": len(shared), "mean_diff": diff["mean"], "ci95_low": diff["ci95_low"],
-            "ci95_high": diff["ci95_high"], "p_value": p_value}
+    return {
+        "test": PAIRED,
+        "n_pairs": len(shared),
+        "mean_diff": diff["mean"],
+        "ci95_low": diff["ci95_low"],
+        "ci95_high": diff["ci95_high"],
+        "p_value": p_value,
+    }
 
 
-def welch_interval(mean_a: float, std_a: float | None, n_a: int,
-                   mean_b: float, std_b: float | None, n_b: int,
-                   level: float = 0.95) -> tuple[float, float | None, float | None]:
+def welch_interval(
+    mean_a: float, std_a: float | None, n_a: int, mean_b: float, std_b: float | None, n_b: int, level: float = 0.95
+) -> tuple[float, float | None, float | None]:
     """(b - a, low, high): Welch's t-interval for the difference of two independent means.
 
     low/high are None when either side has fewer than two values (no std). With both stds zero
@@ -94,11 +103,11 @@ def welch_interval(mean_a: float, std_a: float | None, n_a: int,
     diff = mean_b - mean_a
     if std_a is None or std_b is None or n_a < 2 or n_b < 2:
         return diff, None, None
-    va, vb = std_a ** 2 / n_a, std_b ** 2 / n_b
+    va, vb = std_a**2 / n_a, std_b**2 / n_b
     se = math.sqrt(va + vb)
     if se == 0.0:
         return diff, diff, diff
-    df = (va + vb) ** 2 / ((va ** 2 / (n_a - 1) if va else 0.0) + (vb ** 2 / (n_b - 1) if vb else 0.0))
+    df = (va + vb) ** 2 / ((va**2 / (n_a - 1) if va else 0.0) + (vb**2 / (n_b - 1) if vb else 0.0))
     half = t_quantile(df, level) * se
     return diff, diff - half, diff + half
 
@@ -109,10 +118,10 @@ def welch_comparison(a: Mapping, n_a: int, b: Mapping, n_b: int) -> dict:
     diff, low, high = welch_interval(a["mean"], a.get("std"), n_a, b["mean"], b.get("std"), n_b)
     p_value = None
     if low is not None and low != high:
-        p_value = _finite(float(sps.ttest_ind_from_stats(b["mean"], b["std"], n_b, a["mean"], a["std"], n_a,
-                                                         equal_var=False).pvalue))
-    return {"test": WELCH, "n_pairs": None, "mean_diff": diff, "ci95_low": low, "ci95_high": high,
-            "p_value": p_value}
+        p_value = _finite(
+            float(sps.ttest_ind_from_stats(b["mean"], b["std"], n_b, a["mean"], a["std"], n_a, equal_var=False).pvalue)
+        )
+    return {"test": WELCH, "n_pairs": None, "mean_diff": diff, "ci95_low": low, "ci95_high": high, "p_value": p_value}
 
 
 def holm(p_values: Mapping[str, float | None], alpha: float = ALPHA) -> dict[str, float | None]:
@@ -154,8 +163,9 @@ def _array(values):
     return np.asarray(values, dtype=float)
 
 
-def power_line(a: Mapping[int, float], b: Mapping[int, float], family: int = 1, alpha: float = ALPHA,
-               target: float = TARGET_POWER) -> dict | None:
+def power_line(
+    a: Mapping[int, float], b: Mapping[int, float], family: int = 1, alpha: float = ALPHA, target: float = TARGET_POWER
+) -> dict | None:
     """For a paired comparison a - b: its observed mean difference and paired SD, the power the
     study's n pairs had to detect that difference at `alpha` (two-sided paired t), and the number
     of seeds (pairs) that `target` power would take, at `alpha` and at alpha / family (the
@@ -178,11 +188,20 @@ def power_line(a: Mapping[int, float], b: Mapping[int, float], family: int = 1, 
             warnings.simplefilter("ignore")
             n = float(analysis.solve_power(effect_size=effect, alpha=level, power=target, alternative="two-sided"))
         return math.ceil(n) if math.isfinite(n) else None
+
     power = float(analysis.power(effect_size=effect, nobs=len(diffs), alpha=alpha))
-    return {"n_pairs": len(diffs), "mean_diff": stats["mean"], "sd_diff": stats["std"], "effect_size": effect,
-            "alpha": alpha, "power": power if math.isfinite(power) else None,
-            "target_power": target, "seeds_needed": seeds_needed(alpha),
-            "family": family, "seeds_needed_corrected": seeds_needed(alpha / family) if family > 1 else None}
+    return {
+        "n_pairs": len(diffs),
+        "mean_diff": stats["mean"],
+        "sd_diff": stats["std"],
+        "effect_size": effect,
+        "alpha": alpha,
+        "power": power if math.isfinite(power) else None,
+        "target_power": target,
+        "seeds_needed": seeds_needed(alpha),
+        "family": family,
+        "seeds_needed_corrected": seeds_needed(alpha / family) if family > 1 else None,
+    }
 
 
 def pareto_flags(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -190,7 +209,10 @@ def pareto_flags(points: Sequence[tuple[float, float]]) -> list[bool]:
     them strictly better."""
     flags = []
     for i, (cost_i, score_i) in enumerate(points):
-        dominated = any(cost_j <= cost_i and score_j >= score_i and (cost_j < cost_i or score_j > score_i)
-                        for j, (cost_j, score_j) in enumerate(points) if j != i)
+        dominated = any(
+            cost_j <= cost_i and score_j >= score_i and (cost_j < cost_i or score_j > score_i)
+            for j, (cost_j, score_j) in enumerate(points)
+            if j != i
+        )
         flags.append(not dominated)
     return flags

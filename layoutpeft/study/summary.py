@@ -7,14 +7,16 @@ averaged away silently: its variant lists the seed in `missing_seeds`, `Study.wa
 the file and the table shows "2/3, missing: 1". Shapes: docs/result-files.md.
 Nothing here writes files (the aggregate stage does, atomically). MB is 10^6 bytes.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.study import bootstrap, stats
@@ -32,35 +34,62 @@ SEED_METRICS: dict[str, str] = {
     "epoch_time_s": "training.epoch_time_s",
     "epochs_run": "training.epochs_run",
     "best_epoch": "training.best_epoch",
-    "peak_memory_mb": "memory.peak_bytes",          # divided by MB on reading
+    "peak_memory_mb": "memory.peak_bytes",  # divided by MB on reading
     "inference_tokens_per_s": "inference.tokens_per_s",
     "merged_inference_tokens_per_s": "inference.merged_tokens_per_s",
 }
 # summary key -> dotted path; the same for every seed of a variant (the first run's value is kept).
 CONSTANTS: dict[str, str] = {
-    "lr": "variant_params.lr",                      # the lr the runs used (chosen by tune@ when tuning)
+    "lr": "variant_params.lr",  # the lr the runs used (chosen by tune@ when tuning)
     "trainable_params": "parameters.trainable",
     "total_params": "parameters.total",
     "trainable_share": "parameters.trainable_share",
     # what trains, split (layoutpeft.train.probes.count_parameters; older records: layoutpeft.study.recount)
-    "method_params": "parameters.method",           # the method's own weights
-    "head_params": "parameters.head",               # the new classifier, trained by every method
-    "table_params": "parameters.new_tables",        # a BERT checkpoint's new 2-D tables, likewise
+    "method_params": "parameters.method",  # the method's own weights
+    "head_params": "parameters.head",  # the new classifier, trained by every method
+    "table_params": "parameters.new_tables",  # a BERT checkpoint's new 2-D tables, likewise
     "full_trainable_params": "parameters.full_trainable",  # full fine-tuning's trainable count: every share's base
     "method_share": "parameters.method_share",
-    "method_bytes": "parameters.method_bytes",      # the method's own tensors alone
-    "saved_bytes": "saved_bytes",                   # what a user ships: method + head + trained tables
+    "method_bytes": "parameters.method_bytes",  # the method's own tensors alone
+    "saved_bytes": "saved_bytes",  # what a user ships: method + head + trained tables
 }
 FRACTIONS = ("trainable_share", "method_share", "lr")
 REQUIRED = ("scores.f1", "scores.precision", "scores.recall")
 # A variant's keys in summary.json, in the order of docs/result-files.md.
-ENTRY_KEYS = ("method", "params", "n_seeds", "seeds", "missing_seeds",
-              "f1", "precision", "recall",
-              "lr", "lr_tuning", "trainable_params", "total_params", "trainable_share",
-              "method_params", "head_params", "table_params", "full_trainable_params", "method_share", "method_bytes",
-              "params_recounted", "saved_bytes",
-              "train_time_s", "epoch_time_s", "epochs_run", "best_epoch", "peak_memory_mb", "memory_kind",
-              "inference_tokens_per_s", "merged_inference_tokens_per_s", "quiet_costs", "f1_bootstrap", "vs_reference")
+ENTRY_KEYS = (
+    "method",
+    "params",
+    "n_seeds",
+    "seeds",
+    "missing_seeds",
+    "f1",
+    "precision",
+    "recall",
+    "lr",
+    "lr_tuning",
+    "trainable_params",
+    "total_params",
+    "trainable_share",
+    "method_params",
+    "head_params",
+    "table_params",
+    "full_trainable_params",
+    "method_share",
+    "method_bytes",
+    "params_recounted",
+    "saved_bytes",
+    "train_time_s",
+    "epoch_time_s",
+    "epochs_run",
+    "best_epoch",
+    "peak_memory_mb",
+    "memory_kind",
+    "inference_tokens_per_s",
+    "merged_inference_tokens_per_s",
+    "quiet_costs",
+    "f1_bootstrap",
+    "vs_reference",
+)
 STAT_KEYS = ("mean", "std", "ci95_low", "ci95_high")
 LIBRARIES = ("python", "torch", "transformers", "peft", "bitsandbytes", "seqeval")
 
@@ -70,6 +99,7 @@ class AggregateError(LayoutpeftError):
 
 
 # --------------------------------------------------------------------------- reading runs
+
 
 def dig(node: Any, dotted: str) -> Any:
     for part in dotted.split("."):
@@ -117,6 +147,7 @@ def read_run(path: Path, variant: str, seed: int) -> tuple[dict | None, str | No
 class Study:
     """The readable runs of a study ({variant: {seed: run}}), what is wrong with the others
     ({variant: {seed: why}}) and run files outside the study (names)."""
+
     runs_dir: Path
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -136,19 +167,22 @@ class Study:
             if by_seed:
                 files = ", ".join(f"{run_path(self.runs_dir, variant, s)} ({why})" for s, why in sorted(by_seed.items()))
                 n = len(self.seeds_of(variant))
-                out.append(f"{variant}: {n - len(by_seed)}/{n} seeds usable; "
-                           f"left out: {files}")
+                out.append(f"{variant}: {n - len(by_seed)}/{n} seeds usable; left out: {files}")
         if self.reference is not None and not self.runs.get(self.reference):
             out.append(f"reference {self.reference!r} has no readable run: no paired comparison")
         return out
 
 
-def read_study(runs_dir: Path, variants: Sequence[str], seeds: Sequence[int], reference: str | None,
-               extra_seeds: Mapping[str, Sequence[int]] | None = None) -> Study:
+def read_study(
+    runs_dir: Path,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    reference: str | None,
+    extra_seeds: Mapping[str, Sequence[int]] | None = None,
+) -> Study:
     """Every run file of variants x seeds (and each variant's extra seeds); AggregateError (naming the
     folder) when none is readable."""
-    study = Study(Path(runs_dir), tuple(variants), tuple(seeds), reference,
-                  {v: tuple(s) for v, s in (extra_seeds or {}).items()})
+    study = Study(Path(runs_dir), tuple(variants), tuple(seeds), reference, {v: tuple(s) for v, s in (extra_seeds or {}).items()})
     for variant in variants:
         study.runs[variant], study.problems[variant] = {}, {}
         for seed in study.seeds_of(variant):
@@ -158,9 +192,11 @@ def read_study(runs_dir: Path, variants: Sequence[str], seeds: Sequence[int], re
             else:
                 study.runs[variant][seed] = run
     if not any(study.runs.values()):
-        raise AggregateError(f"{runs_dir}: no run file could be read for any of the {len(variants)} studied variants "
-                             f"x {len(seeds)} seeds (expected e.g. {run_path(runs_dir, variants[0], seeds[0])}; "
-                             "run the evaluate stages first)")
+        raise AggregateError(
+            f"{runs_dir}: no run file could be read for any of the {len(variants)} studied variants "
+            f"x {len(seeds)} seeds (expected e.g. {run_path(runs_dir, variants[0], seeds[0])}; "
+            "run the evaluate stages first)"
+        )
     if study.runs_dir.is_dir():
         expected = {run_path(runs_dir, v, s).name for v in variants for s in study.seeds_of(v)}
         study.stale = sorted(p.name for p in study.runs_dir.glob("*.json") if p.name not in expected)
@@ -168,6 +204,7 @@ def read_study(runs_dir: Path, variants: Sequence[str], seeds: Sequence[int], re
 
 
 # --------------------------------------------------------------------------- the summary
+
 
 def per_seed_stats(values: dict[int, float | None]) -> dict | None:
     """seed_stats over the values, with the values themselves under `per_seed` ({"<seed>": value})."""
@@ -206,7 +243,8 @@ def summarise_variant(runs: dict[int, dict], seeds: Sequence[int], types: Sequen
     entry: dict[str, Any] = {
         "method": first.get("method") or dig(first, "variant_params.method"),
         "params": first.get("variant_params"),
-        "n_seeds": len(present), "seeds": present,
+        "n_seeds": len(present),
+        "seeds": present,
         "missing_seeds": [s for s in seeds if s not in runs],
     }
     measured = [s for s in present if number(runs[s], "memory.peak_bytes") is not None]
@@ -235,8 +273,9 @@ def compare_with_reference(mine: dict[int, float], reference: dict[int, float]) 
     """Paired comparison of test F1 (variant - reference) with the pairs it used."""
     comparison = paired_comparison(mine, reference)
     if comparison is not None:
-        comparison["pairs"] = {str(s): {"variant": mine[s], "reference": reference[s]}
-                               for s in sorted(set(mine) & set(reference))}
+        comparison["pairs"] = {
+            str(s): {"variant": mine[s], "reference": reference[s]} for s in sorted(set(mine) & set(reference))
+        }
     return comparison
 
 
@@ -244,11 +283,19 @@ def tuning_entry(tuned: dict | None) -> dict | None:
     """What summary.json keeps of a variant's data/lr/<variant>.json."""
     if not tuned:
         return None
-    return {"tuned": tuned.get("tuned"), "chosen_lr": tuned.get("chosen_lr"), "seed": tuned.get("seed"),
-            "at_grid_edge": tuned.get("at_grid_edge"), "extended_by": tuned.get("extended_by") or [],
-            "wall_time_s": tuned.get("wall_time_s"), "halving": tuned.get("halving"),
-            "trials": [{k: t.get(k) for k in ("lr", "best_val_f1", "best_epoch", "epochs_run", "stopped_at_epoch")}
-                       for t in tuned.get("trials", [])]}
+    return {
+        "tuned": tuned.get("tuned"),
+        "chosen_lr": tuned.get("chosen_lr"),
+        "seed": tuned.get("seed"),
+        "at_grid_edge": tuned.get("at_grid_edge"),
+        "extended_by": tuned.get("extended_by") or [],
+        "wall_time_s": tuned.get("wall_time_s"),
+        "halving": tuned.get("halving"),
+        "trials": [
+            {k: t.get(k) for k in ("lr", "best_val_f1", "best_epoch", "epochs_run", "stopped_at_epoch")}
+            for t in tuned.get("trials", [])
+        ],
+    }
 
 
 def read_tuning(lr_dir: Path, variants: Sequence[str]) -> dict[str, dict]:
@@ -261,9 +308,15 @@ def read_tuning(lr_dir: Path, variants: Sequence[str]) -> dict[str, dict]:
     return found
 
 
-def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], reference: str | None,
-                  tuning: dict[str, dict] | None = None, margin: float | None = None,
-                  extra_seeds: Mapping[str, Sequence[int]] | None = None, quiet_costs: dict | None = None) -> dict:
+def build_summary(
+    runs: dict[str, dict[int, dict]],
+    seeds: Sequence[int],
+    reference: str | None,
+    tuning: dict[str, dict] | None = None,
+    margin: float | None = None,
+    extra_seeds: Mapping[str, Sequence[int]] | None = None,
+    quiet_costs: dict | None = None,
+) -> dict:
     """The summary.json dict (NaN-free) from {variant: {seed: run}}, variants in study order.
 
     Every comparison with the reference is paired over the seeds both have (a variant given extra
@@ -283,11 +336,23 @@ def build_summary(runs: dict[str, dict[int, dict]], seeds: Sequence[int], refere
     judge(variants, f1, ref_f1, margin)
     add_bootstrap(variants, runs, reference)
     add_shares(variants, reference)
-    return without_nan({"reference": reference, "seeds": list(seeds), "extra_seeds": {k: list(v) for k, v in extra.items()},
-                        "statistics": {"alpha": stats.ALPHA, "correction": "holm", "margin_points": margin,
-                                       "target_power": stats.TARGET_POWER},
-                        "trained": trained_on(runs), "load": load_record(runs),
-                        "quiet_costs": quiet_source(quiet_costs), "variants": variants})
+    return without_nan(
+        {
+            "reference": reference,
+            "seeds": list(seeds),
+            "extra_seeds": {k: list(v) for k, v in extra.items()},
+            "statistics": {
+                "alpha": stats.ALPHA,
+                "correction": "holm",
+                "margin_points": margin,
+                "target_power": stats.TARGET_POWER,
+            },
+            "trained": trained_on(runs),
+            "load": load_record(runs),
+            "quiet_costs": quiet_source(quiet_costs),
+            "variants": variants,
+        }
+    )
 
 
 def load_record(runs: dict[str, dict[int, dict]]) -> dict:
@@ -301,21 +366,24 @@ def load_record(runs: dict[str, dict[int, dict]]) -> dict:
             training += [v for v in t if v is not None]
             evaluation += [v for v in e if v is not None]
             recorded += any(v is not None for v in t + e)
-    return {"runs": sum(len(b) for b in runs.values()), "recorded": recorded,
-            "training": [min(training), max(training)] if training else None,
-            "evaluation": [min(evaluation), max(evaluation)] if evaluation else None}
+    return {
+        "runs": sum(len(b) for b in runs.values()),
+        "recorded": recorded,
+        "training": [min(training), max(training)] if training else None,
+        "evaluation": [min(evaluation), max(evaluation)] if evaluation else None,
+    }
 
 
 def quiet_source(quiet_costs: dict | None) -> dict | None:
     """What summary.json keeps of a quiet cost benchmark besides its per-variant figures."""
     if not quiet_costs:
         return None
-    return {k: quiet_costs.get(k) for k in ("path", "command", "date", "environment", "load_average", "steps",
-                                            "rounds", "method")}
+    return {
+        k: quiet_costs.get(k) for k in ("path", "command", "date", "environment", "load_average", "steps", "rounds", "method")
+    }
 
 
-def judge(variants: dict[str, dict], f1: dict[str, dict[int, float]], ref_f1: dict[int, float],
-          margin: float | None) -> None:
+def judge(variants: dict[str, dict], f1: dict[str, dict[int, float]], ref_f1: dict[int, float], margin: float | None) -> None:
     """Add to each comparison with the reference: `p_holm` (Holm over all of them), `equivalence`
     (TOST within ±margin points, its p Holm-corrected over the family too), `verdict` ("differs",
     "equivalent" or "undecided") and `power` (layoutpeft.stats.power_line)."""
@@ -336,7 +404,7 @@ def judge(variants: dict[str, dict], f1: dict[str, dict[int, float]], ref_f1: di
 
 
 def verdict(comparison: dict) -> str | None:
-    """"differs" (Holm p < alpha), "equivalent" (TOST within the margin, Holm-corrected), else
+    """ "differs" (Holm p < alpha), "equivalent" (TOST within the margin, Holm-corrected), else
     "undecided"; None without a p-value."""
     if comparison.get("p_holm") is None:
         return None
@@ -394,15 +462,20 @@ def study_metrics(summary: dict) -> dict:
     """metrics/study.json, the DVC metrics file: per variant (study order) mean test F1, the
     half-width of its 95 % interval and the paired difference with the reference, in F1 points
     (percent, as summary.md prints them; the `_pct` names say so in `dvc exp show`), and its p."""
+
     def points(value: float | None) -> float | None:
         return None if value is None else 100 * value
 
     out = {}
     for name, e in summary["variants"].items():
         vs = e["vs_reference"] or {}
-        out[name] = {"f1_pct": points((e["f1"] or {}).get("mean")), "f1_ci95_pct": points(half_width(e["f1"])),
-                     "delta_f1_pct": points(vs.get("mean_diff")), "p": vs.get("p_value"),
-                     "p_holm": vs.get("p_holm")}
+        out[name] = {
+            "f1_pct": points((e["f1"] or {}).get("mean")),
+            "f1_ci95_pct": points(half_width(e["f1"])),
+            "delta_f1_pct": points(vs.get("mean_diff")),
+            "p": vs.get("p_value"),
+            "p_holm": vs.get("p_holm"),
+        }
     return out
 
 
@@ -415,15 +488,20 @@ def model_text(model: Any) -> str | None:
         return f"`{checkpoint}` ({source or 'unknown'} checkpoint)"
     lr = model.get("new_tables_lr")
     tables = f"its new 2-D position tables {model.get('new_tables', 'train')}" + (f" at lr {lr:g}" if lr else "")
-    return (f"`{checkpoint}`, a BERT checkpoint turned LayoutLM ({tables}): not LayoutLM-base, whose 2-D tables "
-            "are pre-trained, so its F1 says how the methods compare at this scale, not what LayoutLM reaches")
+    return (
+        f"`{checkpoint}`, a BERT checkpoint turned LayoutLM ({tables}): not LayoutLM-base, whose 2-D tables "
+        "are pre-trained, so its F1 says how the methods compare at this scale, not what LayoutLM reaches"
+    )
 
 
 def schedule_text(train: Any, precision: Any) -> str | None:
     if not isinstance(train, dict) or "max_epochs" not in train:
         return None
-    parts = [f"up to {train['max_epochs']} epochs", f"batch {train.get('batch_size', '?')}",
-             f"patience {train.get('patience', '?')}"]
+    parts = [
+        f"up to {train['max_epochs']} epochs",
+        f"batch {train.get('batch_size', '?')}",
+        f"patience {train.get('patience', '?')}",
+    ]
     if train.get("select_on"):
         parts.append(f"best epoch on validation {train['select_on']}")
     return ", ".join(parts + ([str(precision)] if precision else []))

@@ -2,6 +2,7 @@
 
 Recorded with each run (train_log.json) and shared by training, evaluation, prediction and the benchmarks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,10 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cuda" and not torch.cuda.is_available():
-        raise LayoutpeftError("train.device is cuda, but no CUDA device is visible "
-                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+        raise LayoutpeftError(
+            "train.device is cuda, but no CUDA device is visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
+        )
     return torch.device(spec)
 
 
@@ -51,17 +54,18 @@ def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
     if precision != "bf16" or device.type != "cpu" or precision_path(device).startswith("bf16"):
         return None
     flags = " ".join(hardware.simd_flags()) or "no AVX2/AVX-512"
-    return (f"train.precision is bf16, but this CPU has no avx512_bf16/amx_bf16 (flags: {flags}): bf16 is "
-            "emulated here, about 10x slower than fp32 per step; `precision: auto` trains in fp32 (other numerics "
-            "than a bf16 study)")
+    return (
+        f"train.precision is bf16, but this CPU has no avx512_bf16/amx_bf16 (flags: {flags}): bf16 is "
+        "emulated here, about 10x slower than fp32 per step; `precision: auto` trains in fp32 (other numerics "
+        "than a bf16 study)"
+    )
 
 
 # Methods whose adapters leave the frozen Linear layers to compute base_layer(x) (PEFT 0.21): under bf16
 # autocast that product sees the same bf16 weight values whether the weight is held in fp32 (cast at every
 # use: autocast caches casts only of weights that need gradients) or in bf16. DoRA, OFT, BOFT, HRA and
 # FourierFT compute with the weight matrix itself (norms, rotations) in its own dtype: they keep fp32.
-FROZEN_BF16_METHODS = frozenset({"lora", "adalora", "loha", "lokr", "vera", "ia3", "prompt_tuning", "p_tuning",
-                                 "head", "bitfit"})
+FROZEN_BF16_METHODS = frozenset({"lora", "adalora", "loha", "lokr", "vera", "ia3", "prompt_tuning", "p_tuning", "head", "bitfit"})
 
 
 def frozen_weights_dtype(setting: str, variant: dict, device: torch.device, dtype: torch.dtype | None):
@@ -101,4 +105,3 @@ def set_threads(threads: int) -> None:
     """train.threads: torch's intra-op CPU threads (0 keeps torch's default, one per core)."""
     if threads:
         torch.set_num_threads(threads)
-

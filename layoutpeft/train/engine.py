@@ -3,13 +3,15 @@
 Device and precision choice live in layoutpeft.train.device; memory, parameter and speed
 measurements in layoutpeft.train.probes.
 """
+
 from __future__ import annotations
 
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +21,15 @@ from layoutpeft.data.batching import batches, to_device
 from layoutpeft.errors import LayoutpeftError
 from layoutpeft.modeling import TABLES_2D, label_names, load_model
 from layoutpeft.train.device import autocast, resolve_precision
-from layoutpeft.train.methods import (Method, Schedule, after_step_hook, apply_method, method_of, n_virtual_tokens,
-                                      quantization_config)
+from layoutpeft.train.methods import (
+    Method,
+    Schedule,
+    after_step_hook,
+    apply_method,
+    method_of,
+    n_virtual_tokens,
+    quantization_config,
+)
 from layoutpeft.train.scoring import score, word_labels
 
 
@@ -32,15 +41,21 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def build_model(model_cfg: ModelConfig, variant: dict, device: torch.device, schedule: Schedule,
-                attention: str = "sdpa", *, labels: list[str]):
+def build_model(
+    model_cfg: ModelConfig, variant: dict, device: torch.device, schedule: Schedule, attention: str = "sdpa", *, labels: list[str]
+):
     """Base model from model.checkpoint with the variant's method applied, predicting the data's BIO
     `labels` (meta.json); returns (model, source_type)."""
     method = method_of(variant)
     quant = quantization_config(device.type) if method.quantized else None
-    model, source_type = load_model(model_cfg.checkpoint, model_cfg.position_init,
-                                    quantization_config=quant, attn_implementation=attention, labels=labels,
-                                    architecture=model_cfg.architecture)
+    model, source_type = load_model(
+        model_cfg.checkpoint,
+        model_cfg.position_init,
+        quantization_config=quant,
+        attn_implementation=attention,
+        labels=labels,
+        architecture=model_cfg.architecture,
+    )
     from layoutpeft.train.probes import model_size  # probes imports this module
 
     new_modules = TABLES_2D if trains_new_tables(model_cfg, source_type) else ()
@@ -81,8 +96,13 @@ def keep_4bit_training_layout(model) -> None:
 
 def model_output(model, batch: dict, with_labels: bool = False):
     kwargs = {"labels": batch["labels"]} if with_labels else {}
-    return model(input_ids=batch["input_ids"], bbox=batch["bbox"], attention_mask=batch["attention_mask"],
-                 token_type_ids=batch["token_type_ids"], **kwargs)
+    return model(
+        input_ids=batch["input_ids"],
+        bbox=batch["bbox"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+        **kwargs,
+    )
 
 
 def logits_of(model, batch: dict, n_virtual: int) -> torch.Tensor:
@@ -91,13 +111,22 @@ def logits_of(model, batch: dict, n_virtual: int) -> torch.Tensor:
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100, reduction=reduction)
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction=reduction
+    )
 
 
 @torch.no_grad()
-def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
-            n_virtual: int = 0, dtype: torch.dtype | None = None, with_probs: bool = False) -> dict:
+def predict(
+    model,
+    windows: list[dict],
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    n_virtual: int = 0,
+    dtype: torch.dtype | None = None,
+    with_probs: bool = False,
+) -> dict:
     """Predicted label ids per window, mean token loss, and throughput in real tokens per second;
     with_probs: also the softmax probability of each predicted label ("probabilities")."""
     model.eval()
@@ -123,9 +152,13 @@ def predict(model, windows: list[dict], batch_size: int, pad_token_id: int, devi
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"predictions": predictions, "probabilities": probabilities if with_probs else None,
-            "loss": total_loss / max(labelled, 1), "seconds": seconds,
-            "tokens_per_s": tokens / seconds if seconds > 0 else float("nan")}
+    return {
+        "predictions": predictions,
+        "probabilities": probabilities if with_probs else None,
+        "loss": total_loss / max(labelled, 1),
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
+    }
 
 
 def evaluate_windows(model, windows, batch_size, pad_token_id, device, n_virtual=0, dtype=None) -> dict:
@@ -135,8 +168,9 @@ def evaluate_windows(model, windows, batch_size, pad_token_id, device, n_virtual
     return {**result, "scores": score(y_true, y_pred, labels, docs)}
 
 
-def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
-                   tables_lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    model, lr: float, weight_decay: float, impl: str = "foreach", tables_lr: float | None = None
+) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and LayerNorm weights (the BERT recipe).
 
     `impl` (train.adamw): fused (one kernel over all tensors, CPU and CUDA), foreach (batched
@@ -148,8 +182,10 @@ def make_optimizer(model, lr: float, weight_decay: float, impl: str = "foreach",
             continue
         table = tables_lr is not None and any(f"{t}." in name for t in TABLES_2D)
         no_decay = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
-        group = groups.setdefault((table, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                                                      **({"lr": tables_lr} if table else {})})
+        group = groups.setdefault(
+            (table, no_decay),
+            {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, **({"lr": tables_lr} if table else {})},
+        )
         group["params"].append(p)
     kind: dict[str, Any] = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
     return torch.optim.AdamW([groups[k] for k in sorted(groups)], lr=lr, **kind)
@@ -195,6 +231,7 @@ class FitResult:
 @dataclass
 class Optimization:
     """AdamW with its schedule, fp16 loss scaling (None otherwise), clipping and the method's after-step hook."""
+
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
@@ -222,8 +259,9 @@ class Optimization:
         self.steps += 1
 
 
-def make_optimization(model, variant: dict, cfg: TrainConfig, total_steps: int, dtype: torch.dtype | None,
-                      tables_lr: float | None) -> Optimization:
+def make_optimization(
+    model, variant: dict, cfg: TrainConfig, total_steps: int, dtype: torch.dtype | None, tables_lr: float | None
+) -> Optimization:
     """AdamW, linear warm-up then decay to zero at `total_steps`."""
     optimizer = make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw, tables_lr)
     scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -239,21 +277,29 @@ def mean_labelled_tokens_per_batch(train_windows: list[dict], batch_size: int) -
     return max(1.0, sum(labelled) / max(1, math.ceil(len(train_windows) / batch_size)))
 
 
-def shuffled_batches(train_windows: list[dict], cfg: TrainConfig, pad_token_id: int, seed: int,
-                     n_virtual: int) -> Callable[[int], Iterable[dict]]:
+def shuffled_batches(
+    train_windows: list[dict], cfg: TrainConfig, pad_token_id: int, seed: int, n_virtual: int
+) -> Callable[[int], Iterable[dict]]:
     """The default batches of an epoch: dynamic padding, length groups, a new order and new batch
     members each epoch and seed."""
+
     def epoch_batches(epoch: int) -> Iterable[dict]:
-        for _, batch in batches(train_windows, cfg.batch_size, pad_token_id, shuffle=True,
-                                group_by_length=cfg.group_by_length, group_size=cfg.group_size,
-                                seed=seed * 100_003 + epoch, n_virtual=n_virtual):
+        for _, batch in batches(
+            train_windows,
+            cfg.batch_size,
+            pad_token_id,
+            shuffle=True,
+            group_by_length=cfg.group_by_length,
+            group_size=cfg.group_size,
+            seed=seed * 100_003 + epoch,
+            n_virtual=n_virtual,
+        ):
             yield batch
 
     return epoch_batches
 
 
-def batch_loss(forward_model, batch: dict, method: Method, loss: str, n_virtual: int,
-               tokens_per_batch: float) -> torch.Tensor:
+def batch_loss(forward_model, batch: dict, method: Method, loss: str, n_virtual: int, tokens_per_batch: float) -> torch.Tensor:
     """train.loss of one batch: token_mean (sum over labelled tokens / tokens_per_batch) or the batch mean."""
     if method.loss_in_model:  # the model adds its own terms (AdaLoRA's orthogonal regulariser)
         return model_output(forward_model, batch, with_labels=True).loss
@@ -262,8 +308,14 @@ def batch_loss(forward_model, batch: dict, method: Method, loss: str, n_virtual:
     return token_loss(logits_of(forward_model, batch, n_virtual), batch["labels"])
 
 
-def train_epoch(model, epoch_batches: Iterable[dict], optimization: Optimization, device: torch.device,
-                dtype: torch.dtype | None, loss_of: Callable[[dict], torch.Tensor]) -> tuple[float, int]:
+def train_epoch(
+    model,
+    epoch_batches: Iterable[dict],
+    optimization: Optimization,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    loss_of: Callable[[dict], torch.Tensor],
+) -> tuple[float, int]:
     """One pass over the training batches: (mean batch loss, real tokens seen)."""
     model.train()
     loss_sum, n_batches, tokens = 0.0, 0, 0
@@ -282,6 +334,7 @@ def train_epoch(model, epoch_batches: Iterable[dict], optimization: Optimization
 class Selection:
     """The best epoch so far on validation (`select_on`: f1 or loss), its trainable weights, and
     the counters that stop a run early."""
+
     select_on: str
     best: tuple[float, int] | None = None  # (metric, epoch)
     state: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -328,13 +381,22 @@ def pause_state(model, optimization: Optimization, selection: Selection, loop: d
     (dropout masks), the best epoch so far and the loop's counters, so that fit(resume=state) goes on
     with the numbers an uninterrupted training gives. Tensors, numbers and lists only
     (torch.load(weights_only=True) reads it back)."""
-    state = {**loop, "model": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-             "optimizer": optimization.optimizer.state_dict(), "scheduler": optimization.scheduler.state_dict(),
-             "scaler": optimization.scaler.state_dict() if optimization.scaler else None,
-             "steps": optimization.steps, "torch_rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-             "selection": {"best": list(selection.best) if selection.best else None, "state": selection.state,
-                           "stale": selection.stale, "zero_f1": selection.zero_f1}}
+    state = {
+        **loop,
+        "model": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimization.optimizer.state_dict(),
+        "scheduler": optimization.scheduler.state_dict(),
+        "scaler": optimization.scaler.state_dict() if optimization.scaler else None,
+        "steps": optimization.steps,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "selection": {
+            "best": list(selection.best) if selection.best else None,
+            "state": selection.state,
+            "stale": selection.stale,
+            "zero_f1": selection.zero_f1,
+        },
+    }
     allocator = rank_allocator(model)
     if allocator is not None:
         state["rank_allocator"] = {k: dict(getattr(allocator, k)) for k in ALLOCATOR_STATE}
@@ -367,10 +429,23 @@ def restore_state(state: dict, model, optimization: Optimization, selection: Sel
     selection.state, selection.stale, selection.zero_f1 = chosen["state"], chosen["stale"], chosen["zero_f1"]
 
 
-def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_windows: list[dict],
-        pad_token_id: int, device: torch.device, seed: int, *, total_steps: int,
-        epoch_batches: Callable[[int], Iterable[dict]] | None = None, on_epoch=None,
-        tables_lr: float | None = None, pause_after: int | None = None, resume: dict | None = None) -> FitResult:
+def fit(
+    model,
+    variant: dict,
+    cfg: TrainConfig,
+    train_windows: list[dict],
+    val_windows: list[dict],
+    pad_token_id: int,
+    device: torch.device,
+    seed: int,
+    *,
+    total_steps: int,
+    epoch_batches: Callable[[int], Iterable[dict]] | None = None,
+    on_epoch=None,
+    tables_lr: float | None = None,
+    pause_after: int | None = None,
+    resume: dict | None = None,
+) -> FitResult:
     """AdamW, linear warm-up then decay to zero at `total_steps`, grad-norm clipping; one validation pass
     per epoch; the epoch with the best validation metric (`cfg.select_on`: entity F1 or loss) is
     restored at the end. `cfg.patience` > 0 stops after that many epochs without improvement
@@ -415,10 +490,15 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
         tokens += seen
         train_time = time.perf_counter() - epoch_start
         val = evaluate_windows(model, val_windows, cfg.batch_size, pad_token_id, device, n_virtual, dtype)
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-                  "val_f1": val["scores"]["f1"], "epoch_time_s": train_time,
-                  "lr": optimization.scheduler.get_last_lr()[0],
-                  "elapsed_s": earlier_s + time.perf_counter() - start}  # training + validation since epoch 1
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_f1": val["scores"]["f1"],
+            "epoch_time_s": train_time,
+            "lr": optimization.scheduler.get_last_lr()[0],
+            "elapsed_s": earlier_s + time.perf_counter() - start,
+        }  # training + validation since epoch 1
         history.append(record)
         if on_epoch:
             on_epoch(record)
@@ -427,13 +507,27 @@ def fit(model, variant: dict, cfg: TrainConfig, train_windows: list[dict], val_w
         if stop_reason:
             break
         if pause_after is not None and epoch == pause_after < cfg.max_epochs:
-            paused = pause_state(model, optimization, selection, {
-                "epoch": epoch, "history": history, "tokens": tokens, "elapsed_s": earlier_s + time.perf_counter() - start})
+            paused = pause_state(
+                model,
+                optimization,
+                selection,
+                {"epoch": epoch, "history": history, "tokens": tokens, "elapsed_s": earlier_s + time.perf_counter() - start},
+            )
             break
     wall = earlier_s + time.perf_counter() - start
     best_epoch = selection.restore(model)
     chosen = history[best_epoch - 1]
-    return FitResult(history=history, best_epoch=best_epoch, best_val_loss=chosen["val_loss"],
-                     best_val_f1=chosen["val_f1"], selected_on=cfg.select_on, epochs_run=len(history),
-                     optimizer_steps=optimization.steps, stopped_early=stop_reason is not None,
-                     stop_reason=stop_reason, wall_time_s=wall, train_tokens=tokens, paused=paused)
+    return FitResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_val_loss=chosen["val_loss"],
+        best_val_f1=chosen["val_f1"],
+        selected_on=cfg.select_on,
+        epochs_run=len(history),
+        optimizer_steps=optimization.steps,
+        stopped_early=stop_reason is not None,
+        stop_reason=stop_reason,
+        wall_time_s=wall,
+        train_tokens=tokens,
+        paused=paused,
+    )

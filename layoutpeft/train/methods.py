@@ -7,10 +7,12 @@ methods PEFT does not have. Flags say what it can do at inference (merge, 4-bit 
 virtual tokens). Adding a method is one `register(Method(...))` plus its test; nothing else
 in the code names methods.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,13 +36,15 @@ TARGET_MODULES = {
 BACKBONE_TARGETS = {
     "layoutlm": TARGET_MODULES,
     "layoutlmv3": TARGET_MODULES,
-    "lilt": {**TARGET_MODULES,
-             "layout_query": r"attention\.self\.layout_query",
-             "layout_key": r"attention\.self\.layout_key",
-             "layout_value": r"attention\.self\.layout_value",
-             "layout_attention_output": r"attention\.layout_output\.dense",
-             "layout_intermediate": r"layout_intermediate\.dense",
-             "layout_output": r"layout_output\.dense"},
+    "lilt": {
+        **TARGET_MODULES,
+        "layout_query": r"attention\.self\.layout_query",
+        "layout_key": r"attention\.self\.layout_key",
+        "layout_value": r"attention\.self\.layout_value",
+        "layout_attention_output": r"attention\.layout_output\.dense",
+        "layout_intermediate": r"layout_intermediate\.dense",
+        "layout_output": r"layout_output\.dense",
+    },
 }
 ALL_TARGETS = {name: path for targets in BACKBONE_TARGETS.values() for name, path in targets.items()}
 # Methods that feed the model virtual-token embeddings: built and measured on LayoutLM only.
@@ -55,13 +59,17 @@ def target_regex(names: list[str]) -> str:
 def check_backbone(name: str, settings: dict, backbone: str) -> None:
     """A variant that cannot apply to `backbone`: a target name it lacks, or a LayoutLM-only method."""
     if settings["method"] in LAYOUTLM_ONLY and backbone != "layoutlm":
-        raise ParamsError(f"variant {name!r}: method {settings['method']} cannot apply to {backbone} "
-                          "(virtual tokens are built for LayoutLM only)")
+        raise ParamsError(
+            f"variant {name!r}: method {settings['method']} cannot apply to {backbone} "
+            "(virtual tokens are built for LayoutLM only)"
+        )
     for key in ("targets", "feedforward"):
         lacking = [t for t in settings.get(key) or [] if t not in BACKBONE_TARGETS[backbone]]
         if lacking:
-            raise ParamsError(f"variant {name!r}: {key} {lacking[0]!r}: {backbone} has no such module (its targets: "
-                              f"{', '.join(BACKBONE_TARGETS[backbone])})")
+            raise ParamsError(
+                f"variant {name!r}: {key} {lacking[0]!r}: {backbone} has no such module (its targets: "
+                f"{', '.join(BACKBONE_TARGETS[backbone])})"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ def known_targets(value):
 @dataclass(frozen=True)
 class Schedule:
     """What a method may need to know about the training run it is built for."""
+
     total_steps: int
     steps_per_epoch: int = 1
 
@@ -106,17 +115,17 @@ class Method:
     finish: Callable[[dict, str], None] | None = None
     # model -> (step -> None), called after every optimizer step, before gradients are zeroed.
     after_step: Callable[[Any], Callable[[int], None]] | None = None
-    loss_in_model: bool = False      # labels go to the model, whose loss adds the method's own terms
+    loss_in_model: bool = False  # labels go to the model, whose loss adds the method's own terms
     # trained model -> parameters it effectively trains at the end (AdaLoRA prunes ranks), or None.
     effective_trainable: Callable[[Any], int] | None = None
-    mergeable: bool = False          # adapter folds into the base weights for inference
-    quantized: bool = False          # base loaded in 4-bit NF4
-    virtual_tokens: bool = False     # prepends `virtual_tokens` trained tokens (prompt methods)
+    mergeable: bool = False  # adapter folds into the base weights for inference
+    quantized: bool = False  # base loaded in 4-bit NF4
+    virtual_tokens: bool = False  # prepends `virtual_tokens` trained tokens (prompt methods)
     # model -> None: what the method does to the base by hand, before PEFT wraps it (training) or loads the
     # adapter onto it (evaluate, predict, export, the exported card's recipe). Must not change any weight.
     prepare_base: Callable[[Any], None] | None = None
     merge_refused: str | None = None  # why `export --merge` refuses the method (not mergeable, with the reason)
-    unsupported: str | None = None   # why the method cannot run on LayoutLM
+    unsupported: str | None = None  # why the method cannot run on LayoutLM
 
     @property
     def peft(self) -> bool:
@@ -145,16 +154,25 @@ def positive_list(value):
 # tables_lr: the lr of a BERT checkpoint's new 2-D position tables (default model.tables_lr). They are
 # 4 x 1024 x hidden fresh weights: at the high lr some adapters need (VeRA, IA3, prompt tuning) they
 # overfit (docs/protocol.md, "new 2-D tables"), so one lr for them keeps the method's lr the method's. Not tuned by the lr grid.
-LR = {"lr": Key(float, required=True, check=positive), "lr_grid": Key(list, default=None, check=positive_list),
-      "tables_lr": Key(float, default=None, check=positive)}
+LR = {
+    "lr": Key(float, required=True, check=positive),
+    "lr_grid": Key(list, default=None, check=positive_list),
+    "tables_lr": Key(float, default=None, check=positive),
+}
 TARGETS = {"targets": Key(list, default=["query", "value"], check=known_targets)}
 # `dropout` is always dropout on the adapter's input (LoRA's lora_dropout, VeRA's vera_dropout).
 # LoHa and LoKr have no input dropout: theirs drops the whole adapter of a layer for a step,
 # so it has its own name, `module_dropout`.
-RANKED = {"r": Key(int, required=True, check=positive), "alpha": Key(float, check=positive),
-          "dropout": Key(float, default=0.0, check=probability)}
-HADAMARD = {"r": Key(int, required=True, check=positive), "alpha": Key(float, check=positive),
-            "module_dropout": Key(float, default=0.0, check=probability)}
+RANKED = {
+    "r": Key(int, required=True, check=positive),
+    "alpha": Key(float, check=positive),
+    "dropout": Key(float, default=0.0, check=probability),
+}
+HADAMARD = {
+    "r": Key(int, required=True, check=positive),
+    "alpha": Key(float, check=positive),
+    "module_dropout": Key(float, default=0.0, check=probability),
+}
 
 
 def alpha_2r(s: dict, where: str) -> None:
@@ -171,7 +189,7 @@ def alpha_2r(s: dict, where: str) -> None:
 #   rslora       alpha = 8    scale 8 / sqrt(r)
 RANK_SCALINGS = ("alpha_2r", "alpha_fixed", "rslora")  # plots.scaling_note says each in words
 ANCHOR_RANK = 16
-FIXED_ALPHA, RSLORA_ALPHA = 2.0 * ANCHOR_RANK, 2.0 * ANCHOR_RANK ** 0.5
+FIXED_ALPHA, RSLORA_ALPHA = 2.0 * ANCHOR_RANK, 2.0 * ANCHOR_RANK**0.5
 
 
 def known_scaling(value):
@@ -199,23 +217,39 @@ def head(name: str) -> bool:
 def lora_config(s: dict, schedule: Schedule, use_dora: bool = False):
     from peft import LoraConfig, TaskType
 
-    return LoraConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], lora_alpha=s["alpha"], lora_dropout=s["dropout"],
-                      target_modules=target_regex(s["targets"]), use_dora=use_dora,
-                      use_rslora=s["rank_scaling"] == "rslora")
+    return LoraConfig(
+        task_type=TaskType.TOKEN_CLS,
+        r=s["r"],
+        lora_alpha=s["alpha"],
+        lora_dropout=s["dropout"],
+        target_modules=target_regex(s["targets"]),
+        use_dora=use_dora,
+        use_rslora=s["rank_scaling"] == "rslora",
+    )
 
 
 def _loha(s, schedule):
     from peft import LoHaConfig, TaskType
 
-    return LoHaConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], alpha=s["alpha"], module_dropout=s["module_dropout"],
-                      target_modules=target_regex(s["targets"]))
+    return LoHaConfig(
+        task_type=TaskType.TOKEN_CLS,
+        r=s["r"],
+        alpha=s["alpha"],
+        module_dropout=s["module_dropout"],
+        target_modules=target_regex(s["targets"]),
+    )
 
 
 def _lokr(s, schedule):
     from peft import LoKrConfig, TaskType
 
-    return LoKrConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], alpha=s["alpha"], module_dropout=s["module_dropout"],
-                      target_modules=target_regex(s["targets"]))
+    return LoKrConfig(
+        task_type=TaskType.TOKEN_CLS,
+        r=s["r"],
+        alpha=s["alpha"],
+        module_dropout=s["module_dropout"],
+        target_modules=target_regex(s["targets"]),
+    )
 
 
 def _adalora(s, schedule):
@@ -223,9 +257,18 @@ def _adalora(s, schedule):
 
     # AdaLoRA prunes ranks on a schedule over total_step; it needs update_and_allocate() every step.
     total = schedule.total_steps
-    return AdaLoraConfig(task_type=TaskType.TOKEN_CLS, init_r=s["init_r"], target_r=s["r"], lora_alpha=s["alpha"],
-                         lora_dropout=s["dropout"], target_modules=target_regex(s["targets"]), total_step=total,
-                         tinit=int(total * 0.1), tfinal=int(total * 0.2), deltaT=max(1, total // 100))
+    return AdaLoraConfig(
+        task_type=TaskType.TOKEN_CLS,
+        init_r=s["init_r"],
+        target_r=s["r"],
+        lora_alpha=s["alpha"],
+        lora_dropout=s["dropout"],
+        target_modules=target_regex(s["targets"]),
+        total_step=total,
+        tinit=int(total * 0.1),
+        tfinal=int(total * 0.2),
+        deltaT=max(1, total // 100),
+    )
 
 
 def adalora_ranks(model) -> dict[str, int]:
@@ -261,15 +304,23 @@ def _adalora_finish(s: dict, where: str) -> None:
 def _vera(s, schedule):
     from peft import TaskType, VeraConfig
 
-    return VeraConfig(task_type=TaskType.TOKEN_CLS, r=s["r"], vera_dropout=s["dropout"], d_initial=s["d_initial"],
-                      target_modules=target_regex(s["targets"]))
+    return VeraConfig(
+        task_type=TaskType.TOKEN_CLS,
+        r=s["r"],
+        vera_dropout=s["dropout"],
+        d_initial=s["d_initial"],
+        target_modules=target_regex(s["targets"]),
+    )
 
 
 def _ia3(s, schedule):
     from peft import IA3Config, TaskType
 
-    return IA3Config(task_type=TaskType.TOKEN_CLS, target_modules=target_regex(s["targets"]),
-                     feedforward_modules=target_regex(s["feedforward"]))
+    return IA3Config(
+        task_type=TaskType.TOKEN_CLS,
+        target_modules=target_regex(s["targets"]),
+        feedforward_modules=target_regex(s["feedforward"]),
+    )
 
 
 def _ia3_finish(s: dict, where: str) -> None:
@@ -286,8 +337,9 @@ def _prompt(s, schedule):
 def _p_tuning(s, schedule):
     from peft import PromptEncoderConfig, TaskType
 
-    return PromptEncoderConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=s["virtual_tokens"],
-                               encoder_hidden_size=s["encoder_hidden"])
+    return PromptEncoderConfig(
+        task_type=TaskType.TOKEN_CLS, num_virtual_tokens=s["virtual_tokens"], encoder_hidden_size=s["encoder_hidden"]
+    )
 
 
 VIRTUAL = {"virtual_tokens": Key(int, default=20, check=positive)}
@@ -296,60 +348,121 @@ VIRTUAL = {"virtual_tokens": Key(int, default=20, check=positive)}
 def _prefix(s, schedule):
     from peft import PrefixTuningConfig, TaskType
 
-    return PrefixTuningConfig(task_type=TaskType.TOKEN_CLS, num_virtual_tokens=s["virtual_tokens"],
-                              prefix_projection=s["prefix_projection"], encoder_hidden_size=s["encoder_hidden"])
+    return PrefixTuningConfig(
+        task_type=TaskType.TOKEN_CLS,
+        num_virtual_tokens=s["virtual_tokens"],
+        prefix_projection=s["prefix_projection"],
+        encoder_hidden_size=s["encoder_hidden"],
+    )
 
 
 def _prefix_finish(s: dict, where: str) -> None:
     if s["prefix_projection"]:
         s["encoder_hidden"] = s["encoder_hidden"] or 128
     elif s["encoder_hidden"] is not None:
-        raise ParamsError(f"{where}: key 'encoder_hidden' is the reparameterisation MLP's width: it needs "
-                          "prefix_projection: true")
+        raise ParamsError(
+            f"{where}: key 'encoder_hidden' is the reparameterisation MLP's width: it needs prefix_projection: true"
+        )
+
 
 for _method in [
     Method("full", "all weights", LR, trains=lambda name: True),
     Method("head", "classifier only (linear probe)", LR, trains=head),
-    Method("bitfit", "all biases + classifier (by hand: PEFT has no BitFit)", LR,
-           trains=lambda name: head(name) or name.endswith(".bias")),
-    Method("lora", "low-rank adapters", {**LR, **LORA_RANKED, **TARGETS}, peft_config=lora_config,
-           finish=lora_alpha, mergeable=True),
-    Method("dora", "LoRA with weight decomposition", {**LR, **LORA_RANKED, **TARGETS},
-           peft_config=lambda s, sch: lora_config(s, sch, use_dora=True), finish=lora_alpha, mergeable=True),
-    Method("qlora", "LoRA on a 4-bit NF4 base (double quantisation)", {**LR, **LORA_RANKED, **TARGETS},
-           peft_config=lora_config, finish=lora_alpha, quantized=True),
-    Method("loha", "low-rank Hadamard product", {**LR, **HADAMARD, **TARGETS}, peft_config=_loha, finish=alpha_2r,
-           mergeable=True),
-    Method("lokr", "low-rank Kronecker product", {**LR, **HADAMARD, **TARGETS}, peft_config=_lokr, finish=alpha_2r,
-           mergeable=True),
-    Method("adalora", "LoRA with adaptive rank budget (r is the target rank)",
-           {**LR, **RANKED, **TARGETS, "init_r": Key(int, default=None, check=positive)},
-           peft_config=_adalora, finish=_adalora_finish, mergeable=True, loss_in_model=True,
-           after_step=lambda model: model.base_model.update_and_allocate, effective_trainable=lambda m: adalora_kept(m)),
-    Method("vera", "shared frozen random projections, trained scaling vectors",
-           {**LR, **TARGETS, "r": Key(int, required=True, check=positive),
+    Method(
+        "bitfit",
+        "all biases + classifier (by hand: PEFT has no BitFit)",
+        LR,
+        trains=lambda name: head(name) or name.endswith(".bias"),
+    ),
+    Method(
+        "lora", "low-rank adapters", {**LR, **LORA_RANKED, **TARGETS}, peft_config=lora_config, finish=lora_alpha, mergeable=True
+    ),
+    Method(
+        "dora",
+        "LoRA with weight decomposition",
+        {**LR, **LORA_RANKED, **TARGETS},
+        peft_config=lambda s, sch: lora_config(s, sch, use_dora=True),
+        finish=lora_alpha,
+        mergeable=True,
+    ),
+    Method(
+        "qlora",
+        "LoRA on a 4-bit NF4 base (double quantisation)",
+        {**LR, **LORA_RANKED, **TARGETS},
+        peft_config=lora_config,
+        finish=lora_alpha,
+        quantized=True,
+    ),
+    Method(
+        "loha", "low-rank Hadamard product", {**LR, **HADAMARD, **TARGETS}, peft_config=_loha, finish=alpha_2r, mergeable=True
+    ),
+    Method(
+        "lokr", "low-rank Kronecker product", {**LR, **HADAMARD, **TARGETS}, peft_config=_lokr, finish=alpha_2r, mergeable=True
+    ),
+    Method(
+        "adalora",
+        "LoRA with adaptive rank budget (r is the target rank)",
+        {**LR, **RANKED, **TARGETS, "init_r": Key(int, default=None, check=positive)},
+        peft_config=_adalora,
+        finish=_adalora_finish,
+        mergeable=True,
+        loss_in_model=True,
+        after_step=lambda model: model.base_model.update_and_allocate,
+        effective_trainable=lambda m: adalora_kept(m),
+    ),
+    Method(
+        "vera",
+        "shared frozen random projections, trained scaling vectors",
+        {
+            **LR,
+            **TARGETS,
+            "r": Key(int, required=True, check=positive),
             "dropout": Key(float, default=0.0, check=probability),
-            "d_initial": Key(float, default=0.1, check=positive)}, peft_config=_vera, mergeable=True),
-    Method("ia3", "learned rescaling of keys, values and FFN activations",
-           {**LR, "targets": Key(list, default=["key", "value", "output"], check=known_targets),
-            "feedforward": Key(list, default=["output"], check=known_targets)},
-           peft_config=_ia3, finish=_ia3_finish, mergeable=True),
-    Method("prompt_tuning", "trained virtual-token embeddings", {**LR, **VIRTUAL}, peft_config=_prompt,
-           virtual_tokens=True),
-    Method("p_tuning", "virtual tokens from a small prompt encoder",
-           {**LR, **VIRTUAL, "encoder_hidden": Key(int, default=128, check=positive)}, peft_config=_p_tuning,
-           virtual_tokens=True),
+            "d_initial": Key(float, default=0.1, check=positive),
+        },
+        peft_config=_vera,
+        mergeable=True,
+    ),
+    Method(
+        "ia3",
+        "learned rescaling of keys, values and FFN activations",
+        {
+            **LR,
+            "targets": Key(list, default=["key", "value", "output"], check=known_targets),
+            "feedforward": Key(list, default=["output"], check=known_targets),
+        },
+        peft_config=_ia3,
+        finish=_ia3_finish,
+        mergeable=True,
+    ),
+    Method("prompt_tuning", "trained virtual-token embeddings", {**LR, **VIRTUAL}, peft_config=_prompt, virtual_tokens=True),
+    Method(
+        "p_tuning",
+        "virtual tokens from a small prompt encoder",
+        {**LR, **VIRTUAL, "encoder_hidden": Key(int, default=128, check=positive)},
+        peft_config=_p_tuning,
+        virtual_tokens=True,
+    ),
     # PEFT: the config, the prefix encoder (and its MLP), the mask extension, the cache of per-layer prefixes,
     # saving and loading. By hand (layoutpeft/train/prefix_attention.py): LayoutLM takes no past_key_values, so its
     # backbone gets that argument and its attention prepends each layer's prefix keys/values. The prefixes
     # take no input positions: no bbox padding, no data.prompt_reserve.
-    Method("prefix_tuning", "trained key/value prefixes in every self-attention layer (PEFT's prefix encoder; "
-           "fed to LayoutLM's attention by layoutpeft)",
-           {**LR, **VIRTUAL, "prefix_projection": Key(bool, default=False),
-            "encoder_hidden": Key(int, default=None, check=positive)},
-           peft_config=_prefix, finish=_prefix_finish, prepare_base=enable_kv_prefix,
-           merge_refused="prefixes are extra keys and values every layer attends to, not a change of any weight, "
-                         "so there is nothing to fold into the base"),
+    Method(
+        "prefix_tuning",
+        "trained key/value prefixes in every self-attention layer (PEFT's prefix encoder; "
+        "fed to LayoutLM's attention by layoutpeft)",
+        {
+            **LR,
+            **VIRTUAL,
+            "prefix_projection": Key(bool, default=False),
+            "encoder_hidden": Key(int, default=None, check=positive),
+        },
+        peft_config=_prefix,
+        finish=_prefix_finish,
+        prepare_base=enable_kv_prefix,
+        merge_refused="prefixes are extra keys and values every layer attends to, not a change of any weight, "
+        "so there is nothing to fold into the base",
+    ),
 ]:
     register(_method)
 
@@ -396,8 +509,10 @@ def validate_variant(name: str, settings: dict, prompt_reserve: int | None = Non
     if method.finish:
         method.finish(filled, where)
     if method.virtual_tokens and prompt_reserve is not None and filled["virtual_tokens"] > prompt_reserve:
-        raise ParamsError(f"{where}: key 'virtual_tokens' = {filled['virtual_tokens']} exceeds "
-                          f"data.prompt_reserve = {prompt_reserve} (positions left free in each window)")
+        raise ParamsError(
+            f"{where}: key 'virtual_tokens' = {filled['virtual_tokens']} exceeds "
+            f"data.prompt_reserve = {prompt_reserve} (positions left free in each window)"
+        )
     if method.quantized and check_runtime:
         check_bitsandbytes(where)
     return filled
@@ -420,10 +535,13 @@ def quantization_config(device: str):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
         # The new classifier must stay a plain Linear, or PEFT cannot make it trainable.
-        llm_int8_skip_modules=["classifier"])
+        llm_int8_skip_modules=["classifier"],
+    )
 
 
 def apply_method(model, settings: dict, schedule: Schedule, new_modules: tuple[str, ...] = ()):
@@ -454,8 +572,7 @@ def apply_method(model, settings: dict, schedule: Schedule, new_modules: tuple[s
         return get_peft_model(model, config)
     except ValueError as err:
         if "not found in the base model" in str(err) or "Target modules" in str(err):
-            raise ParamsError(f"variant with targets {settings.get('targets')}: no module of the model "
-                              f"matches ({err})") from err
+            raise ParamsError(f"variant with targets {settings.get('targets')}: no module of the model matches ({err})") from err
         raise
 
 

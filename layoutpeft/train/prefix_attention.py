@@ -19,9 +19,10 @@ hand, `enable_kv_prefix(model)`:
 Nothing else changes: queries, positions, the extended mask (PEFT's, covering prefix + tokens)
 and every weight are LayoutLM's own. Without `past_key_values` the attention is the plain one.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -30,6 +31,7 @@ PREFIX = "layoutpeft_prefix_"
 
 def prefixed(inner_name: str) -> Callable:
     """An attention function: the layer's cached prefix keys/values, then `inner_name`'s attention."""
+
     def attention(module, query, key, value, attention_mask, past_key_values=None, **kwargs):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
         from transformers.models.layoutlm.modeling_layoutlm import eager_attention_forward
@@ -50,11 +52,27 @@ def layoutlm_with_prefix_class():
     class LayoutLMModelWithPrefix(LayoutLMModel):
         """LayoutLMModel whose forward names `past_key_values` (PEFT checks the signature for it)."""
 
-        def forward(self, input_ids=None, bbox=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                    inputs_embeds=None, past_key_values=None, **kwargs):
-            return super().forward(input_ids=input_ids, bbox=bbox, attention_mask=attention_mask,
-                                   token_type_ids=token_type_ids, position_ids=position_ids,
-                                   inputs_embeds=inputs_embeds, past_key_values=past_key_values, **kwargs)
+        def forward(
+            self,
+            input_ids=None,
+            bbox=None,
+            attention_mask=None,
+            token_type_ids=None,
+            position_ids=None,
+            inputs_embeds=None,
+            past_key_values=None,
+            **kwargs,
+        ):
+            return super().forward(
+                input_ids=input_ids,
+                bbox=bbox,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
 
     return LayoutLMModelWithPrefix
 

@@ -1,5 +1,6 @@
 """What a run measures about itself besides F1: peak memory of the training phase, parameter
 counts and inference throughput."""
+
 from __future__ import annotations
 
 import resource
@@ -50,14 +51,20 @@ def peak_memory(device: torch.device, window: dict | None = None) -> dict:
     cpu_peak_rss_process (whole-process high-water mark, where the peak could not be reset)."""
     window = window or {}
     if device.type == "cuda":
-        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_peak_allocated",
-                "baseline_bytes": window.get("baseline_bytes")}
+        return {
+            "peak_bytes": int(torch.cuda.max_memory_allocated(device)),
+            "kind": "cuda_peak_allocated",
+            "baseline_bytes": window.get("baseline_bytes"),
+        }
     hwm = _vm_kib("VmHWM")
     if window.get("reset") and hwm is not None:
         return {"peak_bytes": hwm * 1024, "kind": "cpu_peak_rss_training", "baseline_bytes": window["baseline_bytes"]}
     # ru_maxrss is in KiB on Linux: the whole process's high-water mark (model load included).
-    return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "kind": "cpu_peak_rss_process",
-            "baseline_bytes": None}
+    return {
+        "peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+        "kind": "cpu_peak_rss_process",
+        "baseline_bytes": None,
+    }
 
 
 def _weights(p) -> int:
@@ -102,15 +109,29 @@ def count_parameters(model, shared_tables: bool = False, full_trainable: int | N
             parts[part] += p.numel()
             part_bytes[part] += p.numel() * p.element_size()
     base = full_trainable or total
-    return {"trainable": trainable, "total": total, "trainable_share": trainable / base if base else 0.0,
-            **parts, "full_trainable": full_trainable,
-            "method_share": parts["method"] / full_trainable if full_trainable else None,
-            "method_bytes": part_bytes["method"], "shared_bytes": part_bytes["head"] + part_bytes["new_tables"]}
+    return {
+        "trainable": trainable,
+        "total": total,
+        "trainable_share": trainable / base if base else 0.0,
+        **parts,
+        "full_trainable": full_trainable,
+        "method_share": parts["method"] / full_trainable if full_trainable else None,
+        "method_bytes": part_bytes["method"],
+        "shared_bytes": part_bytes["head"] + part_bytes["new_tables"],
+    }
 
 
 @torch.no_grad()
-def inference_speed(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
-                    n_virtual: int = 0, dtype: torch.dtype | None = None, repeats: int = 3) -> dict:
+def inference_speed(
+    model,
+    windows: list[dict],
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    n_virtual: int = 0,
+    dtype: torch.dtype | None = None,
+    repeats: int = 3,
+) -> dict:
     """Inference throughput: one warm-up pass over `windows`, then the median of `repeats` timed passes.
 
     tokens_per_s counts real tokens (what a user's forms contain); computed_tokens_per_s adds the
@@ -132,6 +153,10 @@ def inference_speed(model, windows: list[dict], batch_size: int, pad_token_id: i
         if attempt:  # the first pass is the warm-up
             times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
-    return {"tokens_per_s": real / seconds, "computed_tokens_per_s": computed / seconds, "seconds_per_pass": seconds,
-            "timed_passes": repeats, "threads": torch.get_num_threads()}
-
+    return {
+        "tokens_per_s": real / seconds,
+        "computed_tokens_per_s": computed / seconds,
+        "seconds_per_pass": seconds,
+        "timed_passes": repeats,
+        "threads": torch.get_num_threads(),
+    }

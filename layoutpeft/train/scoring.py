@@ -8,6 +8,7 @@ the one the LayoutLM paper reports; strict IOB2 F1 is given beside it.
 false negatives] (seqeval's entities, conlleval mode), so F1 can be recomputed for any subset of
 forms: the bootstrap over forms (layoutpeft.study.bootstrap) resamples them.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -30,15 +31,15 @@ def word_labels(windows: list[dict], predictions: list[torch.Tensor], labels: li
     pred: dict[str, dict[int, str]] = defaultdict(dict)
     for window, predicted in zip(windows, predictions, strict=True):
         labelled = window["labels"] != -100
-        for word, label, guess in zip(window["word_ids"][labelled].tolist(), window["labels"][labelled].tolist(),
-                                      predicted[labelled].tolist(), strict=True):
+        for word, label, guess in zip(
+            window["word_ids"][labelled].tolist(), window["labels"][labelled].tolist(), predicted[labelled].tolist(), strict=True
+        ):
             if word in gold[window["doc_id"]]:
                 raise ValueError(f"{window['doc_id']}: word {word} is labelled in more than one window")
             gold[window["doc_id"]][word] = labels[label]
             pred[window["doc_id"]][word] = labels[guess]
     docs = sorted(gold)
-    sequences = ([[gold[d][w] for w in sorted(gold[d])] for d in docs],
-                 [[pred[d][w] for w in sorted(pred[d])] for d in docs])
+    sequences = ([[gold[d][w] for w in sorted(gold[d])] for d in docs], [[pred[d][w] for w in sorted(pred[d])] for d in docs])
     return (*sequences, docs) if with_docs else sequences
 
 
@@ -63,16 +64,22 @@ def score(y_true: list[list[str]], y_pred: list[list[str]], labels: list[str], d
 
     types = entity_types(labels)
     report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
-    per_type = {kind: {"precision": float(report.get(kind, {}).get("precision", 0.0)),
-                       "recall": float(report.get(kind, {}).get("recall", 0.0)),
-                       "f1": float(report.get(kind, {}).get("f1-score", 0.0)),
-                       "support": int(report.get(kind, {}).get("support", 0))} for kind in types}
-    return {**SCHEME,
-            "precision": float(precision_score(y_true, y_pred, zero_division=0)),
-            "recall": float(recall_score(y_true, y_pred, zero_division=0)),
-            "f1": float(f1_score(y_true, y_pred, zero_division=0)),
-            "f1_strict": float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2, zero_division=0)),
-            "words": sum(len(s) for s in y_true),
-            "per_type": per_type,
-            **({"per_form": {doc: form_counts(t, p, types) for doc, t, p in zip(docs, y_true, y_pred, strict=True)}}
-               if docs else {})}
+    per_type = {
+        kind: {
+            "precision": float(report.get(kind, {}).get("precision", 0.0)),
+            "recall": float(report.get(kind, {}).get("recall", 0.0)),
+            "f1": float(report.get(kind, {}).get("f1-score", 0.0)),
+            "support": int(report.get(kind, {}).get("support", 0)),
+        }
+        for kind in types
+    }
+    return {
+        **SCHEME,
+        "precision": float(precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(recall_score(y_true, y_pred, zero_division=0)),
+        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
+        "f1_strict": float(f1_score(y_true, y_pred, mode="strict", scheme=IOB2, zero_division=0)),
+        "words": sum(len(s) for s in y_true),
+        "per_type": per_type,
+        **({"per_form": {doc: form_counts(t, p, types) for doc, t, p in zip(docs, y_true, y_pred, strict=True)}} if docs else {}),
+    }

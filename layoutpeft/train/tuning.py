@@ -26,6 +26,7 @@ with the numbers of an uninterrupted training, instead of training from its star
 synchronous, so the choice depends only on the params and the trials' histories, never on what
 the cache held: `replay` runs the same selection over recorded histories (tests/test_halving.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,9 +35,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig, ParamsError, TrainConfig, get, number_in
@@ -50,6 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class TuningConfig:
     """`study.tune_lr`, `study.tuning_seed`, `study.lr_grid`, `study.extend_grid`, `study.halving` — read by
     the tune@ stages."""
+
     enabled: bool
     seed: int
     multipliers: tuple[float, ...]
@@ -58,15 +60,21 @@ class TuningConfig:
     keep: int | float = 2  # how many go on past each rung: a count (int >= 1) or a share of them (0 < float < 1)
 
     @classmethod
-    def from_params(cls, params: dict) -> "TuningConfig":
+    def from_params(cls, params: dict) -> TuningConfig:
         grid = get(params, "study.lr_grid", list)
         if not grid or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in grid):
             raise ParamsError(f"params.yaml: study.lr_grid must be a non-empty list of positive multipliers, got {grid!r}")
         if len(set(grid)) != len(grid):
             raise ParamsError(f"params.yaml: study.lr_grid lists a multiplier twice: {grid!r}")
         rungs, keep = halving_params(params)
-        return cls(get(params, "study.tune_lr", bool), number_in(params, "study.tuning_seed", 0, 2**31, kind=int),
-                   tuple(float(m) for m in grid), number_in(params, "study.extend_grid", 0, 10, kind=int), rungs, keep)
+        return cls(
+            get(params, "study.tune_lr", bool),
+            number_in(params, "study.tuning_seed", 0, 2**31, kind=int),
+            tuple(float(m) for m in grid),
+            number_in(params, "study.extend_grid", 0, 10, kind=int),
+            rungs,
+            keep,
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,8 +98,10 @@ def halving_params(params: dict) -> tuple[tuple[int, ...], int | float]:
         raise ParamsError(f"params.yaml: study.halving.rungs {rungs} must lie before train.max_epochs ({max_epochs})")
     keep = get(params, "study.halving.keep", (int, float))
     if not (isinstance(keep, int) and keep >= 1 or isinstance(keep, float) and 0 < keep < 1):
-        raise ParamsError("params.yaml: study.halving.keep must be a count of trials (an integer >= 1) or a share "
-                          f"of them (0 < share < 1), got {keep!r}")
+        raise ParamsError(
+            "params.yaml: study.halving.keep must be a count of trials (an integer >= 1) or a share "
+            f"of them (0 < share < 1), got {keep!r}"
+        )
     return tuple(rungs), keep
 
 
@@ -140,8 +150,9 @@ def next_lr(trials: list[dict], best: dict | None = None) -> float | None:
     return None
 
 
-def search(declared: list[float], tuning: TuningConfig, max_epochs: int, select_on: str,
-           advance: Callable[[float, int], dict]) -> dict:
+def search(
+    declared: list[float], tuning: TuningConfig, max_epochs: int, select_on: str, advance: Callable[[float, int], dict]
+) -> dict:
     """The lr search of one variant, whatever trains its trials: the declared grid through successive
     halving (no rungs: every trial to max_epochs), then up to tuning.extend more lrs past the end
     where the choice lies, each pass of the rule rerun over all lrs tried (trials already trained
@@ -162,7 +173,7 @@ def search(declared: list[float], tuning: TuningConfig, max_epochs: int, select_
         contestants = list(lrs)
         for rung in tuning.rungs:
             standing = sorted((bring(lr, rung) for lr in contestants), key=rank_key)
-            contestants = [t["lr"] for t in standing[:kept(tuning.keep, len(standing))]]
+            contestants = [t["lr"] for t in standing[: kept(tuning.keep, len(standing))]]
         return [bring(lr, max_epochs) for lr in contestants]
 
     lrs, extended = list(declared), list[float]()
@@ -172,8 +183,7 @@ def search(declared: list[float], tuning: TuningConfig, max_epochs: int, select_
         lr = next_lr(trials, choose(finalists))
         if lr is None:
             break
-        print(f"  best lr at the {grid_edge(trials, choose(finalists))} end of the grid: extending it to {lr:g}",
-              flush=True)
+        print(f"  best lr at the {grid_edge(trials, choose(finalists))} end of the grid: extending it to {lr:g}", flush=True)
         lrs.append(lr)
         extended.append(lr)
         finalists = halve(lrs)
@@ -184,8 +194,13 @@ def search(declared: list[float], tuning: TuningConfig, max_epochs: int, select_
             trial = {**trial, "stop_reason": "halving", "stopped_at_epoch": reached[lr]}
         trials.append(trial)
     best = choose(finalists)
-    return {"trials": trials, "finalists": sorted(t["lr"] for t in finalists), "best": best, "extended_by": extended,
-            "at_grid_edge": grid_edge(trials, best)}
+    return {
+        "trials": trials,
+        "finalists": sorted(t["lr"] for t in finalists),
+        "best": best,
+        "extended_by": extended,
+        "at_grid_edge": grid_edge(trials, best),
+    }
 
 
 def stopped_itself(trial: dict) -> bool:
@@ -203,13 +218,28 @@ def at_epoch(trial: dict, epoch: int, select_on: str = "f1") -> dict:
     else:
         best = min(range(len(history)), key=lambda i: (history[i]["val_loss"], i))
     wall = history[-1].get("elapsed_s")
-    return {**trial, "history": history, "best_val_f1": history[best]["val_f1"],
-            "best_val_loss": history[best]["val_loss"], "best_epoch": best + 1, "epochs_run": epoch,
-            "stop_reason": None, "wall_time_s": wall if wall is not None else trial.get("wall_time_s")}
+    return {
+        **trial,
+        "history": history,
+        "best_val_f1": history[best]["val_f1"],
+        "best_val_loss": history[best]["val_loss"],
+        "best_epoch": best + 1,
+        "epochs_run": epoch,
+        "stop_reason": None,
+        "wall_time_s": wall if wall is not None else trial.get("wall_time_s"),
+    }
 
 
-def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfig, tuning: TuningConfig,
-         tokenized: Path, scratch: Path | None = None, on_epoch=None) -> dict:
+def tune(
+    name: str,
+    variant: dict,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tuning: TuningConfig,
+    tokenized: Path,
+    scratch: Path | None = None,
+    on_epoch=None,
+) -> dict:
     """Train the variant once per grid lr on the tuning seed (under successive halving when
     tuning.rungs); return the choice and every trial.
 
@@ -217,18 +247,31 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
     from layoutpeft.train import runs
 
     if not tuning.enabled:
-        return {"variant": name, "chosen_lr": variant["lr"], "tuned": False, "trials": [],
-                "reason": "study.tune_lr is false: the variant's own lr"}
+        return {
+            "variant": name,
+            "chosen_lr": variant["lr"],
+            "tuned": False,
+            "trials": [],
+            "reason": "study.tune_lr is false: the variant's own lr",
+        }
     cache = trial_cache()
     # A trial trains {**variant, "lr": lr}: its key is that, so a widened grid or a moved centre lr
     # retrains only the lrs not tried before (the grid itself decides nothing inside a trial), and
     # the halving rule is not in it either: a trial's epochs are the same whether it stops or not.
     trained_settings = {k: v for k, v in variant.items() if k not in ("lr", "lr_grid")}
-    common = {"variant": trained_settings, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "seed": tuning.seed,
-              "tokenized": tree_digest(tokenized), "code": code_digest(), "environment": environment_key()}
+    common = {
+        "variant": trained_settings,
+        "model": model_cfg.as_dict(),
+        "train": train_cfg.as_dict(),
+        "seed": tuning.seed,
+        "tokenized": tree_digest(tokenized),
+        "code": code_digest(),
+        "environment": environment_key(),
+    }
     declared = lr_grid(variant, tuning)
     records: dict[float, dict] = {}
     with tempfile.TemporaryDirectory(dir=scratch, prefix=f".tune-{name}-") as tmp:
+
         def advance(lr: float, epoch: int) -> dict:
             key = fingerprint({**common, "lr": lr})
             memo = cache / f"{key}.json" if cache else None
@@ -245,17 +288,31 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
             elif record is not None:
                 print(f"  lr {lr:<8g} continues from epoch {len(record['history'])}", flush=True)
             start = time.perf_counter()
-            log = runs.train(name, tuning.seed, {**variant, "lr": lr}, model_cfg, train_cfg, Path(tmp) / f"lr{lr:g}",
-                             tokenized, on_epoch=(lambda _folder, lr=lr: on_epoch(lr)) if on_epoch else None,
-                             pause_after=epoch if epoch < train_cfg.max_epochs else None, checkpoint=paused)
+            log = runs.train(
+                name,
+                tuning.seed,
+                {**variant, "lr": lr},
+                model_cfg,
+                train_cfg,
+                Path(tmp) / f"lr{lr:g}",
+                tokenized,
+                on_epoch=(lambda _folder, lr=lr: on_epoch(lr)) if on_epoch else None,
+                pause_after=epoch if epoch < train_cfg.max_epochs else None,
+                checkpoint=paused,
+            )
             t = log["training"]
             earlier = (record or {}).get("wall_time_s", 0.0) if t.get("resumed_at_epoch") else 0.0
-            records[lr] = {"lr": lr, "best_val_f1": t["best_val_f1"], "best_val_loss": t["best_val_loss"],
-                           "best_epoch": t["best_epoch"], "epochs_run": t["epochs_run"],
-                           "stop_reason": t.get("stop_reason"), "ended": not t.get("paused", False),
-                           "wall_time_s": earlier + time.perf_counter() - start,
-                           "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss", "elapsed_s") if k in r}
-                                       for r in log["history"]]}
+            records[lr] = {
+                "lr": lr,
+                "best_val_f1": t["best_val_f1"],
+                "best_val_loss": t["best_val_loss"],
+                "best_epoch": t["best_epoch"],
+                "epochs_run": t["epochs_run"],
+                "stop_reason": t.get("stop_reason"),
+                "ended": not t.get("paused", False),
+                "wall_time_s": earlier + time.perf_counter() - start,
+                "history": [{k: r[k] for k in ("epoch", "val_f1", "val_loss", "elapsed_s") if k in r} for r in log["history"]],
+            }
             if memo is not None:
                 write_json(memo, records[lr])
             if records[lr]["ended"]:
@@ -264,21 +321,38 @@ def tune(name: str, variant: dict, model_cfg: ModelConfig, train_cfg: TrainConfi
 
         result = search(declared, tuning, train_cfg.max_epochs, train_cfg.select_on, advance)
     trials = [{k: v for k, v in t.items() if k != "ended"} for t in result["trials"]]
-    halving = {"rungs": list(tuning.rungs), "keep": tuning.keep, "finalists": result["finalists"],
-               "stopped": [t["lr"] for t in trials if t.get("stop_reason") == "halving"]} if tuning.rungs else None
-    return {"variant": name, "chosen_lr": result["best"]["lr"], "tuned": True, "seed": tuning.seed,
-            "selected_on": "best_val_f1", "grid": [t["lr"] for t in trials], "declared_grid": declared,
-            "extended_by": result["extended_by"], "at_grid_edge": result["at_grid_edge"], "halving": halving,
-            "trials": trials, "epochs_trained": sum(t["epochs_run"] for t in trials),
-            "wall_time_s": sum(t["wall_time_s"] for t in trials)}
+    halving = (
+        {
+            "rungs": list(tuning.rungs),
+            "keep": tuning.keep,
+            "finalists": result["finalists"],
+            "stopped": [t["lr"] for t in trials if t.get("stop_reason") == "halving"],
+        }
+        if tuning.rungs
+        else None
+    )
+    return {
+        "variant": name,
+        "chosen_lr": result["best"]["lr"],
+        "tuned": True,
+        "seed": tuning.seed,
+        "selected_on": "best_val_f1",
+        "grid": [t["lr"] for t in trials],
+        "declared_grid": declared,
+        "extended_by": result["extended_by"],
+        "at_grid_edge": result["at_grid_edge"],
+        "halving": halving,
+        "trials": trials,
+        "epochs_trained": sum(t["epochs_run"] for t in trials),
+        "wall_time_s": sum(t["wall_time_s"] for t in trials),
+    }
 
 
 def epochs_text(record: dict) -> str:
     return "finished" if record["ended"] else f"paused at epoch {len(record['history'])}"
 
 
-def replay(recorded: list[dict], declared: list[float], tuning: TuningConfig, max_epochs: int,
-           select_on: str = "f1") -> dict:
+def replay(recorded: list[dict], declared: list[float], tuning: TuningConfig, max_epochs: int, select_on: str = "f1") -> dict:
     """search() over recorded trials (each ran the whole schedule: lr and history per epoch) instead of
     training: the choice the halving rule would have made, and the epochs it would have trained.
     An lr the rule asks for that was never recorded fails (the replay cannot say what it would give)."""
@@ -290,8 +364,12 @@ def replay(recorded: list[dict], declared: list[float], tuning: TuningConfig, ma
         return by_lr[lr]
 
     result = search(declared, tuning, max_epochs, select_on, advance)
-    return {"chosen_lr": result["best"]["lr"], "finalists": result["finalists"],
-            "epochs": sum(t["epochs_run"] for t in result["trials"]), "trials": result["trials"]}
+    return {
+        "chosen_lr": result["best"]["lr"],
+        "finalists": result["finalists"],
+        "epochs": sum(t["epochs_run"] for t in result["trials"]),
+        "trials": result["trials"],
+    }
 
 
 def rank_key(trial: dict) -> tuple:
@@ -359,5 +437,8 @@ def environment_key() -> dict:
 
     from layoutpeft.provenance import cpu_model
 
-    return {**{p: metadata.version(p) for p in ("torch", "transformers", "peft")}, "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()}
+    return {
+        **{p: metadata.version(p) for p in ("torch", "transformers", "peft")},
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model(),
+    }

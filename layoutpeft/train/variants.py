@@ -9,6 +9,7 @@ depends on its own resolved file, data/variants/<name>.json, so a change reruns 
 variants whose resolved settings changed, inherited keys included. Every studied variant
 is checked against the method catalogue here, before any training starts.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -20,7 +21,6 @@ from layoutpeft.atomic import staged_dir
 from layoutpeft.config import StudyConfig, get
 from layoutpeft.errors import ParamsError
 from layoutpeft.paths import VARIANTS_DIR as OUT_DIR
-
 
 # Short names in generated variant names: `lora_t-qv` is lora with targets [query, value]. Target
 # modules (methods.TARGET_MODULES) by letter, in that order: o = Wo, i/f = the FFN's input/output.
@@ -52,11 +52,15 @@ def _axis_values(key, values, where: str) -> list:
     if not isinstance(key, str) or not key:
         raise ParamsError(f"params.yaml: {where}: keys must be variant keys, got {key!r}")
     scalar = (int, float, str)
-    if not isinstance(values, list) or not values or not all(
-            isinstance(v, scalar) or (isinstance(v, list) and v and all(isinstance(x, scalar) for x in v))
-            for v in values):
-        raise ParamsError(f"params.yaml: {where}.{key} must be a non-empty list of numbers, strings or "
-                          "lists of them (e.g. targets: [[query, value], [query, key, value]])")
+    if (
+        not isinstance(values, list)
+        or not values
+        or not all(isinstance(v, scalar) or (isinstance(v, list) and v and all(isinstance(x, scalar) for x in v)) for v in values)
+    ):
+        raise ParamsError(
+            f"params.yaml: {where}.{key} must be a non-empty list of numbers, strings or "
+            "lists of them (e.g. targets: [[query, value], [query, key, value]])"
+        )
     return values
 
 
@@ -75,7 +79,7 @@ def sweep_points(base: str, axes: dict) -> list[dict]:
                 if not isinstance(grid, dict) or not grid:
                     raise ParamsError(f"params.yaml: {at} must map keys to lists of values (their product is swept)")
                 lists = [_axis_values(k, v, at) for k, v in grid.items()]
-                points += [dict(zip(grid, combo)) for combo in itertools.product(*lists)]
+                points += [dict(zip(grid, combo, strict=False)) for combo in itertools.product(*lists)]
         else:
             points += [{key: value} for value in _axis_values(key, values, where)]
     return points
@@ -93,8 +97,9 @@ def expand_sweeps(variants: dict, sweeps: dict) -> dict:
             name = point_name(base, point)
             spec = {"base": base, **point}
             if name in generated and generated[name] != spec:
-                raise ParamsError(f"params.yaml: sweeps.{base}: two sweep points are both named {name!r} "
-                                  f"({generated[name]} and {spec})")
+                raise ParamsError(
+                    f"params.yaml: sweeps.{base}: two sweep points are both named {name!r} ({generated[name]} and {spec})"
+                )
             generated[name] = spec
             expanded.setdefault(name, spec)
     return expanded
@@ -109,8 +114,10 @@ def did_you_mean(name: str, names) -> str:
 def resolve(name: str, variants: dict, chain: tuple = ()) -> dict:
     """Flatten `base:` inheritance for one variant."""
     if name not in variants:
-        raise ParamsError(f"params.yaml: variant {name!r} is not defined in variants: or sweeps:"
-                          + (f" (base of {chain[-1]!r})" if chain else ""))
+        raise ParamsError(
+            f"params.yaml: variant {name!r} is not defined in variants: or sweeps:"
+            + (f" (base of {chain[-1]!r})" if chain else "")
+        )
     if name in chain:
         raise ParamsError(f"params.yaml: variants.{name}: circular base chain {' -> '.join(chain + (name,))}")
     spec = variants[name]
@@ -138,13 +145,17 @@ def studied_variants(params: dict, check_runtime: bool = True) -> dict[str, dict
     expanded = expand_sweeps(variants, sweeps)
     for name in study.variants:
         if name not in expanded:
-            raise ParamsError(f"params.yaml: study.variants names {name!r}, which is not defined in variants: or "
-                              f"sweeps:{did_you_mean(name, expanded)}")
+            raise ParamsError(
+                f"params.yaml: study.variants names {name!r}, which is not defined in variants: or "
+                f"sweeps:{did_you_mean(name, expanded)}"
+            )
     for name in expanded:
         if name not in study.variants:
             validate_variant(name, resolve(name, expanded), None, check_runtime=False)  # keys and values only
-    return {name: validate_variant(name, resolve(name, expanded), prompt_reserve, check_runtime=check_runtime)
-            for name in study.variants}
+    return {
+        name: validate_variant(name, resolve(name, expanded), prompt_reserve, check_runtime=check_runtime)
+        for name in study.variants
+    }
 
 
 def load_variant(name: str, folder: Path = OUT_DIR) -> dict:

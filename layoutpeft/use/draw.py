@@ -1,4 +1,5 @@
 """Draw predicted entities on the page image: one box per entity in its type's colour, and a legend."""
+
 from __future__ import annotations
 
 import io

@@ -24,6 +24,7 @@ Before the folder is swapped in, it is loaded back exactly as its README says (n
 code but prefix tuning's enable_kv_prefix) and must reproduce the run's logits (as `load_trained` gives them) on test windows; the
 largest difference is written in the card. Nothing is left in `out_dir` unless all went well.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ class ExportError(LayoutpeftError):
 @dataclass
 class ExportResult:
     out_dir: Path
-    kind: str              # "merged" or "adapter"
+    kind: str  # "merged" or "adapter"
     max_logit_diff: float
     checked_windows: int
     files: list[str]
@@ -61,8 +62,7 @@ def check_out_dir(out_dir: Path, force: bool, run_dir: Path) -> None:
     that holds the run or the working folder."""
     target = out_dir.resolve()
     if target == run_dir.resolve() or run_dir.resolve() in target.parents:
-        raise ExportError(f"{out_dir}: inside the run folder {run_dir} (a DVC output of train); choose a folder "
-                          "outside it")
+        raise ExportError(f"{out_dir}: inside the run folder {run_dir} (a DVC output of train); choose a folder outside it")
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise ExportError(f"{out_dir}: exists and is not a folder")
     if not out_dir.exists() or not any(out_dir.iterdir()):
@@ -71,8 +71,7 @@ def check_out_dir(out_dir: Path, force: bool, run_dir: Path) -> None:
         raise ExportError(f"{out_dir}: exists and is not empty (use --force to replace it)")
     for protected in (Path.cwd().resolve(), run_dir.resolve()):
         if protected == target or target in protected.parents:
-            raise ExportError(f"{out_dir}: --force would replace a folder that holds {protected}; "
-                              "choose another output folder")
+            raise ExportError(f"{out_dir}: --force would replace a folder that holds {protected}; choose another output folder")
 
 
 def export_kind(variant: dict, merge: bool, run: str) -> str:
@@ -89,13 +88,15 @@ def export_kind(variant: dict, merge: bool, run: str) -> str:
         raise ExportError(
             f"run {run} ({name}): --merge refused: its base is 4-bit NF4, and merging would dequantise it, add "
             "the LoRA update and re-quantise (losing most of the update to 4-bit rounding); export the adapter "
-            "(without --merge) and load it onto the 4-bit base as its README shows")
+            "(without --merge) and load it onto the 4-bit base as its README shows"
+        )
     if method.virtual_tokens:
-        raise ExportError(f"run {run} ({name}): --merge refused: virtual tokens are inputs, not weights, so there "
-                          "is nothing to merge; export the adapter (without --merge)")
+        raise ExportError(
+            f"run {run} ({name}): --merge refused: virtual tokens are inputs, not weights, so there "
+            "is nothing to merge; export the adapter (without --merge)"
+        )
     if method.merge_refused:
-        raise ExportError(f"run {run} ({name}): --merge refused: {method.merge_refused}; export the adapter "
-                          "(without --merge)")
+        raise ExportError(f"run {run} ({name}): --merge refused: {method.merge_refused}; export the adapter (without --merge)")
     if not method.mergeable:
         raise ExportError(f"run {run} ({name}): --merge refused: the method cannot be merged; export the adapter")
     return "merged"
@@ -107,8 +108,8 @@ def plain_base(checkpoint: str, config_path: Path, quantized: bool):
     from transformers import AutoConfig, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
-    from layoutpeft.train.methods import quantization_config
     from layoutpeft.modeling import resolve_checkpoint
+    from layoutpeft.train.methods import quantization_config
 
     config = AutoConfig.for_model(**json.loads(Path(config_path).read_text()))
     kwargs: dict[str, Any] = {"config": config}
@@ -151,7 +152,7 @@ def logits_on(model, windows: list[dict], pad_token_id: int, n_virtual: int) -> 
     for indices, batch in batches(windows, 8, pad_token_id, group_by_length=True, n_virtual=n_virtual):
         logits = logits_of(model, batch, n_virtual).float()
         for row, index in enumerate(indices):
-            out[index] = logits[row, :len(windows[index]["input_ids"])]
+            out[index] = logits[row, : len(windows[index]["input_ids"])]
     return out
 
 
@@ -174,8 +175,16 @@ def probe_windows(tokenized: Path, tokenizer, n: int = 8) -> tuple[list[dict], s
         ids[0], ids[-1] = tokenizer.cls_token_id, tokenizer.sep_token_id
         corner = torch.randint(0, 900, (size, 2), generator=generator)
         bbox = torch.cat([corner, corner + 50], dim=1)
-        windows.append({"doc_id": f"synthetic{i}", "window": 0, "input_ids": ids, "bbox": bbox,
-                        "labels": torch.full((size,), -100), "word_ids": torch.full((size,), -1)})
+        windows.append(
+            {
+                "doc_id": f"synthetic{i}",
+                "window": 0,
+                "input_ids": ids,
+                "bbox": bbox,
+                "labels": torch.full((size,), -100),
+                "word_ids": torch.full((size,), -1),
+            }
+        )
     return windows, "synthetic windows (no tokenized data found)"
 
 
@@ -184,15 +193,23 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 # ----------------------------------------------------------------------------- export
-def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, force: bool = False, *,
-               runs_dir: str | Path = "metrics/runs", summary: str | Path = "metrics/summary.json",
-               tokenized: str | Path = "data/tokenized", data_report: str | Path = "metrics/data.json") -> ExportResult:
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    merge: bool = False,
+    force: bool = False,
+    *,
+    runs_dir: str | Path = "metrics/runs",
+    summary: str | Path = "metrics/summary.json",
+    tokenized: str | Path = "data/tokenized",
+    data_report: str | Path = "metrics/data.json",
+) -> ExportResult:
     """Export the run in `run_dir` to `out_dir` (swapped in only when complete and checked)."""
-    from layoutpeft.use import card
     from layoutpeft.atomic import staged_dir
-    from layoutpeft.train.methods import method_of, n_virtual_tokens
     from layoutpeft.modeling import layoutlm_config, load_tokenizer, set_labels
+    from layoutpeft.train.methods import method_of, n_virtual_tokens
     from layoutpeft.train.runs import load_trained, read_train_log
+    from layoutpeft.use import card
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     log = read_train_log(run_dir)
@@ -250,15 +267,26 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, fo
             got = logits_on(exported, windows, pad_token_id, n_virtual)
         diff = max_diff(expected, got)
         if not diff <= TOLERANCE:
-            raise ExportError(f"{out_dir}: the exported folder does not reproduce run {run}: logits differ by "
-                              f"up to {diff:.2e} (> {TOLERANCE}) on {len(windows)} {probe_source}; nothing written")
-        info = {"run": run, "kind": kind, "checkpoint": checkpoint, "base_tensors": extra,
-                "max_logit_diff": diff, "checked_windows": len(windows), "probe_source": probe_source,
-                "method_summary": method.summary, "n_virtual": n_virtual, "quantized": method.quantized,
-                "prepare_base": (f"{method.prepare_base.__module__}.{method.prepare_base.__name__}"
-                                 if method.prepare_base else None)}
-        text = card.model_card(log, info, runs_dir=Path(runs_dir), summary=Path(summary),
-                               tokenized=Path(tokenized), data_report=Path(data_report))
+            raise ExportError(
+                f"{out_dir}: the exported folder does not reproduce run {run}: logits differ by "
+                f"up to {diff:.2e} (> {TOLERANCE}) on {len(windows)} {probe_source}; nothing written"
+            )
+        info = {
+            "run": run,
+            "kind": kind,
+            "checkpoint": checkpoint,
+            "base_tensors": extra,
+            "max_logit_diff": diff,
+            "checked_windows": len(windows),
+            "probe_source": probe_source,
+            "method_summary": method.summary,
+            "n_virtual": n_virtual,
+            "quantized": method.quantized,
+            "prepare_base": (f"{method.prepare_base.__module__}.{method.prepare_base.__name__}" if method.prepare_base else None),
+        }
+        text = card.model_card(
+            log, info, runs_dir=Path(runs_dir), summary=Path(summary), tokenized=Path(tokenized), data_report=Path(data_report)
+        )
         (staged / "README.md").write_text(text, encoding="utf-8")
         files = sorted(p.name for p in staged.iterdir())
     return ExportResult(out_dir=out_dir, kind=kind, max_logit_diff=diff, checked_windows=len(windows), files=files)

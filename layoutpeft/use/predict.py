@@ -11,6 +11,7 @@ every non-empty word gets exactly one label: the one on its first sub-token. Emp
 nothing to label and are skipped, as in training. All inputs are checked before the model is
 loaded, and nothing is written unless every input is good.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,6 +35,7 @@ class PredictInputError(LayoutpeftError):
 @dataclass
 class Form:
     """One input form, read and checked."""
+
     annotation: Path
     image: Path
     width: int
@@ -103,8 +105,10 @@ def read_form(annotation: Path, label_map: dict | None = None) -> Form:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PredictInputError(f"{annotation}: not valid JSON ({err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("form"), list):
-        raise PredictInputError(f"{annotation}: missing 'form' list (expected a FUNSD annotation "
-                                "{\"form\": [{\"words\": [{\"text\": ..., \"box\": [x0, y0, x1, y1]}]}]})")
+        raise PredictInputError(
+            f"{annotation}: missing 'form' list (expected a FUNSD annotation "
+            '{"form": [{"words": [{"text": ..., "box": [x0, y0, x1, y1]}]}]})'
+        )
     image = find_image(annotation)
     width, height = _image_size(image, annotation)
 
@@ -114,8 +118,9 @@ def read_form(annotation: Path, label_map: dict | None = None) -> Form:
     if not has_gold:
         if any(labelled):
             index = next(i for i, e in enumerate(entities) if isinstance(e, dict) and "label" not in e)
-            raise PredictInputError(f"{annotation}: form[{index}] has no 'label' while other entities have "
-                                    "one (label every entity, or none)")
+            raise PredictInputError(
+                f"{annotation}: form[{index}] has no 'label' while other entities have one (label every entity, or none)"
+            )
         # Unlabelled input: parse it as "other" everywhere; those labels are never used.
         data = copy.deepcopy(data)
         for e in data["form"]:
@@ -135,7 +140,8 @@ def read_form(annotation: Path, label_map: dict | None = None) -> Form:
             if min(x0, y0, x1, y1) < 0 or max(x0, x1) > width or max(y0, y1) > height:
                 raise PredictInputError(
                     f"{annotation}: form[{e_index}].words[{w_index}] box {word['box']} lies outside the "
-                    f"{width}x{height} page image {image.name} (does the image belong to this annotation?)")
+                    f"{width}x{height} page image {image.name} (does the image belong to this annotation?)"
+                )
             form.sources.append((e_index, w_index))
             form.pixel_boxes.append(list(word["box"]))
     if not form.doc.words:
@@ -160,12 +166,16 @@ def window_settings(tokenized: str | Path, checkpoint: str) -> dict:
     """The tokenized data's meta.json: window length and pad id, as in training."""
     path = Path(tokenized) / "meta.json"
     if not path.is_file():
-        raise PredictInputError(f"{path}: missing; predict splits forms into the windows of the tokenized data "
-                                "(run `dvc repro tokenize`, or pass --tokenized)")
+        raise PredictInputError(
+            f"{path}: missing; predict splits forms into the windows of the tokenized data "
+            "(run `dvc repro tokenize`, or pass --tokenized)"
+        )
     meta = json.loads(path.read_text())
     if meta.get("checkpoint") not in (None, checkpoint):
-        raise PredictInputError(f"{path}: tokenized for {meta['checkpoint']!r}, but the run was trained on "
-                                f"{checkpoint!r} (tokenize for the run's checkpoint)")
+        raise PredictInputError(
+            f"{path}: tokenized for {meta['checkpoint']!r}, but the run was trained on "
+            f"{checkpoint!r} (tokenize for the run's checkpoint)"
+        )
     return meta
 
 
@@ -196,15 +206,27 @@ def entities_of(labels: list[str], boxes: list[list[float]], scores: list[float]
                 pieces.append([])
             pieces[-1].append(i)
         for span in pieces:
-            box = [min(boxes[i][0] for i in span), min(boxes[i][1] for i in span),
-                   max(boxes[i][2] for i in span), max(boxes[i][3] for i in span)]
-            found.append({"type": kind, "words": span, "text": " ".join(words[i] for i in span),
-                          "box": box, "score": sum(scores[i] for i in span) / len(span)})
+            box = [
+                min(boxes[i][0] for i in span),
+                min(boxes[i][1] for i in span),
+                max(boxes[i][2] for i in span),
+                max(boxes[i][3] for i in span),
+            ]
+            found.append(
+                {
+                    "type": kind,
+                    "words": span,
+                    "text": " ".join(words[i] for i in span),
+                    "box": box,
+                    "score": sum(scores[i] for i in span) / len(span),
+                }
+            )
     return found
 
 
-def label_windows(model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device,
-                  n_virtual: int, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def label_windows(
+    model, windows: list[dict], batch_size: int, pad_token_id: int, device: torch.device, n_virtual: int, dtype
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(label ids, softmax probabilities of those labels) per window, by the pipeline's own engine.predict."""
     from layoutpeft.train.engine import predict
 
@@ -219,15 +241,16 @@ def as_tensors(record: dict) -> dict:
     return window
 
 
-def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str | Path,
-                  device: str = "auto", batch_size: int = 8) -> dict:
+def predict_forms(
+    run_dir: str | Path, inputs: list[str | Path], tokenized: str | Path, device: str = "auto", batch_size: int = 8
+) -> dict:
     """Label every input form with the run in `run_dir`; returns the output record (see docs)."""
+    from layoutpeft.data.windows import WindowingError, check_lossless, windows_for
+    from layoutpeft.modeling import load_tokenizer
     from layoutpeft.train.device import resolve_device, resolve_precision
     from layoutpeft.train.methods import n_virtual_tokens
-    from layoutpeft.modeling import load_tokenizer
     from layoutpeft.train.runs import load_trained, read_train_log
     from layoutpeft.train.scoring import score, word_labels
-    from layoutpeft.data.windows import WindowingError, check_lossless, windows_for
 
     run_dir = Path(run_dir)
     log = read_train_log(run_dir)
@@ -241,8 +264,9 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
     for form in forms:
         unknown = sorted({t for t in entity_types(form.doc.labels)} - set(entity_types(labels)))
         if form.has_gold and unknown:
-            raise PredictInputError(f"{form.annotation}: entity type {unknown[0]} is not one the run predicts "
-                                    f"({', '.join(entity_types(labels))})")
+            raise PredictInputError(
+                f"{form.annotation}: entity type {unknown[0]} is not one the run predicts ({', '.join(entity_types(labels))})"
+            )
 
     tokenizer = load_tokenizer(checkpoint)
     max_tokens = meta["window_length"] - 2
@@ -267,14 +291,15 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
     all_docs: list[str] = []
     position = 0
     for form, ws in zip(forms, doc_windows, strict=True):
-        results = guesses[position:position + len(ws)]
+        results = guesses[position : position + len(ws)]
         position += len(ws)
         by_word: dict[int, str] = {}
         scores: dict[int, float] = {}
         for window, (ids, probs) in zip(ws, results, strict=True):
             first = window["labels"] != -100
-            for word, label_id, prob in zip(window["word_ids"][first].tolist(), ids[first].tolist(),
-                                            probs[first].tolist(), strict=True):
+            for word, label_id, prob in zip(
+                window["word_ids"][first].tolist(), ids[first].tolist(), probs[first].tolist(), strict=True
+            ):
                 if word in by_word:
                     raise PredictInputError(f"{form.annotation}: word {word} labelled twice (windowing bug)")
                 by_word[word], scores[word] = labels[label_id], prob
@@ -286,14 +311,27 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
         words = []
         for i in range(n):
             e_index, w_index = form.sources[i]
-            word = {"index": i, "form_index": e_index, "word_index": w_index, "text": form.doc.words[i],
-                    "box": form.pixel_boxes[i], "label": predicted[i], "score": probabilities[i]}
+            word = {
+                "index": i,
+                "form_index": e_index,
+                "word_index": w_index,
+                "text": form.doc.words[i],
+                "box": form.pixel_boxes[i],
+                "label": predicted[i],
+                "score": probabilities[i],
+            }
             if form.has_gold:
                 word["gold"] = form.doc.labels[i]
             words.append(word)
-        document = {"annotation": str(form.annotation), "image": str(form.image),
-                    "width": form.width, "height": form.height, "windows": len(ws), "words": words,
-                    "entities": entities_of(predicted, form.pixel_boxes, probabilities, form.doc.words)}
+        document = {
+            "annotation": str(form.annotation),
+            "image": str(form.image),
+            "width": form.width,
+            "height": form.height,
+            "windows": len(ws),
+            "words": words,
+            "entities": entities_of(predicted, form.pixel_boxes, probabilities, form.doc.words),
+        }
         if form.has_gold:
             gold_seq, pred_seq = word_labels(ws, [ids for ids, _ in results], labels)
             document["scores"] = score(gold_seq, pred_seq, labels)
@@ -302,9 +340,18 @@ def predict_forms(run_dir: str | Path, inputs: list[str | Path], tokenized: str 
             all_docs += [Path(form.annotation).stem] * len(gold_seq)  # one form: its file name, as tokenize names it
         documents.append(document)
 
-    record = {"run": run_dir.name, "variant": log["variant"], "seed": log["seed"], "method": log["method"],
-              "checkpoint": checkpoint, "window_length": meta["window_length"], "device": torch_device.type,
-              "labels": labels, "documents": documents, "scores": None}
+    record = {
+        "run": run_dir.name,
+        "variant": log["variant"],
+        "seed": log["seed"],
+        "method": log["method"],
+        "checkpoint": checkpoint,
+        "window_length": meta["window_length"],
+        "device": torch_device.type,
+        "labels": labels,
+        "documents": documents,
+        "scores": None,
+    }
     if forms and all(f.has_gold for f in forms):
         record["scores"] = score(all_gold, all_pred, labels, all_docs)  # as evaluate scores: per-form counts too
     return record
@@ -319,6 +366,8 @@ def score_lines(record: dict) -> list[str]:
             lines.append(f"{doc['annotation']}: P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}")
     if record.get("scores") and len(record["documents"]) > 1:
         s = record["scores"]
-        lines.append(f"all {len(record['documents'])} forms: P {s['precision']:.3f}  R {s['recall']:.3f}  "
-                     f"F1 {s['f1']:.3f}  (entity level, seqeval, as evaluate)")
+        lines.append(
+            f"all {len(record['documents'])} forms: P {s['precision']:.3f}  R {s['recall']:.3f}  "
+            f"F1 {s['f1']:.3f}  (entity level, seqeval, as evaluate)"
+        )
     return lines
