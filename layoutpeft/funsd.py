@@ -33,7 +33,7 @@ class Document:
     clamped: list[str] = field(default_factory=list)  # where a kept word's box lay outside the page
 
 
-def outside_page(box, width: int, height: int) -> bool:
+def outside_page(box, width: float, height: float) -> bool:
     x0, y0, x1, y1 = (float(v) for v in box)
     return min(x0, y0, x1, y1) < 0 or max(x0, x1) > width or max(y0, y1) > height
 

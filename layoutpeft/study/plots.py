@@ -88,8 +88,9 @@ def rank_rows(summary: dict) -> list[list]:
     rows = []
     for series, members in rank_series(with_f1).items():
         for name, r in members:
-            f1 = summary["variants"][name]["f1"]
-            rows.append([series, name, r, f1["mean"], f1["ci95_low"], f1["ci95_high"], scaling_note(with_f1[name])])
+            f1, params = summary["variants"][name]["f1"], with_f1[name]
+            assert params is not None  # rank_series groups only variants with params
+            rows.append([series, name, r, f1["mean"], f1["ci95_low"], f1["ci95_high"], scaling_note(params)])
     return rows
 
 
@@ -102,8 +103,9 @@ def pareto_rows(summary: dict) -> list[list]:
     """plots/pareto.csv rows: variant, method, method_params, trainable_params, f1_mean, f1_ci95_low,
     f1_ci95_high, pareto (on the method's own weights: the head and new 2-D tables every method
     trains alike are left out)."""
-    names = [n for n, e in summary["variants"].items() if e["f1"] and own_params(e) is not None]
-    points = [(own_params(summary["variants"][n]), summary["variants"][n]["f1"]["mean"]) for n in names]
+    owned = {n: own_params(e) for n, e in summary["variants"].items() if e["f1"]}
+    names = [n for n, own in owned.items() if own is not None]
+    points = [(float(owned[n] or 0), summary["variants"][n]["f1"]["mean"]) for n in names]
     rows = []
     for name, flag in zip(names, pareto_flags(points), strict=True):
         e = summary["variants"][name]

@@ -188,6 +188,7 @@ def read_study(
         for seed in study.seeds_of(variant):
             run, problem = read_run(run_path(runs_dir, variant, seed), variant, seed)
             if run is None:
+                assert problem is not None  # read_run says why it read nothing
                 study.problems[variant][seed] = problem
             else:
                 study.runs[variant][seed] = run
@@ -328,8 +329,9 @@ def build_summary(
     for name, entry in variants.items():
         entry["lr_tuning"] = tuning_entry((tuning or {}).get(name))
         entry["quiet_costs"] = ((quiet_costs or {}).get("variants") or {}).get(name)
-    ref_f1 = {s: number(r, "scores.f1") for s, r in runs.get(reference, {}).items()}
-    f1 = {name: {s: number(r, "scores.f1") for s, r in by_seed.items()} for name, by_seed in runs.items()}
+    # scores.f1 is REQUIRED of a readable run: the filters below only narrow the type
+    f1 = {name: {s: v for s, r in by_seed.items() if (v := number(r, "scores.f1")) is not None} for name, by_seed in runs.items()}
+    ref_f1 = f1.get(reference, {}) if reference is not None else {}
     for name, entry in variants.items():
         if name != reference and ref_f1:
             entry["vs_reference"] = compare_with_reference(f1[name], ref_f1)
@@ -423,12 +425,13 @@ def add_bootstrap(variants: dict[str, dict], runs: dict[str, dict[int, dict]], r
     """`f1_bootstrap` per variant and `bootstrap` in its comparison with the reference (layoutpeft.study.bootstrap),
     where the runs recorded per-form counts; None otherwise."""
     forms = {name: per_form(by_seed) for name, by_seed in runs.items()}
+    ref = forms.get(reference) if reference is not None else None
     for name, entry in variants.items():
-        entry["f1_bootstrap"] = bootstrap.f1_interval(forms[name]) if forms[name] else None
+        mine = forms[name]
+        entry["f1_bootstrap"] = bootstrap.f1_interval(mine) if mine else None
         vs = entry.get("vs_reference")
         if vs is not None:
-            ref = forms.get(reference)
-            vs["bootstrap"] = bootstrap.paired_difference(forms[name], ref) if forms[name] and ref else None
+            vs["bootstrap"] = bootstrap.paired_difference(mine, ref) if mine and ref else None
 
 
 def add_shares(variants: dict[str, dict], reference: str | None) -> None:
@@ -510,8 +513,8 @@ def schedule_text(train: Any, precision: Any) -> str | None:
 def trained_on(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
     """What the table comes from: the runs' distinct model and schedule descriptions (sorted)."""
     runs_list = [run for by_seed in runs.values() for run in by_seed.values()]
-    models = {model_text(run.get("model")) for run in runs_list} - {None}
-    schedules = {schedule_text(run.get("train_params"), run.get("precision")) for run in runs_list} - {None}
+    models = {text for run in runs_list if (text := model_text(run.get("model"))) is not None}
+    schedules = {text for run in runs_list if (text := schedule_text(run.get("train_params"), run.get("precision"))) is not None}
     return {"model": sorted(models), "schedule": sorted(schedules)}
 
 
@@ -540,8 +543,9 @@ def environment_line(runs: dict[str, dict[int, dict]]) -> dict[str, list[str]]:
 
     for by_seed in runs.values():
         for run in by_seed.values():
-            env = run.get("environment") if isinstance(run.get("environment"), dict) else {}
-            train_env = run.get("train_environment") if isinstance(run.get("train_environment"), dict) else env
+            found_env, found_train = run.get("environment"), run.get("train_environment")
+            env: dict = found_env if isinstance(found_env, dict) else {}
+            train_env: dict = found_train if isinstance(found_train, dict) else env
             add_device("train_device", train_env)
             add_device("eval_device", env)
             for lib in LIBRARIES:
