@@ -43,7 +43,16 @@ def staging(folder: Path) -> list[str]:
 
 def start_stage(folder: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", STAGE, str(folder)], env=env, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell without job control starts background commands
+    # with SIGINT ignored (POSIX), and Python then installs no KeyboardInterrupt handler; a stage run by
+    # DVC in the foreground has the default, which is what this test is about.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STAGE, str(folder)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not list(folder.glob(".run.staging.*/live")):
         assert proc.poll() is None, proc.communicate()

@@ -297,7 +297,6 @@ def test_halving_with_grid_extension_scripted(tmp_path, monkeypatch):
 def test_the_tune_stage_with_halving_under_dvc(make_tiny_project, tmp_path):
     """study.halving through params.yaml and dvc.yaml: stopped trials in data/lr/<variant>.json; a
     changed `keep` reruns the stage, which continues the runner-up from its rung and reuses the rest."""
-    import os
 
     from fixtures import edit_params, run_dvc
 
@@ -311,7 +310,7 @@ def test_the_tune_stage_with_halving_under_dvc(make_tiny_project, tmp_path):
             "study.halving": {"rungs": [1], "keep": 1},
         }
     )
-    env = {**os.environ, "LAYOUTPEFT_TRIAL_CACHE": str(tmp_path / "trials")}
+    env = {"LAYOUTPEFT_TRIAL_CACHE": str(tmp_path / "trials")}  # added to subprocess_env's (venv first on PATH)
     run_dvc(repo, "repro", "tune@head", env=env)
     tuned = json.loads((repo / "data" / "lr" / "head.json").read_text())
     stopped = [t for t in tuned["trials"] if t.get("stop_reason") == "halving"]
