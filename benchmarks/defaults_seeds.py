@@ -124,6 +124,24 @@ def same_every_arm_as_earlier(out: Path, every_arm: dict) -> None:
             )
 
 
+def arm_result(name: str, overrides: dict, args, seed: int, variant: dict, training: dict, test_f1: float, **extra) -> dict:
+    """One (arm, seed) result file: what was trained, its validation choice and test F1, and `extra`
+    (where it came from: reused_from or wall_time_s, and the environment)."""
+    return {
+        "arm": name,
+        "overrides": overrides,
+        "every_arm": args.every_arm_overrides,
+        "seed": seed,
+        "variant": args.variant,
+        "lr": variant["lr"],
+        "best_val_f1": training["best_val_f1"],
+        "best_epoch": training["best_epoch"],
+        "epoch_time_s": training["epoch_time_s"],
+        "test_f1": test_f1,
+        **extra,
+    }
+
+
 def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: Path) -> None:
     import torch
 
@@ -136,20 +154,17 @@ def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: 
             t = record["training"]
             write_json(
                 out,
-                {
-                    "arm": name,
-                    "overrides": overrides,
-                    "every_arm": args.every_arm_overrides,
-                    "seed": seed,
-                    "variant": args.variant,
-                    "lr": variant["lr"],
-                    "best_val_f1": t["best_val_f1"],
-                    "best_epoch": t["best_epoch"],
-                    "epoch_time_s": t["epoch_time_s"],
-                    "test_f1": record["scores"]["f1"],
-                    "reused_from": str(record_path),
-                    "environment": record.get("environment"),
-                },
+                arm_result(
+                    name,
+                    overrides,
+                    args,
+                    seed,
+                    variant,
+                    t,
+                    record["scores"]["f1"],
+                    reused_from=str(record_path),
+                    environment=record.get("environment"),
+                ),
             )
             print(f"{name} seed {seed}: reused {record_path}", flush=True)
             return
@@ -171,20 +186,17 @@ def run_arm(args, params: dict, variant: dict, overrides: dict, seed: int, out: 
     t = log["training"]
     write_json(
         out,
-        {
-            "arm": name,
-            "overrides": overrides,
-            "every_arm": args.every_arm_overrides,
-            "seed": seed,
-            "variant": args.variant,
-            "lr": variant["lr"],
-            "best_val_f1": t["best_val_f1"],
-            "best_epoch": t["best_epoch"],
-            "epoch_time_s": t["epoch_time_s"],
-            "test_f1": scored["scores"]["f1"],
-            "wall_time_s": time.perf_counter() - start,
-            "environment": describe(torch.device("cpu")),
-        },
+        arm_result(
+            name,
+            overrides,
+            args,
+            seed,
+            variant,
+            t,
+            scored["scores"]["f1"],
+            wall_time_s=time.perf_counter() - start,
+            environment=describe(torch.device("cpu")),
+        ),
     )
     print(
         f"{name} seed {seed}: validation F1 {t['best_val_f1']:.4f} (epoch {t['best_epoch']}), "
