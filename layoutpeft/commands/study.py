@@ -16,6 +16,8 @@ finished tuning trials in the trial cache.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 
@@ -60,6 +62,7 @@ def choose(profile: str, has_gpu: bool, cpu_bf16: bool = True) -> tuple[str | No
 def main(argv: list[str]) -> int:
     import torch
 
+    from layoutpeft.commands.profile import quiet_dvc
     from layoutpeft.hardware import cpu_has_bf16
     from layoutpeft.study.profiles import run_env
 
@@ -73,7 +76,17 @@ def main(argv: list[str]) -> int:
         return 0
     print(f"study: running {' '.join(plan.command[2:])}", flush=True)
     progress = Progress(plan)
-    proc = subprocess.Popen(plan.command, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    # As `layoutpeft profile` runs dvc: known-harmless lines filtered, in its own process group so that
+    # an interrupt reaches it once, as SIGINT (dvc then stops the stage and releases its locks).
+    proc = subprocess.Popen(
+        quiet_dvc(plan.command),
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
@@ -81,8 +94,8 @@ def main(argv: list[str]) -> int:
             if note := progress.feed(line):
                 sys.stdout.write(note + "\n")
             sys.stdout.flush()
-    except KeyboardInterrupt:
-        proc.terminate()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (run_main raises it as an interrupt)
+        os.killpg(proc.pid, signal.SIGINT)
         proc.wait()
         print("study: interrupted; the same command resumes it", file=sys.stderr)
         return 130
