@@ -248,3 +248,33 @@ def test_study_plan_only_says_which_study_first_then_its_plan(in_project):
     assert lines[1].startswith("plan: params.yaml: dvc repro")
     assert any(line.startswith("DVC: 10 of 10 stages to run") for line in lines)
     assert not (in_project / "dvc.lock").exists()  # nothing ran
+
+
+def test_study_runs_dvc_as_profile_does_filtered_and_in_its_own_group(monkeypatch, capsys):
+    """`layoutpeft study` launches dvc through layoutpeft.quiet_dvc (DVC's known first-run lines
+    filtered, as under `layoutpeft profile`) in its own process group (an interrupt reaches it once)."""
+    import types
+
+    from layoutpeft.commands import study
+
+    command = [sys.executable, "-m", "dvc", "repro"]
+    plan = types.SimpleNamespace(name="params.yaml", estimates={1: 60.0}, command=command)
+    monkeypatch.setattr(study, "plan_study", lambda *a, **k: plan)
+    monkeypatch.setattr(study, "describe", lambda p: "plan: (described)")
+    monkeypatch.setattr(study, "Progress", lambda p: types.SimpleNamespace(feed=lambda line: None))
+    launched = {}
+
+    class FakeDvc:
+        def __init__(self, cmd, **kwargs):
+            launched.update(cmd=cmd, **kwargs)
+            self.stdout = iter(["Running stage 'download':\n"])
+            self.pid = 0
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(study.subprocess, "Popen", FakeDvc)
+    assert study.main(["--profile", "params.yaml"]) == 0
+    assert launched["cmd"] == [sys.executable, "-m", "layoutpeft.quiet_dvc", "repro"]
+    assert launched["start_new_session"] is True
+    assert "Running stage 'download':" in capsys.readouterr().out
