@@ -1170,7 +1170,9 @@ def test_costs_are_marked_as_measured_under_load_and_quiet_figures_take_their_co
     quiet = {
         "path": "benchmarks/results/x/costs.json",
         "date": "2026-12-07",
-        "load_average": [0.9, 1.1],
+        "load_average": {"start": [0.9, 0.8, 0.7], "end": [1.1, 1.0, 0.9]},
+        "precision": "fp32",
+        "environment": {"device_name": "AMD EPYC", "cpu_flags": ["avx2", "fma"], "cpu_threads": 1},
         "method": "quiet interleaved benchmark",
         "variants": {
             "full": {"step_time_s": 1.234, "tokens_per_s": 3100.0, "tensor_peak_bytes": 900e6},
@@ -1181,3 +1183,5 @@ def test_costs_are_marked_as_measured_under_load_and_quiet_figures_take_their_co
     row = next(line for line in md.splitlines() if line.startswith("| lora |")).split(" | ")
     assert row[-4:-1] == ["0.95 s", "4.02 k", "610 MB"]
     assert "Quiet columns: quiet interleaved benchmark (`benchmarks/results/x/costs.json`" in md
+    # where it ran: the quiet benchmark's device and precision can differ from the study's runs
+    assert "AMD EPYC, flags avx2 fma, 1 thread(s), precision fp32, 1-minute load average 0.9 before, 1.1 after" in md

@@ -43,24 +43,28 @@ from layoutpeft.study.formatting import missing_seeds
 from layoutpeft.train.tuning import TuningConfig, lr_grid, planned_epochs
 from layoutpeft.train.variants import expand_sweeps, resolve
 
-# Relative cost of one optimizer step per method (full fine-tuning = 1.0): s/step measured on a
-# 2-core CPU, MiniLM-L6, batch 8 (benchmarks/results/2026-11-22-cpu.md). A method not listed
-# counts as 1.0. Ranks and targets change a method's cost little next to the method itself;
-# on a GPU the ratios are smaller, but the order is what balancing needs.
+# Relative cost of one optimizer step per method (full fine-tuning = 1.0), MiniLM-L6, batch 16.
+# The eight methods of the reference study: the quiet interleaved benchmark of 2026-12-07 (1 thread,
+# fp32, AVX2; benchmarks/results/2026-12-07-quiet-costs-fp32). The others: s/step on a 2-core CPU
+# under load (benchmarks/results/2026-11-22-cpu.md) times their ratio there to LoRA (DoRA, QLoRA,
+# LoKr, AdaLoRA) or to prompt tuning (P-tuning); prefix tuning as prompt tuning (both add virtual
+# tokens to every window). A method not listed counts as 1.0. Ranks and targets change a method's
+# cost little next to the method itself; the order is what balancing needs.
 METHOD_COST = {
     "full": 1.00,
-    "head": 0.55,
-    "bitfit": 0.81,
-    "lora": 0.90,
-    "dora": 1.00,
-    "qlora": 0.89,
-    "loha": 0.88,
-    "lokr": 0.86,
-    "adalora": 0.77,
-    "vera": 0.92,
-    "ia3": 0.81,
-    "prompt_tuning": 0.92,
-    "p_tuning": 0.90,
+    "head": 0.82,
+    "bitfit": 0.82,
+    "lora": 0.97,
+    "dora": 1.08,
+    "qlora": 0.96,
+    "loha": 1.02,
+    "lokr": 0.93,
+    "adalora": 0.83,
+    "vera": 1.08,
+    "ia3": 0.93,
+    "prompt_tuning": 0.99,
+    "prefix_tuning": 0.99,
+    "p_tuning": 0.97,
 }
 # evaluate@ (one pass over the test split, timed `evaluate.timing_repeats` times) per training:
 # ~17 s next to 80-110 s trainings on the laptop profile (profiles.yaml).

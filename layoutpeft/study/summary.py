@@ -381,7 +381,8 @@ def quiet_source(quiet_costs: dict | None) -> dict | None:
     if not quiet_costs:
         return None
     return {
-        k: quiet_costs.get(k) for k in ("path", "command", "date", "environment", "load_average", "steps", "rounds", "method")
+        k: quiet_costs.get(k)
+        for k in ("path", "command", "date", "environment", "precision", "load_average", "steps", "rounds", "method")
     }
 
 

@@ -290,11 +290,28 @@ def cost_note(summary: dict) -> str:
     if source:
         text += (
             f" Quiet columns: {source.get('method') or 'quiet interleaved benchmark'} "
-            f"(`{source.get('path')}`, {source.get('date')}, load average {source.get('load_average')})."
+            f"(`{source.get('path')}`, {source.get('date')}, {quiet_conditions(source)})."
         )
     else:
         text += " For comparable costs run the quiet interleaved benchmark (benchmarks/quiet_costs.py)."
     return text
+
+
+def quiet_conditions(source: dict) -> str:
+    """Where and how the quiet benchmark ran: its device, threads and precision can differ from the study's runs."""
+    env = source.get("environment") or {}
+    load = source.get("load_average") or {}
+    if isinstance(load, list | tuple):  # [before, after]
+        load = dict(zip(("start", "end"), load, strict=False))
+    first = {k: v[0] if isinstance(v, list | tuple) else v for k, v in load.items() if v is not None}
+    parts = [
+        str(env.get("device_name") or env.get("device") or ""),
+        "flags " + " ".join(env["cpu_flags"]) if env.get("cpu_flags") else "",
+        f"{env.get('cpu_threads')} thread(s)" if env.get("cpu_threads") else "",
+        f"precision {source.get('precision')}" if source.get("precision") else "",
+        f"1-minute load average {first['start']:g} before, {first['end']:g} after" if {"start", "end"} <= set(first) else "",
+    ]
+    return ", ".join(p for p in parts if p)
 
 
 def test_variance_note(summary: dict) -> str:
