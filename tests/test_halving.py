@@ -10,7 +10,7 @@ import pytest
 
 from layoutpeft.config import ModelConfig, ParamsError, load_yaml
 from layoutpeft.train.methods import validate_variant
-from layoutpeft.train.tuning import TuningConfig, at_epoch, lr_grid, planned_epochs, replay
+from layoutpeft.train.tuning import TuningConfig, at_epoch, lr_grid, planned_epochs, replay, trial_epochs
 from layoutpeft.train.variants import resolve
 
 from fixtures import REPO_ROOT, cpu_train_config
@@ -87,6 +87,10 @@ def test_planned_epochs():
     assert planned_epochs(5, tuning, 30) == 5 * 10 + 2 * 20
     assert planned_epochs(5, TuningConfig(True, 0, (1.0,), rungs=(10, 20), keep=0.5), 30) == 50 + 3 * 10 + 2 * 10
     assert planned_epochs(5, TuningConfig(True, 0, (1.0,)), 30) == 150
+    # each trial's share, as `layoutpeft plan` counts it: survivors first, then the latest-dropped
+    assert trial_epochs(5, TuningConfig(True, 0, (1.0,), rungs=(10, 20), keep=0.5), 30) == [30, 30, 20, 10, 10]
+    assert trial_epochs(3, TuningConfig(True, 0, (1.0,), rungs=(10,), keep=2), 30) == [30, 30, 10]
+    assert trial_epochs(2, TuningConfig(True, 0, (1.0,)), 30) == [30, 30]
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from layoutpeft.study.estimate import Record, Timings, Training, load_records, pack, run_probe, this_device, training_seconds
-from layoutpeft.study.plan import RESTORE, RUN, parse_duration, plan_study
+from layoutpeft.study.plan import RESTORE, RUN, describe, parse_duration, plan_study
 from layoutpeft.study.progress import Progress
 
 from fixtures import cpu_train_config, run
@@ -86,6 +86,12 @@ def test_plan_lists_what_dvc_runs_then_only_what_changed_then_the_run_cache(in_p
     tuned = plan_study(project, sets=["study.tune_lr=true"], workers=[1])
     grids = {v: sum(t.variant == v for t in tuned.trials) for v in ("full", "lora")}
     assert grids == {"full": 3, "lora": 4}
+    # ... and with successive halving the trials dropped at the rung are planned to stop there.
+    halved = plan_study(
+        project, sets=["study.tune_lr=true", "train.max_epochs=4", "study.halving={rungs: [1], keep: 2}"], workers=[1]
+    )
+    assert sorted(t.epochs for t in halved.trials if t.variant == "lora") == [1, 1, 4, 4]
+    assert "but 3 tuning trials that stop at a halving rung" in describe(halved)  # full's 3-value grid drops one
 
 
 def record(path, variant, checkpoint, train_cfg, device, threads, epochs, fit_s, method="full"):

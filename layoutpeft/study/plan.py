@@ -80,7 +80,7 @@ def profile_overrides(profile: str | None, root: Path, sets: list[str] | None = 
 def trainings_of(status: DvcPlan) -> tuple[list[Training], dict]:
     """The trainings each tune@/train@ stage to run will do, and the studied variants' settings."""
     from layoutpeft.config import TrainConfig
-    from layoutpeft.train.tuning import TuningConfig, lr_grid
+    from layoutpeft.train.tuning import TuningConfig, lr_grid, trial_epochs
     from layoutpeft.train.variants import studied_variants
 
     params = status.params
@@ -91,7 +91,12 @@ def trainings_of(status: DvcPlan) -> tuple[list[Training], dict]:
     for stage in status.to_run():
         if stage.family == "tune" and tuning.enabled:
             spec = variants[stage.item]
-            out += [Training(stage.name, stage.item, spec, epochs, lr) for lr in lr_grid(spec, tuning)]
+            lrs = lr_grid(spec, tuning)
+            # successive halving (study.halving): all but the survivors stop at a rung
+            out += [
+                Training(stage.name, stage.item, spec, n, lr)
+                for lr, n in zip(lrs, trial_epochs(len(lrs), tuning, epochs), strict=True)
+            ]
         elif stage.family == "train":
             name = stage.item.rsplit("-", 1)[0]
             out.append(Training(stage.name, name, variants[name], epochs))
@@ -262,9 +267,11 @@ def describe(plan: StudyPlan) -> str:
     if plan.trainings:
         variants = {t.variant for t in plan.trainings} | evaluated(status)
         schedule = f"{plan.max_epochs} epochs" + (f" (patience {plan.patience}: at most)" if plan.patience else "")
-        epochs = len(plan.trainings) * plan.max_epochs
+        epochs = sum(t.epochs for t in plan.trainings)
+        stopped = [t for t in trials if t.epochs < plan.max_epochs]
+        halved = f", but {len(stopped)} tuning trials that stop at a halving rung (study.halving)" if stopped else ""
         lines.append(
-            f"trainings: {len(plan.trainings)} for {len(variants)} variant(s), {schedule} each: "
+            f"trainings: {len(plan.trainings)} for {len(variants)} variant(s), {schedule} each{halved}: "
             f"{epochs:,} epochs{' at most' if plan.patience else ''}"
         )
         seeds = sorted({int(t.stage.rsplit("-", 1)[1]) for t in runs})

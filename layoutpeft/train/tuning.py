@@ -112,11 +112,18 @@ def kept(keep: int | float, contestants: int) -> int:
 
 def planned_epochs(trials: int, tuning: TuningConfig, max_epochs: int) -> int:
     """Epochs that `trials` trials train under the halving rule (none stopping on their own, no extension)."""
-    epochs, running, reached = 0, trials, 0
+    return sum(trial_epochs(trials, tuning, max_epochs))
+
+
+def trial_epochs(trials: int, tuning: TuningConfig, max_epochs: int) -> list[int]:
+    """Each trial's planned epochs under the halving rule, longest first: the survivors of the last
+    rung train max_epochs, the others stop at the rung that dropped them."""
+    out, running = [], trials
     for rung in tuning.rungs:
-        epochs += running * (rung - reached)
-        running, reached = kept(tuning.keep, running), rung
-    return epochs + running * (max_epochs - reached)
+        going_on = kept(tuning.keep, running)
+        out += [rung] * (running - going_on)
+        running = going_on
+    return [max_epochs] * running + out[::-1]
 
 
 def lr_grid(variant: dict, tuning: TuningConfig) -> list[float]:
