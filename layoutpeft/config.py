@@ -241,6 +241,7 @@ class TrainConfig(_Section):
     adamw: str = "fused"
     collapse_epochs: int = 0
     frozen_weights: str = "fp32"  # engine.frozen_weights_dtype
+    length_buckets: tuple[int, ...] = ()  # batching.bucket_length: () = pad each batch to its longest
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
@@ -265,7 +266,19 @@ class TrainConfig(_Section):
             collapse_epochs=number_in(params, "train.collapse_epochs", 0, 10_000, kind=int, default=0),
             # absent from params written before it existed: those runs held every weight in fp32
             frozen_weights=choice(params, "train.frozen_weights", FROZEN_WEIGHTS, default="fp32"),
+            # absent from params written before it existed: those runs padded each batch to its longest
+            length_buckets=length_buckets(params),
         )
+
+
+def length_buckets(params: dict) -> tuple[int, ...]:
+    """train.length_buckets: increasing window lengths a training batch is padded up to ([] = off)."""
+    buckets = list(get(params, "train.length_buckets", (list, tuple), default=[]))  # a tuple: TrainConfig.as_dict()
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets) or buckets != sorted(set(buckets)):
+        raise ParamsError(
+            f"params.yaml: train.length_buckets must be increasing lengths >= 1 (e.g. [128, 256, 512]), got {buckets!r}"
+        )
+    return tuple(buckets)
 
 
 @dataclass(frozen=True)

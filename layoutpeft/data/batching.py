@@ -88,6 +88,13 @@ def collate(windows: list[dict], pad_token_id: int, pad_to: int | None = None, n
     }
 
 
+def bucket_length(longest: int, buckets: tuple[int, ...]) -> int | None:
+    """The smallest bucket that holds a batch's longest window (None: no buckets, or longer than all,
+    so the batch keeps its own length). A few fixed lengths let torch.compile build a few static
+    graphs instead of one per padded length."""
+    return next((b for b in buckets if b >= longest), None)
+
+
 def batches(
     windows: list[dict],
     batch_size: int,
@@ -99,13 +106,16 @@ def batches(
     seed: int = 0,
     pad_to: int | None = None,
     n_virtual: int = 0,
+    buckets: tuple[int, ...] = (),
 ):
     """Yield (indices, batch) pairs over `windows`. Without shuffling (inference), windows are
-    sorted by length over the whole split: order does not matter there, padding does."""
+    sorted by length over the whole split: order does not matter there, padding does. `buckets`:
+    each batch padded up to the smallest that holds it (bucket_length)."""
     lengths = [len(w["input_ids"]) for w in windows]
     size = group_size if shuffle else max(1, math.ceil(len(windows) / batch_size))
     for indices in batch_order(lengths, batch_size, shuffle, group_by_length, seed, size):
-        yield indices, collate([windows[i] for i in indices], pad_token_id, pad_to, n_virtual)
+        length = pad_to or bucket_length(max(lengths[i] for i in indices), buckets)
+        yield indices, collate([windows[i] for i in indices], pad_token_id, length, n_virtual)
 
 
 def to_device(batch: dict, device: torch.device, non_blocking: bool = False) -> dict:

@@ -31,7 +31,19 @@ from pathlib import Path
 from layoutpeft.errors import LayoutpeftError
 
 # The train settings a training's speed depends on (with the model, the method, device and threads).
-SPEED_KEYS = ("batch_size", "precision", "group_by_length", "group_size", "attention", "compile", "adamw", "loss")
+SPEED_KEYS = (
+    "batch_size",
+    "precision",
+    "group_by_length",
+    "group_size",
+    "attention",
+    "compile",
+    "length_buckets",
+    "adamw",
+    "loss",
+)
+# ... what a record written before a key existed had (TrainConfig's defaults then)
+SPEED_DEFAULTS: dict = {"length_buckets": []}
 # ... and those that also fix how many epochs it runs: equal too, a recorded time is used as it is.
 SCHEDULE_KEYS = ("max_epochs", "patience", "collapse_epochs", "select_on")
 RECORD_GLOBS = ("metrics/runs/*.json", "results/*/runs/*.json")
@@ -370,7 +382,11 @@ class Timings:
             if r.checkpoint == self.checkpoint
             and r.device_name == self.device.name
             and (self.device.kind != "cpu" or (r.threads == threads and self.same_cpu(r)))
-            and all(r.train.get(k) == v for k, v in speed.items() if k != "precision")
+            and all(
+                list_if_tuple(r.train.get(k, SPEED_DEFAULTS.get(k))) == list_if_tuple(v)
+                for k, v in speed.items()
+                if k != "precision"
+            )
             and r.precision == speed["precision"]
         ]
 
@@ -436,6 +452,11 @@ class Timings:
             )
         self._memo[key] = result
         return result
+
+
+def list_if_tuple(value):
+    """A setting as a record's JSON holds it (a tuple comes back as a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def mean(values: list[float]) -> float:

@@ -7,10 +7,12 @@ measurements in layoutpeft.train.probes.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -204,12 +206,32 @@ def steps_per_epoch(n_windows: int, batch_size: int) -> int:
     return math.ceil(n_windows / batch_size)
 
 
-def compiled(model, enabled: bool):
-    """train.compile: torch.compile (inductor) the forward. Shapes are marked dynamic, because dynamic
+def compiled(model, enabled: bool, buckets: tuple[int, ...] = ()):
+    """train.compile: torch.compile (inductor) the forward. With train.length_buckets the shapes
+    are static: one graph per bucket (and per last, smaller batch), each reused from inductor's
+    on-disk cache by every later process. Without buckets they are marked dynamic, because dynamic
     padding gives every batch its own length and a static compile would recompile for each."""
     if not enabled:
         return model
+    use_compile_cache()
+    if buckets:
+        # a bucket x {full, last} batch size each: room for them all before dynamo falls back to eager
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(buckets) + 2)
+        return torch.compile(model, dynamic=False)
     return torch.compile(model, dynamic=True)
+
+
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def use_compile_cache() -> Path:
+    """Inductor's compiled graphs (FX graph and AOTAutograd caches) in layoutpeft's cache folder,
+    ~/.cache/layoutpeft/inductor, unless $TORCHINDUCTOR_CACHE_DIR says where: every trial and seed
+    after the first loads them instead of compiling (keyed on graph, shapes, config and torch version)."""
+    folder = Path(os.environ.setdefault(COMPILE_CACHE_ENV, str(Path.home() / ".cache" / "layoutpeft" / "inductor")))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return folder
 
 
 @dataclass
@@ -293,6 +315,7 @@ def shuffled_batches(
             group_size=cfg.group_size,
             seed=seed * 100_003 + epoch,
             n_virtual=n_virtual,
+            buckets=cfg.length_buckets,
         ):
             yield batch
 
@@ -468,7 +491,7 @@ def fit(
     optimization = make_optimization(model, variant, cfg, total_steps, dtype, tables_lr)
     tokens_per_batch = mean_labelled_tokens_per_batch(train_windows, cfg.batch_size)
     epoch_batches = epoch_batches or shuffled_batches(train_windows, cfg, pad_token_id, seed, n_virtual)
-    forward_model = compiled(model, cfg.compile)
+    forward_model = compiled(model, cfg.compile, cfg.length_buckets)
 
     def loss_of(batch: dict) -> torch.Tensor:
         return batch_loss(forward_model, batch, method, cfg.loss, n_virtual, tokens_per_batch)
