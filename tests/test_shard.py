@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -494,3 +495,23 @@ def test_extra_runs_are_planned_beside_their_variant():
     assert sorted(seen) == sorted(stage_names(params) | {"train_extra@lora-5", "evaluate_extra@lora-5"})
     lora = next(shard for shard in plan if "tune@lora" in shard.stages)
     assert "train_extra@lora-5" in lora.stages  # where its lr is tuned
+
+
+def test_partial_collect_counts_the_extra_runs_too(tmp_path, monkeypatch, capsys):
+    """study.extra_runs adds seeds to some variants: the progress line counts and lists them."""
+    monkeypatch.chdir(tmp_path)
+    study = {
+        "variants": ["full", "lora"],
+        "seeds": [0, 1],
+        "reference": "full",
+        "extra_runs": {"lora-5": {"variant": "lora", "seed": 5}},
+    }
+    (tmp_path / "params.yaml").write_text(json.dumps({"study": study}))
+    (tmp_path / "metrics" / "runs").mkdir(parents=True)
+    for key in ("full-0", "full-1", "lora-0"):
+        (tmp_path / "metrics" / "runs" / f"{key}.json").write_text("{}")
+    monkeypatch.setattr(shards.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=0, stdout=""))
+    shards.collect_partial()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "shard: collect --partial: 3 of 5 runs finished, summarised in metrics/summary.md; not finished: lora seeds 1, 5"
+    )

@@ -383,10 +383,12 @@ def collect_partial(*, pull: bool = False, params_path: Path = Path("params.yaml
             + (f"`{failed[0]}` failed" if failed else f"dvc repro exited {proc.returncode}")
             + " (dvc's output is above)"
         )
-    study = StudyConfig.from_params(load(params_path))
-    unfinished = {v: [s for s in study.seeds if not (RUNS_DIR / f"{run_key(v, s)}.json").is_file()] for v in study.variants}
+    study = StudyConfig.from_params(load(params_path), summary_keys=True)
+    # every variant's seeds, with the ones study.extra_runs adds to some of them
+    planned = {v: [*study.seeds, *study.extra_seeds.get(v, ())] for v in study.variants}
+    unfinished = {v: [s for s in seeds if not (RUNS_DIR / f"{run_key(v, s)}.json").is_file()] for v, seeds in planned.items()}
     unfinished = {v: seeds for v, seeds in unfinished.items() if seeds}
-    total = len(study.variants) * len(study.seeds)
+    total = sum(map(len, planned.values()))
     done = total - sum(map(len, unfinished.values()))
     announce(
         f"collect --partial: {done} of {total} runs finished, summarised in metrics/summary.md; "
