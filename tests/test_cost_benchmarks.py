@@ -1,4 +1,5 @@
-"""benchmarks/schedule_length.py (its decision rule, its plan) and benchmarks/study_cost.py (params, plan)."""
+"""benchmarks/schedule_length.py (its decision rule, its plan), benchmarks/study_cost.py (params, plan) and
+benchmarks/rank_convention.py (its arms, its decision rule)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def load(name: str):
 
 schedule_length = load("schedule_length")
 study_cost = load("study_cost")
+rank_convention = load("rank_convention")
 
 
 def result(length, seed, f1):
@@ -107,3 +109,28 @@ def test_study_cost_runs_a_tiny_subset_end_to_end(tiny_checkpoint, tiny_tokenize
     assert 25 < result["reference_cpu_hours"] < 26
     tuned = json.loads((out / "lr" / "head.json").read_text())
     assert len(tuned["halving"]["stopped"]) == 2
+
+
+def test_rank_convention_arms_take_alpha_from_their_convention():
+    study = REPO_ROOT / "results" / "reference-minilm"
+    params = study_cost.study_params(study, [])
+    arms = {c: rank_convention.arm_variant(params, study, 64, c) for c in ("alpha_2r", "alpha_fixed", "rslora")}
+    assert {c: v["alpha"] for c, v in arms.items()} == {"alpha_2r": 128, "alpha_fixed": 32, "rslora": 8}
+    assert all(v["r"] == 64 and v["lr"] == 0.003 and not v.get("lr_grid") for v in arms.values())  # grid: study.lr_grid x 3e-3
+
+
+def tuned(lr, f1):
+    return {"chosen_lr": lr, "trials": [{"lr": lr, "best_val_f1": f1}, {"lr": lr * 3, "best_val_f1": f1 - 0.05}]}
+
+
+def test_rank_convention_keeps_alpha_2r_unless_another_keeps_one_lr_at_no_loss():
+    decide = rank_convention.decide
+    moves = {(1, "alpha_2r"): tuned(9e-3, 0.40), (64, "alpha_2r"): tuned(1e-3, 0.50)}
+    steady = {(1, "rslora"): tuned(3e-3, 0.40), (64, "rslora"): tuned(3e-3, 0.495)}
+    worse = {(1, "alpha_fixed"): tuned(3e-3, 0.30), (64, "alpha_fixed"): tuned(3e-3, 0.50)}
+    conventions = ["alpha_2r", "alpha_fixed", "rslora"]
+    assert decide({**moves, **steady}, [1, 64], conventions, 1.0)["decision"].startswith("undecided")
+    assert decide({**moves, **steady, **worse}, [1, 64], conventions, 1.0)["decision"].startswith("rslora:")
+    assert decide({**moves, **steady, **worse}, [1, 64], conventions, 0.4)["decision"].startswith("alpha_2r stays: no other")
+    same = {(1, "alpha_2r"): tuned(3e-3, 0.40), (64, "alpha_2r"): tuned(3e-3, 0.50)}
+    assert decide({**same, **steady, **worse}, [1, 64], conventions, 1.0)["decision"].startswith("alpha_2r stays: its tuned lr")
