@@ -9,7 +9,7 @@ import torch
 
 from layoutpeft.errors import ParamsError
 
-from fixtures import TINY_DATA_SETTINGS, make_backbone_checkpoint
+from fixtures import REPO_ROOT, TINY_DATA_SETTINGS, make_backbone_checkpoint
 from trained_runs import FULL, LORA, make_workspace
 
 
@@ -141,3 +141,25 @@ def test_predict_labels_forms_with_each_backbone(backbone):
     assert doc["windows"] == 2 and len(doc["words"]) == 59  # the long test form: every word labelled once
     assert {w["label"] for w in doc["words"]} <= set(record["labels"])
     assert record["scores"]["words"] == 59
+
+
+def test_the_variants_stage_refuses_what_the_backbone_cannot_do(tmp_path, monkeypatch):
+    """Before the first tune@ of the study: a LayoutLM-only method on a LiLT checkpoint."""
+    import yaml
+
+    from stages import variants as stage
+
+    lilt = make_backbone_checkpoint(tmp_path / "lilt", "lilt")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["model"].update(checkpoint=str(lilt), architecture="auto")
+    params["study"].update(variants=["lora", "prompt_tuning"], reference="lora")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path / "project")
+    with pytest.raises(ParamsError, match=r"^variant 'prompt_tuning': method prompt_tuning cannot apply to lilt"):
+        stage.main([])
+    assert not (tmp_path / "project" / "data").exists()
+    params["study"].update(variants=["lora"])
+    (tmp_path / "project" / "params.yaml").write_text(yaml.safe_dump(params))
+    stage.main([])
+    assert (tmp_path / "project" / "data" / "variants" / "lora.json").is_file()
