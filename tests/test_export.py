@@ -288,3 +288,26 @@ def test_card_code_runs_under_the_runs_precision(precision, autocast):
     else:
         assert "torch.autocast" not in text and "trained and evaluated in fp32" in text
     compile("\n".join(text.split("```python\n")[1].split("```")[0].splitlines()), "card", "exec")  # valid Python
+
+
+def test_card_of_a_run_on_own_data_claims_nothing_of_funsd(workspace, tmp_path, capsys):
+    """Trained on a dataset snapshot (data.dataset.path), the card names no FUNSD data, tag or licence."""
+    code, streams = export("--run", "lora-0", str(tmp_path / "funsd"), capsys=capsys)
+    assert code == 0, streams.err
+    assert front_matter((tmp_path / "funsd" / "README.md").read_text())["datasets"] == ["funsd"]
+    snapshot = workspace / "data" / "raw" / "dataset"
+    snapshot.mkdir()
+    try:
+        code, streams = export("--run", "lora-0", str(tmp_path / "own"), capsys=capsys)
+    finally:
+        snapshot.rmdir()
+    assert code == 0, streams.err
+    readme = (tmp_path / "own" / "README.md").read_text()
+    meta = front_matter(readme)
+    assert "datasets" not in meta and "funsd" not in meta["tags"]
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "custom"
+    body = readme.split("---\n", 2)[2]
+    # (FUNSD-format JSON, the input format `predict` reads, is still named)
+    assert "FUNSD (Jaume" not in body and "FUNSD's test split" not in body and "jaume2019funsd" not in body
+    assert "This run on the dataset's test split" in body
+    assert "The licences of the data this model was trained on and of the base checkpoint apply" in body

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from layoutpeft.data.hfdata import SNAPSHOT
 from layoutpeft.labels import FUNSD_ORDER, entity_types, labels_of_record
 
 # The transformers class names of each backbone (train_log's model.source_type; bert becomes LayoutLM).
@@ -240,7 +241,7 @@ def usage(info: dict, log: dict) -> str:
     return "\n".join(text)
 
 
-def results(log: dict, info: dict, runs_dir: Path, summary: Path) -> tuple[list[str], dict | None]:
+def results(log: dict, info: dict, runs_dir: Path, summary: Path, funsd: bool = True) -> tuple[list[str], dict | None]:
     """Body lines for the scores, and the run's test scores (for model-index) if they are current."""
     lines = []
     record = _read_json(runs_dir / f"{info['run']}.json")
@@ -258,7 +259,8 @@ def results(log: dict, info: dict, runs_dir: Path, summary: Path) -> tuple[list[
     else:
         scores = record["scores"]
         lines += [
-            f"This run on FUNSD's test split ({scores.get('words', 'n/a')} words), entity level, seqeval "
+            f"This run on {'FUNSD' if funsd else 'the dataset'}'s test split ({scores.get('words', 'n/a')} words), "
+            "entity level, seqeval "
             f"{scores.get('mode', '')} mode:",
             "",
             "| | precision | recall | F1 | support |",
@@ -293,14 +295,30 @@ def results(log: dict, info: dict, runs_dir: Path, summary: Path) -> tuple[list[
     return lines, scores
 
 
-def data_lines(tokenized: Path, data_report: Path) -> tuple[list[str], int | None]:
+def is_funsd(tokenized: Path, labels: list[str]) -> bool:
+    """Whether the run's data is FUNSD: the official zip unpacked beside the tokenized data (data/raw),
+    not a dataset snapshot (data.dataset.path); without data/raw, FUNSD's entity types decide."""
+    raw = tokenized.parent / "raw"
+    if (raw / SNAPSHOT).is_dir():
+        return False
+    if (raw / "training_data").is_dir():
+        return True
+    return entity_types(labels) == list(FUNSD_ORDER)
+
+
+def data_lines(tokenized: Path, data_report: Path, funsd: bool = True) -> tuple[list[str], int | None]:
     meta = _read_json(tokenized / "meta.json")
     report = _read_json(data_report)
+    split_rule = (
+        "A validation split is held out of the training forms (document level, fixed seed) for early stopping "
+        "and model selection; the test split is used only for the reported scores."
+    )
     lines = [
         "FUNSD (Jaume et al., 2019): 199 scanned forms, 149 for training and 50 for testing, words with "
-        "boxes and entity labels header / question / answer / other. A validation split is held out of the "
-        "training forms (document level, fixed seed) for early stopping and model selection; the test "
-        "split is used only for the reported scores."
+        "boxes and entity labels header / question / answer / other. " + split_rule
+        if funsd
+        else "The forms of the dataset named by `data.dataset.path` (its train and test splits, snapshotted in "
+        f"{tokenized.parent / 'raw' / SNAPSHOT} by the download stage). " + split_rule
     ]
     window_length = None
     if meta:
@@ -321,7 +339,7 @@ def data_lines(tokenized: Path, data_report: Path) -> tuple[list[str], int | Non
     return lines, window_length
 
 
-def card_metadata(log: dict, info: dict, scores: dict | None) -> dict:
+def card_metadata(log: dict, info: dict, scores: dict | None, funsd: bool = True) -> dict:
     """The YAML front matter: Hugging Face card fields (base_model only where it is a Hub id)."""
     adapter = info["kind"] == "adapter"
     meta: dict[str, Any] = {"library_name": "peft" if adapter else "transformers"}
@@ -330,9 +348,10 @@ def card_metadata(log: dict, info: dict, scores: dict | None) -> dict:
     meta.update(
         {
             "pipeline_tag": "token-classification",
-            "tags": ["layoutlm", "token-classification", "funsd", "layoutpeft", log["variant_params"]["method"]]
+            "tags": ["layoutlm", "token-classification", *(["funsd"] if funsd else []), "layoutpeft"]
+            + [log["variant_params"]["method"]]
             + (["peft", "adapter"] if adapter else []),
-            "datasets": ["funsd"],
+            **({"datasets": ["funsd"]} if funsd else {}),
             "metrics": ["precision", "recall", "f1"],
         }
     )
@@ -343,7 +362,9 @@ def card_metadata(log: dict, info: dict, scores: dict | None) -> dict:
                 "results": [
                     {
                         "task": {"type": "token-classification", "name": "Token classification"},
-                        "dataset": {"type": "funsd", "name": "FUNSD", "split": "test"},
+                        "dataset": {"type": "funsd", "name": "FUNSD", "split": "test"}
+                        if funsd
+                        else {"type": "custom", "name": "own forms", "split": "test"},
                         "metrics": [
                             {"type": key, "value": round(float(scores[key]), 4), "name": f"entity {key} (seqeval)"}
                             for key in ("precision", "recall", "f1")
@@ -414,15 +435,16 @@ def version_lines(log: dict, info: dict) -> list[str]:
 
 def model_card(log: dict, info: dict, *, runs_dir: Path, summary: Path, tokenized: Path, data_report: Path) -> str:
     variant = log["variant_params"]
-    score_lines, scores = results(log, info, runs_dir, summary)
-    d_lines, window_length = data_lines(tokenized, data_report)
+    labels = labels_of_record(log)
+    funsd = is_funsd(tokenized, labels)
+    data_name = "FUNSD" if funsd else "own forms"
+    score_lines, scores = results(log, info, runs_dir, summary, funsd)
+    d_lines, window_length = data_lines(tokenized, data_report, funsd)
     info = {**info, "window_length": window_length}
     adapter = info["kind"] == "adapter"
-    labels = labels_of_record(log)
     backbone = {"lilt": "LiLT", "layoutlmv3": "LayoutLMv3 (text + layout)"}.get(
         str((log.get("model") or {}).get("source_type")), "LayoutLM"
     )
-    data_name = "FUNSD" if entity_types(labels) == list(FUNSD_ORDER) else "forms"
     body = [
         f"# {info['run']}: {backbone} + {variant['method']} on {data_name}",
         "",
@@ -459,12 +481,18 @@ def model_card(log: dict, info: dict, *, runs_dir: Path, summary: Path, tokenize
         "",
         "## Licence and citation",
         "",
-        "FUNSD is for non-commercial research and educational use only; this model was trained on it, so use it "
-        "accordingly. The base checkpoint's own licence applies too. Cite the dataset as:",
-        "",
-        "```bibtex",
-        FUNSD_CITATION,
-        "```",
+        *(
+            [
+                "FUNSD is for non-commercial research and educational use only; this model was trained on it, so use it "
+                "accordingly. The base checkpoint's own licence applies too. Cite the dataset as:",
+                "",
+                "```bibtex",
+                FUNSD_CITATION,
+                "```",
+            ]
+            if funsd
+            else ["The licences of the data this model was trained on and of the base checkpoint apply to it."]
+        ),
         "",
     ]
-    return front_matter(card_metadata(log, info, scores)) + "\n" + "\n".join(body)
+    return front_matter(card_metadata(log, info, scores, funsd)) + "\n" + "\n".join(body)
