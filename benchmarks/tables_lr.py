@@ -21,6 +21,8 @@ resumable, and processes with disjoint --variants or --arms share the work.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -134,7 +136,47 @@ def run_arm(args, params: dict, name: str, variant: dict, arm: str, out: Path) -
     print(f"{name} tables {arm}: validation F1 {t['best_val_f1']:.4f} (epoch {t['best_epoch']})", flush=True)
 
 
-def report(out: Path) -> str:
+def seed_noise(study: Path, variant: str) -> float | None:
+    """Points of validation F1 by which two single runs of the variant differ by chance (95 %): 2 x sqrt(2)
+    x the SD of the study's best validation F1 across its seeds; None without two seeds."""
+    f1 = [
+        r["training"]["best_val_f1"]
+        for r in (json.loads(p.read_text()) for p in sorted((study / "runs").glob(f"{variant}-*.json")))
+        if r.get("variant") == variant
+    ]
+    return 100 * 2 * math.sqrt(2) * statistics.stdev(f1) if len(f1) > 1 else None
+
+
+def decide(rows: dict[str, dict[str, dict]], arms: list[str], shared_lr: float, study: Path) -> list[str]:
+    """Per variant: the best arm, and whether it beats the shared tables_lr (the study's) by more than seed noise."""
+    shared = next((a for a in arms if a != FROZEN and float(a) == shared_lr), f"{shared_lr:g}")
+    lines, beyond = [], {}
+    for name, by_arm in rows.items():
+        if set(arms) - set(by_arm) or shared not in by_arm:
+            lines.append(f"- {name}: undecided ({len(by_arm)} of {len(arms)} arms finished)")
+            continue
+        best = max(arms, key=lambda a: by_arm[a]["best_val_f1"])
+        gain = 100 * (by_arm[best]["best_val_f1"] - by_arm[shared]["best_val_f1"])
+        noise = seed_noise(study, name)
+        if noise is not None and gain > noise:
+            beyond[name] = best
+        lines.append(
+            f"- {name}: best arm {best}, {gain:+.1f} points over the shared {shared} "
+            f"(seed noise of one run against another: {'n/a' if noise is None else f'{noise:.1f}'} points): "
+            + ("beyond noise" if name in beyond else "within noise")
+        )
+    if any(line.endswith("arms finished)") for line in lines):
+        verdict = "undecided until every arm of every variant has finished"
+    elif not beyond:
+        verdict = f"keep the shared model.tables_lr {shared}: no method gains beyond seed noise from another value"
+    elif len(set(beyond.values())) == 1 and len(beyond) == len(rows):
+        verdict = f"change the shared model.tables_lr to {next(iter(beyond.values()))}: every method gains beyond noise there"
+    else:
+        verdict = f"tune model.tables_lr per method: {', '.join(f'{n} prefers {a}' for n, a in beyond.items())} beyond noise"
+    return [*lines, "", f"Decision: {verdict}."]
+
+
+def report(out: Path, study: Path | None = None, shared_lr: float | None = None, expected: list[str] | None = None) -> str:
     rows: dict[str, dict[str, dict]] = {}
     for path in sorted(out.glob("*.json")):
         r = json.loads(path.read_text())
@@ -164,6 +206,7 @@ def report(out: Path) -> str:
             "",
             "One seed: differences within about 1-2 points are within seed noise (the study's "
             "validation F1 spread across seeds).",
+            *(["", *decide(rows, expected or arms, shared_lr, study)] if study is not None and shared_lr is not None else []),
         ]
     )
 
@@ -181,11 +224,12 @@ def main(argv=None) -> None:
     parser.add_argument("--report", action="store_true", help="only print the table of what has finished")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.report:
-        print(report(out))
-        return
     study = Path(args.study)
     params = load_params(study / "params.yaml")
+    shared_lr = float(params["model"]["tables_lr"])
+    if args.report:
+        print(report(out, study, shared_lr, args.arms))
+        return
     variants = studied_variants(params, check_runtime=False)
     for arm in args.arms:
         if arm != FROZEN:
@@ -212,7 +256,7 @@ def main(argv=None) -> None:
                 print(f"{name} tables {arm}: finished earlier ({path})")
                 continue
             run_arm(args, params, name, variant, arm, path)
-    print(report(out))
+    print(report(out, study, shared_lr, args.arms))
 
 
 if __name__ == "__main__":

@@ -57,3 +57,28 @@ def test_report_tabulates_what_has_finished(tmp_path):
     text = tables_lr.report(tmp_path)
     assert "| Variant | tables 5e-5 | tables 1.5e-4 | tables 4.5e-4 | tables frozen | spread (points) |" in text
     assert "| vera | – | 38.6 (reused) | 41.0 | 30.0 | 11.0 |" in text
+
+
+def arm_rows(values: dict[str, dict[str, float]]) -> dict[str, dict[str, dict]]:
+    return {v: {a: {"best_val_f1": f1} for a, f1 in arms.items()} for v, arms in values.items()}
+
+
+def test_the_decision_weighs_each_gain_against_the_variants_seed_noise():
+    arms = ["5e-5", "1.5e-4", "4.5e-4", "frozen"]
+    noise = {v: tables_lr.seed_noise(STUDY, v) for v in ("head", "vera", "lora")}
+    # the reference study's validation F1 across its 3 seeds: head 22.5 / 23.2 / 22.6, vera 38.7 / 39.0 / 40.6
+    assert noise["head"] == pytest.approx(0.94, abs=0.01) and noise["vera"] == pytest.approx(3.0, abs=0.05)
+    flat = {"5e-5": 0.22, "1.5e-4": 0.228, "4.5e-4": 0.225, "frozen": 0.221}
+    within = arm_rows({"head": flat, "vera": {"5e-5": 0.38, "1.5e-4": 0.391, "4.5e-4": 0.41, "frozen": 0.30}})
+    decision = tables_lr.decide(within, arms, 1.5e-4, STUDY)
+    assert (
+        decision[-1] == "Decision: keep the shared model.tables_lr 1.5e-4: no method gains beyond seed noise from another value."
+    )
+    assert "- vera: best arm 4.5e-4, +1.9 points over the shared 1.5e-4" in decision[1]
+    beyond = arm_rows({"head": {**flat, "4.5e-4": 0.25}, "vera": {"5e-5": 0.38, "1.5e-4": 0.391, "4.5e-4": 0.39, "frozen": 0.45}})
+    assert tables_lr.decide(beyond, arms, 1.5e-4, STUDY)[-1] == (
+        "Decision: tune model.tables_lr per method: head prefers 4.5e-4, vera prefers frozen beyond noise."
+    )
+    assert tables_lr.decide(arm_rows({"head": flat, "vera": {"1.5e-4": 0.39}}), arms, 1.5e-4, STUDY)[-1].startswith(
+        "Decision: undecided"
+    )
