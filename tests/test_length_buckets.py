@@ -4,6 +4,7 @@ graphs), the same training otherwise, and inductor's compiled graphs reused by a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -98,6 +99,9 @@ print(json.dumps({k: dict(v) for k, v in counters.items()}))
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_a_second_process_loads_the_compiled_graphs_from_the_cache(tmp_path):
     """inductor's on-disk cache under $TORCHINDUCTOR_CACHE_DIR: the first process compiles one graph
     per bucket, the second finds them all (torch.compile needs a C++ compiler on CPU)."""
