@@ -50,7 +50,7 @@ def arm_variant(params: dict, study: Path, rank: int, convention: str) -> dict:
 
 
 def decide(results: dict[tuple[int, str], dict], ranks: list[int], conventions: list[str], margin: float) -> dict:
-    rows = {}
+    rows: dict[str, dict] = {}
     for convention in conventions:
         got = {r: results.get((r, convention)) for r in ranks}
         lrs = {r: g["chosen_lr"] for r, g in got.items() if g}
