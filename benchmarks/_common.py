@@ -29,3 +29,14 @@ def argument_parser(doc: str | None, *, training: bool = False) -> argparse.Argu
             "--checkpoint", default=OFFLINE_CHECKPOINT, help="model.checkpoint spec (default: the offline MiniLM package)"
         )
     return parser
+
+
+def add_study_options(parser: argparse.ArgumentParser, results: str, plan: bool = False) -> None:
+    """The options of every script that measures resumably at a published study's settings: the study,
+    its tokenized data, the folder of finished results, --report (and --plan where it can plan)."""
+    parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
+    parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
+    parser.add_argument("--out", required=not plan, help=f"folder of {results} (resumable)")
+    parser.add_argument("--report", action="store_true", help="only write the table (and decision) from what has finished")
+    if plan:
+        parser.add_argument("--plan", action="store_true", help="only print the planned trainings and hours; trains nothing")

@@ -41,7 +41,7 @@ from layoutpeft.train import runs
 from layoutpeft.train.tuning import code_files, environment_key
 from layoutpeft.train.variants import studied_variants
 
-from _common import ROOT, argument_parser
+from _common import ROOT, add_study_options, argument_parser
 
 BASELINE = "baseline"
 LIBRARIES = ("torch", "transformers", "peft")
@@ -251,14 +251,11 @@ def report(out_dir: Path) -> str:
 
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
+    add_study_options(parser, "per-(arm, seed) results")
     parser.add_argument("--variant", default="lora")
     parser.add_argument("--arms", nargs="+", default=[""], help='train.* overrides per arm; "" is the baseline')
     parser.add_argument("--every-arm", default="", help="train.* overrides for all arms, the baseline too")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
-    parser.add_argument("--out", required=True, help="folder of per-(arm, seed) results")
-    parser.add_argument("--report", action="store_true", help="only print the table of what has finished")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.report:

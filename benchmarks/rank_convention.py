@@ -22,18 +22,15 @@ and reaches a validation F1 no lower at any rank by more than --margin points.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from study_cost import study_params, tune_variant
+from study_cost import results_folder, study_params, tune_variant
 
 from layoutpeft.atomic import write_json, write_text
-from layoutpeft.config import TrainConfig
 from layoutpeft.train import tuning
-from layoutpeft.train.device import emulated_bf16_warning, resolve_device
 from layoutpeft.train.methods import RANK_SCALINGS, validate_variant
 
-from _common import argument_parser
+from _common import add_study_options, argument_parser
 
 BASE = "lora"
 
@@ -95,15 +92,11 @@ def report(decision: dict, ranks: list[int]) -> str:
 
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--study", default="results/reference-minilm", help="the published reference study")
+    add_study_options(parser, "per-(rank, convention) tunes", plan=True)
     parser.add_argument("--ranks", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--conventions", nargs="+", default=list(RANK_SCALINGS), choices=RANK_SCALINGS)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="params key=value on top")
     parser.add_argument("--margin", type=float, default=1.0, help="largest accepted validation F1 loss, points")
-    parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
-    parser.add_argument("--out", help="folder of results (resumable)")
-    parser.add_argument("--plan", action="store_true", help="only print the planned tunes and epochs")
-    parser.add_argument("--report", action="store_true", help="only write the table from what finished")
     args = parser.parse_args(argv)
     study = Path(args.study)
     params = study_params(study, args.overrides)
@@ -117,15 +110,8 @@ def main(argv=None) -> None:
             planned = tuning.planned_epochs(len(grid), tuning_cfg, epochs)
             print(f"{arm_name(r, c)}: alpha {v['alpha']:g}, lrs {grid}, {planned} epochs (grid extensions not counted)")
         return
-    if not args.out:
-        raise SystemExit("--out is required (or --plan)")
-    out = Path(args.out)
+    out = results_folder(args, params)
     if not args.report:
-        train_cfg = TrainConfig.from_params(params)
-        if warning := emulated_bf16_warning(train_cfg.precision, resolve_device(train_cfg.device)):
-            raise SystemExit(f"{warning}; or --set train.precision=fp32")
-        out.mkdir(parents=True, exist_ok=True)
-        os.environ[tuning.TRIAL_CACHE_ENV] = str(out / "trials")
         for arm, variant in variants.items():
             tune_variant(arm_name(*arm), variant, params, Path(args.tokenized), out)
     results = {}

@@ -30,7 +30,7 @@ from layoutpeft.atomic import write_json, write_text
 from layoutpeft.config import load_params
 from layoutpeft.study import stats
 
-from _common import argument_parser
+from _common import add_study_options, argument_parser
 
 
 def arm_for(length: int, study_length: int) -> str:
@@ -169,7 +169,7 @@ def report(decision: dict, study_length: int, margin: float) -> str:
 
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
+    add_study_options(parser, "per-variant results", plan=True)
     parser.add_argument("--variants", nargs="+", default=["full", "lora", "vera"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[15, 20, 30])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -179,10 +179,6 @@ def main(argv=None) -> None:
         default="",
         help="train.* overrides for every length alike (defaults_seeds.py), e.g. precision=fp32 on a CPU without bf16 units",
     )
-    parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
-    parser.add_argument("--out", help="folder of per-variant results (resumable)")
-    parser.add_argument("--plan", action="store_true", help="only print the planned trainings and hours")
-    parser.add_argument("--report", action="store_true", help="only write the table and decision from what finished")
     args = parser.parse_args(argv)
     study = Path(args.study)
     study_length = load_params(study / "params.yaml")["train"]["max_epochs"]

@@ -37,7 +37,7 @@ from layoutpeft.train import runs, tuning
 from layoutpeft.train.device import emulated_bf16_warning, resolve_device
 from layoutpeft.train.variants import studied_variants
 
-from _common import ROOT, argument_parser
+from _common import ROOT, add_study_options, argument_parser
 
 PROFILE = "reference"
 
@@ -214,16 +214,27 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_folder(args, params: dict) -> Path:
+    """--out, checked; unless --report, made (the tunes' and seeds' scratch folders live in it) with its
+    trial cache in it, after refusing a bf16 run this CPU would emulate."""
+    if not args.out:
+        raise SystemExit("--out is required (or --plan)")
+    out = Path(args.out)
+    if not args.report:
+        train_cfg = TrainConfig.from_params(params)
+        if warning := emulated_bf16_warning(train_cfg.precision, resolve_device(train_cfg.device)):
+            raise SystemExit(f"{warning}; measure on a CPU like the reference's, or --set train.precision=fp32")
+        out.mkdir(parents=True, exist_ok=True)
+        os.environ[tuning.TRIAL_CACHE_ENV] = str(out / "trials")
+    return out
+
+
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--study", default="results/reference-minilm", help="the published reference study")
+    add_study_options(parser, "results", plan=True)
     parser.add_argument("--variants", nargs="+", default=["full", "lora", "vera"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="params key=value on top")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the reference ran one-thread workers)")
-    parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
-    parser.add_argument("--out", help="folder of results (resumable)")
-    parser.add_argument("--plan", action="store_true", help="only print the planned epochs and hours")
-    parser.add_argument("--report", action="store_true", help="only write the result from what finished")
     args = parser.parse_args(argv)
     study = Path(args.study)
     params = study_params(study, args.overrides)
@@ -242,18 +253,11 @@ def main(argv=None) -> None:
             "(s/epoch of the committed runs; no trial stopping on its own, no grid extension)"
         )
         return
-    if not args.out:
-        raise SystemExit("--out is required (or --plan)")
-    out = Path(args.out)
+    out = results_folder(args, params)
     if not args.report:
         import torch
 
-        train_cfg = TrainConfig.from_params(params)
-        if warning := emulated_bf16_warning(train_cfg.precision, resolve_device(train_cfg.device)):
-            raise SystemExit(f"{warning}; measure on a CPU like the reference's, or --set train.precision=fp32")
         torch.set_num_threads(args.threads)
-        out.mkdir(parents=True, exist_ok=True)  # the tune's and the seeds' scratch folders live in it
-        os.environ[tuning.TRIAL_CACHE_ENV] = str(out / "trials")
         tokenized = Path(args.tokenized)
         for name in args.variants:
             start = time.perf_counter()

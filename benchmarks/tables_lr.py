@@ -44,7 +44,7 @@ from layoutpeft.train import runs
 from layoutpeft.train.tuning import environment_key
 from layoutpeft.train.variants import studied_variants
 
-from _common import argument_parser
+from _common import add_study_options, argument_parser
 
 FROZEN = "frozen"
 
@@ -213,15 +213,12 @@ def report(out: Path, study: Path | None = None, shared_lr: float | None = None,
 
 def main(argv=None) -> None:
     parser = argument_parser(__doc__)
-    parser.add_argument("--study", default="results/reference-minilm", help="a published study folder")
+    add_study_options(parser, "per-(variant, arm) results")
     parser.add_argument("--variants", nargs="+", default=["head", "vera", "lora"])
     parser.add_argument(
         "--arms", nargs="+", default=["5e-5", "1.5e-4", "4.5e-4", FROZEN], help="model.tables_lr values, or 'frozen'"
     )
     parser.add_argument("--every-arm", default="", help="train.* overrides for all arms (e.g. precision=fp32)")
-    parser.add_argument("--tokenized", default="data/tokenized", help="the study's tokenized data")
-    parser.add_argument("--out", required=True, help="folder of per-(variant, arm) results")
-    parser.add_argument("--report", action="store_true", help="only print the table of what has finished")
     args = parser.parse_args(argv)
     out = Path(args.out)
     study = Path(args.study)
