@@ -147,10 +147,14 @@ def seed_noise(study: Path, variant: str) -> float | None:
     return 100 * 2 * math.sqrt(2) * statistics.stdev(f1) if len(f1) > 1 else None
 
 
-def decide(rows: dict[str, dict[str, dict]], arms: list[str], shared_lr: float, study: Path) -> list[str]:
-    """Per variant: the best arm, and whether it beats the shared tables_lr (the study's) by more than seed noise."""
+def decide(
+    rows: dict[str, dict[str, dict]], arms: list[str], shared_lr: float, study: Path, variants: list[str] | None = None
+) -> list[str]:
+    """Per variant: the best arm, and whether it beats the shared tables_lr (the study's) by more than seed noise.
+    `variants`: every variant the measurement covers (one with no finished arm keeps the decision open)."""
     shared = next((a for a in arms if a != FROZEN and float(a) == shared_lr), f"{shared_lr:g}")
     lines, beyond = [], {}
+    rows = {**{name: {} for name in variants or []}, **rows}
     for name, by_arm in rows.items():
         if set(arms) - set(by_arm) or shared not in by_arm:
             lines.append(f"- {name}: undecided ({len(by_arm)} of {len(arms)} arms finished)")
@@ -176,7 +180,13 @@ def decide(rows: dict[str, dict[str, dict]], arms: list[str], shared_lr: float, 
     return [*lines, "", f"Decision: {verdict}."]
 
 
-def report(out: Path, study: Path | None = None, shared_lr: float | None = None, expected: list[str] | None = None) -> str:
+def report(
+    out: Path,
+    study: Path | None = None,
+    shared_lr: float | None = None,
+    expected: list[str] | None = None,
+    variants: list[str] | None = None,
+) -> str:
     rows: dict[str, dict[str, dict]] = {}
     for path in sorted(out.glob("*.json")):
         r = json.loads(path.read_text())
@@ -206,7 +216,11 @@ def report(out: Path, study: Path | None = None, shared_lr: float | None = None,
             "",
             "One seed: differences within about 1-2 points are within seed noise (the study's "
             "validation F1 spread across seeds).",
-            *(["", *decide(rows, expected or arms, shared_lr, study)] if study is not None and shared_lr is not None else []),
+            *(
+                ["", *decide(rows, expected or arms, shared_lr, study, variants)]
+                if study is not None and shared_lr is not None
+                else []
+            ),
         ]
     )
 
@@ -225,7 +239,7 @@ def main(argv=None) -> None:
     params = load_params(study / "params.yaml")
     shared_lr = float(params["model"]["tables_lr"])
     if args.report:
-        print(report(out, study, shared_lr, args.arms))
+        print(report(out, study, shared_lr, args.arms, args.variants))
         return
     variants = studied_variants(params, check_runtime=False)
     for arm in args.arms:
@@ -253,7 +267,7 @@ def main(argv=None) -> None:
                 print(f"{name} tables {arm}: finished earlier ({path})")
                 continue
             run_arm(args, params, name, variant, arm, path)
-    print(report(out, study, shared_lr, args.arms))
+    print(report(out, study, shared_lr, args.arms, args.variants))
 
 
 if __name__ == "__main__":

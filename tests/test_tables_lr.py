@@ -82,3 +82,6 @@ def test_the_decision_weighs_each_gain_against_the_variants_seed_noise():
     assert tables_lr.decide(arm_rows({"head": flat, "vera": {"1.5e-4": 0.39}}), arms, 1.5e-4, STUDY)[-1].startswith(
         "Decision: undecided"
     )
+    # a covered variant with no finished arm yet keeps the decision open (it used to be left out)
+    partial = tables_lr.decide(within, arms, 1.5e-4, STUDY, ["head", "vera", "lora"])
+    assert "- lora: undecided (0 of 4 arms finished)" in partial and partial[-1].startswith("Decision: undecided")
