@@ -18,6 +18,8 @@ import statistics
 import time
 from pathlib import Path
 
+from _common import argument_parser
+
 import torch
 
 from layoutpeft.config import ModelConfig, TrainConfig, load_params
@@ -27,8 +29,6 @@ from layoutpeft.train import engine
 from layoutpeft.train.device import autocast, frozen_weights_dtype, hold_frozen_weights, resolve_precision
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
 from layoutpeft.train.variants import expand_sweeps, resolve
-
-from _common import argument_parser
 
 
 def parse_arm(text: str) -> dict:

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import ROOT, add_study_options, argument_parser
+
 import yaml
 
 from layoutpeft.atomic import write_json
@@ -40,8 +42,6 @@ from layoutpeft.study.formatting import p_value
 from layoutpeft.train import runs
 from layoutpeft.train.tuning import code_files, environment_key
 from layoutpeft.train.variants import studied_variants
-
-from _common import ROOT, add_study_options, argument_parser
 
 BASELINE = "baseline"
 LIBRARIES = ("torch", "transformers", "peft")

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from _common import ROOT, argument_parser
+
+import yaml
 
 
 def run(cmd: list[str], cwd: Path) -> tuple[float, str]:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from _common import ROOT, argument_parser
+
 from layoutpeft.atomic import write_json
 from layoutpeft.config import load_params, load_yaml
 from layoutpeft.train.tuning import TuningConfig, lr_grid, replay
 from layoutpeft.train.variants import resolve
-
-from _common import ROOT, argument_parser
 
 
 def replay_study(study: Path, halving: dict, extend: int) -> list[dict]:

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import argument_parser
+
 import torch
 
 from layoutpeft.config import ModelConfig, TrainConfig, load_params
@@ -29,8 +31,6 @@ from layoutpeft.train import engine
 from layoutpeft.train.device import resolve_precision
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
 from layoutpeft.train.variants import expand_sweeps, resolve
-
-from _common import argument_parser
 
 
 def parse_value(text: str):

@@ -18,6 +18,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from _common import argument_parser
+
 import torch
 
 from layoutpeft import hardware
@@ -31,7 +33,6 @@ from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_varian
 from layoutpeft.train.variants import expand_sweeps, resolve
 
 import flops
-from _common import argument_parser
 
 KINDS = [  # (kind, substrings of aten op names), first match wins
     ("attention", ("scaled_dot_product", "flash_attention", "softmax")),

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import ROOT, argument_parser
+
 import torch
 
 from layoutpeft.atomic import write_json, write_text
@@ -34,8 +36,6 @@ from layoutpeft.provenance import describe
 from layoutpeft.train import engine
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
 from layoutpeft.train.variants import expand_sweeps, resolve
-
-from _common import ROOT, argument_parser
 
 FUNSD_ZIP = ROOT.parent / "shared" / "funsd" / "dataset.zip"
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from study_cost import results_folder, study_params, tune_variant
+from _common import add_study_options, argument_parser
 
 from layoutpeft.atomic import write_json, write_text
 from layoutpeft.train import tuning
 from layoutpeft.train.methods import RANK_SCALINGS, validate_variant
 
-from _common import add_study_options, argument_parser
+from study_cost import results_folder, study_params, tune_variant
 
 BASE = "lora"
 

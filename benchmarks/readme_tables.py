@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from layoutpeft.study.publish import update_readme_block
-
 from _common import argument_parser
+
+from layoutpeft.study.publish import update_readme_block
 
 
 def body_of(result: Path) -> str:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import defaults_seeds  # benchmarks/, beside this script
+from _common import add_study_options, argument_parser
 
 from layoutpeft.atomic import write_json, write_text
 from layoutpeft.config import load_params
 from layoutpeft.study import stats
 
-from _common import add_study_options, argument_parser
+import defaults_seeds  # benchmarks/, beside this script
 
 
 def arm_for(length: int, study_length: int) -> str:

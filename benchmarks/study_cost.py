@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import ROOT, add_study_options, argument_parser
+
 import yaml
 
 from layoutpeft.atomic import write_json, write_text
@@ -36,8 +38,6 @@ from layoutpeft.provenance import describe
 from layoutpeft.train import runs, tuning
 from layoutpeft.train.device import emulated_bf16_warning, resolve_device
 from layoutpeft.train.variants import studied_variants
-
-from _common import ROOT, add_study_options, argument_parser
 
 PROFILE = "reference"
 

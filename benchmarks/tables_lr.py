@@ -27,14 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from defaults_seeds import (
-    LIBRARIES,
-    arm_overrides,
-    same_cpu_as_earlier,
-    same_every_arm_as_earlier,
-    train_config,
-    training_code_unchanged,
-)
+from _common import add_study_options, argument_parser
 
 from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig, load_params
@@ -44,7 +37,14 @@ from layoutpeft.train import runs
 from layoutpeft.train.tuning import environment_key
 from layoutpeft.train.variants import studied_variants
 
-from _common import add_study_options, argument_parser
+from defaults_seeds import (
+    LIBRARIES,
+    arm_overrides,
+    same_cpu_as_earlier,
+    same_every_arm_as_earlier,
+    train_config,
+    training_code_unchanged,
+)
 
 FROZEN = "frozen"
 

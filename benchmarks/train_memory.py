@@ -33,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import argument_parser
+
 import torch
 
 from layoutpeft import hardware
@@ -41,7 +43,6 @@ from layoutpeft.provenance import describe
 from layoutpeft.train import runs
 from layoutpeft.train.probes import peak_memory, start_memory_window
 
-from _common import argument_parser
 from ab_levers import load_setup, new_arm, parse_arm, train_step
 
 GB = 1e9

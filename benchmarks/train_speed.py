@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import ROOT, argument_parser
+
 import psutil
 import torch
 
@@ -61,7 +63,6 @@ from layoutpeft.train.runs import save_trained
 from layoutpeft.train.variants import expand_sweeps, resolve
 
 import flops
-from _common import ROOT, argument_parser
 
 METHOD_VARIANTS = [
     "full",
