@@ -13,7 +13,6 @@ with the load average before and after. Settings not named in an arm come from p
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -22,9 +21,11 @@ from _common import argument_parser
 
 import torch
 
+from layoutpeft.atomic import write_json
 from layoutpeft.config import ModelConfig, TrainConfig, load_params
 from layoutpeft.data.batching import batches, load_meta, load_windows
 from layoutpeft.labels import LEGACY_LABELS  # the benchmarks measure FUNSD's three types
+from layoutpeft.provenance import describe
 from layoutpeft.train import engine
 from layoutpeft.train.device import autocast, frozen_weights_dtype, hold_frozen_weights, resolve_precision
 from layoutpeft.train.methods import Schedule, n_virtual_tokens, validate_variant
@@ -76,7 +77,7 @@ def new_arm(text: str, base: TrainConfig, variant: dict, checkpoint: str, device
         ModelConfig(checkpoint, "zero"), variant, device, Schedule(1000, 8), cfg.attention, labels=LEGACY_LABELS
     )
     dtype = resolve_precision(cfg.precision, device)
-    hold_frozen_weights(model, frozen_weights_dtype(cfg.frozen_weights, variant, device, dtype))
+    frozen = hold_frozen_weights(model, frozen_weights_dtype(cfg.frozen_weights, variant, device, dtype))
     model.train()
     optimizer = engine.make_optimizer(model, variant["lr"], cfg.weight_decay, cfg.adamw)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -86,7 +87,8 @@ def new_arm(text: str, base: TrainConfig, variant: dict, checkpoint: str, device
         "model": engine.compiled(model, cfg.compile),
         "optimizer": optimizer,
         "trainable": trainable,
-        "dtype": resolve_precision(cfg.precision, device),
+        "dtype": dtype,
+        "frozen_bf16_tensors": frozen,  # the path taken: 0 where frozen_weights kept fp32
         "rates": [],
         "cursor": 0,
     }
@@ -143,6 +145,9 @@ def main(argv=None) -> None:
         )
     ref = statistics.median(arms[0]["rates"])
     result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "params": args.params,
+        "checkpoint": args.checkpoint,
         "method": args.method,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
@@ -156,9 +161,12 @@ def main(argv=None) -> None:
                 "rates": a["rates"],
                 "vs_first": statistics.median(a["rates"]) / ref,
                 "warmup_s": a["warmup_s"],
+                "precision": str(a["dtype"]).removeprefix("torch.") if a["dtype"] is not None else "fp32",
+                "frozen_bf16_tensors": a["frozen_bf16_tensors"],
             }
             for a in arms
         ],
+        "environment": describe(device),  # versions, CPU model and flags, commit
     }
     print(f"{args.method}, {torch.get_num_threads()} threads, load {load_start} -> {result['load_end']}")
     for a in result["arms"]:
@@ -167,7 +175,7 @@ def main(argv=None) -> None:
             f"(first step {a['warmup_s']:.1f}s)"
         )
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(Path(args.out), result)
 
 
 if __name__ == "__main__":
