@@ -15,7 +15,8 @@ The decision (validation only; test F1 is shown for information): the shortest l
 measurably worse than the study's length for every variant, paired by seed: the paired 95 % t-interval
 of its validation F1 difference reaches 0 or above, and the mean difference is no worse than
 --margin points (three seeds detect only large losses; the margin bounds what is accepted unseen).
-Without all seeds of a length and variant, that length is undecided. Writes schedule_length.json
+A length that one variant fails with all its seeds is refused whatever the other variants' seeds
+will show; otherwise, without all seeds of every variant, that length is undecided. Writes schedule_length.json
 (the table and the decision) and schedule_length.md beside the per-variant folders.
 """
 
@@ -81,7 +82,7 @@ def decide(by_variant: dict[str, list[dict]], lengths: list[int], study_length: 
     """The table (per variant and length: validation and test F1 by seed, the paired difference with the
     study's length) and the shortest accepted length (None while a shorter one is undecided)."""
     table: dict[str, dict[str, dict]] = {}
-    verdicts: dict[int, list[str]] = {}
+    verdicts: dict[int, dict[str, str]] = {}  # length -> variant -> verdict
     for variant, rows in by_variant.items():
         by_length: dict[int, dict[int, dict]] = {}
         for r in rows:
@@ -111,20 +112,29 @@ def decide(by_variant: dict[str, list[dict]], lengths: list[int], study_length: 
                     else "not measurably worse"
                 )
                 entry.update(vs_study_length=c, verdict=verdict)
-                verdicts.setdefault(length, []).append(verdict)
+                verdicts.setdefault(length, {})[variant] = verdict
             table[variant][str(length)] = entry
+    # The shortest accepted length. A length that one variant fails with all its seeds is refused
+    # whatever the others' seeds will say; one that no variant fails waits for every variant's seeds.
     chosen: int | None = study_length
-    reason = f"no shorter length is accepted for every variant: {study_length} stays"
+    refused: list[str] = []
+    reason = ""
     for length in sorted(lengths):
         if length >= study_length:
             break
-        if any(v == "undecided" for v in verdicts.get(length, ["undecided"])):
+        verdict_of = verdicts.get(length, {})
+        failed = {v: verdict for v, verdict in verdict_of.items() if verdict not in ("undecided", "not measurably worse")}
+        if failed:
+            refused.append(f"{length} epochs refused: " + ", ".join(f"{v} {verdict}" for v, verdict in failed.items()))
+            continue
+        if not verdict_of or "undecided" in verdict_of.values():
             chosen, reason = None, f"{length} epochs: not every variant has all seeds yet"
             break
-        if all(v == "not measurably worse" for v in verdicts[length]):
-            chosen, reason = length, f"{length} epochs: not measurably worse than {study_length} for every variant"
-            break
-    return {"table": table, "max_epochs": chosen, "reason": reason}
+        chosen, reason = length, f"{length} epochs: not measurably worse than {study_length} for every variant"
+        break
+    if not reason:
+        reason = f"no shorter length is accepted for every variant: {study_length} stays"
+    return {"table": table, "max_epochs": chosen, "reason": "; ".join([*refused, reason])}
 
 
 def report(decision: dict, study_length: int, margin: float) -> str:
@@ -161,7 +171,8 @@ def report(decision: dict, study_length: int, margin: float) -> str:
     lines += [
         "",
         f"Rule: the shortest length whose paired validation F1 difference has a 95 % interval reaching 0 "
-        f"and a mean no worse than -{margin:g} points, for every variant. Decision: "
+        f"and a mean no worse than -{margin:g} points, for every variant (a length one variant fails with all "
+        f"its seeds is refused without waiting for the others). Decision: "
         f"{decision['max_epochs'] if decision['max_epochs'] is not None else 'undecided'} ({decision['reason']}).",
     ]
     return "\n".join(lines) + "\n"

@@ -53,6 +53,24 @@ def test_the_shortest_length_not_measurably_worse_for_every_variant_is_chosen():
     assert "Decision: 20" in schedule_length.report(decision, 30, 1.0)
 
 
+def test_a_length_one_complete_variant_fails_is_refused_before_the_others_finish():
+    base = {0: 0.50, 1: 0.52, 2: 0.51}
+    runs = {
+        "lora": [result(30, s, f) for s, f in base.items()] + [result(15, s, f - 0.08) for s, f in base.items()],
+        "vera": [result(30, s, f) for s, f in base.items()] + [result(15, 0, 0.50)],  # 15: one seed of three
+    }
+    decision = schedule_length.decide(runs, [15, 20, 30], 30, [0, 1, 2], margin=1.0)
+    assert decision["table"]["vera"]["15"]["verdict"] == "undecided"
+    assert decision["max_epochs"] is None  # 20 has no seeds yet
+    assert decision["reason"].startswith("15 epochs refused: lora measurably worse; 20 epochs: not every variant")
+    for variant in runs:  # 20 epochs, every seed, no loss: chosen although vera's 15 is still open
+        runs[variant] += [result(20, s, f) for s, f in base.items()]
+    assert schedule_length.decide(runs, [15, 20, 30], 30, [0, 1, 2], margin=1.0)["max_epochs"] == 20
+    # a variant still open at 15 while nobody has failed it keeps the decision open
+    open_runs = {"lora": runs["lora"][:3] + [result(15, s, f) for s, f in base.items()], "vera": runs["vera"]}
+    assert schedule_length.decide(open_runs, [15, 20, 30], 30, [0, 1, 2], margin=1.0)["max_epochs"] is None
+
+
 def test_plans_use_the_reference_runs_and_the_halving_rule():
     study = REPO_ROOT / "results" / "reference-minilm"
     plan = schedule_length.plan(study, ["full"], [15, 20, 30], [0, 1, 2])
