@@ -74,6 +74,13 @@ def reference_hours(study: Path, variant: str) -> float:
     return (lr + sum(r["training"]["wall_time_s"] for r in seeds if r["variant"] == variant)) / 3600
 
 
+def reference_epochs(study: Path, variant: str) -> int:
+    """The committed study's epochs of one variant (tuning trials plus seeds): a cost no CPU speed changes."""
+    trials = json.loads((study / "lr" / f"{variant}.json").read_text())["trials"]
+    seeds = [json.loads(p.read_text()) for p in sorted((study / "runs").glob(f"{variant}-*.json"))]
+    return sum(t["epochs_run"] for t in trials) + sum(r["training"]["epochs_run"] for r in seeds if r["variant"] == variant)
+
+
 def seconds_per_epoch(study: Path, variant: str) -> float:
     seeds = [json.loads(p.read_text()) for p in sorted((study / "runs").glob(f"{variant}-*.json"))]
     seeds = [r for r in seeds if r["variant"] == variant]
@@ -149,7 +156,7 @@ def summarise(study: Path, params: dict, names: list[str], out: Path, threads: i
     committed = json.loads((study / "summary.json").read_text())["variants"]
     all_names = list(committed)
     reference_total = sum(reference_hours(study, n) for n in all_names)
-    rows, measured, done = {}, 0.0, True
+    rows, measured, epochs, done = {}, 0.0, 0, True
     for name in names:
         lr_path = out / "lr" / f"{name}.json"
         seeds = [json.loads(p.read_text()) for p in sorted((out / "runs").glob(f"{name}-*.json"))]
@@ -157,6 +164,8 @@ def summarise(study: Path, params: dict, names: list[str], out: Path, threads: i
         done = done and tuned is not None and len(seeds) == len(params["study"]["seeds"])
         hours = ((tuned or {}).get("wall_time_s", 0) + sum(r["training"]["wall_time_s"] for r in seeds)) / 3600
         measured += hours * threads
+        variant_epochs = (tuned or {}).get("epochs_trained", 0) + sum(r["training"]["epochs_run"] for r in seeds)
+        epochs += variant_epochs
         f1s = [r["test_f1"] for r in seeds]
         ref = committed[name]["f1"]
         mean = sum(f1s) / len(f1s) if f1s else None
@@ -170,9 +179,12 @@ def summarise(study: Path, params: dict, names: list[str], out: Path, threads: i
             "inside_committed_interval": None if mean is None else ref["ci95_low"] <= mean <= ref["ci95_high"],
             "cpu_hours": hours * threads,
             "reference_hours": reference_hours(study, name),
+            "epochs": variant_epochs,
+            "reference_epochs": reference_epochs(study, name),
         }
         rows[name]["same_lr"] = rows[name]["chosen_lr"] == rows[name]["committed_lr"] if tuned else None
     subset_reference = sum(rows[n]["reference_hours"] for n in names)
+    subset_reference_epochs = sum(rows[n]["reference_epochs"] for n in names)
     return {
         "complete": done,
         "variants": rows,
@@ -183,6 +195,10 @@ def summarise(study: Path, params: dict, names: list[str], out: Path, threads: i
         # no figure from a subset still running: a partial sum would read as a cheap study
         "cpu_hours": measured * reference_total / subset_reference if done and subset_reference else None,
         "extrapolation": "subset CPU-hours x (nine variants' reference hours / the subset's reference hours)",
+        # hours compare machines as well as methods (the reference ran on another CPU); epochs do not
+        "subset_epochs": epochs,
+        "subset_reference_epochs": subset_reference_epochs,
+        "epoch_ratio": epochs / subset_reference_epochs if done and subset_reference_epochs else None,
         "planned": planned(study, params, all_names),
         "goal_cpu_hours": reference_total / 3,
     }
@@ -191,8 +207,8 @@ def summarise(study: Path, params: dict, names: list[str], out: Path, threads: i
 def report(result: dict) -> str:
     lines = [
         "| variant | lr (committed) | same lr | tuning epochs | seeds | test F1 (committed 95 % CI) | inside "
-        "| CPU-h (reference) |",
-        "|---|---|---|---:|---|---|---|---:|",
+        "| CPU-h (reference) | epochs (reference) |",
+        "|---|---|---|---:|---|---|---|---:|---:|",
     ]
     for name, r in result["variants"].items():
         ref = r["committed_test_f1"]
@@ -201,8 +217,10 @@ def report(result: dict) -> str:
             f"| {name} | {r['chosen_lr']} ({r['committed_lr']}) | {r['same_lr']} | {r['tuning_epochs']} | "
             f"{', '.join(map(str, r['seeds'])) or '–'} | {f1} "
             f"({100 * ref['ci95_low']:.1f}–{100 * ref['ci95_high']:.1f}) | "
-            f"{r['inside_committed_interval']} | {r['cpu_hours']:.2f} ({r['reference_hours']:.2f}) |"
+            f"{r['inside_committed_interval']} | {r['cpu_hours']:.2f} ({r['reference_hours']:.2f}) | "
+            f"{r['epochs']} ({r['reference_epochs']}) |"
         )
+    ratio = result["epoch_ratio"]
     cpu = result["cpu_hours"]
     lines += [
         "",
@@ -210,6 +228,10 @@ def report(result: dict) -> str:
         f"{result['subset_reference_hours']:.2f} h in the reference; nine variants, extrapolated: "
         f"**{'–' if cpu is None else f'{cpu:.1f}'} CPU-hours** against {result['reference_cpu_hours']:.1f} h "
         f"(goal ≤ {result['goal_cpu_hours']:.1f})" + ("" if result["complete"] else " — not complete yet") + ".",
+        f"Epochs, which no CPU speed changes (hours compare this machine with the reference's too): "
+        f"{result['subset_epochs']} against {result['subset_reference_epochs']}"
+        + ("" if ratio is None else f", {ratio:.2f} of the reference's")
+        + ".",
     ]
     return "\n".join(lines) + "\n"
 

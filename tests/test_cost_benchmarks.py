@@ -125,6 +125,8 @@ def test_study_cost_runs_a_tiny_subset_end_to_end(tiny_checkpoint, tiny_tokenize
     assert head["committed_lr"] == 0.081 and head["same_lr"] == (head["chosen_lr"] == 0.081)
     assert result["cpu_hours"] == result["subset_cpu_hours"] * result["reference_cpu_hours"] / head["reference_hours"]
     assert 25 < result["reference_cpu_hours"] < 26
+    # epochs, the machine-independent cost: 4 tuning epochs + 1 seed x 2 against 6 trials + 3 seeds of 30
+    assert (head["epochs"], head["reference_epochs"]) == (6, 270) and result["epoch_ratio"] == 6 / 270
     tuned = json.loads((out / "lr" / "head.json").read_text())
     assert len(tuned["halving"]["stopped"]) == 2
 
