@@ -107,7 +107,7 @@ def decide(by_variant: dict[str, list[dict]], lengths: list[int], study_length: 
                     if not complete or c is None or c["ci95_high"] is None
                     else "measurably worse"
                     if c["ci95_high"] < 0
-                    else f"worse by more than {margin:g} points"
+                    else f"worse by more than the {margin:g}-point margin"
                     if 100 * c["mean_diff"] < -margin
                     else "not measurably worse"
                 )
@@ -171,7 +171,7 @@ def report(decision: dict, study_length: int, margin: float) -> str:
     lines += [
         "",
         f"Rule: the shortest length whose paired validation F1 difference has a 95 % interval reaching 0 "
-        f"and a mean no worse than -{margin:g} points, for every variant (a length one variant fails with all "
+        f"and a mean loss within the {margin:g}-point margin, for every variant (a length one variant fails with all "
         f"its seeds is refused without waiting for the others). Decision: "
         f"{decision['max_epochs'] if decision['max_epochs'] is not None else 'undecided'} ({decision['reason']}).",
     ]

@@ -46,7 +46,7 @@ def test_the_shortest_length_not_measurably_worse_for_every_variant_is_chosen():
         + [result(20, s, f) for s, f in base.items()]
     }
     verdict = schedule_length.decide(noisy, [15, 20, 30], 30, [0, 1, 2], margin=1.0)["table"]["full"]["15"]["verdict"]
-    assert verdict == "worse by more than 1 points"
+    assert verdict == "worse by more than the 1-point margin"
     # a missing seed leaves the decision open rather than deciding on fewer pairs
     partial = {"full": same["full"][:-1]}
     assert schedule_length.decide(partial, [20, 30], 30, [0, 1, 2], margin=1.0)["max_epochs"] is None
