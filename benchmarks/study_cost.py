@@ -213,11 +213,12 @@ def report(result: dict) -> str:
     for name, r in result["variants"].items():
         ref = r["committed_test_f1"]
         f1 = "–" if r["test_f1_mean"] is None else f"{100 * r['test_f1_mean']:.1f}"
+        shown = {k: "–" if r[k] is None else r[k] for k in ("chosen_lr", "same_lr", "tuning_epochs", "inside_committed_interval")}
         lines.append(
-            f"| {name} | {r['chosen_lr']} ({r['committed_lr']}) | {r['same_lr']} | {r['tuning_epochs']} | "
+            f"| {name} | {shown['chosen_lr']} ({r['committed_lr']}) | {shown['same_lr']} | {shown['tuning_epochs']} | "
             f"{', '.join(map(str, r['seeds'])) or '–'} | {f1} "
             f"({100 * ref['ci95_low']:.1f}–{100 * ref['ci95_high']:.1f}) | "
-            f"{r['inside_committed_interval']} | {r['cpu_hours']:.2f} ({r['reference_hours']:.2f}) | "
+            f"{shown['inside_committed_interval']} | {r['cpu_hours']:.2f} ({r['reference_hours']:.2f}) | "
             f"{r['epochs']} ({r['reference_epochs']}) |"
         )
     ratio = result["epoch_ratio"]
