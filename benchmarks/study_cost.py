@@ -22,6 +22,7 @@ and test F1 against the committed ones (is the new F1 inside the committed 95 % 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -67,23 +68,28 @@ def study_params(study: Path, overrides: list[str]) -> dict:
     return params
 
 
+@functools.cache
+def committed_records(study: Path, variant: str) -> tuple[dict, list[dict]]:
+    """The committed study's tune record and seed runs of one variant, read once per process."""
+    tune = json.loads((study / "lr" / f"{variant}.json").read_text())
+    runs_ = [json.loads(p.read_text()) for p in sorted((study / "runs").glob(f"{variant}-*.json"))]
+    return tune, [r for r in runs_ if r["variant"] == variant]  # the glob also matches e.g. lora_qkvo_ffn
+
+
 def reference_hours(study: Path, variant: str) -> float:
     """The committed study's training hours of one variant: its tuning trials plus its seeds' trainings."""
-    lr = json.loads((study / "lr" / f"{variant}.json").read_text())["wall_time_s"]
-    seeds = [json.loads(p.read_text()) for p in sorted((study / "runs").glob(f"{variant}-*.json"))]
-    return (lr + sum(r["training"]["wall_time_s"] for r in seeds if r["variant"] == variant)) / 3600
+    tune, seeds = committed_records(study, variant)
+    return (tune["wall_time_s"] + sum(r["training"]["wall_time_s"] for r in seeds)) / 3600
 
 
 def reference_epochs(study: Path, variant: str) -> int:
     """The committed study's epochs of one variant (tuning trials plus seeds): a cost no CPU speed changes."""
-    trials = json.loads((study / "lr" / f"{variant}.json").read_text())["trials"]
-    seeds = [json.loads(p.read_text()) for p in sorted((study / "runs").glob(f"{variant}-*.json"))]
-    return sum(t["epochs_run"] for t in trials) + sum(r["training"]["epochs_run"] for r in seeds if r["variant"] == variant)
+    tune, seeds = committed_records(study, variant)
+    return sum(t["epochs_run"] for t in tune["trials"]) + sum(r["training"]["epochs_run"] for r in seeds)
 
 
 def seconds_per_epoch(study: Path, variant: str) -> float:
-    seeds = [json.loads(p.read_text()) for p in sorted((study / "runs").glob(f"{variant}-*.json"))]
-    seeds = [r for r in seeds if r["variant"] == variant]
+    _, seeds = committed_records(study, variant)
     return sum(r["training"]["wall_time_s"] / r["training"]["epochs_run"] for r in seeds) / len(seeds)
 
 
@@ -171,7 +177,7 @@ def summarise(study: Path, params: dict, names: list[str], out: Path, threads: i
         mean = sum(f1s) / len(f1s) if f1s else None
         rows[name] = {
             "chosen_lr": (tuned or {}).get("chosen_lr"),
-            "committed_lr": json.loads((study / "lr" / f"{name}.json").read_text())["chosen_lr"],
+            "committed_lr": committed_records(study, name)[0]["chosen_lr"],
             "tuning_epochs": (tuned or {}).get("epochs_trained"),
             "seeds": [r["seed"] for r in seeds],
             "test_f1_mean": mean,
