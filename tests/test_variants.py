@@ -138,13 +138,18 @@ def test_ablation_profile_declares_the_studies_of_issues_29_and_31():
     assert sorted(s["r"] for s in lora.values() if s["targets"] == qkvo) == [1, 4, 16, 64]
     assert sorted(s["r"] for s in resolved.values() if s["method"] == "qlora") == [4, 16, 64]
     assert sorted(s["r"] for s in resolved.values() if s["method"] == "vera") == [16, 256]
-    for method in ("prompt_tuning", "prefix_tuning"):
-        assert sorted(s["virtual_tokens"] for s in resolved.values() if s["method"] == method) == [5, 20, 50]
+    assert sorted(s["virtual_tokens"] for s in resolved.values() if s["method"] == "prompt_tuning") == [5, 10, 20]
+    assert sorted(s["virtual_tokens"] for s in resolved.values() if s["method"] == "prefix_tuning") == [5, 20, 50]
     assert {"dora", "lokr", "adalora", "p_tuning", "loha"} <= {s["method"] for s in resolved.values()}
     assert {s.get("rank_scaling") for s in resolved.values() if "rank_scaling" in s} == {"alpha_2r"}
     assert len(params["study"]["seeds"]) >= 3
-    # the reserve the profile raises is what prompt_tuning_vt50 needs; prefixes need none
-    params["data"]["prompt_reserve"] = 20
+    # the reference study's data and trial protocol, so that the variants both ran are comparable
+    reference = load_params(ROOT / "results" / "reference-minilm" / "params.yaml")
+    same = {k: v for k, v in reference["data"].items() if k not in ("url", "md5")}  # its copy, not its address
+    assert {k: params["data"][k] for k in same} == same
+    assert params["train"]["collapse_epochs"] == reference["train"].get("collapse_epochs", 0) == 0
+    # prompt tuning's longer prompts need a larger reserve, which would re-window the data
+    params["study"]["variants"].append("prompt_tuning_vt50")
     with pytest.raises(ParamsError, match="'prompt_tuning_vt50'.*exceeds data.prompt_reserve = 20"):
         studied_variants(params, check_runtime=False)
 
