@@ -9,8 +9,10 @@ Whether one learning rate serves every rank depends on how the update's scale fo
 (docs/methods.md#rank-convention: alpha_2r keeps the scale at 2, alpha_fixed makes it 32 / r,
 rslora 8 / sqrt(r); all three give 2 at r 16). The reference study's LoRA (q, k, v, o, r 16) is
 tuned again at each rank of --ranks under each convention, on the tuning seed, with the reference
-profile's protocol (tuning grid study.lr_grid x the r-16 tuned lr, grid extension, successive halving,
-the whole annealed schedule; benchmarks/study_cost.py's params). Each (rank, convention) tune is one
+profile's protocol (LoRA's own lr grid, which every LoRA variant inherits, grid extension, successive
+halving, the whole annealed schedule; benchmarks/study_cost.py's params). The alpha_2r arms are thus
+the ablation profile's lora_r1 / lora_r64 tunes, trial for trial: on the same code and machine
+they are the same trial-cache entries (profiles.yaml, ablation). Each (rank, convention) tune is one
 JSON in --out/lr: resumable, and processes with disjoint --ranks or --conventions share the work.
 
 The decision (validation only, one tuning seed): under a convention whose tuned lr is the same at
@@ -40,8 +42,8 @@ def arm_name(rank: int, convention: str) -> str:
 
 
 def arm_variant(params: dict, study: Path, rank: int, convention: str) -> dict:
-    """The study's LoRA at this rank and convention (alpha by the convention), centred on its r-16 tuned lr."""
-    spec = {k: v for k, v in params["variants"][BASE].items() if k not in ("alpha", "lr_grid")}
+    """The study's LoRA at this rank and convention (alpha by the convention), on LoRA's own lr grid."""
+    spec = {k: v for k, v in params["variants"][BASE].items() if k != "alpha"}
     spec.update(r=rank, rank_scaling=convention, lr=json.loads((study / "lr" / f"{BASE}.json").read_text())["chosen_lr"])
     return validate_variant(arm_name(rank, convention), spec, params["data"]["prompt_reserve"], check_runtime=False)
 

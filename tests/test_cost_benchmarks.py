@@ -136,7 +136,8 @@ def test_rank_convention_arms_take_alpha_from_their_convention():
     params = study_cost.study_params(study, [])
     arms = {c: rank_convention.arm_variant(params, study, 64, c) for c in ("alpha_2r", "alpha_fixed", "rslora")}
     assert {c: v["alpha"] for c, v in arms.items()} == {"alpha_2r": 128, "alpha_fixed": 32, "rslora": 8}
-    assert all(v["r"] == 64 and v["lr"] == 0.003 and not v.get("lr_grid") for v in arms.values())  # grid: study.lr_grid x 3e-3
+    # LoRA's own grid, as the ablation profile's lora_r64 inherits it
+    assert all(v["r"] == 64 and v["lr_grid"] == [3e-4, 1e-3, 3e-3, 9e-3] for v in arms.values())
 
 
 def tuned(lr, f1):
