@@ -247,6 +247,11 @@ def markdown_table(summary: dict, study: Study) -> str:
         if absent:  # one line, not one per run: a study in progress has many
             lines.append(f"- not (yet) in `{study.runs_dir.as_posix()}/`: " + ", ".join(f"`{p.name}`" for p in absent))
         lines += [f"- `{run_path(study.runs_dir, v, s).as_posix()}`: {why}" for v, s, why in bad if why != ABSENT]
+    from layoutpeft.study import questions  # here: questions reads plots, which reads this module
+
+    answered = questions.markdown(summary)  # "" unless the study ran a question's variants
+    if answered:
+        lines += ["", answered.rstrip()]
     return "\n".join(lines) + "\n"
 
 
