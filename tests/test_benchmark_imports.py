@@ -47,7 +47,9 @@ def test_a_benchmark_in_a_clone_ignores_another_installed_layoutpeft(tmp_path):
     decoy = tmp_path / "decoy" / "layoutpeft"
     decoy.mkdir(parents=True)
     (decoy / "__init__.py").write_text('raise SystemExit("decoy layoutpeft imported")\n')
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "decoy"), os.environ.get("PYTHONPATH")]))}
+    # the checkout itself behind the decoy too: _common must move it first, not only add it when absent
+    paths = [str(tmp_path / "decoy"), str(BENCHMARKS.parent), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "schedule_length.py"), "--help"],
         cwd=tmp_path,
