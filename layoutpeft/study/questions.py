@@ -1,7 +1,7 @@
 """The seed study's own questions, answered from a study's summary where it ran their variants
 (issue #29): LoRA's target matrices x rank, F1 against rank per method, QLoRA against LoRA in F1,
 time and memory, and the soft-prompt length. summary.md ends with these sections; a study without
-the variants a question needs gets no section for it (the reference study has none).
+the variants a question needs gets no section for it (the reference study answers only the targets one).
 
 Test entity F1 in %, mean ± 95 % t half-width over seeds. QLoRA - LoRA is paired over the seeds both
 ran (layoutpeft.study.stats), Holm-corrected over the pairs of the table: the family is that question.
